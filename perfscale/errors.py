@@ -1,0 +1,40 @@
+"""Errors and failure kinds shared by every layer.
+
+A *failure kind* is what retry policies and `perfscale status` read; it is stored as a string in the attempts
+table, so the set below is part of the on-disk contract.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class FailureKind(str, Enum):
+    APP_ERROR = "app_error"  # the task's code raised, or its command exited non-zero
+    TIMEOUT = "timeout"  # the task (or its command) ran past its walltime / timeout
+    OOM = "oom"  # out of memory (MemoryError, or killed by the OOM killer / scheduler)
+    NODE_LOST = "node_lost"  # the worker or node running the task disappeared
+    UNSUPPORTED_COUNTER = "unsupported_counter"  # a requested counter cannot be measured here
+    BAD_INPUT = "bad_input"  # the task's parameters or inputs are wrong: retrying cannot help
+    CANCELLED = "cancelled"  # stopped by the user or the scheduler
+
+
+class PerfscaleError(Exception):
+    """Base class of errors perfscale reports to users (printed without a traceback by the CLI)."""
+
+
+class SpecError(PerfscaleError):
+    """A study or site file is invalid. The message names the file, the field (and line) and the fix."""
+
+
+class TaskFailure(PerfscaleError):
+    """Raised inside a task to fail it with an explicit failure kind."""
+
+    def __init__(self, kind: FailureKind, message: str):
+        super().__init__(message)
+        self.kind = FailureKind(kind)
+
+
+class BadInput(TaskFailure):
+    def __init__(self, message: str):
+        super().__init__(FailureKind.BAD_INPUT, message)

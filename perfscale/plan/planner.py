@@ -1,0 +1,137 @@
+"""Study expansion: a study becomes a plan, one row per task, in dependency order."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import ValidationError
+
+import perfscale
+from perfscale.errors import SpecError
+from perfscale.plan.grid import expand_grid
+from perfscale.plan.keys import stage_digest, task_key
+from perfscale.spec.loader import format_validation_error
+from perfscale.spec.study import Study
+
+
+@dataclass(frozen=True)
+class Task:
+    index: int
+    stage: str
+    kind: str
+    key: str
+    params: dict[str, Any]
+    rep: int
+    seed: int
+    inputs: dict[str, str] = field(default_factory=dict)  # whole-stage inputs: stage -> stage digest
+    upstream_stage: str | None = None  # foreach: the one upstream task this task consumes
+    upstream_key: str | None = None
+    cores: int = 1
+    memory_gb: float = 1.0
+    gpus: int = 0
+    nodes: int = 1
+    walltime_s: float = 3600.0
+    expected_runtime_s: float = 3600.0
+    retry: dict[str, int] = field(default_factory=dict)
+
+
+_JSON_FIELDS = ("params", "inputs", "retry")
+
+
+@dataclass
+class Plan:
+    study: str
+    tasks: list[Task]
+    version: str = perfscale.__version__
+
+    @property
+    def stages(self) -> list[str]:
+        return list(dict.fromkeys(t.stage for t in self.tasks))
+
+    def of_stage(self, stage: str) -> list[Task]:
+        return [t for t in self.tasks if t.stage == stage]
+
+    def to_table(self) -> pa.Table:
+        rows = []
+        for t in self.tasks:
+            row = asdict(t)
+            for name in _JSON_FIELDS:
+                row[name] = json.dumps(row[name], sort_keys=True)
+            rows.append(row)
+        table = pa.Table.from_pylist(rows, schema=_PLAN_SCHEMA)
+        return table.replace_schema_metadata({"study": self.study, "perfscale_version": self.version})
+
+    def write(self, path: Path) -> None:
+        from perfscale.store.atomic import atomic_write_table
+
+        atomic_write_table(self.to_table(), path)
+
+    @classmethod
+    def read(cls, path: Path | str) -> Plan:
+        table = pq.read_table(path)
+        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+        tasks = []
+        for row in table.to_pylist():
+            for name in _JSON_FIELDS:
+                row[name] = json.loads(row[name])
+            tasks.append(Task(**row))
+        return cls(study=meta.get("study", "?"), tasks=tasks, version=meta.get("perfscale_version", "?"))
+
+
+_PLAN_SCHEMA = pa.schema([
+    ("index", pa.int64()), ("stage", pa.string()), ("kind", pa.string()), ("key", pa.string()),
+    ("params", pa.string()), ("rep", pa.int64()), ("seed", pa.int64()), ("inputs", pa.string()),
+    ("upstream_stage", pa.string()), ("upstream_key", pa.string()), ("cores", pa.int64()),
+    ("memory_gb", pa.float64()), ("gpus", pa.int64()), ("nodes", pa.int64()), ("walltime_s", pa.float64()),
+    ("expected_runtime_s", pa.float64()), ("retry", pa.string()),
+])
+
+
+def _validated_params(study: Study, stage: str, point: dict[str, Any], source: str) -> dict[str, Any]:
+    from perfscale.stages import get_stage_kind
+
+    spec = study.stages[stage]
+    kind = get_stage_kind(spec.kind, where=f"{source}: stages.{stage}.kind")
+    merged = {**spec.params, **point}
+    try:
+        model = kind.params.model_validate(merged)
+    except ValidationError as exc:
+        msg = format_validation_error(f"{source}: stages.{stage} (params + grid point {point})", exc)
+        raise SpecError(msg) from None
+    return model.model_dump(mode="json")
+
+
+def build_plan(study: Study, source: str = "<study>") -> Plan:
+    """Expand every stage's grid x repetitions x seeds (x upstream tasks for foreach stages)."""
+    tasks: list[Task] = []
+    keys_by_stage: dict[str, list[str]] = {}
+    for name, spec in study.stages.items():
+        resources = study.resources_of(name)
+        retry = study.retry_of(name).model_dump()
+        inputs = {up: stage_digest(keys_by_stage[up]) for up in spec.inputs}
+        upstream_keys: list[str | None] = list(keys_by_stage[spec.foreach]) if spec.foreach else [None]
+        seeds = spec.seeds if spec.seeds is not None else [study.seed]
+        keys: list[str] = []
+        for point in expand_grid(spec.grid):
+            params = _validated_params(study, name, point, source)
+            for upstream in upstream_keys:
+                for seed in seeds:
+                    for rep in range(spec.repetitions):
+                        key = task_key(name, spec.kind, {**params, "rep": rep, "seed": seed}, inputs, upstream)
+                        keys.append(key)
+                        tasks.append(Task(
+                            index=len(tasks), stage=name, kind=spec.kind, key=key, params=params, rep=rep,
+                            seed=seed, inputs=inputs, upstream_stage=spec.foreach, upstream_key=upstream,
+                            cores=resources.cores, memory_gb=resources.memory_gb, gpus=resources.gpus,
+                            nodes=resources.nodes, walltime_s=resources.walltime,
+                            expected_runtime_s=resources.expected_runtime or resources.walltime, retry=retry,
+                        ))
+        if len(set(keys)) != len(keys):
+            raise SpecError(f"{source}: stages.{name}: the grid yields duplicate tasks; remove repeated values")
+        keys_by_stage[name] = keys
+    return Plan(study=study.name, tasks=tasks)

@@ -1,0 +1,98 @@
+"""The site model: a site is data (scheduler, launcher, engine, node shape, limits), never code.
+
+Adding a cluster means adding a YAML file in site_configs/; nothing in perfscale branches on a site's name.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from perfscale.errors import SpecError
+from perfscale.spec.common import Strict, Walltime
+from perfscale.spec.loader import load_model
+
+
+class Partition(Strict):
+    max_nodes: int = Field(1, ge=1)
+    max_walltime: Walltime = 86400.0
+    default: bool = False
+
+
+class Limits(Strict):
+    max_array_size: int = Field(1001, ge=1, description="Slurm MaxArraySize (largest index + 1)")
+    max_jobs_in_queue: int = Field(5000, ge=1)
+    max_nodes: int = Field(1, ge=1)
+    max_walltime: Walltime = 86400.0
+
+
+class Counters(Strict):
+    perf: bool = False
+    papi: bool = False
+
+
+class Site(Strict):
+    name: str
+    description: str = ""
+    scheduler: Literal["none", "slurm", "lsf"] = "none"
+    launcher: Literal["local", "mpirun", "srun", "jsrun", "lrun"] = "local"
+    engine: Literal["local", "parsl", "ray", "dask"] = "parsl"
+    cores_per_node: int | Literal["auto"] = "auto"
+    memory_gb_per_node: float | Literal["auto"] = "auto"
+    gpus_per_node: int = Field(0, ge=0)
+    gpu_model: str | None = None
+    cpu_model: str | None = None
+    max_workers: int | Literal["auto"] = Field("auto", description="concurrent tasks per node in pilot mode")
+    accounts: list[str] = Field(default_factory=list)
+    partitions: dict[str, Partition] = Field(default_factory=dict)
+    limits: Limits = Field(default_factory=Limits)
+    counters: Counters = Field(default_factory=Counters)
+    setup: list[str] = Field(default_factory=list, description="shell lines run before each task (modules)")
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_default_partition(self) -> Site:
+        defaults = [n for n, p in self.partitions.items() if p.default]
+        if len(defaults) > 1:
+            raise ValueError(f"at most one partition may be 'default: true', got {defaults}")
+        return self
+
+    @property
+    def cores(self) -> int:
+        return (os.cpu_count() or 1) if self.cores_per_node == "auto" else int(self.cores_per_node)
+
+    @property
+    def workers(self) -> int:
+        return self.cores if self.max_workers == "auto" else int(self.max_workers)
+
+
+def site_dirs() -> list[Path]:
+    """Where named sites are looked up: $PERFSCALE_SITE_PATH entries, then the project's site_configs/."""
+    dirs = [Path(p) for p in os.environ.get("PERFSCALE_SITE_PATH", "").split(os.pathsep) if p]
+    repo_sites = Path(__file__).resolve().parents[2] / "site_configs"
+    if repo_sites.is_dir():
+        dirs.append(repo_sites)
+    return dirs
+
+
+def available_sites() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for d in site_dirs():
+        for f in sorted(d.glob("*.yaml")):
+            found.setdefault(f.stem, f)
+    return found
+
+
+def load_site(name_or_path: str | Path) -> Site:
+    """Load a site by name (looked up in site_dirs()) or by path to a YAML file."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        sites = available_sites()
+        if str(name_or_path) not in sites:
+            known = ", ".join(sorted(sites)) or "none"
+            raise SpecError(f"unknown site {name_or_path!r}; known sites: {known} (or pass a path to a site YAML)")
+        path = sites[str(name_or_path)]
+    return load_model(path, Site)

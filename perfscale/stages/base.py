@@ -1,0 +1,108 @@
+"""The stage contract: a stage kind is a params model plus a function (context, params) -> table.
+
+A stage function returns one table (pandas or Arrow); the runner adds provenance columns and writes it as the
+task's shard. Everything else a task needs (its inputs, its seed, a folder for artifacts) comes from the
+StageContext. Stage functions keep heavy imports (torch, sdv) inside their bodies so planning stays fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import pandas as pd
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
+
+from perfscale.errors import BadInput, SpecError
+from perfscale.plan.planner import Task
+from perfscale.spec.site import Site
+from perfscale.store.run import RunStore
+
+P = TypeVar("P", bound=BaseModel)
+
+
+class StageParams(BaseModel):
+    """Base of every stage's params model: unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class StageContext:
+    store: RunStore
+    task: Task
+    attempt: int
+
+    @property
+    def site(self) -> Site:
+        return self.store.site
+
+    @property
+    def seed(self) -> int:
+        """The task's seed: its stage's seed, offset by the repetition so repetitions differ."""
+        return self.task.seed + self.task.rep
+
+    def input(self, stage: str, provenance: bool = False) -> pd.DataFrame:
+        """The whole output of an upstream stage listed in this stage's `inputs`."""
+        if stage not in self.task.inputs:
+            raise BadInput(f"stage {self.task.stage!r} reads {stage!r} but does not list it in `inputs`")
+        return self.store.read_stage(stage, provenance=provenance).to_pandas()
+
+    @cached_property
+    def upstream(self) -> Task:
+        """The upstream task of a `foreach` stage."""
+        if self.task.upstream_key is None:
+            raise BadInput(f"stage {self.task.stage!r} needs `foreach: <stage>` in the study")
+        return next(t for t in self.store.plan.tasks if t.key == self.task.upstream_key)
+
+    def upstream_table(self, provenance: bool = False) -> pd.DataFrame:
+        up = self.upstream
+        return self.store.read_stage(up.stage, keys=[up.key], provenance=provenance).to_pandas()
+
+    def upstream_artifacts(self) -> Path:
+        return self.store.artifact_dir(self.upstream.stage, self.upstream.key)
+
+    @cached_property
+    def artifacts(self) -> Path:
+        """An empty folder of this task's own, for files besides its shard (cleared at each attempt)."""
+        return self.store.clear_artifacts(self.task.stage, self.task.key)
+
+
+StageFn = Callable[[StageContext, Any], "pd.DataFrame | pa.Table"]
+
+
+@dataclass(frozen=True)
+class StageKind(Generic[P]):
+    name: str
+    params: type[P]
+    run: Callable[[StageContext, P], pd.DataFrame | pa.Table]
+    doc: str = ""
+
+
+_REGISTRY: dict[str, StageKind[Any]] = {}
+
+
+def stage_kind(name: str, params: type[P]) -> Callable[[Callable[[StageContext, P], Any]], Callable[..., Any]]:
+    """Register a stage kind: `@stage_kind("train", TrainParams) def train(ctx, params): ...`."""
+
+    def register(fn: Callable[[StageContext, P], Any]) -> Callable[..., Any]:
+        if name in _REGISTRY:
+            raise ValueError(f"stage kind {name!r} registered twice")
+        _REGISTRY[name] = StageKind(name, params, fn, (fn.__doc__ or "").strip().split("\n")[0])
+        return fn
+
+    return register
+
+
+def registered_kinds() -> dict[str, StageKind[Any]]:
+    return dict(_REGISTRY)
+
+
+def get_stage_kind(name: str, where: str = "stage kind") -> StageKind[Any]:
+    if name not in _REGISTRY:
+        raise SpecError(f"{where}: unknown stage kind {name!r}; known kinds: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]

@@ -1,0 +1,49 @@
+"""Atomic file writes: write to a hidden temp name in the same folder, then rename over the target.
+
+A reader therefore sees either no file or a complete one, whatever kills the writer. Temp names start with a
+dot and end in `.tmp`, so dataset readers (which only take `*.parquet`) never pick them up. Set
+PERFSCALE_FSYNC=1 to fsync before the rename (protects against power loss, costs a few ms per shard).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+_FSYNC = os.environ.get("PERFSCALE_FSYNC", "0") == "1"
+
+
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp)` then rename tmp onto `path`; the temp file is removed if writing fails."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_name(path)
+    try:
+        write(tmp)
+        if _FSYNC:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_table(table: pa.Table, path: Path) -> Path:
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def atomic_write_text(text: str, path: Path) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text))

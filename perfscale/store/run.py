@@ -1,0 +1,200 @@
+"""The run directory: one folder per stage of Parquet shards named by task key, plus plan, manifest, attempts.
+
+    RUN/
+      manifest.json            run metadata (study, site, host, created, perfscale version)
+      study.yaml  site.yaml    the exact inputs the run was started from
+      plan.parquet             one row per task (see perfscale.plan)
+      stages/<stage>/<key>.parquet     one shard per finished task: the only completion marker
+      artifacts/<stage>/<key>/         files a task leaves besides its shard (trained models, logs)
+      attempts/*.parquet               attempts table, appended in batches
+      report/index.html
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+import perfscale
+from perfscale.errors import PerfscaleError
+from perfscale.plan.planner import Plan
+from perfscale.spec.site import Site
+from perfscale.store.atomic import atomic_write_table, atomic_write_text
+
+PROVENANCE_COLUMNS = ("task_key", "site", "host", "started_at", "duration_s", "attempt", "perfscale_version")
+
+ATTEMPT_SCHEMA = pa.schema([
+    ("task_key", pa.string()), ("stage", pa.string()), ("index", pa.int64()), ("attempt", pa.int64()),
+    ("host", pa.string()), ("pid", pa.int64()), ("started_at", pa.timestamp("us", tz="UTC")),
+    ("ended_at", pa.timestamp("us", tz="UTC")), ("duration_s", pa.float64()), ("ok", pa.bool_()),
+    ("exit_status", pa.int64()), ("failure_kind", pa.string()), ("message", pa.string()),
+])
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    task_key: str
+    site: str
+    host: str
+    started_at: datetime
+    duration_s: float
+    attempt: int
+    perfscale_version: str = perfscale.__version__
+
+    def columns(self, n: int) -> dict[str, pa.Array]:
+        return {
+            "task_key": pa.array([self.task_key] * n, pa.string()),
+            "site": pa.array([self.site] * n, pa.string()),
+            "host": pa.array([self.host] * n, pa.string()),
+            "started_at": pa.array([self.started_at] * n, pa.timestamp("us", tz="UTC")),
+            "duration_s": pa.array([self.duration_s] * n, pa.float64()),
+            "attempt": pa.array([self.attempt] * n, pa.int64()),
+            "perfscale_version": pa.array([self.perfscale_version] * n, pa.string()),
+        }
+
+
+def to_arrow(data: pa.Table | pd.DataFrame) -> pa.Table:
+    if isinstance(data, pd.DataFrame):
+        return pa.Table.from_pandas(data, preserve_index=False).replace_schema_metadata(None)
+    return data
+
+
+class RunStore:
+    """Everything a run keeps on disk, behind one object. Safe for many concurrent writers (one per task)."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+
+    # ---- layout -------------------------------------------------------------------------------------
+    @property
+    def plan_path(self) -> Path:
+        return self.root / "plan.parquet"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / "stages" / stage
+
+    def shard_path(self, stage: str, key: str) -> Path:
+        return self.stage_dir(stage) / f"{key}.parquet"
+
+    def artifact_dir(self, stage: str, key: str) -> Path:
+        return self.root / "artifacts" / stage / key
+
+    # ---- creation -----------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, root: Path | str, study_text: str, site: Site, plan: Plan) -> RunStore:
+        """Create or re-open a run; the plan is rewritten, shards of unchanged tasks are kept."""
+        store = cls(root)
+        store.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(study_text, store.root / "study.yaml")
+        atomic_write_text(json.dumps(site.model_dump(mode="json"), indent=2), store.root / "site.json")
+        plan.write(store.plan_path)
+        manifest = store.manifest() if store.manifest_path.exists() else {"created_at": utcnow().isoformat()}
+        manifest.update({
+            "study": plan.study, "site": site.name, "perfscale_version": perfscale.__version__,
+            "host": socket.gethostname(), "updated_at": utcnow().isoformat(), "stages": plan.stages,
+            "tasks": len(plan.tasks),
+        })
+        atomic_write_text(json.dumps(manifest, indent=2), store.manifest_path)
+        return store
+
+    def manifest(self) -> dict[str, Any]:
+        return json.loads(self.manifest_path.read_text())
+
+    def check(self) -> RunStore:
+        if not self.plan_path.exists():
+            raise PerfscaleError(f"{self.root} is not a perfscale run (no plan.parquet); give a run folder")
+        return self
+
+    @cached_property
+    def plan(self) -> Plan:
+        return Plan.read(self.check().plan_path)
+
+    @cached_property
+    def site(self) -> Site:
+        return Site.model_validate_json((self.root / "site.json").read_text())
+
+    # ---- shards -------------------------------------------------------------------------------------
+    def done_keys(self, stage: str) -> set[str]:
+        """Keys with a shard, from one directory listing (temp files are hidden: they start with a dot)."""
+        try:
+            names = os.listdir(self.stage_dir(stage))
+        except FileNotFoundError:
+            return set()
+        return {n[: -len(".parquet")] for n in names if n.endswith(".parquet") and not n.startswith(".")}
+
+    def write_shard(self, stage: str, key: str, data: pa.Table | pd.DataFrame, prov: Provenance) -> Path:
+        table = to_arrow(data)
+        clash = set(table.column_names) & set(PROVENANCE_COLUMNS)
+        if clash:
+            raise ValueError(f"stage {stage!r} output uses reserved provenance column names {sorted(clash)}")
+        for name, column in prov.columns(table.num_rows).items():
+            table = table.append_column(name, column)
+        return atomic_write_table(table, self.shard_path(stage, key))
+
+    def read_stage(
+        self, stage: str, keys: Iterable[str] | None = None, provenance: bool = True,
+        filter: ds.Expression | None = None,
+    ) -> pa.Table:
+        """Read the shards of `keys` (default: the plan's tasks of `stage`) as one table.
+
+        Shards from different tasks may have different columns; the schemas are unified (missing columns
+        become nulls, int64/float64 promote to float64). Shards of keys not in the plan are ignored.
+        """
+        wanted = [t.key for t in self.plan.of_stage(stage)] if keys is None else list(keys)
+        done = self.done_keys(stage)
+        files = [str(self.shard_path(stage, k)) for k in wanted if k in done]
+        if not files:
+            return pa.table({})
+        schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
+        schema = schema.remove_metadata()
+        dataset = ds.dataset(files, schema=schema, format="parquet")
+        columns = None if provenance else [n for n in schema.names if n not in PROVENANCE_COLUMNS]
+        return dataset.to_table(columns=columns, filter=filter)
+
+    # ---- attempts -----------------------------------------------------------------------------------
+    def append_attempts(self, records: list[Mapping[str, Any]]) -> None:
+        if records:
+            table = pa.Table.from_pylist([dict(r) for r in records], schema=ATTEMPT_SCHEMA)
+            name = f"{utcnow():%Y%m%dT%H%M%S}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
+            atomic_write_table(table, self.root / "attempts" / name)
+
+    def attempts(self) -> pd.DataFrame:
+        folder = self.root / "attempts"
+        files = sorted(str(p) for p in folder.glob("*.parquet")) if folder.exists() else []
+        if not files:
+            return ATTEMPT_SCHEMA.empty_table().to_pandas()
+        return ds.dataset(files, schema=ATTEMPT_SCHEMA, format="parquet").to_table().to_pandas()
+
+    def clear_artifacts(self, stage: str, key: str) -> Path:
+        """A fresh, empty artifact folder for a task attempt (leftovers of a killed attempt are removed)."""
+        path = self.artifact_dir(stage, key)
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+        return path

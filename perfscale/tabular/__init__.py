@@ -1,0 +1,1 @@
+"""Tabular data helpers: column metadata shared by generators and metrics."""
