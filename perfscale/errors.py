@@ -30,9 +30,10 @@ class SpecError(PerfscaleError):
 class TaskFailure(PerfscaleError):
     """Raised inside a task to fail it with an explicit failure kind."""
 
-    def __init__(self, kind: FailureKind, message: str):
+    def __init__(self, kind: FailureKind | str, message: str, exit_status: int | None = None):
         super().__init__(message)
         self.kind = FailureKind(kind)
+        self.exit_status = exit_status
 
 
 class BadInput(TaskFailure):

@@ -7,11 +7,21 @@ from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
-_WALLTIME = re.compile(r"^(?:(?:(?P<d>\d+)-)?(?P<h>\d+):)?(?P<m>\d+):(?P<s>\d+)$")
+_SLURM_TIME = [  # Slurm's --time formats, in its own order of precedence
+    (re.compile(r"^(?P<m>\d+)$"), "m"),
+    (re.compile(r"^(?P<m>\d+):(?P<s>\d+)$"), "ms"),
+    (re.compile(r"^(?P<h>\d+):(?P<m>\d+):(?P<s>\d+)$"), "hms"),
+    (re.compile(r"^(?P<d>\d+)-(?P<h>\d+)$"), "dh"),
+    (re.compile(r"^(?P<d>\d+)-(?P<h>\d+):(?P<m>\d+)$"), "dhm"),
+    (re.compile(r"^(?P<d>\d+)-(?P<h>\d+):(?P<m>\d+):(?P<s>\d+)$"), "dhms"),
+]
 
 
 def parse_walltime(value: object) -> float:
-    """Seconds from a number or a Slurm-style walltime ("SS"-free forms: "MM:SS", "HH:MM:SS", "D-HH:MM:SS")."""
+    """Seconds from a number (seconds) or a string in Slurm's --time formats.
+
+    Strings read as Slurm reads them: "90" is 90 minutes, "MM:SS", "HH:MM:SS", "D-HH", "D-HH:MM", "D-HH:MM:SS".
+    """
     if isinstance(value, bool):
         raise ValueError("walltime must be seconds or 'HH:MM:SS', not a boolean")
     if isinstance(value, int | float):
@@ -19,13 +29,15 @@ def parse_walltime(value: object) -> float:
             raise ValueError("walltime must be positive")
         return float(value)
     if isinstance(value, str):
-        m = _WALLTIME.match(value.strip())
-        if m:
-            d, h, mi, s = (int(m.group(g) or 0) for g in "dhms")
-            total = ((d * 24 + h) * 60 + mi) * 60 + s
-            if total > 0:
-                return float(total)
-    raise ValueError(f"walltime must be seconds or 'HH:MM:SS' / 'D-HH:MM:SS', got {value!r}")
+        for pattern, parts in _SLURM_TIME:
+            m = pattern.match(value.strip())
+            if m:
+                d, h, mi, s = (int(m.group(g)) if g in parts else 0 for g in "dhms")
+                total = ((d * 24 + h) * 60 + mi) * 60 + s
+                if total > 0:
+                    return float(total)
+    raise ValueError(f"walltime must be seconds (a number) or a Slurm time string like 'HH:MM:SS' or "
+                     f"'D-HH:MM:SS', got {value!r}")
 
 
 def format_walltime(seconds: float) -> str:

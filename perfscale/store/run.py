@@ -107,7 +107,8 @@ class RunStore:
 
     # ---- creation -----------------------------------------------------------------------------------
     @classmethod
-    def create(cls, root: Path | str, study_text: str, site: Site, plan: Plan) -> RunStore:
+    def create(cls, root: Path | str, study_text: str, site: Site, plan: Plan, study_dir: Path | None = None
+               ) -> RunStore:
         """Create or re-open a run; the plan is rewritten, shards of unchanged tasks are kept."""
         store = cls(root)
         store.root.mkdir(parents=True, exist_ok=True)
@@ -118,7 +119,7 @@ class RunStore:
         manifest.update({
             "study": plan.study, "site": site.name, "perfscale_version": perfscale.__version__,
             "host": socket.gethostname(), "updated_at": utcnow().isoformat(), "stages": plan.stages,
-            "tasks": len(plan.tasks),
+            "tasks": len(plan.tasks), "study_dir": str(Path(study_dir or ".").resolve()),
         })
         atomic_write_text(json.dumps(manifest, indent=2), store.manifest_path)
         return store
@@ -130,6 +131,11 @@ class RunStore:
         if not self.plan_path.exists():
             raise PerfscaleError(f"{self.root} is not a perfscale run (no plan.parquet); give a run folder")
         return self
+
+    @cached_property
+    def study_dir(self) -> Path:
+        """Where the study file was: relative paths in stage parameters are resolved against it."""
+        return Path(self.manifest().get("study_dir", "."))
 
     @cached_property
     def plan(self) -> Plan:

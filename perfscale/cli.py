@@ -1,0 +1,200 @@
+"""The `perfscale` command. Heavy modules (parsl, sdv, torch) are imported only by the commands that use them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from perfscale.errors import PerfscaleError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _site(args: argparse.Namespace):
+    from perfscale.spec.site import load_site
+
+    return load_site(args.site)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from perfscale.plan import build_plan
+    from perfscale.spec import load_study
+
+    study = load_study(args.study)
+    plan = build_plan(study, str(args.study))
+    out = Path(args.out or f"{study.name}.plan.parquet")
+    plan.write(out)
+    table = Table("stage", "kind", "tasks", title=f"plan of {study.name}: {len(plan.tasks)} tasks -> {out}")
+    for stage in plan.stages:
+        tasks = plan.of_stage(stage)
+        table.add_row(stage, tasks[0].kind, str(len(tasks)))
+    console.print(table)
+    return 0
+
+
+def _print_status(store) -> int:
+    from perfscale.status import run_status
+
+    states = run_status(store)
+    table = Table("stage", "total", "done", "failed", "missing", "failure kinds", title=f"run {store.root}")
+    for st in states:
+        kinds = ", ".join(f"{k}: {n}" for k, n in sorted(st.failure_kinds.items()))
+        table.add_row(st.stage, str(st.total), str(st.done), f"[red]{st.failed}" if st.failed else "0",
+                      str(st.missing), kinds)
+    console.print(table)
+    return 1 if any(st.failed for st in states) else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from perfscale.runner import prepare_run, run_plan
+
+    store = prepare_run(Path(args.study), _site(args), Path(args.run_dir) if args.run_dir else None)
+    console.print(f"run folder: [bold]{store.root}[/] ({len(store.plan.tasks)} tasks, engine "
+                  f"{args.engine or store.site.engine})")
+    run_plan(store, args.engine, args.workers, progress=not args.quiet)
+    code = _print_status(store)
+    if not args.no_report:
+        from perfscale.report import build_report
+
+        path = build_report(store)
+        console.print(f"report: [bold]{path.resolve()}[/]")
+    return code
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from perfscale.store import RunStore
+
+    return _print_status(RunStore(args.run).check())
+
+
+def cmd_task_run(args: argparse.Namespace) -> int:
+    """One task, as a job-array element runs it: attempts are appended to the run's attempts table."""
+    from perfscale.execute import execute_task, open_store
+
+    store = open_store(Path(args.plan).parent)
+    if not 0 <= args.index < len(store.plan.tasks):
+        raise PerfscaleError(f"{args.plan}: index {args.index} out of range 0..{len(store.plan.tasks) - 1}")
+    attempts = store.attempts()
+    previous = attempts.loc[attempts.task_key == store.plan.tasks[args.index].key, "attempt"]
+    outcome = execute_task(store.root, args.index, int(previous.max()) + 1 if len(previous) else 1)
+    store.append_attempts(outcome.attempts)
+    if outcome.ok:
+        console.print(f"task {args.index} ({outcome.stage} {outcome.key}): "
+                      + ("already done" if outcome.skipped else "done"))
+        return 0
+    err_console.print(f"task {args.index} ({outcome.stage} {outcome.key}) failed: {outcome.failure_kind}\n"
+                      f"{outcome.message}")
+    return 1
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from perfscale.store import RunStore
+
+    store = RunStore(args.run).check()
+    if args.stage not in store.plan.stages:
+        raise PerfscaleError(f"run {args.run} has no stage {args.stage!r}; stages: {', '.join(store.plan.stages)}")
+    df = store.read_stage(args.stage, provenance=args.provenance).to_pandas()
+    if args.columns:
+        df = df[[c.strip() for c in args.columns.split(",")]]
+    if args.format == "csv":
+        df.to_csv(sys.stdout, index=False)
+        return 0
+    with pd.option_context("display.max_columns", None, "display.width", console.width):
+        console.print(df.head(args.limit).to_string(index=False))
+    console.print(f"[dim]{len(df)} rows x {df.shape[1]} columns[/]")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from perfscale.report import build_report
+    from perfscale.store import RunStore
+
+    path = build_report(RunStore(args.run).check())
+    console.print(f"report: [bold]{path.resolve()}[/]")
+    return 0
+
+
+def cmd_sites(args: argparse.Namespace) -> int:
+    from perfscale.spec.site import available_sites, load_site
+
+    if args.action == "list":
+        table = Table("site", "scheduler", "launcher", "engine", "file")
+        for name, path in available_sites().items():
+            s = load_site(path)
+            table.add_row(name, s.scheduler, s.launcher, s.engine, str(path))
+        console.print(table)
+    else:
+        if not args.name:
+            raise PerfscaleError("`perfscale sites show` needs a site name")
+        console.print_json(load_site(args.name).model_dump_json())
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="perfscale", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="plan a study and run its missing tasks")
+    r.add_argument("study", type=Path)
+    r.add_argument("--site", default="local", help="site name or path to a site YAML (default: local)")
+    r.add_argument("--run-dir", help="run folder (default: runs/<study>-<site>)")
+    r.add_argument("--engine", choices=["local", "parsl"], help="override the site's engine")
+    r.add_argument("--workers", type=int, help="concurrent tasks (default: the site's max_workers)")
+    r.add_argument("--no-report", action="store_true")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(fn=cmd_run)
+
+    pl = sub.add_parser("plan", help="expand a study into a plan (Parquet) without running it")
+    pl.add_argument("study", type=Path)
+    pl.add_argument("--out", help="plan file (default: <study>.plan.parquet)")
+    pl.set_defaults(fn=cmd_plan)
+
+    st = sub.add_parser("status", help="per-stage counts: done, failed (with kinds), missing")
+    st.add_argument("run", type=Path)
+    st.set_defaults(fn=cmd_status)
+
+    t = sub.add_parser("task", help="run one task of a plan (what a job-array element calls)")
+    tsub = t.add_subparsers(dest="task_command", required=True)
+    tr = tsub.add_parser("run")
+    tr.add_argument("plan", type=Path, help="RUN/plan.parquet")
+    tr.add_argument("index", type=int)
+    tr.set_defaults(fn=cmd_task_run)
+
+    sh = sub.add_parser("show", help="print a stage's table")
+    sh.add_argument("run", type=Path)
+    sh.add_argument("stage")
+    sh.add_argument("--columns", help="comma-separated columns")
+    sh.add_argument("--limit", type=int, default=20)
+    sh.add_argument("--format", choices=["table", "csv"], default="table")
+    sh.add_argument("--provenance", action="store_true", help="include provenance columns")
+    sh.set_defaults(fn=cmd_show)
+
+    rp = sub.add_parser("report", help="write RUN/report/index.html")
+    rp.add_argument("run", type=Path)
+    rp.set_defaults(fn=cmd_report)
+
+    si = sub.add_parser("sites", help="list or show site configurations")
+    si.add_argument("action", choices=["list", "show"])
+    si.add_argument("name", nargs="?")
+    si.set_defaults(fn=cmd_sites)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except PerfscaleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""The built-in OpenMP kernel suite: C sources shipped with perfscale, compiled once per machine and cached.
+
+The cache folder is named by a hash of the sources, the compiler (its command and `--version`), the flag
+choices and the CPU's feature flags, so a new compiler or a node with another CPU (`-march=native`!) gets its
+own build, while the many tasks of a run on one kind of node share one. A build happens in a private temp
+folder that is renamed into place, so tasks building at once never see half a build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from perfscale.collect.machine import cpu_flags
+from perfscale.errors import PerfscaleError
+
+KERNELS = ("triad", "matmul", "jacobi2d", "spmv", "nbody")
+SOURCE_DIR = Path(__file__).with_name("kernels")
+BUILD_INFO = "build.json"  # written last into a build folder: its presence marks a complete build
+FLAG_CHOICES = (("-O3", "-fopenmp", "-march=native"), ("-O3", "-fopenmp"))
+COMPILE_TIMEOUT_S = 300.0
+
+#: FOM patterns for the `name: value` lines every kernel prints (usable as a profile stage's `fom`).
+KERNEL_FOMS = {
+    name: rf"^{name}:\s*(\S+)\s*$" for name in ("threads", "time_s", "gflops", "gbytes_per_s", "checksum")
+}
+
+
+def compiler() -> list[str]:
+    """The C compiler command: `$CC` (which may hold words, e.g. `ccache gcc`), else `cc`."""
+    return shlex.split(os.environ.get("CC") or "cc") or ["cc"]
+
+
+def default_cache_root() -> Path:
+    """`$PERFSCALE_CACHE/kernels`, else `~/.cache/perfscale/kernels`."""
+    env = os.environ.get("PERFSCALE_CACHE")
+    return Path(env).expanduser() / "kernels" if env else Path.home() / ".cache" / "perfscale" / "kernels"
+
+
+def _compiler_identity(cc: list[str]) -> str:
+    """The compiler's resolved path and first `--version` line; fails clearly when there is no compiler."""
+    what = " ".join(cc)
+    try:
+        out = subprocess.run(
+            [*cc, "--version"], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PerfscaleError(
+            f"cannot run the C compiler {what!r} ({exc}); install one or set $CC to a C compiler with OpenMP"
+        ) from None
+    first = (out.stdout or out.stderr).strip().splitlines()
+    return f"{shutil.which(cc[0]) or cc[0]}: {first[0] if first else '?'}"
+
+
+def _sources() -> list[Path]:
+    return sorted([*SOURCE_DIR.glob("*.c"), *SOURCE_DIR.glob("*.h")])
+
+
+def cache_key(cc: list[str], identity: str) -> str:
+    digest = hashlib.sha256()
+    for part in (json.dumps(cc), identity, json.dumps(FLAG_CHOICES), platform.machine(), cpu_flags()):
+        digest.update(part.encode() + b"\0")
+    for path in _sources():
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _compile(cc: list[str], flags: tuple[str, ...], out_dir: Path) -> dict[str, str]:
+    """Compile every kernel (in parallel) into out_dir; return {kernel: compiler output} of the failures."""
+    procs = {
+        name: subprocess.Popen(
+            [*cc, *flags, "-o", str(out_dir / name), str(SOURCE_DIR / f"{name}.c"), "-lm"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+        )
+        for name in KERNELS
+    }
+    failures = {}
+    try:
+        for name, proc in procs.items():
+            output, _ = proc.communicate(timeout=COMPILE_TIMEOUT_S)
+            if proc.returncode != 0:
+                failures[name] = output.strip() or f"exit status {proc.returncode}"
+    except subprocess.TimeoutExpired:
+        failures["(all)"] = f"compilation took longer than {COMPILE_TIMEOUT_S:.0f} s"
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return failures
+
+
+def _compile_all(cc: list[str], identity: str, out_dir: Path) -> list[str]:
+    """Compile with the first flag choice that works (`-march=native` is not known to every compiler)."""
+    for flags in FLAG_CHOICES:
+        failures = _compile(cc, flags, out_dir)
+        if not failures:
+            return list(flags)
+    name, output = next(iter(failures.items()))
+    tail = "\n".join(output.splitlines()[-30:])
+    raise PerfscaleError(
+        f"cannot compile the perfscale kernels with the C compiler {' '.join(cc)!r} ({identity}); "
+        f"{name}.c failed with `{' '.join(flags)}` (and with {' '.join(FLAG_CHOICES[0])}):\n{tail}\n"
+        "Set $CC to a C compiler that supports OpenMP (-fopenmp)."
+    )
+
+
+def build_kernels(cache_dir: Path | None = None) -> Path:
+    """Compile the kernel suite unless this machine's build is cached; return the folder of executables.
+
+    `cache_dir` is the root of the cache (default: `default_cache_root()`); the build lands in
+    `<root>/<hash>/`, one executable per name in KERNELS plus build.json. Safe to call from many processes
+    at once: each builds privately, the first rename wins and the others use its result.
+    """
+    cc = compiler()
+    identity = _compiler_identity(cc)
+    root = Path(cache_dir) if cache_dir is not None else default_cache_root()
+    final = root / cache_key(cc, identity)
+    if (final / BUILD_INFO).exists():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".build-{final.name}-", dir=root))
+    try:
+        flags = _compile_all(cc, identity, tmp)
+        info = {"compiler": cc, "identity": identity, "flags": flags, "kernels": list(KERNELS)}
+        (tmp / BUILD_INFO).write_text(json.dumps(info, indent=2))
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / BUILD_INFO).exists():  # not a lost race: something else is in the way
+                raise PerfscaleError(f"cannot store the kernel build in {final}; remove that folder") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # only still there when the build failed or lost the race
+    return final

@@ -1,0 +1,59 @@
+"""Engines decide where tasks run. The interface is deliberately tiny: a context manager with submit().
+
+    with make_engine("parsl", site, run_root) as engine:
+        future = engine.submit(execute_task, run_root, index)
+
+`submit` returns a concurrent.futures.Future (Parsl's AppFuture is one). Engines know nothing about stages,
+shards or retries: that all lives in perfscale.execute, so every engine behaves the same.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from concurrent.futures import Future
+from importlib import import_module
+from pathlib import Path
+from typing import Any, ClassVar
+
+from perfscale.errors import SpecError
+from perfscale.spec.site import Site
+
+
+class Engine(ABC):
+    name: ClassVar[str]
+
+    def __init__(self, site: Site, run_root: Path, workers: int | None = None):
+        self.site = site
+        self.run_root = Path(run_root)
+        self.workers = workers or site.workers
+
+    @abstractmethod
+    def start(self) -> None: ...
+
+    @abstractmethod
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]: ...
+
+    @abstractmethod
+    def shutdown(self) -> None: ...
+
+    def __enter__(self) -> Engine:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+# name -> "module:Class", imported on use so `perfscale plan` never pays for Parsl's import
+ENGINES: dict[str, str] = {
+    "local": "perfscale.engines.local:LocalEngine",
+    "parsl": "perfscale.engines.parsl_engine:ParslEngine",
+}
+
+
+def make_engine(name: str, site: Site, run_root: Path, workers: int | None = None) -> Engine:
+    if name not in ENGINES:
+        raise SpecError(f"engine {name!r} is not available; choose one of {', '.join(sorted(ENGINES))}")
+    module, cls = ENGINES[name].split(":")
+    return getattr(import_module(module), cls)(site, run_root, workers)

@@ -1,0 +1,36 @@
+"""The local engine: a process pool on this machine (tests, tiny runs, and the inside of one allocation)."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any
+
+from perfscale.engines.base import Engine
+
+
+class LocalEngine(Engine):
+    name = "local"
+    _pool: ProcessPoolExecutor | None = None
+
+    def start(self) -> None:
+        # forkserver: workers start from a clean process (no inherited threads or locks), preloaded with
+        # perfscale so each task pays no import cost
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["perfscale.execute"])
+        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        assert self._pool is not None, "engine not started"
+        try:
+            return self._pool.submit(fn, *args)
+        except RuntimeError:  # BrokenProcessPool: a worker died (killed, OOM); start a fresh pool
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self.start()
+            return self._pool.submit(fn, *args)
+
+    def shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None

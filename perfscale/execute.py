@@ -1,0 +1,126 @@
+"""Running one task: validate, call its stage, write its shard, retry per failure kind.
+
+`execute_task` is the single entry point every engine and `perfscale task run` call. It never raises for a
+task failure; it returns an Outcome whose attempt records the caller appends to the attempts table (callers
+batch them: one file per batch, not per task, keeps dispatch overhead low).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from perfscale.errors import FailureKind, TaskFailure
+from perfscale.plan.planner import Task
+from perfscale.stages import StageContext, get_stage_kind
+from perfscale.store.run import Provenance, RunStore, utcnow
+
+_HOST = socket.gethostname()
+
+
+@dataclass
+class Outcome:
+    index: int
+    key: str
+    stage: str
+    ok: bool
+    skipped: bool = False  # the shard already existed
+    failure_kind: str | None = None
+    message: str | None = None
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+
+
+def classify(exc: BaseException) -> tuple[FailureKind, int | None]:
+    """Failure kind and exit status of an exception raised by a task."""
+    if isinstance(exc, TaskFailure):
+        return exc.kind, exc.exit_status
+    if isinstance(exc, ValidationError):
+        return FailureKind.BAD_INPUT, None
+    if isinstance(exc, MemoryError):
+        return FailureKind.OOM, None
+    if isinstance(exc, TimeoutError):
+        return FailureKind.TIMEOUT, None
+    if isinstance(exc, KeyboardInterrupt):
+        return FailureKind.CANCELLED, None
+    return FailureKind.APP_ERROR, None
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, TaskFailure):
+        return str(exc)
+    tb = traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-3)
+    return f"{type(exc).__name__}: {exc}\n{''.join(tb)}"[-4000:]
+
+
+@lru_cache(maxsize=8)
+def _open_store(root: str, plan_mtime_ns: int) -> RunStore:
+    store = RunStore(root)
+    _ = store.plan, store.site  # parse once per process and plan version
+    return store
+
+
+def open_store(root: str | Path) -> RunStore:
+    root = str(root)
+    return _open_store(root, os.stat(Path(root) / "plan.parquet").st_mtime_ns)
+
+
+def _attempt_record(task: Task, attempt: int, started, duration: float, ok: bool,
+                    kind: FailureKind | None = None, exit_status: int | None = None,
+                    message: str | None = None) -> dict[str, Any]:
+    return {
+        "task_key": task.key, "stage": task.stage, "index": task.index, "attempt": attempt, "host": _HOST,
+        "pid": os.getpid(), "started_at": started, "ended_at": utcnow(), "duration_s": duration, "ok": ok,
+        "exit_status": 0 if ok else exit_status, "failure_kind": kind.value if kind else None,
+        "message": message,
+    }
+
+
+def execute_task(root: str | Path, index: int, first_attempt: int = 1) -> Outcome:
+    """Run task `index` of the run at `root` until it succeeds or its retry budget for a kind is spent."""
+    store = open_store(root)
+    task = store.plan.tasks[index]
+    outcome = Outcome(index=index, key=task.key, stage=task.stage, ok=False)
+    if store.shard_path(task.stage, task.key).exists():
+        outcome.ok = outcome.skipped = True
+        return outcome
+    kind = get_stage_kind(task.kind)
+    retries: Counter[FailureKind] = Counter()
+    attempt = first_attempt
+    while True:
+        started, t0 = utcnow(), time.perf_counter()
+        try:
+            params = kind.params.model_validate(task.params)
+            result = kind.run(StageContext(store, task, attempt), params)
+            duration = time.perf_counter() - t0
+            prov = Provenance(task.key, store.site.name, _HOST, started, duration, attempt)
+            store.write_shard(task.stage, task.key, result, prov)
+        except BaseException as exc:  # a task failure is data: record it, never crash the worker
+            failure, exit_status = classify(exc)
+            msg = _message(exc)
+            outcome.attempts.append(_attempt_record(task, attempt, started, time.perf_counter() - t0, False,
+                                                    failure, exit_status, msg))
+            if failure is FailureKind.CANCELLED:
+                raise
+            if retries[failure] < task.retry.get(failure.value, 0):
+                retries[failure] += 1
+                attempt += 1
+                continue
+            outcome.failure_kind, outcome.message = failure.value, msg
+            return outcome
+        outcome.attempts.append(_attempt_record(task, attempt, started, duration, True))
+        outcome.ok = True
+        return outcome
+
+
+def noop(*args: Any) -> None:
+    """A task that does nothing: the baseline of the dispatch benchmark."""
+    return None

@@ -1,0 +1,158 @@
+"""Running a study: plan it, open the run folder, and push every missing task through an engine.
+
+Stages run in order (a stage starts when the one before it has finished). A task whose shard exists is skipped;
+a task whose input is incomplete (an upstream task failed) is reported as blocked, not run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import Future, as_completed
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from perfscale.engines import make_engine
+from perfscale.errors import FailureKind
+from perfscale.execute import Outcome, execute_task
+from perfscale.plan.planner import Plan, Task, build_plan
+from perfscale.spec.site import Site
+from perfscale.spec.study import load_study
+from perfscale.store.run import RunStore, utcnow
+
+
+@dataclass
+class StageSummary:
+    total: int = 0
+    done: int = 0
+    ran: int = 0
+    failed: int = 0
+    blocked: int = 0
+    failure_kinds: Counter[str] = field(default_factory=Counter)
+
+
+class AttemptLog:
+    """Buffers attempt records and appends them to the run in batches (at most every `every_s` seconds)."""
+
+    def __init__(self, store: RunStore, every_s: float = 2.0):
+        self.store, self.every_s, self.buffer, self.last = store, every_s, [], time.monotonic()
+
+    def add(self, records: list[dict]) -> None:
+        self.buffer.extend(records)
+        if time.monotonic() - self.last > self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        self.store.append_attempts(self.buffer)
+        self.buffer, self.last = [], time.monotonic()
+
+
+def default_run_dir(study_name: str, site: Site) -> Path:
+    return Path("runs") / f"{study_name}-{site.name}"
+
+
+def prepare_run(study_path: Path, site: Site, run_dir: Path | None = None) -> RunStore:
+    """Validate the study, expand its plan, and create (or re-open) its run folder. Nothing runs."""
+    study = load_study(study_path)
+    plan = build_plan(study, str(study_path))
+    root = run_dir or default_run_dir(study.name, site)
+    return RunStore.create(root, study_path.read_text(), site, plan, study_dir=study_path.parent)
+
+
+def _ready(store: RunStore, task: Task, done: dict[str, set[str]]) -> bool:
+    if task.upstream_stage and task.upstream_key not in done[task.upstream_stage]:
+        return False
+    return all(done[s] >= {t.key for t in store.plan.of_stage(s)} for s in task.inputs)
+
+
+def _next_attempts(store: RunStore) -> dict[str, int]:
+    attempts = store.attempts()
+    if attempts.empty:
+        return {}
+    return {k: int(v) + 1 for k, v in attempts.groupby("task_key")["attempt"].max().items()}
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Progress]:
+    columns = [TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[failed]}"),
+               TimeElapsedColumn()]
+    with Progress(*columns, disable=not enabled, transient=False) as progress:
+        yield progress
+
+
+def run_plan(store: RunStore, engine_name: str | None = None, workers: int | None = None,
+             stages: list[str] | None = None, progress: bool = True) -> dict[str, StageSummary]:
+    """Run every missing task of the run's plan (optionally only some stages) and summarise per stage."""
+    plan: Plan = store.plan
+    summary: dict[str, StageSummary] = {}
+    next_attempt = _next_attempts(store)
+    log = AttemptLog(store)
+    engine = make_engine(engine_name or store.site.engine, store.site, store.root, workers)
+    done = {s: store.done_keys(s) for s in plan.stages}
+    try:
+        with engine, _progress(progress) as bars:
+            for stage in plan.stages:
+                tasks = plan.of_stage(stage)
+                s = summary[stage] = StageSummary(total=len(tasks))
+                if stages and stage not in stages:
+                    s.done = len(done[stage] & {t.key for t in tasks})
+                    continue
+                todo = [t for t in tasks if t.key not in done[stage]]
+                ready = [t for t in todo if _ready(store, t, done)]
+                s.blocked = len(todo) - len(ready)
+                s.done = len(tasks) - len(todo)
+                bar = bars.add_task(stage, total=len(tasks), completed=s.done, failed="")
+                for outcome in _run_tasks(engine, store, ready, next_attempt):
+                    log.add(outcome.attempts)
+                    if outcome.ok:
+                        s.done += 1
+                        s.ran += not outcome.skipped
+                        done[stage].add(outcome.key)
+                    else:
+                        s.failed += 1
+                        s.failure_kinds[outcome.failure_kind or "?"] += 1
+                    bars.update(bar, advance=1, failed=f"[red]{s.failed} failed" if s.failed else "")
+    finally:
+        log.flush()
+    return summary
+
+
+def _run_tasks(engine, store: RunStore, tasks: list[Task], next_attempt: dict[str, int]) -> Iterator[Outcome]:
+    """Submit tasks, yield outcomes as they finish; a worker that dies is a node_lost attempt (retried)."""
+    lost: Counter[str] = Counter()
+    pending: dict[Future, Task] = {}
+
+    def submit(t: Task) -> None:
+        attempt = next_attempt.get(t.key, 1) + lost[t.key]
+        pending[engine.submit(execute_task, str(store.root), t.index, attempt)] = t
+
+    for t in tasks:
+        submit(t)
+    while pending:
+        for fut in as_completed(list(pending)):
+            t = pending.pop(fut)
+            try:
+                yield fut.result()
+            except Exception as exc:  # the worker process died: the task never reported back
+                lost[t.key] += 1
+                if lost[t.key] <= t.retry.get(FailureKind.NODE_LOST.value, 0):
+                    submit(t)
+                    break  # `pending` changed: restart as_completed over the new set
+                now = utcnow()
+                record = {"task_key": t.key, "stage": t.stage, "index": t.index,
+                          "attempt": next_attempt.get(t.key, 1) + lost[t.key] - 1, "host": None, "pid": None,
+                          "started_at": now, "ended_at": now, "duration_s": None, "ok": False, "exit_status": None,
+                          "failure_kind": FailureKind.NODE_LOST.value, "message": f"{type(exc).__name__}: {exc}"}
+                yield Outcome(t.index, t.key, t.stage, ok=False, failure_kind=FailureKind.NODE_LOST.value,
+                              message=record["message"], attempts=[record])
+
+
+def run_study(study_path: Path, site: Site, run_dir: Path | None = None, engine: str | None = None,
+              workers: int | None = None, progress: bool = True) -> tuple[RunStore, dict[str, StageSummary]]:
+    store = prepare_run(study_path, site, run_dir)
+    return store, run_plan(store, engine, workers, progress=progress)

@@ -1,0 +1,3 @@
+"""Imports the modules of the built-in stage kinds so that they register themselves."""
+
+from perfscale.stages import evaluate, function, generate, split  # noqa: F401

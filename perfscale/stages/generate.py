@@ -1,0 +1,61 @@
+"""The `train` and `sample` stages: fit a generator on a real table, then draw synthetic rows from it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+from pydantic import Field
+
+from perfscale.stages.base import StageContext, StageParams, stage_kind
+from perfscale.stages.split import SPLIT_COLUMN, split_part
+
+MODEL_FOLDER = "model"
+
+
+class TrainParams(StageParams):
+    generator: str = Field(description="registered generator: gaussian_copula, ctgan, tvae, copulagan...")
+    source: str = Field(description="stage with the real table (a `split` stage: its train part is used)")
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    columns: dict[str, dict[str, Any]] = Field(default_factory=dict, description="column metadata overrides")
+
+
+def real_table(ctx: StageContext, source: str, part: str = "train") -> pd.DataFrame:
+    table = ctx.input(source)
+    return split_part(table, part) if SPLIT_COLUMN in table.columns else table
+
+
+@stage_kind("train", TrainParams)
+def train(ctx: StageContext, params: TrainParams) -> pd.DataFrame:
+    """Fit one generator; the model folder is an artifact, the shard is its training telemetry."""
+    from perfscale.generators import get_generator
+    from perfscale.tabular.meta import infer_meta
+
+    real = real_table(ctx, params.source)
+    meta = infer_meta(real).with_overrides(params.columns)
+    generator = get_generator(params.generator)(**params.hyperparameters)
+    log = generator.fit(real, meta, seed=ctx.seed)
+    generator.save(ctx.artifacts / MODEL_FOLDER)
+    (ctx.artifacts / "meta.json").write_text(json.dumps(meta.model_dump(mode="json"), indent=2))
+    telemetry = log.telemetry if not log.telemetry.empty else pd.DataFrame({"step": [pd.NA]})
+    return telemetry.assign(generator=params.generator, fit_elapsed_s=log.elapsed_s,
+                            peak_rss_bytes=log.peak_rss_bytes, train_rows=len(real))
+
+
+class SampleParams(StageParams):
+    rows: int | None = Field(None, gt=0, description="rows to draw (default: as many as the training table)")
+
+
+@stage_kind("sample", SampleParams)
+def sample(ctx: StageContext, params: SampleParams) -> pd.DataFrame:
+    """Draw rows from the upstream `train` task's model (`foreach: train`)."""
+    from perfscale.generators import load_generator
+
+    up = ctx.upstream
+    # the model folder was written by this run's own train task, so loading its pickle is trusted
+    generator = load_generator(ctx.upstream_artifacts() / MODEL_FOLDER, trust=True)
+    train_log = ctx.upstream_table()
+    n = params.rows or int(train_log["train_rows"].iloc[0])
+    rows = generator.sample(n, seed=ctx.seed)
+    return rows.assign(generator=up.params["generator"])

@@ -1,0 +1,45 @@
+"""The `split` stage: pick the modelling columns of a stage's output and mark a seeded real holdout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from pydantic import Field
+
+from perfscale.errors import BadInput
+from perfscale.stages.base import StageContext, StageParams, stage_kind
+
+SPLIT_COLUMN = "split"
+
+
+class SplitParams(StageParams):
+    source: str = Field(description="the stage whose output is split (must be listed in `inputs`)")
+    columns: list[str] | None = Field(None, description="columns to keep (default: all but provenance)")
+    holdout_fraction: float = Field(0.25, gt=0, lt=1)
+
+
+@stage_kind("split", SplitParams)
+def split(ctx: StageContext, params: SplitParams) -> pd.DataFrame:
+    """Keep the modelling columns and add `split` = train | holdout (a seeded shuffle)."""
+    table = ctx.input(params.source)
+    if params.columns is not None:
+        missing = [c for c in params.columns if c not in table.columns]
+        if missing:
+            raise BadInput(f"split.columns names {missing}, not in {params.source!r}; "
+                           f"available: {sorted(table.columns)}")
+        table = table[params.columns]
+    if SPLIT_COLUMN in table.columns:
+        raise BadInput(f"{params.source!r} already has a column named {SPLIT_COLUMN!r}")
+    if len(table) < 4:
+        raise BadInput(f"{params.source!r} has {len(table)} rows; a train/holdout split needs at least 4")
+    # sort first so the split does not depend on the order shards were read in
+    table = table.sort_values(list(table.columns), kind="stable", ignore_index=True)
+    n_holdout = max(1, int(round(len(table) * params.holdout_fraction)))
+    order = np.random.default_rng(ctx.seed).permutation(len(table))
+    labels = np.full(len(table), "train", dtype=object)
+    labels[order[:n_holdout]] = "holdout"
+    return table.assign(**{SPLIT_COLUMN: labels})
+
+
+def split_part(table: pd.DataFrame, part: str) -> pd.DataFrame:
+    return table[table[SPLIT_COLUMN] == part].drop(columns=SPLIT_COLUMN).reset_index(drop=True)

@@ -1,0 +1,39 @@
+"""Per-stage state of a run, from shards (done) and the attempts table (failed, with kinds)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from perfscale.store.run import RunStore
+
+
+@dataclass
+class StageState:
+    stage: str
+    total: int = 0
+    done: int = 0
+    failed: int = 0
+    missing: int = 0
+    failure_kinds: dict[str, int] = field(default_factory=dict)
+
+
+def run_status(store: RunStore) -> list[StageState]:
+    """done = shard exists; failed = no shard and the last attempt failed; missing = never attempted."""
+    attempts = store.attempts()
+    last = attempts.sort_values("attempt").groupby("task_key").tail(1).set_index("task_key")
+    states = []
+    for stage in store.plan.stages:
+        keys = [t.key for t in store.plan.of_stage(stage)]
+        done = store.done_keys(stage)
+        st = StageState(stage, total=len(keys))
+        for key in keys:
+            if key in done:
+                st.done += 1
+            elif key in last.index and not bool(last.at[key, "ok"]):
+                st.failed += 1
+                kind = str(last.at[key, "failure_kind"])
+                st.failure_kinds[kind] = st.failure_kinds.get(kind, 0) + 1
+            else:
+                st.missing += 1
+        states.append(st)
+    return states

@@ -1,0 +1,44 @@
+"""Task functions used by the end-to-end tests (loaded by `function` stages as `fns.py:<name>`)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+
+def square(x: int, seed: int) -> dict:
+    return {"x": x, "y": x * x, "seed": seed}
+
+
+def total(ctx) -> dict:
+    """Reads the whole `square` stage: checks that whole-stage inputs arrive complete."""
+    table = ctx.input("square")
+    return {"n": len(table), "sum_y": int(table["y"].sum())}
+
+
+def slow_square(x: int, delay: float) -> dict:
+    time.sleep(delay)
+    return {"x": x, "y": x * x, "z": float(x) / 7.0}
+
+
+def fail_on(x: int, bad: int, mode: str = "raise") -> dict:
+    """Fails for x == bad: `raise` -> app_error, `bad_input` -> bad_input, `exit` -> worker death."""
+    if x == bad:
+        if mode == "bad_input":
+            from perfscale.errors import BadInput
+
+            raise BadInput(f"x={x} is not allowed")
+        if mode == "exit":
+            os._exit(9)
+        raise RuntimeError(f"boom at x={x}")
+    return {"x": x}
+
+
+def flaky(x: int, ctx) -> dict:
+    """Fails on the first attempt, succeeds on the next (retry policy test)."""
+    marker = Path(ctx.store.root) / f"flaky-{x}"
+    if not marker.exists():
+        marker.write_text("seen")
+        raise RuntimeError("first attempt fails")
+    return {"x": x, "seen_attempt": ctx.attempt}

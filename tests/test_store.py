@@ -1,0 +1,100 @@
+"""Shards: atomic writes, provenance, schema unification, attempts."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from perfscale.plan import build_plan
+from perfscale.spec import load_site
+from perfscale.spec.study import Study
+from perfscale.store import PROVENANCE_COLUMNS, Provenance, RunStore
+from perfscale.store.atomic import atomic_write
+
+
+def _store(tmp_path: Path, n: int = 3) -> RunStore:
+    study = Study.model_validate({"name": "s", "stages": {"a": {
+        "kind": "function", "params": {"callable": "fns.py:square"}, "grid": {"product": {"x": list(range(n))}}}}})
+    return RunStore.create(tmp_path / "run", "name: s\n", load_site("local"), build_plan(study))
+
+
+def _prov(key: str) -> Provenance:
+    return Provenance(key, "local", "host", datetime(2026, 1, 1, tzinfo=timezone.utc), 0.5, 1)
+
+
+def test_atomic_write_leaves_nothing_when_the_writer_fails(tmp_path):
+    target = tmp_path / "x.parquet"
+
+    def half_write(tmp: Path) -> None:
+        tmp.write_bytes(b"PAR1 half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        atomic_write(target, half_write)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_temp_files_are_invisible_to_readers(tmp_path):
+    store = _store(tmp_path)
+    key = store.plan.tasks[0].key
+    store.stage_dir("a").mkdir(parents=True)
+    (store.stage_dir("a") / f".{key}.parquet.123.abcd.tmp").write_bytes(b"partial")
+    assert store.done_keys("a") == set()
+    assert store.read_stage("a").num_rows == 0
+
+
+def test_provenance_and_schema_unification(tmp_path):
+    store = _store(tmp_path)
+    k0, k1, k2 = (t.key for t in store.plan.tasks)
+    store.write_shard("a", k0, pd.DataFrame({"x": [1, 2], "y": [10, 20]}), _prov(k0))
+    store.write_shard("a", k1, pd.DataFrame({"x": [3.5], "z": ["s"]}), _prov(k1))
+    table = store.read_stage("a")
+    assert table.num_rows == 3
+    assert set(PROVENANCE_COLUMNS) <= set(table.column_names)
+    assert table.schema.field("x").type == pa.float64()  # int64 and double unify to double
+    df = table.to_pandas().sort_values("x")
+    assert df["y"].isna().tolist() == [False, False, True]
+    assert df["z"].isna().tolist() == [True, True, False]
+    assert set(df["task_key"]) == {k0, k1}
+    assert k2 not in store.done_keys("a")
+    bare = store.read_stage("a", provenance=False)
+    assert set(bare.column_names) == {"x", "y", "z"}
+
+
+def test_reserved_column_names_are_rejected(tmp_path):
+    store = _store(tmp_path)
+    key = store.plan.tasks[0].key
+    with pytest.raises(ValueError, match="reserved provenance column"):
+        store.write_shard("a", key, pd.DataFrame({"host": ["h"]}), _prov(key))
+    assert not store.shard_path("a", key).exists()
+
+
+def test_shards_of_keys_outside_the_plan_are_ignored(tmp_path):
+    store = _store(tmp_path)
+    store.write_shard("a", "0" * 20, pd.DataFrame({"x": [99]}), _prov("0" * 20))
+    assert store.read_stage("a").num_rows == 0
+
+
+def test_empty_output_is_still_a_completion_marker(tmp_path):
+    store = _store(tmp_path)
+    key = store.plan.tasks[0].key
+    store.write_shard("a", key, pd.DataFrame(), _prov(key))
+    assert key in store.done_keys("a")
+
+
+def test_attempts_round_trip(tmp_path):
+    store = _store(tmp_path)
+    now = datetime.now(timezone.utc)
+    rec = {"task_key": "k", "stage": "a", "index": 0, "attempt": 1, "host": "h", "pid": os.getpid(),
+           "started_at": now, "ended_at": now, "duration_s": 0.1, "ok": False, "exit_status": 3,
+           "failure_kind": "app_error", "message": "boom"}
+    store.append_attempts([rec])
+    store.append_attempts([rec | {"attempt": 2, "ok": True, "failure_kind": None}])
+    df = store.attempts().sort_values("attempt")
+    assert df["attempt"].tolist() == [1, 2]
+    assert df["failure_kind"].tolist()[0] == "app_error"
