@@ -1,3 +1,3 @@
-"""perfscale: reproducible, resumable performance-data campaigns (profile -> synthesise -> evaluate -> report)."""
+"""perfscale: reproducible, resumable performance-data campaigns (profile, synthesise, evaluate, report)."""
 
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""The `perfscale` command. Heavy modules (parsl, sdv, torch) are imported only by the commands that use them."""
+"""The `perfscale` command. Heavy modules (parsl, sdv, torch) load only in the commands that use them."""
 
 from __future__ import annotations
 
@@ -44,8 +44,14 @@ def _print_status(store) -> int:
     table = Table("stage", "total", "done", "failed", "missing", "failure kinds", title=f"run {store.root}")
     for st in states:
         kinds = ", ".join(f"{k}: {n}" for k, n in sorted(st.failure_kinds.items()))
-        table.add_row(st.stage, str(st.total), str(st.done), f"[red]{st.failed}" if st.failed else "0",
-                      str(st.missing), kinds)
+        table.add_row(
+            st.stage,
+            str(st.total),
+            str(st.done),
+            f"[red]{st.failed}" if st.failed else "0",
+            str(st.missing),
+            kinds,
+        )
     console.print(table)
     return 1 if any(st.failed for st in states) else 0
 
@@ -54,8 +60,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from perfscale.runner import prepare_run, run_plan
 
     store = prepare_run(Path(args.study), _site(args), Path(args.run_dir) if args.run_dir else None)
-    console.print(f"run folder: [bold]{store.root}[/] ({len(store.plan.tasks)} tasks, engine "
-                  f"{args.engine or store.site.engine})")
+    console.print(
+        f"run folder: [bold]{store.root}[/] ({len(store.plan.tasks)} tasks, engine "
+        f"{args.engine or store.site.engine})"
+    )
     run_plan(store, args.engine, args.workers, progress=not args.quiet)
     code = _print_status(store)
     if not args.no_report:
@@ -84,11 +92,14 @@ def cmd_task_run(args: argparse.Namespace) -> int:
     outcome = execute_task(store.root, args.index, int(previous.max()) + 1 if len(previous) else 1)
     store.append_attempts(outcome.attempts)
     if outcome.ok:
-        console.print(f"task {args.index} ({outcome.stage} {outcome.key}): "
-                      + ("already done" if outcome.skipped else "done"))
+        console.print(
+            f"task {args.index} ({outcome.stage} {outcome.key}): "
+            + ("already done" if outcome.skipped else "done")
+        )
         return 0
-    err_console.print(f"task {args.index} ({outcome.stage} {outcome.key}) failed: {outcome.failure_kind}\n"
-                      f"{outcome.message}")
+    err_console.print(
+        f"task {args.index} ({outcome.stage} {outcome.key}) failed: {outcome.failure_kind}\n{outcome.message}"
+    )
     return 1
 
 
@@ -99,7 +110,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     store = RunStore(args.run).check()
     if args.stage not in store.plan.stages:
-        raise PerfscaleError(f"run {args.run} has no stage {args.stage!r}; stages: {', '.join(store.plan.stages)}")
+        raise PerfscaleError(
+            f"run {args.run} has no stage {args.stage!r}; stages: {', '.join(store.plan.stages)}"
+        )
     df = store.read_stage(args.stage, provenance=args.provenance).to_pandas()
     if args.columns:
         df = df[[c.strip() for c in args.columns.split(",")]]

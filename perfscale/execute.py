@@ -34,6 +34,7 @@ class Outcome:
     stage: str
     ok: bool
     skipped: bool = False  # the shard already existed
+    retrying: bool = False  # the worker was lost and the task has been resubmitted
     failure_kind: str | None = None
     message: str | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
@@ -73,13 +74,29 @@ def open_store(root: str | Path) -> RunStore:
     return _open_store(root, os.stat(Path(root) / "plan.parquet").st_mtime_ns)
 
 
-def _attempt_record(task: Task, attempt: int, started, duration: float, ok: bool,
-                    kind: FailureKind | None = None, exit_status: int | None = None,
-                    message: str | None = None) -> dict[str, Any]:
+def _attempt_record(
+    task: Task,
+    attempt: int,
+    started,
+    duration: float,
+    ok: bool,
+    kind: FailureKind | None = None,
+    exit_status: int | None = None,
+    message: str | None = None,
+) -> dict[str, Any]:
     return {
-        "task_key": task.key, "stage": task.stage, "index": task.index, "attempt": attempt, "host": _HOST,
-        "pid": os.getpid(), "started_at": started, "ended_at": utcnow(), "duration_s": duration, "ok": ok,
-        "exit_status": 0 if ok else exit_status, "failure_kind": kind.value if kind else None,
+        "task_key": task.key,
+        "stage": task.stage,
+        "index": task.index,
+        "attempt": attempt,
+        "host": _HOST,
+        "pid": os.getpid(),
+        "started_at": started,
+        "ended_at": utcnow(),
+        "duration_s": duration,
+        "ok": ok,
+        "exit_status": 0 if ok else exit_status,
+        "failure_kind": kind.value if kind else None,
         "message": message,
     }
 
@@ -106,8 +123,11 @@ def execute_task(root: str | Path, index: int, first_attempt: int = 1) -> Outcom
         except BaseException as exc:  # a task failure is data: record it, never crash the worker
             failure, exit_status = classify(exc)
             msg = _message(exc)
-            outcome.attempts.append(_attempt_record(task, attempt, started, time.perf_counter() - t0, False,
-                                                    failure, exit_status, msg))
+            outcome.attempts.append(
+                _attempt_record(
+                    task, attempt, started, time.perf_counter() - t0, False, failure, exit_status, msg
+                )
+            )
             if failure is FailureKind.CANCELLED:
                 raise
             if retries[failure] < task.retry.get(failure.value, 0):

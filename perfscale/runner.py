@@ -1,23 +1,23 @@
 """Running a study: plan it, open the run folder, and push every missing task through an engine.
 
-Stages run in order (a stage starts when the one before it has finished). A task whose shard exists is skipped;
+Stages run in order (a stage starts when the one before it has finished). A task whose shard exists is
+skipped;
 a task whose input is incomplete (an upstream task failed) is reported as blocked, not run.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, as_completed
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from perfscale.engines import make_engine
+from perfscale.engines import Engine, make_engine
 from perfscale.errors import FailureKind
 from perfscale.execute import Outcome, execute_task
 from perfscale.plan.planner import Plan, Task, build_plan
@@ -79,23 +79,38 @@ def _next_attempts(store: RunStore) -> dict[str, int]:
 
 @contextmanager
 def _progress(enabled: bool) -> Iterator[Progress]:
-    columns = [TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[failed]}"),
-               TimeElapsedColumn()]
+    columns = [
+        TextColumn("{task.description:<12}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]}"),
+        TimeElapsedColumn(),
+    ]
     with Progress(*columns, disable=not enabled, transient=False) as progress:
         yield progress
 
 
-def run_plan(store: RunStore, engine_name: str | None = None, workers: int | None = None,
-             stages: list[str] | None = None, progress: bool = True) -> dict[str, StageSummary]:
-    """Run every missing task of the run's plan (optionally only some stages) and summarise per stage."""
+def run_plan(
+    store: RunStore,
+    engine: str | Engine | None = None,
+    workers: int | None = None,
+    stages: list[str] | None = None,
+    progress: bool = True,
+) -> dict[str, StageSummary]:
+    """Run every missing task of the run's plan (optionally only some stages) and summarise per stage.
+
+    `engine` is an engine name (started and stopped here) or an Engine the caller has already started.
+    """
     plan: Plan = store.plan
     summary: dict[str, StageSummary] = {}
     next_attempt = _next_attempts(store)
     log = AttemptLog(store)
-    engine = make_engine(engine_name or store.site.engine, store.site, store.root, workers)
     done = {s: store.done_keys(s) for s in plan.stages}
+    owned = not isinstance(engine, Engine)
+    if owned:
+        engine = make_engine(engine or store.site.engine, store.site, store.root, workers)
     try:
-        with engine, _progress(progress) as bars:
+        with engine if owned else nullcontext(engine), _progress(progress) as bars:
             for stage in plan.stages:
                 tasks = plan.of_stage(stage)
                 s = summary[stage] = StageSummary(total=len(tasks))
@@ -109,6 +124,8 @@ def run_plan(store: RunStore, engine_name: str | None = None, workers: int | Non
                 bar = bars.add_task(stage, total=len(tasks), completed=s.done, failed="")
                 for outcome in _run_tasks(engine, store, ready, next_attempt):
                     log.add(outcome.attempts)
+                    if outcome.retrying:
+                        continue
                     if outcome.ok:
                         s.done += 1
                         s.ran += not outcome.skipped
@@ -122,8 +139,38 @@ def run_plan(store: RunStore, engine_name: str | None = None, workers: int | Non
     return summary
 
 
-def _run_tasks(engine, store: RunStore, tasks: list[Task], next_attempt: dict[str, int]) -> Iterator[Outcome]:
-    """Submit tasks, yield outcomes as they finish; a worker that dies is a node_lost attempt (retried)."""
+def _lost_record(t: Task, attempt: int, exc: BaseException) -> dict:
+    now = utcnow()
+    return {
+        "task_key": t.key,
+        "stage": t.stage,
+        "index": t.index,
+        "attempt": attempt,
+        "host": None,
+        "pid": None,
+        "started_at": now,
+        "ended_at": now,
+        "duration_s": None,
+        "ok": False,
+        "exit_status": None,
+        "failure_kind": FailureKind.NODE_LOST.value,
+        "message": f"worker lost: {type(exc).__name__}: {exc}",
+    }
+
+
+def _run_tasks(
+    engine: Engine, store: RunStore, tasks: list[Task], next_attempt: dict[str, int]
+) -> Iterator[Outcome]:
+    """Submit tasks, yield outcomes as they finish.
+
+    At most 2 x workers tasks are in flight, so a dying worker (which can take every in-flight future of a
+    process pool with it) costs few innocent attempts. A task whose worker died is a `node_lost` attempt and
+    is
+    rerun *alone*, so a task that kills its worker again is caught as the culprit and its budget spent, while
+    its innocent neighbours succeed on their rerun.
+    """
+    window = max(2, 2 * engine.workers)
+    queue, suspects = deque(tasks), deque()
     lost: Counter[str] = Counter()
     pending: dict[Future, Task] = {}
 
@@ -131,28 +178,43 @@ def _run_tasks(engine, store: RunStore, tasks: list[Task], next_attempt: dict[st
         attempt = next_attempt.get(t.key, 1) + lost[t.key]
         pending[engine.submit(execute_task, str(store.root), t.index, attempt)] = t
 
-    for t in tasks:
-        submit(t)
-    while pending:
-        for fut in as_completed(list(pending)):
-            t = pending.pop(fut)
-            try:
-                yield fut.result()
-            except Exception as exc:  # the worker process died: the task never reported back
-                lost[t.key] += 1
-                if lost[t.key] <= t.retry.get(FailureKind.NODE_LOST.value, 0):
-                    submit(t)
-                    break  # `pending` changed: restart as_completed over the new set
-                now = utcnow()
-                record = {"task_key": t.key, "stage": t.stage, "index": t.index,
-                          "attempt": next_attempt.get(t.key, 1) + lost[t.key] - 1, "host": None, "pid": None,
-                          "started_at": now, "ended_at": now, "duration_s": None, "ok": False, "exit_status": None,
-                          "failure_kind": FailureKind.NODE_LOST.value, "message": f"{type(exc).__name__}: {exc}"}
-                yield Outcome(t.index, t.key, t.stage, ok=False, failure_kind=FailureKind.NODE_LOST.value,
-                              message=record["message"], attempts=[record])
+    while queue or suspects or pending:
+        if suspects:
+            if not pending:
+                submit(suspects.popleft())
+        else:
+            while queue and len(pending) < window:
+                submit(queue.popleft())
+        fut = next(as_completed(pending))
+        t = pending.pop(fut)
+        try:
+            yield fut.result()
+            continue
+        except Exception as exc:  # the worker process died: the task never reported back
+            record = _lost_record(t, next_attempt.get(t.key, 1) + lost[t.key], exc)
+            lost[t.key] += 1
+        if lost[t.key] <= t.retry.get(FailureKind.NODE_LOST.value, 0):
+            suspects.append(t)
+            yield Outcome(t.index, t.key, t.stage, ok=False, retrying=True, attempts=[record])
+        else:
+            yield Outcome(
+                t.index,
+                t.key,
+                t.stage,
+                ok=False,
+                failure_kind=FailureKind.NODE_LOST.value,
+                message=record["message"],
+                attempts=[record],
+            )
 
 
-def run_study(study_path: Path, site: Site, run_dir: Path | None = None, engine: str | None = None,
-              workers: int | None = None, progress: bool = True) -> tuple[RunStore, dict[str, StageSummary]]:
+def run_study(
+    study_path: Path,
+    site: Site,
+    run_dir: Path | None = None,
+    engine: str | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> tuple[RunStore, dict[str, StageSummary]]:
     store = prepare_run(study_path, site, run_dir)
     return store, run_plan(store, engine, workers, progress=progress)

@@ -80,7 +80,9 @@ def test_failures_are_recorded_and_retried_by_kind(write_study, tmp_path, engine
 
 
 def test_bad_input_is_never_retried(write_study, tmp_path):
-    store = prepare_run(write_study(FAILING.replace("MODE", "bad_input")), load_site("local"), tmp_path / "run")
+    store = prepare_run(
+        write_study(FAILING.replace("MODE", "bad_input")), load_site("local"), tmp_path / "run"
+    )
     run_plan(store, "local", workers=2, progress=False)
     attempts = store.attempts()
     assert (attempts.failure_kind == "bad_input").sum() == 1
@@ -92,8 +94,12 @@ def test_a_dying_worker_is_node_lost_and_the_campaign_goes_on(write_study, tmp_p
     summary = run_plan(store, "local", workers=2, progress=False)
     assert summary["fail"].failure_kinds == {"node_lost": 1}
     assert summary["fail"].done == 2 and summary["flaky"].done == 2
-    lost = store.attempts().query("failure_kind == 'node_lost'")
-    assert len(lost) == 1  # the last, unretried loss is recorded (retries are resubmissions)
+    attempts = store.attempts()
+    killer = next(t.key for t in store.plan.of_stage("fail") if t.params["x"] == 2)
+    lost = attempts[attempts.task_key == killer].sort_values("attempt")
+    # every loss is an attempt: the first and two retries (the default node_lost budget)
+    assert lost["failure_kind"].tolist() == ["node_lost"] * 3
+    assert lost["attempt"].tolist() == [1, 2, 3]
 
 
 def test_blocked_downstream_when_an_input_failed(write_study, tmp_path):

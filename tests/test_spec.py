@@ -43,8 +43,10 @@ def test_good_study_loads(write_study):
     ("text", "expected"),
     [
         (GOOD.replace("seed: 7", "seed: 7\ncolour: blue"), ["study.yaml:3", "colour", "unknown field"]),
-        (GOOD.replace("repetitions: 2", "repetitions: lots"), ["study.yaml:10", "stages.square.repetitions",
-                                                               "integer"]),
+        (
+            GOOD.replace("repetitions: 2", "repetitions: lots"),
+            ["study.yaml:10", "stages.square.repetitions", "integer"],
+        ),
         (GOOD.replace("name: demo\n", ""), ["name", "required field is missing"]),
         (GOOD.replace("inputs: [square]", "inputs: [squares]"), ["unknown stage 'squares'"]),
         (GOOD.replace('walltime: "00:10:00"', 'walltime: "ten minutes"'), ["walltime", "HH:MM:SS"]),
@@ -65,8 +67,9 @@ def test_malformed_yaml_names_line(write_study):
 
 
 def test_unknown_stage_kind_and_bad_params_fail_at_plan_time(write_study):
-    study = load_study(write_study(GOOD.replace("kind: function\n    params: {callable: \"fns.py:total\"}",
-                                                "kind: telepathy")))
+    study = load_study(
+        write_study(GOOD.replace('kind: function\n    params: {callable: "fns.py:total"}', "kind: telepathy"))
+    )
     with pytest.raises(SpecError, match="unknown stage kind 'telepathy'"):
         build_plan(study, "study.yaml")
     study = load_study(write_study(GOOD.replace('callable: "fns.py:square"', 'callable: "no-colon"')))
@@ -75,16 +78,22 @@ def test_unknown_stage_kind_and_bad_params_fail_at_plan_time(write_study):
 
 
 def test_stage_order_and_self_reference_checked(write_study):
-    bad = GOOD.replace("  total:\n    kind: function\n    params: {callable: \"fns.py:total\"}\n    inputs: [square]\n",
-                       "")
-    bad = bad.replace("  square:\n", "  total:\n    kind: function\n    params: {callable: \"fns.py:total\"}\n"
-                      "    inputs: [square]\n  square:\n")
+    bad = GOOD.replace(
+        '  total:\n    kind: function\n    params: {callable: "fns.py:total"}\n    inputs: [square]\n', ""
+    )
+    bad = bad.replace(
+        "  square:\n",
+        '  total:\n    kind: function\n    params: {callable: "fns.py:total"}\n'
+        "    inputs: [square]\n  square:\n",
+    )
     with pytest.raises(SpecError, match="must be listed before it"):
         load_study(write_study(bad))
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("90", 5400), ("01:30", 90), ("01:00:00", 3600),
-                                               ("2-00:00:00", 172800), ("1-2", 93600), (45.5, 45.5)])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90", 5400), ("01:30", 90), ("01:00:00", 3600), ("2-00:00:00", 172800), ("1-2", 93600), (45.5, 45.5)],
+)
 def test_walltime(text, seconds):
     assert parse_walltime(text) == seconds
 
@@ -98,7 +107,7 @@ def test_walltime_round_trip():
 def test_local_site_and_unknown_site():
     site = load_site("local")
     assert site.scheduler == "none" and site.engine == "parsl" and site.workers >= 1
-    with pytest.raises(SpecError, match="unknown site 'atlantis'; known sites: .*local"):
+    with pytest.raises(SpecError, match=r"unknown site 'atlantis'; known sites: .*local"):
         load_site("atlantis")
 
 

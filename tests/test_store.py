@@ -18,8 +18,18 @@ from perfscale.store.atomic import atomic_write
 
 
 def _store(tmp_path: Path, n: int = 3) -> RunStore:
-    study = Study.model_validate({"name": "s", "stages": {"a": {
-        "kind": "function", "params": {"callable": "fns.py:square"}, "grid": {"product": {"x": list(range(n))}}}}})
+    study = Study.model_validate(
+        {
+            "name": "s",
+            "stages": {
+                "a": {
+                    "kind": "function",
+                    "params": {"callable": "fns.py:square"},
+                    "grid": {"product": {"x": list(range(n))}},
+                }
+            },
+        }
+    )
     return RunStore.create(tmp_path / "run", "name: s\n", load_site("local"), build_plan(study))
 
 
@@ -90,9 +100,21 @@ def test_empty_output_is_still_a_completion_marker(tmp_path):
 def test_attempts_round_trip(tmp_path):
     store = _store(tmp_path)
     now = datetime.now(timezone.utc)
-    rec = {"task_key": "k", "stage": "a", "index": 0, "attempt": 1, "host": "h", "pid": os.getpid(),
-           "started_at": now, "ended_at": now, "duration_s": 0.1, "ok": False, "exit_status": 3,
-           "failure_kind": "app_error", "message": "boom"}
+    rec = {
+        "task_key": "k",
+        "stage": "a",
+        "index": 0,
+        "attempt": 1,
+        "host": "h",
+        "pid": os.getpid(),
+        "started_at": now,
+        "ended_at": now,
+        "duration_s": 0.1,
+        "ok": False,
+        "exit_status": 3,
+        "failure_kind": "app_error",
+        "message": "boom",
+    }
     store.append_attempts([rec])
     store.append_attempts([rec | {"attempt": 2, "ok": True, "failure_kind": None}])
     df = store.attempts().sort_values("attempt")

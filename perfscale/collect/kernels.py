@@ -16,20 +16,27 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 
 from perfscale.collect.machine import cpu_flags
 from perfscale.errors import PerfscaleError
 
 KERNELS = ("triad", "matmul", "jacobi2d", "spmv", "nbody")
+HELPERS = ("launch",)  # built along: the launcher run_command measures commands through
 SOURCE_DIR = Path(__file__).with_name("kernels")
 BUILD_INFO = "build.json"  # written last into a build folder: its presence marks a complete build
 FLAG_CHOICES = (("-O3", "-fopenmp", "-march=native"), ("-O3", "-fopenmp"))
 COMPILE_TIMEOUT_S = 300.0
 
-#: FOM patterns for the `name: value` lines every kernel prints (usable as a profile stage's `fom`).
+#: FOM patterns for the `name: value` lines every kernel prints, usable as a profile stage's `fom`
+#: (named so as not to clash with the usual grid variable `threads` or the measured `wall_time_s`).
 KERNEL_FOMS = {
-    name: rf"^{name}:\s*(\S+)\s*$" for name in ("threads", "time_s", "gflops", "gbytes_per_s", "checksum")
+    "omp_threads": r"^threads:\s*(\d+)\s*$",
+    "kernel_time_s": r"^time_s:\s*(\S+)\s*$",
+    "gflops": r"^gflops:\s*(\S+)\s*$",
+    "gbytes_per_s": r"^gbytes_per_s:\s*(\S+)\s*$",
+    "checksum": r"^checksum:\s*(\S+)\s*$",
 }
 
 
@@ -44,7 +51,8 @@ def default_cache_root() -> Path:
     return Path(env).expanduser() / "kernels" if env else Path.home() / ".cache" / "perfscale" / "kernels"
 
 
-def _compiler_identity(cc: list[str]) -> str:
+@lru_cache(maxsize=8)
+def _compiler_identity(cc: tuple[str, ...]) -> str:
     """The compiler's resolved path and first `--version` line; fails clearly when there is no compiler."""
     what = " ".join(cc)
     try:
@@ -77,9 +85,12 @@ def _compile(cc: list[str], flags: tuple[str, ...], out_dir: Path) -> dict[str, 
     procs = {
         name: subprocess.Popen(
             [*cc, *flags, "-o", str(out_dir / name), str(SOURCE_DIR / f"{name}.c"), "-lm"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
         )
-        for name in KERNELS
+        for name in (*KERNELS, *HELPERS)
     }
     failures = {}
     try:
@@ -116,11 +127,11 @@ def build_kernels(cache_dir: Path | None = None) -> Path:
     """Compile the kernel suite unless this machine's build is cached; return the folder of executables.
 
     `cache_dir` is the root of the cache (default: `default_cache_root()`); the build lands in
-    `<root>/<hash>/`, one executable per name in KERNELS plus build.json. Safe to call from many processes
-    at once: each builds privately, the first rename wins and the others use its result.
+    `<root>/<hash>/`, one executable per name in KERNELS and HELPERS, plus build.json. Safe to call from
+    many processes at once: each builds privately, the first rename wins and the others use its result.
     """
     cc = compiler()
-    identity = _compiler_identity(cc)
+    identity = _compiler_identity(tuple(cc))
     root = Path(cache_dir) if cache_dir is not None else default_cache_root()
     final = root / cache_key(cc, identity)
     if (final / BUILD_INFO).exists():
@@ -129,13 +140,35 @@ def build_kernels(cache_dir: Path | None = None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".build-{final.name}-", dir=root))
     try:
         flags = _compile_all(cc, identity, tmp)
-        info = {"compiler": cc, "identity": identity, "flags": flags, "kernels": list(KERNELS)}
+        info = {"compiler": cc, "identity": identity, "flags": flags, "programs": [*KERNELS, *HELPERS]}
         (tmp / BUILD_INFO).write_text(json.dumps(info, indent=2))
+        tmp.chmod(0o755)  # mkdtemp makes it private; a shared cache must be readable by the group too
         try:
             os.rename(tmp, final)
         except OSError:
             if not (final / BUILD_INFO).exists():  # not a lost race: something else is in the way
-                raise PerfscaleError(f"cannot store the kernel build in {final}; remove that folder") from None
+                msg = f"cannot store the kernel build in {final}; remove that folder"
+                raise PerfscaleError(msg) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # only still there when the build failed or lost the race
     return final
+
+
+@lru_cache(maxsize=8)
+def _launcher(root: Path, cc: tuple[str, ...]) -> Path | None:
+    try:
+        return build_kernels(root) / "launch"
+    except PerfscaleError:
+        return None
+
+
+def launcher_path() -> Path | None:
+    """The launcher from the default cache (built on first use), or None where it cannot be built.
+
+    Failures are remembered for the rest of the process, so a machine without a compiler pays only once.
+    """
+    path = _launcher(default_cache_root(), tuple(compiler()))
+    if path is not None and not path.exists():  # the cache was cleared under us: build again
+        _launcher.cache_clear()
+        path = _launcher(default_cache_root(), tuple(compiler()))
+    return path

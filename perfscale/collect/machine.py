@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any
 
 MACHINE_COLUMNS = (
-    "hostname", "cpu_model", "cpu_cores", "sockets", "kernel_release", "perf_event_paranoid", "scaling_governor",
+    "hostname",
+    "cpu_model",
+    "cpu_cores",
+    "sockets",
+    "kernel_release",
+    "perf_event_paranoid",
+    "scaling_governor",
 )
 
 
@@ -45,6 +51,7 @@ def cpu_model() -> str | None:
     return platform.processor() or None
 
 
+@lru_cache(maxsize=1)
 def cpu_flags() -> str:
     """The CPU's feature flags ("flags" on x86, "Features" on ARM): what -march=native compiles for."""
     for key in ("flags", "Features"):

@@ -24,8 +24,10 @@ def parsl_config(site: Site, run_dir: Path, workers: int) -> Any:
     from parsl.providers import LocalProvider
 
     if site.scheduler != "none":
-        raise NotImplementedError(f"site {site.name!r}: Parsl pilots on {site.scheduler} come with the clusters "
-                                  "work; use array mode or a local site")
+        raise NotImplementedError(
+            f"site {site.name!r}: Parsl pilots on {site.scheduler} come with the clusters "
+            "work; use array mode or a local site"
+        )
     worker_init = "\n".join(site.setup)
     executor = HighThroughputExecutor(
         label="perfscale",
@@ -34,8 +36,9 @@ def parsl_config(site: Site, run_dir: Path, workers: int) -> Any:
         cores_per_worker=1,
         provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1, worker_init=worker_init),
     )
-    return Config(executors=[executor], run_dir=str(run_dir), strategy="none", usage_tracking=0,
-                  initialize_logging=True)
+    return Config(
+        executors=[executor], run_dir=str(run_dir), strategy="none", usage_tracking=0, initialize_logging=True
+    )
 
 
 def _call(fn: Callable[..., Any], *args: Any) -> Any:

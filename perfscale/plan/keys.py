@@ -29,8 +29,14 @@ def task_key(
 
     Resources, site and study name are deliberately left out: they change where work runs, not what it is.
     """
-    doc = {"stage": stage, "kind": kind, "params": dict(params), "inputs": dict(inputs), "upstream": upstream,
-           "version": version}
+    doc = {
+        "stage": stage,
+        "kind": kind,
+        "params": dict(params),
+        "inputs": dict(inputs),
+        "upstream": upstream,
+        "version": version,
+    }
     return hashlib.sha256(canonical_json(doc).encode()).hexdigest()[:KEY_LENGTH]
 
 

@@ -83,13 +83,27 @@ class Plan:
         return cls(study=meta.get("study", "?"), tasks=tasks, version=meta.get("perfscale_version", "?"))
 
 
-_PLAN_SCHEMA = pa.schema([
-    ("index", pa.int64()), ("stage", pa.string()), ("kind", pa.string()), ("key", pa.string()),
-    ("params", pa.string()), ("rep", pa.int64()), ("seed", pa.int64()), ("inputs", pa.string()),
-    ("upstream_stage", pa.string()), ("upstream_key", pa.string()), ("cores", pa.int64()),
-    ("memory_gb", pa.float64()), ("gpus", pa.int64()), ("nodes", pa.int64()), ("walltime_s", pa.float64()),
-    ("expected_runtime_s", pa.float64()), ("retry", pa.string()),
-])
+_PLAN_SCHEMA = pa.schema(
+    [
+        ("index", pa.int64()),
+        ("stage", pa.string()),
+        ("kind", pa.string()),
+        ("key", pa.string()),
+        ("params", pa.string()),
+        ("rep", pa.int64()),
+        ("seed", pa.int64()),
+        ("inputs", pa.string()),
+        ("upstream_stage", pa.string()),
+        ("upstream_key", pa.string()),
+        ("cores", pa.int64()),
+        ("memory_gb", pa.float64()),
+        ("gpus", pa.int64()),
+        ("nodes", pa.int64()),
+        ("walltime_s", pa.float64()),
+        ("expected_runtime_s", pa.float64()),
+        ("retry", pa.string()),
+    ]
+)
 
 
 def _validated_params(study: Study, stage: str, point: dict[str, Any], source: str) -> dict[str, Any]:
@@ -122,16 +136,34 @@ def build_plan(study: Study, source: str = "<study>") -> Plan:
             for upstream in upstream_keys:
                 for seed in seeds:
                     for rep in range(spec.repetitions):
-                        key = task_key(name, spec.kind, {**params, "rep": rep, "seed": seed}, inputs, upstream)
+                        key = task_key(
+                            name, spec.kind, {**params, "rep": rep, "seed": seed}, inputs, upstream
+                        )
                         keys.append(key)
-                        tasks.append(Task(
-                            index=len(tasks), stage=name, kind=spec.kind, key=key, params=params, rep=rep,
-                            seed=seed, inputs=inputs, upstream_stage=spec.foreach, upstream_key=upstream,
-                            cores=resources.cores, memory_gb=resources.memory_gb, gpus=resources.gpus,
-                            nodes=resources.nodes, walltime_s=resources.walltime,
-                            expected_runtime_s=resources.expected_runtime or resources.walltime, retry=retry,
-                        ))
+                        tasks.append(
+                            Task(
+                                index=len(tasks),
+                                stage=name,
+                                kind=spec.kind,
+                                key=key,
+                                params=params,
+                                rep=rep,
+                                seed=seed,
+                                inputs=inputs,
+                                upstream_stage=spec.foreach,
+                                upstream_key=upstream,
+                                cores=resources.cores,
+                                memory_gb=resources.memory_gb,
+                                gpus=resources.gpus,
+                                nodes=resources.nodes,
+                                walltime_s=resources.walltime,
+                                expected_runtime_s=resources.expected_runtime or resources.walltime,
+                                retry=retry,
+                            )
+                        )
         if len(set(keys)) != len(keys):
-            raise SpecError(f"{source}: stages.{name}: the grid yields duplicate tasks; remove repeated values")
+            raise SpecError(
+                f"{source}: stages.{name}: the grid yields duplicate tasks; remove repeated values"
+            )
         keys_by_stage[name] = keys
     return Plan(study=study.name, tasks=tasks)

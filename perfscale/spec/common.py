@@ -20,7 +20,8 @@ _SLURM_TIME = [  # Slurm's --time formats, in its own order of precedence
 def parse_walltime(value: object) -> float:
     """Seconds from a number (seconds) or a string in Slurm's --time formats.
 
-    Strings read as Slurm reads them: "90" is 90 minutes, "MM:SS", "HH:MM:SS", "D-HH", "D-HH:MM", "D-HH:MM:SS".
+    Strings read as Slurm reads them: "90" is 90 minutes; also "MM:SS", "HH:MM:SS", "D-HH", "D-HH:MM"
+    and "D-HH:MM:SS".
     """
     if isinstance(value, bool):
         raise ValueError("walltime must be seconds or 'HH:MM:SS', not a boolean")
@@ -36,12 +37,14 @@ def parse_walltime(value: object) -> float:
                 total = ((d * 24 + h) * 60 + mi) * 60 + s
                 if total > 0:
                     return float(total)
-    raise ValueError(f"walltime must be seconds (a number) or a Slurm time string like 'HH:MM:SS' or "
-                     f"'D-HH:MM:SS', got {value!r}")
+    raise ValueError(
+        f"walltime must be seconds (a number) or a Slurm time string like 'HH:MM:SS' or "
+        f"'D-HH:MM:SS', got {value!r}"
+    )
 
 
 def format_walltime(seconds: float) -> str:
-    s = int(round(seconds))
+    s = round(seconds)
     d, s = divmod(s, 86400)
     h, s = divmod(s, 3600)
     m, s = divmod(s, 60)

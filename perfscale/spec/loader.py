@@ -50,11 +50,15 @@ def read_yaml(path: Path) -> tuple[Any, dict[Loc, int]]:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(f"{path}{where}: malformed YAML: {problem}. Fix the syntax at that position.") from None
+        raise SpecError(
+            f"{path}{where}: malformed YAML: {problem}. Fix the syntax at that position."
+        ) from None
     return data, (_line_map(node) if node is not None else {})
 
 
-def format_validation_error(path: Path | str, exc: ValidationError, lines: dict[Loc, int] | None = None) -> str:
+def format_validation_error(
+    path: Path | str, exc: ValidationError, lines: dict[Loc, int] | None = None
+) -> str:
     """One line per problem: `file:line: field.path: message (got X)`."""
     out = [f"{path}: {exc.error_count()} problem(s):"]
     for err in exc.errors():

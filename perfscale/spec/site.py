@@ -93,6 +93,8 @@ def load_site(name_or_path: str | Path) -> Site:
         sites = available_sites()
         if str(name_or_path) not in sites:
             known = ", ".join(sorted(sites)) or "none"
-            raise SpecError(f"unknown site {name_or_path!r}; known sites: {known} (or pass a path to a site YAML)")
+            raise SpecError(
+                f"unknown site {name_or_path!r}; known sites: {known} (or pass a path to a site YAML)"
+            )
         path = sites[str(name_or_path)]
     return load_model(path, Site)

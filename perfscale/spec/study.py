@@ -12,6 +12,8 @@ from perfscale.spec.common import Strict, Walltime
 from perfscale.spec.loader import load_model
 
 Scalar = str | int | float | bool | None
+# grid values may be any JSON value: a whole hyperparameter mapping can be one point of a grid
+Value = Scalar | dict[str, Any] | list[Any]
 
 
 class Resources(Strict):
@@ -20,7 +22,9 @@ class Resources(Strict):
     gpus: int = Field(0, ge=0)
     nodes: int = Field(1, ge=1)
     walltime: Walltime = 3600.0
-    expected_runtime: Walltime | None = Field(None, description="used to pack array chunks; defaults to walltime")
+    expected_runtime: Walltime | None = Field(
+        None, description="used to pack array chunks; defaults to walltime"
+    )
 
 
 class RetryPolicy(Strict):
@@ -41,13 +45,13 @@ class RetryPolicy(Strict):
 class Grid(Strict):
     """A parameter grid: the cartesian product of `product`, times the rows of `zip`, minus `exclude`."""
 
-    product: dict[str, list[Scalar]] = Field(default_factory=dict)
-    zip: dict[str, list[Scalar]] = Field(default_factory=dict)
+    product: dict[str, list[Value]] = Field(default_factory=dict)
+    zip: dict[str, list[Value]] = Field(default_factory=dict)
     exclude: list[dict[str, Scalar | list[Scalar]]] = Field(default_factory=list)
 
     @field_validator("product", "zip")
     @classmethod
-    def _non_empty_lists(cls, v: dict[str, list[Scalar]]) -> dict[str, list[Scalar]]:
+    def _non_empty_lists(cls, v: dict[str, list[Value]]) -> dict[str, list[Value]]:
         for name, values in v.items():
             if not values:
                 raise ValueError(f"parameter {name!r} has an empty list of values; give at least one")
@@ -71,7 +75,9 @@ class Grid(Strict):
 
 
 class Stage(Strict):
-    kind: str = Field(description="registered stage kind: profile, split, train, sample, evaluate, function...")
+    kind: str = Field(
+        description="registered stage kind: profile, split, train, sample, evaluate, function..."
+    )
     params: dict[str, Any] = Field(default_factory=dict)
     grid: Grid = Field(default_factory=Grid)
     repetitions: int = Field(1, ge=1)
@@ -89,7 +95,9 @@ class Stage(Strict):
             raise ValueError(f"{sorted(clash)} set both in params and grid; keep each in one place")
         for reserved in ("rep", "seed"):
             if reserved in grid_names or reserved in self.params:
-                raise ValueError(f"'{reserved}' is set by perfscale (repetitions/seeds); rename the parameter")
+                raise ValueError(
+                    f"'{reserved}' is set by perfscale (repetitions/seeds); rename the parameter"
+                )
         return self
 
 
@@ -112,7 +120,9 @@ class Study(Strict):
                 if up == name:
                     raise ValueError(f"stage {name!r} cannot read its own output")
                 if up not in stages:
-                    raise ValueError(f"stage {name!r} reads unknown stage {up!r}; stages are {sorted(stages)}")
+                    raise ValueError(
+                        f"stage {name!r} reads unknown stage {up!r}; stages are {sorted(stages)}"
+                    )
                 if up not in seen:
                     raise ValueError(f"stage {name!r} reads {up!r}, which must be listed before it")
             seen.add(name)

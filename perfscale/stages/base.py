@@ -86,7 +86,9 @@ class StageKind(Generic[P]):
 _REGISTRY: dict[str, StageKind[Any]] = {}
 
 
-def stage_kind(name: str, params: type[P]) -> Callable[[Callable[[StageContext, P], Any]], Callable[..., Any]]:
+def stage_kind(
+    name: str, params: type[P]
+) -> Callable[[Callable[[StageContext, P], Any]], Callable[..., Any]]:
     """Register a stage kind: `@stage_kind("train", TrainParams) def train(ctx, params): ...`."""
 
     def register(fn: Callable[[StageContext, P], Any]) -> Callable[..., Any]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 from pydantic import ConfigDict, field_validator
 
 from perfscale.errors import BadInput
@@ -62,8 +63,10 @@ def as_frame(result: Any) -> pd.DataFrame:
         return pd.DataFrame(result)
     if result is None:
         return pd.DataFrame()
-    raise BadInput(f"a function stage must return a DataFrame, a dict (one row) or a list of dicts, "
-                   f"got {type(result).__name__}")
+    raise BadInput(
+        f"a function stage must return a DataFrame, a dict (one row) or a list of dicts, "
+        f"got {type(result).__name__}"
+    )
 
 
 @stage_kind("function", FunctionParams)
@@ -83,6 +86,6 @@ class NoopParams(StageParams):
 
 
 @stage_kind("noop", NoopParams)
-def noop(ctx: StageContext, params: NoopParams) -> pd.DataFrame:
+def noop(ctx: StageContext, params: NoopParams) -> pa.Table:
     """Do nothing and write an empty shard: measures the framework's own per-task cost."""
-    return pd.DataFrame()
+    return pa.table({})

@@ -39,8 +39,12 @@ def train(ctx: StageContext, params: TrainParams) -> pd.DataFrame:
     generator.save(ctx.artifacts / MODEL_FOLDER)
     (ctx.artifacts / "meta.json").write_text(json.dumps(meta.model_dump(mode="json"), indent=2))
     telemetry = log.telemetry if not log.telemetry.empty else pd.DataFrame({"step": [pd.NA]})
-    return telemetry.assign(generator=params.generator, fit_elapsed_s=log.elapsed_s,
-                            peak_rss_bytes=log.peak_rss_bytes, train_rows=len(real))
+    return telemetry.assign(
+        generator=params.generator,
+        fit_elapsed_s=log.elapsed_s,
+        peak_rss_bytes=log.peak_rss_bytes,
+        train_rows=len(real),
+    )
 
 
 class SampleParams(StageParams):

@@ -25,8 +25,9 @@ def split(ctx: StageContext, params: SplitParams) -> pd.DataFrame:
     if params.columns is not None:
         missing = [c for c in params.columns if c not in table.columns]
         if missing:
-            raise BadInput(f"split.columns names {missing}, not in {params.source!r}; "
-                           f"available: {sorted(table.columns)}")
+            raise BadInput(
+                f"split.columns names {missing}, not in {params.source!r}; available: {sorted(table.columns)}"
+            )
         table = table[params.columns]
     if SPLIT_COLUMN in table.columns:
         raise BadInput(f"{params.source!r} already has a column named {SPLIT_COLUMN!r}")
@@ -34,7 +35,7 @@ def split(ctx: StageContext, params: SplitParams) -> pd.DataFrame:
         raise BadInput(f"{params.source!r} has {len(table)} rows; a train/holdout split needs at least 4")
     # sort first so the split does not depend on the order shards were read in
     table = table.sort_values(list(table.columns), kind="stable", ignore_index=True)
-    n_holdout = max(1, int(round(len(table) * params.holdout_fraction)))
+    n_holdout = max(1, round(len(table) * params.holdout_fraction))
     order = np.random.default_rng(ctx.seed).permutation(len(table))
     labels = np.full(len(table), "train", dtype=object)
     labels[order[:n_holdout]] = "holdout"

@@ -1,13 +1,13 @@
 """The run directory: one folder per stage of Parquet shards named by task key, plus plan, manifest, attempts.
 
-    RUN/
-      manifest.json            run metadata (study, site, host, created, perfscale version)
-      study.yaml  site.yaml    the exact inputs the run was started from
-      plan.parquet             one row per task (see perfscale.plan)
-      stages/<stage>/<key>.parquet     one shard per finished task: the only completion marker
-      artifacts/<stage>/<key>/         files a task leaves besides its shard (trained models, logs)
-      attempts/*.parquet               attempts table, appended in batches
-      report/index.html
+RUN/
+  manifest.json            run metadata (study, site, host, created, perfscale version)
+  study.yaml  site.yaml    the exact inputs the run was started from
+  plan.parquet             one row per task (see perfscale.plan)
+  stages/<stage>/<key>.parquet     one shard per finished task: the only completion marker
+  artifacts/<stage>/<key>/         files a task leaves besides its shard (trained models, logs)
+  attempts/*.parquet               attempts table, appended in batches
+  report/index.html
 """
 
 from __future__ import annotations
@@ -37,12 +37,23 @@ from perfscale.store.atomic import atomic_write_table, atomic_write_text
 
 PROVENANCE_COLUMNS = ("task_key", "site", "host", "started_at", "duration_s", "attempt", "perfscale_version")
 
-ATTEMPT_SCHEMA = pa.schema([
-    ("task_key", pa.string()), ("stage", pa.string()), ("index", pa.int64()), ("attempt", pa.int64()),
-    ("host", pa.string()), ("pid", pa.int64()), ("started_at", pa.timestamp("us", tz="UTC")),
-    ("ended_at", pa.timestamp("us", tz="UTC")), ("duration_s", pa.float64()), ("ok", pa.bool_()),
-    ("exit_status", pa.int64()), ("failure_kind", pa.string()), ("message", pa.string()),
-])
+ATTEMPT_SCHEMA = pa.schema(
+    [
+        ("task_key", pa.string()),
+        ("stage", pa.string()),
+        ("index", pa.int64()),
+        ("attempt", pa.int64()),
+        ("host", pa.string()),
+        ("pid", pa.int64()),
+        ("started_at", pa.timestamp("us", tz="UTC")),
+        ("ended_at", pa.timestamp("us", tz="UTC")),
+        ("duration_s", pa.float64()),
+        ("ok", pa.bool_()),
+        ("exit_status", pa.int64()),
+        ("failure_kind", pa.string()),
+        ("message", pa.string()),
+    ]
+)
 
 
 def utcnow() -> datetime:
@@ -107,8 +118,9 @@ class RunStore:
 
     # ---- creation -----------------------------------------------------------------------------------
     @classmethod
-    def create(cls, root: Path | str, study_text: str, site: Site, plan: Plan, study_dir: Path | None = None
-               ) -> RunStore:
+    def create(
+        cls, root: Path | str, study_text: str, site: Site, plan: Plan, study_dir: Path | None = None
+    ) -> RunStore:
         """Create or re-open a run; the plan is rewritten, shards of unchanged tasks are kept."""
         store = cls(root)
         store.root.mkdir(parents=True, exist_ok=True)
@@ -116,11 +128,18 @@ class RunStore:
         atomic_write_text(json.dumps(site.model_dump(mode="json"), indent=2), store.root / "site.json")
         plan.write(store.plan_path)
         manifest = store.manifest() if store.manifest_path.exists() else {"created_at": utcnow().isoformat()}
-        manifest.update({
-            "study": plan.study, "site": site.name, "perfscale_version": perfscale.__version__,
-            "host": socket.gethostname(), "updated_at": utcnow().isoformat(), "stages": plan.stages,
-            "tasks": len(plan.tasks), "study_dir": str(Path(study_dir or ".").resolve()),
-        })
+        manifest.update(
+            {
+                "study": plan.study,
+                "site": site.name,
+                "perfscale_version": perfscale.__version__,
+                "host": socket.gethostname(),
+                "updated_at": utcnow().isoformat(),
+                "stages": plan.stages,
+                "tasks": len(plan.tasks),
+                "study_dir": str(Path(study_dir or ".").resolve()),
+            }
+        )
         atomic_write_text(json.dumps(manifest, indent=2), store.manifest_path)
         return store
 
@@ -164,7 +183,10 @@ class RunStore:
         return atomic_write_table(table, self.shard_path(stage, key))
 
     def read_stage(
-        self, stage: str, keys: Iterable[str] | None = None, provenance: bool = True,
+        self,
+        stage: str,
+        keys: Iterable[str] | None = None,
+        provenance: bool = True,
         filter: ds.Expression | None = None,
     ) -> pa.Table:
         """Read the shards of `keys` (default: the plan's tasks of `stage`) as one table.

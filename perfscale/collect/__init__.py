@@ -1,0 +1,1 @@
+"""Collectors: built-in kernels, command runner with rusage, machine metadata."""

@@ -1,0 +1,298 @@
+"""The generator protocol: fit on a real table, sample synthetic rows, save to and load from a folder.
+
+Every generator (SDV models, SMOTE, TabDDPM, an LLM...) subclasses `Generator` and implements four hooks:
+`_fit`, `_sample`, `_save_model`, `_load_model`. The public methods here do everything shared around them:
+input checks, timing and memory telemetry, post-processing of samples (columns, dtypes, allowed values) and
+the `generator.json` manifest.
+
+This module imports only the standard library at import time (pandas, numpy and the model libraries are
+imported when a generator is used), so `import perfscale.generators` stays cheap for the CLI and planner.
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+import os
+import sys
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from perfscale import __version__
+from perfscale.errors import BadInput
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from perfscale.generators._tables import TableSpec
+    from perfscale.tabular.meta import TableMeta
+
+GENERATOR_JSON = "generator.json"
+FORMAT_VERSION = 1
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding accepts [0, 2**32 - 1]
+_MANIFEST_KEYS = {
+    "format": int,
+    "generator": str,
+    "perfscale_version": str,
+    "seed": int,
+    "hyperparameters": dict,
+    "training_rows": int,
+    "table": dict,
+}
+
+G = TypeVar("G", bound="Generator")
+
+
+@dataclass
+class TrainingLog:
+    """What one `fit` recorded.
+
+    telemetry: one row per recorded loss value, columns `epoch`, `step` (int; the position of the value in
+        its loss's series: the epoch for per-epoch losses, the global batch index for per-batch ones),
+        `loss` (its name, e.g. "generator", "discriminator") and `value` (float). Empty for models without
+        a training loss (e.g. Gaussian copula).
+    elapsed_s: wall-clock seconds of the fit, checks and post-fit bookkeeping included.
+    peak_rss_bytes: the process's peak resident set size (`getrusage(RUSAGE_SELF).ru_maxrss`) when fit
+        returned: an upper bound of what fitting needed, interpreter and libraries included. It is the
+        number to compare between tasks that each run in a fresh worker process.
+    peak_rss_delta_bytes: how much fit raised that peak: a lower bound of fit's own memory (0 when fit
+        stayed under a peak the process had reached before). tracemalloc is not used: it misses torch
+        tensors and slows training down.
+    """
+
+    telemetry: pd.DataFrame
+    elapsed_s: float
+    peak_rss_bytes: int
+    peak_rss_delta_bytes: int
+
+
+class Generator(ABC):
+    """A synthetic-data generator for one table.
+
+    Subclasses set `name` (the registry key) and implement the `_fit`, `_sample`, `_save_model` and
+    `_load_model` hooks; they see only the non-constant columns, and their samples are post-processed here:
+    the output has exactly the training columns in order with the training dtypes; numeric columns with an
+    allowed set are snapped to the nearest allowed value, other integer columns are rounded, and numeric
+    columns are clipped to the meta's [min, max]; categorical/boolean values outside the allowed set are
+    redrawn from the training frequencies. Constant columns (one value, no missing) are allowed: they are
+    not modelled and are reproduced as that constant.
+
+    `pickled_files` names model files that are Python pickles: `load` refuses them unless `trust=True`.
+    """
+
+    name: ClassVar[str]
+    pickled_files: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, **hyperparameters: Any) -> None:
+        _check_json("hyperparameters", hyperparameters)
+        self.hyperparameters: dict[str, Any] = dict(hyperparameters)
+        self.seed: int | None = None
+        self.training_rows: int | None = None
+        self.training_log: TrainingLog | None = None
+        self._spec: TableSpec | None = None
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters.items())
+        return f"{type(self).__name__}({params})"
+
+    @property
+    def is_fitted(self) -> bool:
+        return self._spec is not None
+
+    # ---- public API -------------------------------------------------------------------------------------
+
+    def fit(self, table: pd.DataFrame, meta: TableMeta, seed: int) -> TrainingLog:
+        """Learn `table` (described by `meta`); the same seed, data and machine give the same model."""
+        from perfscale.generators import _tables
+
+        self._spec = None  # a failed fit leaves the generator unfitted, not half-fitted
+        seed = _check_seed(seed)
+        _tables.check_table(table, meta)
+        rss_before, start = max_rss_bytes(), time.perf_counter()
+        spec = _tables.TableSpec.from_table(table, meta)
+        telemetry = None
+        if spec.model_columns:
+            telemetry = self._fit(_tables.model_table(table, spec), spec.model_meta(), seed)
+        rss_after = max_rss_bytes()
+        self._spec, self.seed, self.training_rows = spec, seed, len(table)
+        self.training_log = TrainingLog(
+            telemetry=_tables.telemetry_frame(telemetry),
+            elapsed_s=time.perf_counter() - start,
+            peak_rss_bytes=rss_after,
+            peak_rss_delta_bytes=max(0, rss_after - rss_before),
+        )
+        return self.training_log
+
+    def sample(self, n: int, seed: int) -> pd.DataFrame:
+        """Draw `n` rows shaped like the training table; the same seed gives the same rows."""
+        from perfscale.generators import _tables
+
+        n, seed = _check_n(n), _check_seed(seed)
+        spec = self._require_fitted("sample")
+        raw = self._sample(n, seed) if spec.model_columns else None
+        return _tables.postprocess(raw, spec, n, seed)
+
+    def save(self, folder: str | os.PathLike[str]) -> None:
+        """Write the model files and `generator.json` into `folder` (created if needed).
+
+        generator.json is written last, atomically, so a folder that has it holds a complete generator.
+        """
+        spec = self._require_fitted("save")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if spec.model_columns:
+            self._save_model(folder)
+        manifest = {
+            "format": FORMAT_VERSION,
+            "generator": self.name,
+            "perfscale_version": __version__,
+            "seed": self.seed,
+            "hyperparameters": self.hyperparameters,
+            "training_rows": self.training_rows,
+            "table": spec.to_json(),
+            "model": self._model_state(),
+        }
+        _write_json_atomic(folder / GENERATOR_JSON, manifest)
+
+    @classmethod
+    def load(cls: type[G], folder: str | os.PathLike[str], trust: bool = False) -> G:
+        """Read a generator written by `save`. Pickled model files are read only with `trust=True`."""
+        from perfscale.generators._tables import TableSpec
+
+        folder = Path(folder)
+        path = folder / GENERATOR_JSON
+        manifest = read_manifest(folder)
+        if manifest["generator"] != cls.name:
+            raise BadInput(
+                f"{path} holds a {manifest['generator']!r} generator, not {cls.name!r}; "
+                "use perfscale.generators.load_generator() to load any generator"
+            )
+        try:
+            spec = TableSpec.from_json(manifest["table"])
+        except (KeyError, TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+            raise BadInput(f"{path} is corrupted: its 'table' entry is invalid ({exc})") from exc
+        generator = cls(**manifest["hyperparameters"])
+        if spec.model_columns:
+            _check_trust(cls, folder, trust)
+            generator._load_model(folder)
+        generator._restore_model_state(manifest.get("model") or {})
+        generator._spec, generator.seed = spec, manifest["seed"]
+        generator.training_rows = manifest["training_rows"]
+        return generator
+
+    # ---- hooks for subclasses ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def _fit(self, table: pd.DataFrame, meta: TableMeta, seed: int) -> pd.DataFrame | None:
+        """Fit the model; return telemetry rows (epoch, step, loss, value) or None when there is no loss.
+
+        `table` has only the non-constant columns, a RangeIndex and no pandas categoricals.
+        """
+
+    @abstractmethod
+    def _sample(self, n: int, seed: int) -> pd.DataFrame:
+        """Exactly `n` raw rows with the columns `_fit` saw; post-processing is done by the caller."""
+
+    @abstractmethod
+    def _save_model(self, folder: Path) -> None:
+        """Write the model files into `folder` (generator.json is written by `save`)."""
+
+    @abstractmethod
+    def _load_model(self, folder: Path) -> None:
+        """Read the model files written by `_save_model`; use `model_file` to name missing files."""
+
+    def _model_state(self) -> dict[str, Any]:
+        """Small JSON facts about the fitted model stored under generator.json's "model" key."""
+        return {}
+
+    def _restore_model_state(self, state: dict[str, Any]) -> None:
+        """Take back what `_model_state` returned, after `_load_model`."""
+        return None
+
+    # ---- helpers ----------------------------------------------------------------------------------------
+
+    def _require_fitted(self, action: str) -> TableSpec:
+        if self._spec is None:
+            raise BadInput(
+                f"cannot {action}: generator {self.name!r} is not fitted; call fit(table, meta, seed) "
+                "or load a saved generator first"
+            )
+        return self._spec
+
+
+def model_file(folder: Path, name: str) -> Path:
+    """`folder / name`, or BadInput naming the file when it is missing."""
+    path = folder / name
+    if not path.is_file():
+        raise BadInput(f"{path} is missing: the generator folder is incomplete; save the generator again")
+    return path
+
+
+def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The parsed `generator.json` of a saved generator folder; BadInput naming the file when unusable."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BadInput(f"generator folder {folder} does not exist (or is not a folder)")
+    path = folder / GENERATOR_JSON
+    if not path.is_file():
+        raise BadInput(f"{path} is missing: {folder} does not hold a saved generator")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInput(f"{path} is corrupted: it is not readable JSON ({exc})") from exc
+    if not isinstance(manifest, dict):
+        raise BadInput(f"{path} is corrupted: it holds a {type(manifest).__name__}, not a JSON object")
+    for key, kind in _MANIFEST_KEYS.items():
+        if not isinstance(manifest.get(key), kind):
+            raise BadInput(f"{path} is corrupted: {key!r} is missing or not a {kind.__name__}")
+    if manifest["format"] > FORMAT_VERSION:
+        raise BadInput(f"{path} has format {manifest['format']}, newer than this perfscale reads; upgrade")
+    return manifest
+
+
+def max_rss_bytes() -> int:
+    """The process's peak resident set size so far, in bytes (0 where getrusage is unavailable)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # Linux reports KiB, macOS bytes
+
+
+def _check_trust(cls: type[Generator], folder: Path, trust: bool) -> None:
+    if cls.pickled_files and not trust:
+        files = ", ".join(str(folder / f) for f in cls.pickled_files)
+        raise BadInput(
+            f"{files} is a Python pickle ({cls.name} models are saved with pickle), and loading a pickle can "
+            "run arbitrary code; load it only if you wrote it or trust its source, by passing trust=True "
+            "(load_generator(folder, trust=True))"
+        )
+
+
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
+        raise BadInput(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
+    return int(seed)
+
+
+def _check_n(n: Any) -> int:
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n <= 0:
+        raise BadInput(f"the number of rows to sample must be a positive integer, got {n!r}")
+    return int(n)
+
+
+def _check_json(what: str, value: Any) -> None:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise BadInput(f"{what} must be plain JSON values (numbers, strings, lists, dicts): {exc}") from exc
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,282 @@
+"""SDV single-table synthesizers as generators: gaussian_copula, ctgan, tvae, copulagan.
+
+sdv (and torch through it) is imported inside methods only: importing sdv takes seconds.
+
+Column types map to SDV sdtypes: numerical -> numerical, integer -> numerical with `decimal_places: 0`
+(SDV 2 dropped `computer_representation`; exact integer values and allowed sets are enforced by the shared
+post-processing anyway), categorical -> categorical, boolean -> boolean, datetime -> datetime.
+
+Hyperparameters are the keyword arguments of the SDV synthesizer (epochs, batch_size, pac, embedding_dim,
+enforce_min_max_values, default_distribution, ...); unknown names are rejected when the generator is built.
+`batch_size` is adjusted to the table (`_gan_batch_size` for ctgan/copulagan; tvae caps it at the row count);
+the values used are stored as `effective_hyperparameters` in generator.json. SDV's `enable_gpu` defaults to
+True: on a CUDA node the GANs and TVAE train on the GPU (pass `enable_gpu: false` to stay on the CPU).
+
+Determinism (on CPU; tests/test_generators.py checks it for gaussian_copula and ctgan): `fit` seeds Python's
+`random`, numpy's global generator and torch before training (ctgan draws from these globals; the Gaussian
+copula fit is deterministic by itself) and restores them afterwards, so two fits with the same seed, data,
+hyperparameters, library versions and thread count give identical models (also checked by hand across
+separate processes, whatever the caller's global random state, and with 1 vs 2 torch threads on iris).
+`sample(n, seed)` resets SDV's sampling state and seeds the model, so it is a pure function of
+(model, n, seed): repeated calls and a saved-then-loaded model give identical rows.
+Not promised: identical results on GPU (CUDA kernels are not bit-reproducible), across torch/sdv versions,
+or across machines and thread counts (floating-point reduction order).
+
+Offline and quiet: SDV 2.0 (open-source) sends no usage telemetry and makes no network calls outside
+`sdv.datasets.demo`, which is never used here; there is no telemetry setting to turn off. Its usage logger
+(`log_registry: null` by default) writes no log files, though importing sdv creates
+`$XDG_DATA_HOME/sdv/sdv_logger_config.yml` (platformdirs' user data dir) when that folder is writable.
+`quiet_sdv` drops the deprecation warnings SDV's own code triggers; SDV's version-mismatch warning on
+load is kept. Progress bars stay off (SDV shows one only for batched or constrained sampling, unused here).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from perfscale.errors import BadInput
+from perfscale.generators._seeding import seeded
+from perfscale.generators.base import Generator, model_file
+from perfscale.generators.registry import register_generator
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from perfscale.tabular.meta import Column, TableMeta
+
+TABLE = "table"  # the single table's name inside SDV's multi-table-shaped metadata and data
+SYNTHESIZER_FILE = "synthesizer.pkl"
+_SDV_MODULES = r"(sdv|rdt|copulas|ctgan)(\.|$)"
+_SDTYPES: dict[str, dict[str, Any]] = {
+    "numerical": {"sdtype": "numerical"},
+    "integer": {"sdtype": "numerical", "decimal_places": 0},
+    "categorical": {"sdtype": "categorical"},
+    "boolean": {"sdtype": "boolean"},
+    "datetime": {"sdtype": "datetime"},
+}
+_CTGAN_DEFAULT_BATCH, _CTGAN_DEFAULT_PAC, _TVAE_DEFAULT_BATCH = 500, 10, 500
+
+
+@contextlib.contextmanager
+def quiet_sdv() -> Iterator[None]:
+    """Silence deprecation warnings that SDV and the libraries it drives trigger in their own code.
+
+    Only warnings attributed to sdv/rdt/copulas/ctgan modules are dropped (e.g. pandas' "Downcasting object
+    dtype arrays on .fillna is deprecated" from sdv.single_table.ctgan): users cannot act on them. Warnings
+    about the user's data or setup, such as SDV's version-mismatch warning on load, still show. (rdt already
+    silences sklearn's convergence warnings of its Bayesian GMM itself.)
+    """
+    with warnings.catch_warnings():
+        for category in (FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category, module=_SDV_MODULES)
+        yield
+
+
+def sdv_column(col: Column) -> dict[str, Any]:
+    return dict(_SDTYPES[col.type])
+
+
+def sdv_metadata(meta: TableMeta) -> Any:
+    """An `sdv.metadata.Metadata` with one table named `TABLE`, built from our column types."""
+    from sdv.metadata import Metadata
+
+    columns = {name: sdv_column(col) for name, col in meta.columns.items()}
+    return Metadata.load_from_dict(
+        {"METADATA_SPEC_VERSION": "V2", "tables": {TABLE: {"columns": columns}}, "relationships": []}
+    )
+
+
+def loss_telemetry(losses: pd.DataFrame) -> pd.DataFrame:
+    """SDV's loss table (Epoch, [Batch,] '<Name> Loss'...) as long rows: epoch, step, loss, value.
+
+    `step` counts the rows of each loss: the epoch for CTGAN's per-epoch losses, the global batch index for
+    TVAE's per-batch loss.
+    """
+    import numpy as np
+    import pandas as pd
+
+    frames = []
+    for column in [c for c in losses.columns if str(c).lower().endswith("loss")]:
+        name = str(column).lower().removesuffix("loss").strip().replace("distriminator", "discriminator")
+        frames.append(
+            pd.DataFrame(
+                {
+                    "epoch": losses["Epoch"].to_numpy(dtype="int64"),
+                    "step": np.arange(len(losses), dtype="int64"),
+                    "loss": name or "loss",
+                    "value": losses[column].to_numpy(dtype=float),
+                }
+            )
+        )
+    if not frames:
+        return pd.DataFrame(columns=["epoch", "step", "loss", "value"])
+    return pd.concat(frames, ignore_index=True).sort_values("step", kind="stable", ignore_index=True)
+
+
+class SDVGenerator(Generator):
+    """Base of the SDV generators: `synthesizer` names a class in `sdv.single_table`."""
+
+    synthesizer: ClassVar[str]
+    pickled_files = (SYNTHESIZER_FILE,)
+
+    def __init__(self, **hyperparameters: Any) -> None:
+        super().__init__(**hyperparameters)
+        _check_hyperparameters(self.synthesizer_class(), self.hyperparameters, self.name)
+        self.effective_hyperparameters: dict[str, Any] = dict(self.hyperparameters)
+        self._synthesizer: Any = None
+
+    @classmethod
+    def synthesizer_class(cls) -> type:
+        import sdv.single_table
+
+        return getattr(sdv.single_table, cls.synthesizer)
+
+    def _effective_hyperparameters(self, rows: int) -> dict[str, Any]:
+        """The keyword arguments given to the synthesizer for a table of `rows` rows."""
+        return dict(self.hyperparameters)
+
+    def _fit(self, table: pd.DataFrame, meta: TableMeta, seed: int) -> pd.DataFrame | None:
+        params = self._effective_hyperparameters(len(table))
+        with quiet_sdv(), seeded(seed, torch=True):
+            synthesizer = _sdv_call(self.name, self.synthesizer_class(), sdv_metadata(meta), **params)
+            _sdv_call(self.name, synthesizer.fit, {TABLE: table})
+        self._synthesizer, self.effective_hyperparameters = synthesizer, params
+        return self._telemetry()
+
+    def _telemetry(self) -> pd.DataFrame | None:
+        return None
+
+    def _sample(self, n: int, seed: int) -> pd.DataFrame:
+        synthesizer = self._synthesizer
+        with quiet_sdv(), seeded(seed, torch=True):
+            synthesizer.reset_sampling()  # forget draws made since fit/load: samples depend on the seed only
+            synthesizer._set_random_state(seed)  # SDV 2.0 has no public setter; sample() uses a fixed seed
+            return synthesizer.sample(n)[TABLE]
+
+    def _save_model(self, folder: Path) -> None:
+        with quiet_sdv():
+            self._synthesizer.save(str(folder / SYNTHESIZER_FILE))  # cloudpickle
+
+    def _load_model(self, folder: Path) -> None:
+        from sdv.utils import load_synthesizer
+
+        path = model_file(folder, SYNTHESIZER_FILE)
+        try:
+            with quiet_sdv():
+                synthesizer = load_synthesizer(str(path))
+        except Exception as exc:  # unpickling fails in many ways (EOFError, UnpicklingError, ImportError...)
+            raise BadInput(f"{path} is corrupted or was written by incompatible libraries: {exc!r}") from exc
+        if not isinstance(synthesizer, self.synthesizer_class()):
+            raise BadInput(f"{path} holds a {type(synthesizer).__name__}, not an SDV {self.synthesizer}")
+        self._synthesizer = synthesizer
+
+    def _model_state(self) -> dict[str, Any]:
+        from importlib.metadata import version
+
+        return {"sdv_version": version("sdv"), "effective_hyperparameters": self.effective_hyperparameters}
+
+    def _restore_model_state(self, state: dict[str, Any]) -> None:
+        self.effective_hyperparameters = dict(state.get("effective_hyperparameters", self.hyperparameters))
+
+
+class _LossValues(SDVGenerator):
+    """SDV synthesizers with `get_loss_values()` (CTGAN, TVAE, CopulaGAN)."""
+
+    def _telemetry(self) -> pd.DataFrame | None:
+        return loss_telemetry(self._synthesizer.get_loss_values())
+
+
+class _GANBatch(_LossValues):
+    def _effective_hyperparameters(self, rows: int) -> dict[str, Any]:
+        params = dict(self.hyperparameters)
+        params["batch_size"] = _gan_batch_size(
+            rows,
+            _positive_int(params, "batch_size", _CTGAN_DEFAULT_BATCH, self.name),
+            _positive_int(params, "pac", _CTGAN_DEFAULT_PAC, self.name),
+        )
+        return params
+
+
+@register_generator
+class GaussianCopulaGenerator(SDVGenerator):
+    """SDV GaussianCopulaSynthesizer: marginals + Gaussian copula; no training loss."""
+
+    name = "gaussian_copula"
+    synthesizer = "GaussianCopulaSynthesizer"
+
+
+@register_generator
+class CTGANGenerator(_GANBatch):
+    """SDV CTGANSynthesizer (conditional GAN); telemetry: generator and discriminator loss per epoch."""
+
+    name = "ctgan"
+    synthesizer = "CTGANSynthesizer"
+
+
+@register_generator
+class CopulaGANGenerator(_GANBatch):
+    """SDV CopulaGANSynthesizer (CTGAN on copula-transformed marginals); same telemetry as ctgan."""
+
+    name = "copulagan"
+    synthesizer = "CopulaGANSynthesizer"
+
+
+@register_generator
+class TVAEGenerator(_LossValues):
+    """SDV TVAESynthesizer (variational autoencoder); telemetry: the loss of every batch."""
+
+    name = "tvae"
+    synthesizer = "TVAESynthesizer"
+
+    def _effective_hyperparameters(self, rows: int) -> dict[str, Any]:
+        params = dict(self.hyperparameters)
+        params["batch_size"] = min(_positive_int(params, "batch_size", _TVAE_DEFAULT_BATCH, self.name), rows)
+        return params
+
+
+def _gan_batch_size(rows: int, requested: int, pac: int) -> int:
+    """A CTGAN batch size: a multiple of lcm(2, pac) (CTGAN asserts both), at most the table rounded up.
+
+    CTGAN draws every batch with replacement, so a batch larger than the table only repeats rows at a
+    higher cost per step; a requested size that is not a multiple is rounded down (to at least one unit).
+    """
+    unit = math.lcm(2, pac)
+    return max(unit, min(requested // unit * unit, math.ceil(rows / unit) * unit))
+
+
+def _positive_int(params: dict[str, Any], key: str, default: int, generator: str) -> int:
+    value = params.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise BadInput(f"{generator} hyperparameter {key!r} must be a positive integer, got {value!r}")
+    return value
+
+
+def _check_hyperparameters(cls: type, hyperparameters: dict[str, Any], generator: str) -> None:
+    params = inspect.signature(cls.__init__).parameters
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    valid = sorted(p for p, v in params.items() if v.kind in kinds and p not in ("self", "metadata"))
+    unknown = sorted(set(hyperparameters) - set(valid))
+    if unknown:
+        valid_names = ", ".join(valid)
+        raise BadInput(f"unknown hyperparameters {unknown} for generator {generator!r}; valid: {valid_names}")
+
+
+def _sdv_call(generator: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call into SDV, turning its complaints about our data or parameters into BadInput."""
+    from sdv.errors import InvalidDataError, InvalidDataTypeError, SynthesizerInputError
+    from sdv.metadata.errors import InvalidMetadataError
+
+    try:
+        return fn(*args, **kwargs)
+    except (InvalidDataError, InvalidDataTypeError, InvalidMetadataError, SynthesizerInputError) as exc:
+        raise BadInput(f"generator {generator!r} rejected the table: {exc}") from exc
+    except (TypeError, ValueError, AssertionError) as exc:
+        if not isinstance(fn, type):  # only building the synthesizer validates hyperparameters
+            raise
+        raise BadInput(f"invalid hyperparameters for generator {generator!r}: {exc}") from exc

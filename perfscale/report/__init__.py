@@ -1,0 +1,5 @@
+"""HTML run reports with plots."""
+
+from perfscale.report.html import build_report
+
+__all__ = ["build_report"]

@@ -1,0 +1,195 @@
+"""The run report: one self-contained HTML file (plots embedded as PNG) at RUN/report/index.html."""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from jinja2 import Environment, select_autoescape
+from markupsafe import Markup
+
+import perfscale
+from perfscale.report import plots
+from perfscale.stages.split import SPLIT_COLUMN, split_part
+from perfscale.status import run_status
+from perfscale.store.atomic import atomic_write_text
+from perfscale.store.run import RunStore, utcnow
+
+PROFILE_FIELDS = {"command", "env", "cwd", "timeout_s", "warmup", "fom"}
+
+
+@dataclass
+class Section:
+    title: str
+    text: str = ""
+    images: list[str] = field(default_factory=list)  # base64 PNGs
+    tables: list[Markup] = field(default_factory=list)
+
+
+def _img(png: bytes) -> str:
+    return base64.b64encode(png).decode()
+
+
+def _table(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> Markup:
+    return Markup(
+        df.to_html(
+            index=False, float_format=floatfmt.format, border=0, classes="data", na_rep="", escape=True
+        )
+    )
+
+
+def _stages_of_kind(store: RunStore, kind: str) -> list[str]:
+    return [s for s in store.plan.stages if store.plan.of_stage(s)[0].kind == kind]
+
+
+def _status_section(store: RunStore) -> Section:
+    rows = [
+        {
+            "stage": s.stage,
+            "kind": store.plan.of_stage(s.stage)[0].kind,
+            "tasks": s.total,
+            "done": s.done,
+            "failed": s.failed,
+            "missing": s.missing,
+            "failure kinds": ", ".join(f"{k}: {n}" for k, n in s.failure_kinds.items()),
+        }
+        for s in run_status(store)
+    ]
+    section = Section("Run status", tables=[_table(pd.DataFrame(rows))])
+    attempts = store.attempts()
+    failed = attempts[~attempts["ok"].astype(bool)]
+    if not failed.empty:
+        cols = ["stage", "index", "attempt", "failure_kind", "exit_status", "message"]
+        shown = failed[cols].assign(message=failed["message"].str.slice(0, 200)).tail(50)
+        section.tables.append(_table(shown))
+    return section
+
+
+def _profile_section(store: RunStore, stage: str) -> Section | None:
+    df = store.read_stage(stage).to_pandas()
+    if df.empty or "wall_time_s" not in df:
+        return None
+    variables = [k for k in store.plan.of_stage(stage)[0].params if k not in PROFILE_FIELDS and k in df]
+    categorical = [v for v in variables if not pd.api.types.is_numeric_dtype(df[v])]
+    numeric = sorted(
+        (v for v in variables if pd.api.types.is_numeric_dtype(df[v]) and df[v].nunique() > 1),
+        key=lambda v: df[v].nunique(),
+    )
+    group = categorical[0] if categorical else None
+    x = numeric[-1] if numeric else None  # the variable with most values (problem size) on the x axis
+    series = numeric[0] if len(numeric) > 1 else None  # the one with fewest (threads) as lines
+    section = Section(f"Profiles: {stage}", f"{len(df)} measured runs; median wall time per configuration.")
+    section.images.append(_img(plots.profile_scaling(df, group, x, series)))
+    keys = [v for v in (group, x, series) if v]
+    if keys:
+        summary = df.groupby(keys)["wall_time_s"].agg(["median", "min", "max", "count"]).reset_index()
+        section.tables.append(_table(summary))
+    return section
+
+
+def _training_section(store: RunStore, stage: str) -> Section | None:
+    df = store.read_stage(stage, provenance=False).to_pandas()
+    if df.empty:
+        return None
+    section = Section(f"Training: {stage}")
+    summary = df.groupby("generator")[["fit_elapsed_s", "peak_rss_bytes", "train_rows"]].first().reset_index()
+    section.tables.append(_table(summary))
+    curves = df.dropna(subset=["step"]) if "step" in df else df.iloc[0:0]
+    if not curves.empty and {"loss", "value"} <= set(curves.columns):
+        section.images.append(_img(plots.loss_curves(curves)))
+    return section
+
+
+def _synthetic_section(store: RunStore, stage: str) -> Section | None:
+    synth = store.read_stage(stage, provenance=False).to_pandas()
+    if synth.empty:
+        return None
+    section = Section(f"Real vs synthetic: {stage}")
+    first = store.plan.of_stage(stage)[0]
+    train_task = next(t for t in store.plan.tasks if t.key == first.upstream_key)
+    real = store.read_stage(train_task.params["source"], provenance=False).to_pandas()
+    if SPLIT_COLUMN in real:
+        real = split_part(real, "train")
+    for gen, part in synth.groupby("generator"):
+        section.images.append(_img(plots.real_vs_synthetic(real, part.drop(columns="generator"), str(gen))))
+    return section
+
+
+def _metrics_section(store: RunStore, stage: str) -> Section | None:
+    df = store.read_stage(stage, provenance=False).to_pandas()
+    if df.empty:
+        return None
+    source = store.plan.of_stage(stage)[0].params["source"]
+    columns = set(store.read_stage(source, provenance=False).column_names)
+    summary = df[~df["component"].isin(columns)]
+    table = (
+        summary.pivot_table(
+            index=["metric", "component"], columns="generator", values="value", aggfunc="mean"
+        )
+        .reset_index()
+        .rename_axis(columns=None)
+    )
+    section = Section(
+        f"Synthetic quality: {stage}",
+        "Summary components of each metric (per-column values are in the stage's table: "
+        f"<code>perfscale show RUN {html.escape(stage)}</code>).",
+    )
+    section.tables.append(_table(table))
+    section.images.append(_img(plots.metric_bars(summary)))
+    return section
+
+
+SECTIONS = {
+    "profile": _profile_section,
+    "train": _training_section,
+    "sample": _synthetic_section,
+    "evaluate": _metrics_section,
+}
+
+TEMPLATE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>perfscale report: {{ study }}</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 1.6em; }
+table.data { border-collapse: collapse; font-size: .85em; margin: .8em 0; }
+table.data th, table.data td { padding: .25em .6em; border-bottom: 1px solid #eee; text-align: right; }
+table.data th { background: #f4f4f4; } img { max-width: 100%; } .meta { color: #666; font-size: .9em; }
+</style></head><body>
+<h1>perfscale report: {{ study }}</h1>
+<p class="meta">site <b>{{ site }}</b> &middot; host {{ host }} &middot; {{ tasks }} tasks &middot;
+perfscale {{ version }} &middot; written {{ written }} &middot; run folder <code>{{ root }}</code></p>
+{% for s in sections %}<h2>{{ s.title }}</h2>{% if s.text %}<p>{{ s.text|safe }}</p>{% endif %}
+{% for t in s.tables %}{{ t }}{% endfor %}
+{% for img in s.images %}<img src="data:image/png;base64,{{ img }}">{% endfor %}
+{% endfor %}
+</body></html>
+"""
+
+
+def build_report(store: RunStore) -> Path:
+    """Write RUN/report/index.html from whatever the run holds now (a partial run gives a partial report)."""
+    sections = [_status_section(store)]
+    for stage in store.plan.stages:
+        builder = SECTIONS.get(store.plan.of_stage(stage)[0].kind)
+        try:
+            section = builder(store, stage) if builder else None
+        except Exception as exc:  # a report of a broken run is still a report: show what failed
+            section = Section(f"{stage}: section not drawn", html.escape(f"{type(exc).__name__}: {exc}"))
+        if section:
+            sections.append(section)
+    manifest = store.manifest()
+    env = Environment(autoescape=select_autoescape(default=True))
+    page = env.from_string(TEMPLATE).render(
+        study=manifest["study"],
+        site=manifest["site"],
+        host=manifest["host"],
+        tasks=len(store.plan.tasks),
+        version=perfscale.__version__,
+        written=utcnow().strftime("%Y-%m-%d %H:%M UTC"),
+        root=store.root.resolve(),
+        sections=sections,
+    )
+    return atomic_write_text(page, store.report_dir / "index.html")

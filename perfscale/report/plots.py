@@ -1,0 +1,130 @@
+"""Matplotlib figures for the report, returned as PNG bytes (the Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import NullFormatter
+
+REAL_COLOUR, SYNTH_COLOUR = "#1f77b4", "#ff7f0e"
+
+
+def to_png(fig: plt.Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _grid(n: int, cols: int = 4, size: float = 3.0) -> tuple[plt.Figure, np.ndarray]:
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(
+        rows, min(cols, max(n, 1)), figsize=(size * min(cols, max(n, 1)), size * rows), squeeze=False
+    )
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+def profile_scaling(
+    df: pd.DataFrame, group: str | None, x: str | None, series: str | None, y: str = "wall_time_s"
+) -> bytes:
+    """Median `y` against `x` (log-log), one panel per `group` value, one line per `series` value."""
+    groups = sorted(df[group].dropna().unique()) if group else [None]
+    fig, axes = _grid(len(groups))
+    for ax, g in zip(axes.flat, groups, strict=False):
+        part = df if g is None else df[df[group] == g]
+        for s, sub in part.groupby(series) if series else [(None, part)]:
+            if x:
+                med = sub.groupby(x)[y].median().sort_index()
+                ax.plot(med.index, med.values, marker="o", label=f"{series}={s}" if series else None)
+                ax.set_xscale("log")
+                ax.set_xlabel(x)
+            else:
+                ax.hist(sub[y].dropna(), bins=20, alpha=0.6, label=str(s))
+        ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_minor_formatter(NullFormatter())
+        ax.set_ylabel(y)
+        ax.set_title(str(g) if g is not None else y)
+        if series:
+            ax.legend(fontsize=7)
+    return to_png(fig)
+
+
+def loss_curves(telemetry: pd.DataFrame) -> bytes:
+    """One panel per generator, one line per loss name."""
+    gens = sorted(telemetry["generator"].unique())
+    fig, axes = _grid(len(gens), cols=3, size=3.5)
+    for ax, gen in zip(axes.flat, gens, strict=False):
+        part = telemetry[telemetry["generator"] == gen]
+        for name, sub in part.groupby("loss"):
+            ax.plot(sub["step"], sub["value"], label=str(name))
+        ax.set_title(gen)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.legend(fontsize=7)
+    return to_png(fig)
+
+
+def real_vs_synthetic(real: pd.DataFrame, synth: pd.DataFrame, title: str, max_columns: int = 12) -> bytes:
+    """Overlaid histograms (numerical) and bar charts (categorical) of real vs synthetic columns."""
+    columns = [c for c in real.columns if c in synth.columns][:max_columns]
+    fig, axes = _grid(len(columns))
+    for ax, col in zip(axes.flat, columns, strict=False):
+        r, s = real[col].dropna(), synth[col].dropna()
+        if pd.api.types.is_numeric_dtype(r) and r.nunique() > 8:
+            both = pd.concat([r, s])
+            lo, hi = float(both.min()), float(both.max())
+            use_log = lo > 0 and hi / lo > 100
+            bins = np.geomspace(lo, hi, 25) if use_log else np.linspace(lo, hi, 25)
+            # share of rows per bin (not density: densities on log-spaced bins exaggerate the small values)
+            ax.hist(
+                r, bins=bins, weights=np.full(len(r), 1 / len(r)), alpha=0.55, color=REAL_COLOUR, label="real"
+            )
+            if len(s):
+                ax.hist(
+                    s,
+                    bins=bins,
+                    weights=np.full(len(s), 1 / len(s)),
+                    alpha=0.55,
+                    color=SYNTH_COLOUR,
+                    label="synthetic",
+                )
+            if use_log:
+                ax.set_xscale("log")
+        else:
+            freq = pd.DataFrame(
+                {
+                    "real": r.astype(str).value_counts(normalize=True),
+                    "synthetic": s.astype(str).value_counts(normalize=True),
+                }
+            ).fillna(0)
+            idx = np.arange(len(freq))
+            ax.bar(idx - 0.2, freq["real"], 0.4, color=REAL_COLOUR, label="real")
+            ax.bar(idx + 0.2, freq["synthetic"], 0.4, color=SYNTH_COLOUR, label="synthetic")
+            ax.set_xticks(idx, freq.index, rotation=45, fontsize=7)
+        ax.set_title(col, fontsize=9)
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(title)
+    return to_png(fig)
+
+
+def metric_bars(metrics: pd.DataFrame) -> bytes:
+    """One panel per (metric, component) summary, one bar per generator."""
+    pairs = metrics[["metric", "component"]].drop_duplicates().values.tolist()
+    fig, axes = _grid(len(pairs), cols=4, size=2.8)
+    for ax, (metric, component) in zip(axes.flat, pairs, strict=False):
+        part = metrics[(metrics.metric == metric) & (metrics.component == component)]
+        means = part.groupby("generator")["value"].mean()
+        ax.bar(means.index, means.values, color=SYNTH_COLOUR)
+        ax.set_title(f"{metric}\n{component}", fontsize=8)
+        ax.tick_params(axis="x", labelrotation=30, labelsize=7)
+    return to_png(fig)

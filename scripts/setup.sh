@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# All set-up on a fresh Debian machine: system packages, a virtual environment, perfscale and its deps.
+# Safe to run again: each step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages: a C compiler with OpenMP for the built-in kernels (gcc ships libgomp).
+missing=()
+command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+if ((${#missing[@]})); then
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+# reinstall only when pyproject.toml changed since the last successful install
+stamp=.venv/.perfscale-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  .venv/bin/pip install -q --upgrade pip
+  # torch first and pinned: a plain `torch` requirement elsewhere would pull a multi-GB CUDA build
+  .venv/bin/pip install -q "torch==2.13.0"
+  .venv/bin/pip install -q -e ".[test]"
+  echo "$want" > "$stamp"
+fi
