@@ -1,0 +1,65 @@
+"""workflows/perfgen.yaml end to end, in a reduced size: real kernels, real SDV models, real metrics, report."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from perfscale.runner import prepare_run, run_plan
+from perfscale.spec import load_site
+from perfscale.report import build_report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def reduced_perfgen(tmp_path: Path) -> Path:
+    study = yaml.safe_load((ROOT / "workflows" / "perfgen.yaml").read_text())
+    profile = study["stages"]["profile"]
+    profile["grid"]["zip"] = {"kernel": ["triad", "triad", "matmul", "matmul"], "size": [100000, 400000, 64, 96],
+                              "iters": [2, 2, 1, 1]}
+    profile["repetitions"] = 3
+    study["stages"]["train"]["grid"]["zip"]["hyperparameters"] = [{}, {"epochs": 5, "batch_size": 10}]
+    study["stages"]["sample"]["params"]["rows"] = 50
+    path = tmp_path / "perfgen-small.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+@pytest.mark.slow
+def test_perfgen_end_to_end(reduced_perfgen: Path, tmp_path: Path):
+    store = prepare_run(reduced_perfgen, load_site("local"), tmp_path / "run")
+    summary = run_plan(store, "local", workers=2, progress=False)
+    assert {s: (v.done, v.failed) for s, v in summary.items()} == {
+        "profile": (24, 0), "split": (1, 0), "train": (2, 0), "sample": (2, 0), "evaluate": (2, 0)}
+
+    profiles = store.read_stage("profile").to_pandas()
+    assert (profiles["exit_status"] == 0).all() and (profiles["wall_time_s"] > 0).all()
+    assert profiles["gflops"].notna().all()
+
+    split = store.read_stage("split", provenance=False).to_pandas()
+    assert sorted(split["split"].value_counts().tolist()) == [6, 18]
+
+    synth = store.read_stage("sample", provenance=False).to_pandas()
+    assert sorted(synth["generator"].unique()) == ["ctgan", "gaussian_copula"]
+    assert set(synth["threads"]) <= {1, 2}  # discrete columns only take values seen in the real data
+    assert set(synth["kernel"]) <= {"triad", "matmul"}
+    assert set(synth["size"]) <= {100000, 400000, 64, 96}
+
+    metrics = store.read_stage("evaluate", provenance=False).to_pandas()
+    shapes = metrics.query("metric == 'column_shapes' and component == 'score'")
+    assert len(shapes) == 2 and shapes["value"].between(0, 1).all()
+    assert metrics["value"].notna().all()
+    assert {"kl_divergence", "dcr", "wasserstein", "jsd"} <= set(metrics["metric"])
+
+    telemetry = store.read_stage("train", provenance=False).to_pandas()
+    ctgan = telemetry[telemetry.generator == "ctgan"]
+    assert set(ctgan["loss"]) == {"generator", "discriminator"} and ctgan["epoch"].max() == 4
+
+    page = build_report(store).read_text()
+    for title in ("Run status", "Profiles: profile", "Training: train", "Real vs synthetic", "Synthetic quality"):
+        assert title in page
+    assert len(re.findall(r'src="data:image/png;base64,', page)) >= 5
