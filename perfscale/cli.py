@@ -150,6 +150,18 @@ def cmd_sites(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ingest(args: argparse.Namespace) -> int:
+    """Import SOURCE with one importer and write it as a Parquet dataset under --out."""
+    from perfscale.ingest import read_source
+    from perfscale.store.atomic import atomic_write_table
+
+    table = read_source(args.kind, Path(args.source))
+    out = Path(args.out)
+    path = atomic_write_table(table, out / f"{args.kind}-{Path(args.source).name or 'source'}.parquet")
+    console.print(f"{table.num_rows} rows x {table.num_columns} columns -> [bold]{path}[/]")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="perfscale", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -192,6 +204,12 @@ def parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="write RUN/report/index.html")
     rp.add_argument("run", type=Path)
     rp.set_defaults(fn=cmd_report)
+
+    ig = sub.add_parser("ingest", help="import existing data (caliper, sacct, csv, parquet...) as Parquet")
+    ig.add_argument("kind", help="importer name: caliper, sacct, alibaba, csv, parquet")
+    ig.add_argument("source", help="a file, or a folder searched recursively")
+    ig.add_argument("--out", required=True, help="folder of the Parquet dataset to write")
+    ig.set_defaults(fn=cmd_ingest)
 
     si = sub.add_parser("sites", help="list or show site configurations")
     si.add_argument("action", choices=["list", "show"])

@@ -1,0 +1,75 @@
+"""Importers: turn existing performance data (Caliper files, sacct output, job traces, CSV, Parquet) into
+tables in perfscale's store, through `perfscale ingest KIND SOURCE --out DIR` or an `ingest` stage.
+
+An importer is a function `(files: list[Path]) -> pa.Table | pd.DataFrame` registered with
+`@ingester(name, patterns=("*.cali",))`; `patterns` say which files it takes when SOURCE is a folder (searched
+recursively, in sorted order so results do not depend on the file system's listing order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from perfscale.errors import BadInput, SpecError
+
+IngestFn = Callable[[list[Path]], "pa.Table | pd.DataFrame"]
+
+
+@dataclass(frozen=True)
+class Ingester:
+    name: str
+    fn: IngestFn
+    patterns: tuple[str, ...]
+    description: str
+
+
+_REGISTRY: dict[str, Ingester] = {}
+
+
+def ingester(name: str, patterns: tuple[str, ...], description: str = "") -> Callable[[IngestFn], IngestFn]:
+    def register(fn: IngestFn) -> IngestFn:
+        if name in _REGISTRY:
+            raise ValueError(f"ingester {name!r} registered twice")
+        _REGISTRY[name] = Ingester(name, fn, patterns, description or (fn.__doc__ or "").strip().split("\n")[0])
+        return fn
+
+    return register
+
+
+def get_ingester(name: str) -> Ingester:
+    from perfscale.ingest import builtin  # noqa: F401  (registers the built-in importers)
+
+    if name not in _REGISTRY:
+        raise SpecError(f"unknown ingest kind {name!r}; known kinds: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def list_ingesters() -> list[Ingester]:
+    from perfscale.ingest import builtin  # noqa: F401
+
+    return [_REGISTRY[n] for n in sorted(_REGISTRY)]
+
+
+def source_files(source: Path, patterns: tuple[str, ...]) -> list[Path]:
+    """SOURCE itself if it is a file, else every file under it matching `patterns`, sorted."""
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise BadInput(f"{source}: no such file or folder")
+    files = sorted({p for pattern in patterns for p in source.rglob(pattern) if p.is_file()})
+    if not files:
+        raise BadInput(f"{source}: no files matching {', '.join(patterns)} under this folder")
+    return files
+
+
+def read_source(kind: str, source: Path) -> pa.Table:
+    spec = get_ingester(kind)
+    result = spec.fn(source_files(Path(source), spec.patterns))
+    if isinstance(result, pd.DataFrame):
+        result = pa.Table.from_pandas(result, preserve_index=False).replace_schema_metadata(None)
+    return result

@@ -1,0 +1,23 @@
+"""The `ingest` stage: import existing data (Caliper, sacct, job traces, CSV, Parquet) as a stage's output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+from pydantic import Field
+
+from perfscale.stages.base import StageContext, StageParams, stage_kind
+
+
+class IngestParams(StageParams):
+    kind: str = Field(description="importer: caliper, sacct, csv, parquet, ... (`perfscale ingest --help`)")
+    source: str = Field(description="file or folder (searched recursively); relative to the study's folder")
+
+
+@stage_kind("ingest", IngestParams)
+def ingest(ctx: StageContext, params: IngestParams) -> pa.Table:
+    """Read `source` with the `kind` importer; one task, one shard holding the whole import."""
+    from perfscale.ingest import read_source
+
+    return read_source(params.kind, ctx.store.study_dir / Path(params.source))
