@@ -35,7 +35,9 @@ def ingester(name: str, patterns: tuple[str, ...], description: str = "") -> Cal
     def register(fn: IngestFn) -> IngestFn:
         if name in _REGISTRY:
             raise ValueError(f"ingester {name!r} registered twice")
-        _REGISTRY[name] = Ingester(name, fn, patterns, description or (fn.__doc__ or "").strip().split("\n")[0])
+        _REGISTRY[name] = Ingester(
+            name, fn, patterns, description or (fn.__doc__ or "").strip().split("\n")[0]
+        )
         return fn
 
     return register

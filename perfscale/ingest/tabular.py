@@ -12,9 +12,15 @@ from perfscale.errors import BadInput
 from perfscale.ingest.registry import ingester
 
 
+def _tag(table: pa.Table, file: Path) -> pa.Table:
+    """Record the file each row came from (a re-import keeps the original `source_file`)."""
+    if "source_file" in table.column_names:
+        return table
+    return table.append_column("source_file", pa.array([str(file)] * table.num_rows, pa.string()))
+
+
 def _concat(tables: list[pa.Table], files: list[Path]) -> pa.Table:
-    tagged = [t.append_column("source_file", pa.array([str(f)] * t.num_rows, pa.string()))
-              for t, f in zip(tables, files, strict=True)]
+    tagged = [_tag(t, f) for t, f in zip(tables, files, strict=True)]
     return pa.concat_tables(tagged, promote_options="permissive")
 
 

@@ -1,0 +1,61 @@
+"""CSV and Parquet importers, the `ingest` command and the `ingest` stage."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from perfscale.cli import main
+from perfscale.errors import BadInput, SpecError
+from perfscale.ingest import read_source
+from perfscale.runner import prepare_run, run_plan
+from perfscale.spec import load_site
+
+
+@pytest.fixture
+def csv_folder(tmp_path):
+    folder = tmp_path / "data"
+    (folder / "sub").mkdir(parents=True)
+    pd.DataFrame({"app": ["lulesh", "amg"], "runtime_s": [1.5, 2]}).to_csv(folder / "a.csv", index=False)
+    pd.DataFrame({"app": ["kripke"], "nodes": [4]}).to_csv(folder / "sub" / "b.csv", index=False)
+    (folder / "notes.txt").write_text("not a csv")
+    return folder
+
+
+def test_folder_is_searched_recursively_and_schemas_unify(csv_folder):
+    table = read_source("csv", csv_folder).to_pandas()
+    assert table["app"].tolist() == ["lulesh", "amg", "kripke"]
+    assert table["runtime_s"].isna().tolist() == [False, False, True]
+    assert table["source_file"].str.endswith(("a.csv", "b.csv")).all()
+
+
+def test_bad_sources(tmp_path, csv_folder):
+    with pytest.raises(BadInput, match="no such file or folder"):
+        read_source("csv", tmp_path / "missing")
+    with pytest.raises(BadInput, match=r"no files matching \*.parquet"):
+        read_source("parquet", csv_folder)
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet")
+    with pytest.raises(BadInput, match=r"bad\.parquet: not a readable Parquet file"):
+        read_source("parquet", tmp_path / "bad.parquet")
+    with pytest.raises(SpecError, match="unknown ingest kind 'excel'"):
+        read_source("excel", csv_folder)
+
+
+def test_cli_ingest_round_trip(csv_folder, tmp_path, capsys):
+    assert main(["ingest", "csv", str(csv_folder), "--out", str(tmp_path / "out")]) == 0
+    written = list((tmp_path / "out").glob("*.parquet"))
+    assert len(written) == 1 and pq.read_table(written[0]).num_rows == 3
+    assert main(["ingest", "parquet", str(tmp_path / "out"), "--out", str(tmp_path / "again")]) == 0
+    again = pq.read_table(next((tmp_path / "again").glob("*.parquet")))
+    assert again.num_rows == 3 and "app" in again.column_names
+
+
+def test_ingest_stage(write_study, study_dir, tmp_path):
+    pd.DataFrame({"x": [1, 2, 3]}).to_csv(study_dir / "runs.csv", index=False)
+    study = write_study(
+        "name: ing\nstages:\n  imported:\n    kind: ingest\n    params: {kind: csv, source: runs.csv}\n"
+    )
+    store = prepare_run(study, load_site("local"), tmp_path / "run")
+    assert run_plan(store, "local", workers=1, progress=False)["imported"].done == 1
+    assert store.read_stage("imported").to_pandas()["x"].tolist() == [1, 2, 3]
