@@ -17,6 +17,8 @@ from perfscale.spec.loader import load_model
 
 
 class Partition(Strict):
+    """A Slurm partition or LSF queue and its limits."""
+
     max_nodes: int = Field(1, ge=1)
     max_walltime: Walltime = 86400.0
     default: bool = False
@@ -25,6 +27,7 @@ class Partition(Strict):
 class Limits(Strict):
     max_array_size: int = Field(1001, ge=1, description="Slurm MaxArraySize (largest index + 1)")
     max_jobs_in_queue: int = Field(5000, ge=1)
+    array_throttle: int = Field(100, ge=1, description="default %K: array elements running at once")
     max_nodes: int = Field(1, ge=1)
     max_walltime: Walltime = 86400.0
 
@@ -45,6 +48,7 @@ class Site(Strict):
     gpus_per_node: int = Field(0, ge=0)
     gpu_model: str | None = None
     cpu_model: str | None = None
+    arch: Literal["x86_64", "ppc64le", "aarch64"] = "x86_64"
     max_workers: int | Literal["auto"] = Field("auto", description="concurrent tasks per node in pilot mode")
     accounts: list[str] = Field(default_factory=list)
     partitions: dict[str, Partition] = Field(default_factory=dict)
@@ -59,6 +63,49 @@ class Site(Strict):
         if len(defaults) > 1:
             raise ValueError(f"at most one partition may be 'default: true', got {defaults}")
         return self
+
+    @model_validator(mode="after")
+    def _engine_runs_on_arch(self) -> Site:
+        if self.engine == "ray" and self.arch == "ppc64le":
+            raise ValueError("engine 'ray' has no wheels for ppc64le; choose parsl or dask for this site")
+        return self
+
+    def partition(self, name: str | None = None) -> tuple[str | None, Partition | None]:
+        """The named partition (or the default one); (None, None) for sites without partitions."""
+        if not self.partitions:
+            if name:
+                raise SpecError(f"site {self.name!r} has no partitions; remove partition {name!r}")
+            return None, None
+        if name is None:
+            name = next((n for n, p in self.partitions.items() if p.default), next(iter(self.partitions)))
+        if name not in self.partitions:
+            raise SpecError(
+                f"site {self.name!r} has no partition/queue {name!r}; "
+                f"choose one of {', '.join(self.partitions)}"
+            )
+        return name, self.partitions[name]
+
+    def check_request(
+        self, nodes: int, walltime_s: float, gpus: int = 0, partition: str | None = None
+    ) -> None:
+        """Raise SpecError when a request exceeds the site's or partition's limits (before any submit)."""
+        from perfscale.spec.common import format_walltime
+
+        pname, part = self.partition(partition)
+        max_nodes = min(self.limits.max_nodes, part.max_nodes) if part else self.limits.max_nodes
+        max_wall = min(self.limits.max_walltime, part.max_walltime) if part else self.limits.max_walltime
+        where = f"site {self.name!r}" + (f" partition {pname!r}" if pname else "")
+        if nodes > max_nodes:
+            raise SpecError(
+                f"{where}: {nodes} nodes requested, the limit is {max_nodes}; lower resources.nodes"
+            )
+        if walltime_s > max_wall:
+            raise SpecError(
+                f"{where}: walltime {format_walltime(walltime_s)} requested, the limit is "
+                f"{format_walltime(max_wall)}; lower resources.walltime or pick another partition"
+            )
+        if gpus > self.gpus_per_node:
+            raise SpecError(f"{where}: {gpus} GPUs per node requested, nodes have {self.gpus_per_node}")
 
     @property
     def cores(self) -> int:

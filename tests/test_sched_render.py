@@ -1,0 +1,195 @@
+"""Array mode up to the scheduler's edge: packing, chunking, limits, rendered scripts, MPI launch lines."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from perfscale.errors import SpecError
+from perfscale.plan import build_plan
+from perfscale.sched.arrays import pack, stage_arrays
+from perfscale.sched.mpi import Layout, launch_line
+from perfscale.sched.render import lsf_walltime, render_array
+from perfscale.spec import load_site
+from perfscale.spec.study import Study
+
+
+def _tasks(n: int, walltime: str = "00:10:00", expected: str | None = None, **resources):
+    res = {"walltime": walltime, **resources}
+    if expected:
+        res["expected_runtime"] = expected
+    study = Study.model_validate(
+        {
+            "name": "s",
+            "stages": {"p": {"kind": "noop", "grid": {"product": {"i": list(range(n))}}, "resources": res}},
+        }
+    )
+    return build_plan(study).of_stage("p")
+
+
+def test_tasks_without_estimates_get_one_element_each():
+    elements = pack(_tasks(5), limit_s=86400)
+    assert [e.indices for e in elements] == [(0,), (1,), (2,), (3,), (4,)]
+    assert elements[0].walltime_s == 600
+
+
+def test_packing_by_expected_runtime_fits_the_limit():
+    # 10 tasks expecting 60 s with a 120 s walltime: an element of k tasks asks for 60k + 60 s
+    elements = pack(_tasks(10, walltime="02:00", expected="01:00"), limit_s=330)
+    assert [len(e.indices) for e in elements] == [4, 4, 2]
+    assert [e.walltime_s for e in elements] == [300, 300, 180]
+    assert sorted(i for e in elements for i in e.indices) == list(range(10))
+
+
+def test_a_task_longer_than_the_partition_is_an_error():
+    with pytest.raises(SpecError, match="more than the partition limit"):
+        pack(_tasks(1, walltime="02:00:00"), limit_s=1800)
+
+
+def test_chunks_respect_max_array_size():
+    quartz = load_site("quartz")
+    arrays = stage_arrays("s", "p", _tasks(2500), quartz)
+    assert [a.size for a in arrays] == [1001, 1001, 498]
+    assert [a.name for a in arrays] == ["s-p-0", "s-p-1", "s-p-2"]
+    assert all(a.throttle == 100 for a in arrays) and arrays[0].partition == "pbatch"
+
+
+def test_requests_above_limits_fail_before_submission():
+    quartz = load_site("quartz")
+    with pytest.raises(
+        SpecError, match="partition 'pdebug': walltime 01:00:00 requested, the limit is 00:30:00"
+    ):
+        stage_arrays("s", "p", _tasks(2, walltime="01:00:00"), quartz, partition="pdebug")
+    with pytest.raises(SpecError, match="300 nodes requested, the limit is 256"):
+        stage_arrays("s", "p", _tasks(1, nodes=300), quartz)
+    with pytest.raises(SpecError, match="no partition/queue 'gpu'"):
+        stage_arrays("s", "p", _tasks(1), quartz, partition="gpu")
+    with pytest.raises(SpecError, match="1 GPUs per node requested, nodes have 0"):
+        stage_arrays("s", "p", _tasks(1, gpus=1), quartz)
+
+
+EXPECTED_SBATCH = """\
+#!/bin/bash
+# perfscale array job s-p-0: stage p, 3 elements
+#SBATCH --job-name=s-p-0
+#SBATCH --array=0-2%3
+#SBATCH --nodes=1
+#SBATCH --ntasks=1
+#SBATCH --cpus-per-task=4
+#SBATCH --mem=2048M
+#SBATCH --time=00:10:00
+#SBATCH --partition=pdebug
+#SBATCH --account='bank; rm -rf ~'
+#SBATCH --output={run}/logs/s-p-0-%A_%a.out
+#SBATCH --signal=B:USR1@120
+#SBATCH --requeue
+set -u
+module load gcc/10.3.1
+export OMP_PROC_BIND=close
+indices=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {run}/arrays/s-p-0.idx)
+status=0
+for index in $indices; do
+  {python} -m perfscale.cli task run {run}/plan.parquet "$index" || status=$?
+done
+exit "$status"
+"""
+
+
+def test_sbatch_script_line_by_line(tmp_path):
+    import sys
+
+    quartz = load_site("quartz")
+    tasks = _tasks(3, cores=4, memory_gb=2)
+    (job,) = stage_arrays("s", "p", tasks, quartz, partition="pdebug", account="bank; rm -rf ~")
+    rendered = render_array(job, quartz, tmp_path)
+    expected = EXPECTED_SBATCH.format(run=tmp_path.resolve(), python=sys.executable)
+    assert rendered.script.splitlines() == expected.splitlines()
+    assert rendered.index_file == "0\n1\n2\n"
+
+
+# Expected from the LSF documentation: -J "name[1-N]%K" array with a throttle, -nnodes (CSM), -W [hh:]mm,
+# -q queue, -G user group (bank), -o with %J (job id) and %I (array index), -wa/-wt warning signal in minutes,
+# $LSB_JOBINDEX counting from 1; on Lassen-like machines the batch script runs on a launch node, so each
+# task is started on a compute node through jsrun.
+EXPECTED_BSUB = """\
+#!/bin/bash
+# perfscale array job s-p-0: stage p, 2 elements
+#BSUB -J "s-p-0[1-2]%2"
+#BSUB -nnodes 1
+#BSUB -W 0:10
+#BSUB -q pdebug
+#BSUB -o {run}/logs/s-p-0-%J_%I.out
+#BSUB -wa USR1 -wt 2
+set -u
+module load cuda/11.8.0
+indices=$(sed -n "${{LSB_JOBINDEX}}p" {run}/arrays/s-p-0.idx)
+status=0
+for index in $indices; do
+  jsrun --nrs=1 --tasks_per_rs=1 --cpu_per_rs=4 --gpu_per_rs=1 --rs_per_host=1 --bind=none {python} -m \
+perfscale.cli task run {run}/plan.parquet "$index" || status=$?
+done
+exit "$status"
+"""
+
+
+def test_bsub_script_line_by_line(tmp_path):
+    import sys
+
+    lassen = load_site("lassen")
+    (job,) = stage_arrays("s", "p", _tasks(2, cores=4, gpus=1), lassen, partition="pdebug")
+    rendered = render_array(job, lassen, tmp_path)
+    expected = EXPECTED_BSUB.format(run=tmp_path.resolve(), python=sys.executable)
+    assert rendered.script.splitlines() == expected.splitlines()
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(60, "0:01"), (61, "0:02"), (3600, "1:00"), (43200, "12:00")])
+def test_lsf_walltime(seconds, text):
+    assert lsf_walltime(seconds) == text
+
+
+def test_launch_lines():
+    quartz, lassen, local = load_site("quartz"), load_site("lassen"), load_site("local")
+    lay = Layout(nodes=2, ranks_per_node=4, cores_per_rank=9)
+    assert launch_line(quartz, lay) == [
+        "srun",
+        "--nodes=2",
+        "--ntasks=8",
+        "--ntasks-per-node=4",
+        "--cpus-per-task=9",
+        "--cpu-bind=cores",
+    ]
+    gpu = Layout(nodes=2, ranks_per_node=4, cores_per_rank=10, gpus_per_rank=1)
+    assert launch_line(lassen, gpu) == [
+        "jsrun",
+        "--nrs=8",
+        "--tasks_per_rs=1",
+        "--cpu_per_rs=10",
+        "--gpu_per_rs=1",
+        "--rs_per_host=4",
+        "--bind=packed:10",
+    ]
+    assert launch_line(lassen, gpu, launcher="lrun") == ["lrun", "-N2", "-T4", "--gpus_per_task=1"]
+    assert launch_line(local, Layout(ranks_per_node=2, bind="none")) == [
+        "mpirun",
+        "-n",
+        "2",
+        "--map-by",
+        "ppr:2:node:PE=1",
+        "--bind-to",
+        "none",
+    ]
+    with pytest.raises(SpecError, match="exceed the 36 cores"):
+        launch_line(quartz, Layout(ranks_per_node=4, cores_per_rank=10))
+    with pytest.raises(SpecError, match="exceed the 4 GPUs"):
+        launch_line(lassen, Layout(ranks_per_node=8, gpus_per_rank=1))
+
+
+def test_hostile_values_stay_quoted(tmp_path):
+    quartz = load_site("quartz").model_copy(update={"env": {"X": "$(touch /tmp/pwned)"}})
+    (job,) = stage_arrays("s", "p", _tasks(1), quartz, account="a b")
+    script = render_array(job, quartz, tmp_path / "my run").script
+    assert "export X='$(touch /tmp/pwned)'" in script
+    assert "#SBATCH --account='a b'" in script
+    line = next(ln for ln in script.splitlines() if "task run" in ln)
+    assert shlex.split(line)[5].endswith("my run/plan.parquet")
