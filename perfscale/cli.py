@@ -37,23 +37,96 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scheduler_states(store) -> dict:
+    """One poll of the site's scheduler for runs submitted in array mode (else nothing)."""
+    from perfscale.sched.submit import poll, record_scheduler_failures, submitted
+
+    if store.site.scheduler == "none" or not submitted(store):
+        return {}
+    states = poll(store)
+    record_scheduler_failures(store, states)
+    return states
+
+
 def _print_status(store) -> int:
     from perfscale.status import run_status
 
+    sched = _scheduler_states(store)
     states = run_status(store)
-    table = Table("stage", "total", "done", "failed", "missing", "failure kinds", title=f"run {store.root}")
+    columns = [
+        "stage",
+        "total",
+        "done",
+        "failed",
+        "missing",
+        *(["queued", "running"] if sched else []),
+        "failure kinds",
+    ]
+    table = Table(*columns, title=f"run {store.root}")
     for st in states:
         kinds = ", ".join(f"{k}: {n}" for k, n in sorted(st.failure_kinds.items()))
-        table.add_row(
+        row = [
             st.stage,
             str(st.total),
             str(st.done),
             f"[red]{st.failed}" if st.failed else "0",
             str(st.missing),
-            kinds,
-        )
+        ]
+        if sched:
+            mine = [sched[t.index] for t in store.plan.of_stage(st.stage) if t.index in sched]
+            row += [
+                str(sum(s.active and s.state.startswith("PEND") for s in mine)),
+                str(sum(s.active and not s.state.startswith("PEND") for s in mine)),
+            ]
+        table.add_row(*row, kinds)
     console.print(table)
     return 1 if any(st.failed for st in states) else 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Array mode: plan, render job scripts, submit them with dependencies between stages."""
+    from perfscale.runner import prepare_run
+    from perfscale.sched.submit import submit_run
+
+    store = prepare_run(Path(args.study), _site(args), Path(args.run_dir) if args.run_dir else None)
+    arrays = submit_run(store, partition=args.partition, account=args.account, throttle=args.throttle)
+    _print_arrays(store, arrays)
+    return 0
+
+
+def _print_arrays(store, arrays) -> None:
+    table = Table("array", "stage", "job id", "elements", "tasks", title=f"submitted for {store.root}")
+    for a in arrays:
+        table.add_row(a.name, a.stage, a.job_id, str(len(a.elements)), str(sum(map(len, a.elements))))
+    console.print(table if arrays else "nothing to submit: every task has its shard")
+
+
+def cmd_resubmit(args: argparse.Namespace) -> int:
+    from perfscale.sched.submit import failed_or_missing, poll, record_scheduler_failures, submit_run
+    from perfscale.store import RunStore
+
+    store = RunStore(args.run).check()
+    states = poll(store)
+    record_scheduler_failures(store, states)
+    indices = failed_or_missing(store, states)
+    arrays = (
+        submit_run(
+            store, indices=indices, partition=args.partition, account=args.account, throttle=args.throttle
+        )
+        if indices
+        else []
+    )
+    _print_arrays(store, arrays)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from perfscale.sched.submit import cancel
+    from perfscale.store import RunStore
+
+    ids = cancel(RunStore(args.run).check())
+    console.print(f"cancelled {len(ids)} array job(s): {' '.join(ids)}")
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -175,6 +248,23 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--no-report", action="store_true")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(fn=cmd_run)
+
+    sb = sub.add_parser("submit", help="array mode: submit a study's missing tasks as scheduler job arrays")
+    sb.add_argument("study", type=Path)
+    sb.add_argument("--site", required=True, help="a site with a scheduler (slurm, lsf)")
+    sb.add_argument("--run-dir", help="run folder (default: runs/<study>-<site>)")
+    rs = sub.add_parser("resubmit", help="array mode: resubmit only failed or missing tasks")
+    rs.add_argument("run", type=Path)
+    rs.add_argument("--failed", action="store_true", required=True, help="failed or missing tasks (required)")
+    for p_ in (sb, rs):
+        p_.add_argument("--partition", help="partition / queue (default: the site's default)")
+        p_.add_argument("--account", help="account / bank (default: the site's first)")
+        p_.add_argument("--throttle", type=int, help="array elements running at once (%%K)")
+    sb.set_defaults(fn=cmd_submit)
+    rs.set_defaults(fn=cmd_resubmit)
+    ca = sub.add_parser("cancel", help="array mode: cancel every array job of a run")
+    ca.add_argument("run", type=Path)
+    ca.set_defaults(fn=cmd_cancel)
 
     pl = sub.add_parser("plan", help="expand a study into a plan (Parquet) without running it")
     pl.add_argument("study", type=Path)

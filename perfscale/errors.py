@@ -16,6 +16,7 @@ class FailureKind(str, Enum):
     NODE_LOST = "node_lost"  # the worker or node running the task disappeared
     UNSUPPORTED_COUNTER = "unsupported_counter"  # a requested counter cannot be measured here
     BAD_INPUT = "bad_input"  # the task's parameters or inputs are wrong: retrying cannot help
+    PREEMPTED = "preempted"  # the scheduler took the node back for other work
     CANCELLED = "cancelled"  # stopped by the user or the scheduler
 
 

@@ -36,6 +36,7 @@ class RetryPolicy(Strict):
     node_lost: int = Field(2, ge=0)
     unsupported_counter: int = Field(0, ge=0)
     bad_input: int = Field(0, ge=0, le=0, description="bad input never gets better by retrying")
+    preempted: int = Field(3, ge=0)
     cancelled: int = Field(0, ge=0)
 
     def retries_for(self, kind: FailureKind | str) -> int:
