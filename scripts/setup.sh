@@ -4,9 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: a C compiler with OpenMP for the built-in kernels (gcc ships libgomp).
+# Debian packages: a C compiler with OpenMP for the built-in kernels (gcc ships libgomp); perf and PAPI for the
+# profile stage's counter collectors (papi-tools: papi_avail, papi_event_chooser; libpapi-dev: papi.h, which
+# the papi_run helper is built against).
 missing=()
 command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+for pkg in linux-perf papi-tools libpapi-dev; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -q

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from perfscale.collect.kernels import launcher_path
-from perfscale.errors import BadInput
+from perfscale.errors import BadInput, PerfscaleError
 
 #: The measurement columns of a CommandResult, in the order they appear in a profile row.
 USAGE_COLUMNS = (
@@ -70,6 +70,7 @@ class CommandResult:
     io_write_bytes: int | None
     stdout: str = field(repr=False, default="")
     stderr: str = field(repr=False, default="")
+    wrapper_returncode: int | None = None  # the wrapper's own (see run_command); None without one
 
     @property
     def exit_status(self) -> int | None:
@@ -212,6 +213,16 @@ def extract_foms(text: str, patterns: Mapping[str, str | re.Pattern[str]]) -> di
 
 
 # ---- running -------------------------------------------------------------------------------------------
+class WrapperFailed(PerfscaleError):
+    """A wrapper (perf stat, papi_run) ended without running the command to its end: it refused its
+    arguments, could not start the command, or died. The command may not have run at all."""
+
+    def __init__(self, message: str, returncode: int | None, stderr: str):
+        super().__init__(message)
+        self.returncode = returncode
+        self.stderr = stderr
+
+
 def _read_proc_io(pid: int) -> tuple[int | None, int | None]:
     try:
         with open(f"/proc/{pid}/io") as f:
@@ -393,6 +404,33 @@ def _usage_from_rusage(reaped: _Reaped) -> dict[str, Any]:
     }
 
 
+def _spawn_argv(
+    argv: list[str],
+    wrapper: list[str],
+    launcher: Path | None,
+    reports: list[IO[bytes]],
+    env: Mapping[str, str],
+    workdir: Path | None,
+) -> tuple[list[str], tuple[int, ...]]:
+    """What to start, and the report fds it inherits: launch -> command, or launch -> wrapper -> launch ->
+    command. The inner launcher (parent check off: its parent is the wrapper) measures the command alone; the
+    outer one reports on the wrapper and takes the whole group down if this process dies."""
+    if launcher is None:
+        return [*wrapper, *argv], ()
+    fds = tuple(r.fileno() for r in reports)
+    program = _resolve_program(argv[0], env, workdir)
+    inner = [str(launcher), str(fds[-1]), "0" if wrapper else str(os.getpid()), program, *argv]
+    if not wrapper:
+        return inner, fds
+    return [str(launcher), str(fds[0]), str(os.getpid()), wrapper[0], *wrapper, *inner], fds
+
+
+def _wrapper_returncode(wrapper: list[str], outer: dict[str, int] | None, reaped: _Reaped) -> int | None:
+    if not wrapper:
+        return None
+    return os.waitstatus_to_exitcode(outer["status"]) if outer is not None else reaped.returncode
+
+
 def run_command(
     argv: list[str],
     env: Mapping[str, str] | None = None,
@@ -403,6 +441,7 @@ def run_command(
     stdout_path: Path | None = None,
     stderr_path: Path | None = None,
     isolate: bool = True,
+    wrapper: list[str] | None = None,
 ) -> CommandResult:
     """Run argv (no shell) to completion and measure it.
 
@@ -414,10 +453,20 @@ def run_command(
     With `isolate` (the default) the command runs under perfscale's small C launcher (see launch.c), which
     makes max_rss_bytes the command's own; without it, or where the launcher cannot be built, the command is
     this process's child and max_rss_bytes is None unless it exceeds this process's own peak.
+
+    `wrapper` is a tool that runs the command as its child and measures it, given as its absolute path and
+    arguments up to the command (`[/usr/bin/perf, stat, ..., --]`). The measurements above stay the
+    command's own: a second launcher runs between the wrapper and the command (see _spawn_argv), and
+    `wrapper_returncode` is the wrapper's exit status. A wrapper that ends without the command running to its
+    end (and not by the timeout) raises WrapperFailed. Without the launcher the wrapper is simply put in
+    front of the command, and the usage figures include the wrapper's own.
     """
     argv = [str(a) for a in argv]
+    wrapper = [str(w) for w in wrapper or ()]
     if not argv:
         raise BadInput("empty command")
+    if wrapper and not Path(wrapper[0]).is_absolute():
+        raise ValueError(f"wrapper program must be an absolute path, got {wrapper[0]!r}")
     if timeout_s is not None and timeout_s <= 0:
         raise BadInput(f"timeout must be positive, got {timeout_s}")
     full_env = {**(os.environ if inherit_env else {}), **(env or {})}
@@ -427,20 +476,22 @@ def run_command(
     launcher = launcher_path() if isolate else None
     with ExitStack() as stack:
         out, err = _open_output(stack, stdout_path), _open_output(stack, stderr_path)
-        report = stack.enter_context(tempfile.TemporaryFile())
-        if launcher is not None:
-            program = _resolve_program(argv[0], full_env, workdir)
-            fd = report.fileno()
-            spawn_argv, fds = [str(launcher), str(fd), str(os.getpid()), program, *argv], (fd,)
-        else:
-            spawn_argv, fds = argv, ()
+        reports = [stack.enter_context(tempfile.TemporaryFile()) for _ in range(2 if wrapper else 1)]
+        spawn_argv, fds = _spawn_argv(argv, wrapper, launcher, reports, full_env, workdir)
         start = time.perf_counter()
         proc = _spawn(spawn_argv, full_env, workdir, out, err, fds)
         reaped = _supervise(proc, start, timeout_s)
-        measured = _parse_report(report) if launcher is not None else None
+        measured = _parse_report(reports[-1]) if launcher is not None else None
+        outer = _parse_report(reports[0]) if launcher is not None and wrapper else None
+        wrapper_rc = _wrapper_returncode(wrapper, outer, reaped)
         if measured is not None and measured["exec_errno"]:
             raise BadInput(f"cannot execute {argv[0]!r}: {os.strerror(measured['exec_errno'])}")
+        if wrapper and launcher is not None and measured is None and not reaped.timed_out:
+            tail = "\n".join(_text(err).rstrip().splitlines()[-20:])
+            msg = f"{Path(wrapper[0]).name} exited with status {wrapper_rc} before the command ended"
+            raise WrapperFailed(msg + (f":\n{tail}" if tail else ""), wrapper_rc, _text(err))
         usage = _usage_from_report(measured) if measured is not None else _usage_from_rusage(reaped)
         return CommandResult(
-            argv=argv, timed_out=reaped.timed_out, stdout=_text(out), stderr=_text(err), **usage
-        )
+            argv=argv, timed_out=reaped.timed_out, stdout=_text(out), stderr=_text(err),
+            wrapper_returncode=wrapper_rc, **usage,
+        )  # fmt: skip

@@ -24,6 +24,8 @@ from perfscale.errors import PerfscaleError
 
 KERNELS = ("triad", "matmul", "jacobi2d", "spmv", "nbody")
 HELPERS = ("launch",)  # built along: the launcher run_command measures commands through
+#: helpers built only where the header they need is found: name -> (header, libraries it links)
+OPTIONAL_HELPERS = {"papi_run": ("papi.h", ("-lpapi",))}  # the PAPI collector's wrapper (papi.py)
 SOURCE_DIR = Path(__file__).with_name("kernels")
 BUILD_INFO = "build.json"  # written last into a build folder: its presence marks a complete build
 FLAG_CHOICES = (("-O3", "-fopenmp", "-march=native"), ("-O3", "-fopenmp"))
@@ -71,26 +73,59 @@ def _sources() -> list[Path]:
     return sorted([*SOURCE_DIR.glob("*.c"), *SOURCE_DIR.glob("*.h")])
 
 
+def _has_header(cc: tuple[str, ...], header: str) -> bool:
+    """Whether the compiler finds `header` (the preprocessor alone: quick, and no library is needed)."""
+    try:
+        out = subprocess.run(
+            [*cc, "-E", "-x", "c", "-o", os.devnull, "-"],
+            input=f"#include <{header}>\n", capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0
+
+
+@lru_cache(maxsize=8)
+def optional_helpers(cc: tuple[str, ...]) -> tuple[str, ...]:
+    """The OPTIONAL_HELPERS whose header this compiler finds (part of the cache key: installing libpapi-dev
+    later gives a new build that has papi_run)."""
+    return tuple(name for name, (header, _) in OPTIONAL_HELPERS.items() if _has_header(cc, header))
+
+
 def cache_key(cc: list[str], identity: str) -> str:
     digest = hashlib.sha256()
-    for part in (json.dumps(cc), identity, json.dumps(FLAG_CHOICES), platform.machine(), cpu_flags()):
+    optional = ",".join(optional_helpers(tuple(cc)))
+    for part in (
+        json.dumps(cc),
+        identity,
+        json.dumps(FLAG_CHOICES),
+        platform.machine(),
+        cpu_flags(),
+        optional,
+    ):
         digest.update(part.encode() + b"\0")
     for path in _sources():
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
 
+def _programs(cc: list[str]) -> dict[str, tuple[str, ...]]:
+    """Every program to build here, with the libraries it links."""
+    optional = {name: OPTIONAL_HELPERS[name][1] for name in optional_helpers(tuple(cc))}
+    return {name: ("-lm",) for name in (*KERNELS, *HELPERS)} | optional
+
+
 def _compile(cc: list[str], flags: tuple[str, ...], out_dir: Path) -> dict[str, str]:
-    """Compile every kernel (in parallel) into out_dir; return {kernel: compiler output} of the failures."""
+    """Compile every program (in parallel) into out_dir; return {program: compiler output} of the failures."""
     procs = {
         name: subprocess.Popen(
-            [*cc, *flags, "-o", str(out_dir / name), str(SOURCE_DIR / f"{name}.c"), "-lm"],
+            [*cc, *flags, "-o", str(out_dir / name), str(SOURCE_DIR / f"{name}.c"), *libs],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             text=True,
         )
-        for name in (*KERNELS, *HELPERS)
+        for name, libs in _programs(cc).items()
     }
     failures = {}
     try:
@@ -108,12 +143,16 @@ def _compile(cc: list[str], flags: tuple[str, ...], out_dir: Path) -> dict[str, 
     return failures
 
 
-def _compile_all(cc: list[str], identity: str, out_dir: Path) -> list[str]:
-    """Compile with the first flag choice that works (`-march=native` is not known to every compiler)."""
+def _compile_all(cc: list[str], identity: str, out_dir: Path) -> tuple[list[str], dict[str, str]]:
+    """Compile with the first flag choice that works (`-march=native` is not known to every compiler).
+
+    Returns the flags and {optional helper: why it was not built}: an optional helper that fails to build
+    (its header is there but its library is not, say) is left out rather than failing the build."""
     for flags in FLAG_CHOICES:
         failures = _compile(cc, flags, out_dir)
+        skipped = {name: failures.pop(name) for name in OPTIONAL_HELPERS if name in failures}
         if not failures:
-            return list(flags)
+            return list(flags), skipped
     name, output = next(iter(failures.items()))
     tail = "\n".join(output.splitlines()[-30:])
     raise PerfscaleError(
@@ -139,8 +178,15 @@ def build_kernels(cache_dir: Path | None = None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".build-{final.name}-", dir=root))
     try:
-        flags = _compile_all(cc, identity, tmp)
-        info = {"compiler": cc, "identity": identity, "flags": flags, "programs": [*KERNELS, *HELPERS]}
+        flags, skipped = _compile_all(cc, identity, tmp)
+        programs = [name for name in _programs(cc) if name not in skipped]
+        info = {
+            "compiler": cc,
+            "identity": identity,
+            "flags": flags,
+            "programs": programs,
+            "skipped": skipped,
+        }
         (tmp / BUILD_INFO).write_text(json.dumps(info, indent=2))
         tmp.chmod(0o755)  # mkdtemp makes it private; a shared cache must be readable by the group too
         try:
@@ -155,20 +201,25 @@ def build_kernels(cache_dir: Path | None = None) -> Path:
 
 
 @lru_cache(maxsize=8)
-def _launcher(root: Path, cc: tuple[str, ...]) -> Path | None:
+def _build_dir(root: Path, cc: tuple[str, ...]) -> Path | None:
     try:
-        return build_kernels(root) / "launch"
+        return build_kernels(root)
     except PerfscaleError:
         return None
 
 
-def launcher_path() -> Path | None:
-    """The launcher from the default cache (built on first use), or None where it cannot be built.
+def helper_path(name: str) -> Path | None:
+    """A helper program (HELPERS or OPTIONAL_HELPERS) from the default cache, built on first use; None where
+    it cannot be built. Build failures are remembered for the rest of the process, so a machine without a
+    compiler pays only once."""
+    folder = _build_dir(default_cache_root(), tuple(compiler()))
+    if folder is not None and not (folder / BUILD_INFO).exists():  # the cache was cleared under us
+        _build_dir.cache_clear()
+        folder = _build_dir(default_cache_root(), tuple(compiler()))
+    path = folder / name if folder is not None else None
+    return path if path is not None and path.exists() else None
 
-    Failures are remembered for the rest of the process, so a machine without a compiler pays only once.
-    """
-    path = _launcher(default_cache_root(), tuple(compiler()))
-    if path is not None and not path.exists():  # the cache was cleared under us: build again
-        _launcher.cache_clear()
-        path = _launcher(default_cache_root(), tuple(compiler()))
-    return path
+
+def launcher_path() -> Path | None:
+    """The launcher from the default cache (built on first use), or None where it cannot be built."""
+    return helper_path("launch")

@@ -18,23 +18,36 @@ measured run's stdout.txt and stderr.txt are kept). Commands run in the study's 
 relative to it. Each task runs the command `warmup` times, discarding those runs, then once more measured;
 repetitions are separate tasks (`repetitions:` in the study). A failed run fails the task with the kind
 that fits: timeout, oom (SIGKILL we did not send, or exit 137), app_error, or bad_input (no such command).
+
+Collectors (`collectors:`, default [rusage]): wall time and rusage are always taken (the launcher, see
+collect/command.py). `perf` wraps the measured run in `perf stat` with `perf_events`; `papi` counts
+`papi_events` in extra runs after it, one per event group (collect/papi.py). Where the site turns a counter
+source off (`counters:` in the site file), or this machine cannot count (no perf, paranoia, no PMU), the row
+still comes, with those columns null and `perf_status` / `papi_status` saying why; `counters_required: true`
+fails the task with unsupported_counter instead. Every row also gets the derived features (collect/derived.py)
+when a counter collector is on, the machine's description and the captured environment variables
+(`env_<name>`; ENV_CAPTURE plus `env_capture`). docs/profile-schema.md lists every column.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 import shlex
 import signal
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from perfscale.collect import papi, perf
 from perfscale.collect.command import (
     USAGE_COLUMNS,
     CommandResult,
+    WrapperFailed,
     compile_foms,
     extract_foms,
     placeholders,
@@ -42,15 +55,19 @@ from perfscale.collect.command import (
     render_text,
     run_command,
 )
+from perfscale.collect.derived import DERIVED_COLUMNS, derive
 from perfscale.collect.kernels import build_kernels
-from perfscale.collect.machine import MACHINE_COLUMNS, machine_metadata
+from perfscale.collect.machine import MACHINE_COLUMNS, captured_env, check_env_patterns, machine_metadata
 from perfscale.errors import BadInput, FailureKind, PerfscaleError, TaskFailure
 from perfscale.stages.base import StageContext, StageParams, stage_kind
 from perfscale.store.run import PROVENANCE_COLUMNS
 
 #: placeholders perfscale fills itself; variables may not use these names
 BUILTIN_NAMES = ("kernels", "rep", "seed", "artifacts")
-_RESERVED_COLUMNS = frozenset((*USAGE_COLUMNS, *MACHINE_COLUMNS, *PROVENANCE_COLUMNS))
+_RESERVED_COLUMNS = frozenset((*USAGE_COLUMNS, *MACHINE_COLUMNS, *PROVENANCE_COLUMNS, *DERIVED_COLUMNS))
+#: column prefixes of the collectors and the captured environment: variables and FOMs may not use them
+RESERVED_PREFIXES = ("perf_", "papi_", "env_")
+Collector = Literal["rusage", "perf", "papi"]
 _SCALAR = (str, int, float, bool, type(None))
 _STDERR_LINES = 20
 _SIGNALS = {s.value for s in signal.Signals}
@@ -69,6 +86,22 @@ class ProfileParams(StageParams):
     timeout_s: float | None = Field(None, gt=0, description="per run; default: what is left of the walltime")
     warmup: int = Field(0, ge=0, description="runs before the measured one, discarded")
     fom: dict[str, str] = Field(default_factory=dict, description="figure of merit name -> regex, one group")
+    collectors: list[Collector] = Field(
+        default_factory=lambda: ["rusage"], description="rusage (always on), perf, papi"
+    )
+    perf_events: list[str] = Field(
+        default_factory=lambda: list(perf.DEFAULT_PERF_EVENTS), description="events for `perf stat -e`"
+    )
+    papi_events: list[str] = Field(
+        default_factory=lambda: list(papi.DEFAULT_PAPI_EVENTS), description="PAPI preset or native events"
+    )
+    env_capture: list[str] = Field(
+        default_factory=list,
+        description="more environment variables (names or OMP_*-style patterns) to record",
+    )
+    counters_required: bool = Field(
+        False, description="fail with unsupported_counter when a requested counter cannot be counted"
+    )
 
     @property
     def variables(self) -> dict[str, Any]:
@@ -93,12 +126,21 @@ class ProfileParams(StageParams):
             }
         return env
 
+    @field_validator("collectors")
+    @classmethod
+    def _no_repeats(cls, collectors: list[str]) -> list[str]:
+        if len(set(collectors)) != len(collectors):
+            raise ValueError(f"collectors: each collector once, got {collectors}")
+        return collectors
+
     @model_validator(mode="after")
     def _check(self) -> ProfileParams:
         try:
             _check_variables(self.variables)
             _check_env_names(self.env)
             _check_foms(self.fom, self.variables)
+            _check_events(self)
+            check_env_patterns(self.env_capture)
             known = set(self.variables) | set(BUILTIN_NAMES)
             for where, text in self.templates().items():
                 unknown = [n for n in placeholders(text, where) if n not in known]
@@ -120,7 +162,7 @@ def _check_variables(variables: dict[str, Any]) -> None:
             raise ValueError(
                 f"{name!r}: unknown field; did you mean {typo[0]!r}? (rename it if it is a variable)"
             )
-        if name in BUILTIN_NAMES or name in _RESERVED_COLUMNS:
+        if name in BUILTIN_NAMES or name in _RESERVED_COLUMNS or name.startswith(RESERVED_PREFIXES):
             raise ValueError(f"variable {name!r}: the name is reserved by perfscale; rename it")
         if not isinstance(value, _SCALAR):
             kind = type(value).__name__
@@ -137,11 +179,23 @@ def _check_foms(foms: dict[str, str], variables: dict[str, Any]) -> None:
     for name in foms:
         if not name.isidentifier():
             raise ValueError(f"fom.{name}: not a valid column name; use letters, digits and underscores")
-        if name in variables or name in _RESERVED_COLUMNS:
+        if name in variables or name in _RESERVED_COLUMNS or name.startswith(RESERVED_PREFIXES):
             raise ValueError(
                 f"fom.{name}: the column name is already taken by a variable or perfscale; rename it"
             )
     compile_foms(foms)
+
+
+def _check_events(params: ProfileParams) -> None:
+    """Event names, before anything runs. Names are always checked for form; where the collector is on
+    and this machine has perf / PAPI's tools, names they do not know are rejected too."""
+    perf_here = perf.find_perf(os.environ) if "perf" in params.collectors else None
+    perf.check_perf_events(params.perf_events, "perf_events", perf_here)
+    taken = sorted(set(perf.perf_columns(params.perf_events)) & set(MACHINE_COLUMNS))
+    if taken:
+        raise BadInput(f"perf_events: column {taken[0]} is taken by the machine description; drop that event")
+    chooser = papi.find_tool("papi_event_chooser", os.environ) if "papi" in params.collectors else None
+    papi.check_papi_events(params.papi_events, "papi_events", chooser)
 
 
 # ---- running -------------------------------------------------------------------------------------------
@@ -207,22 +261,120 @@ def _foms(result: CommandResult, params: ProfileParams) -> dict[str, Any]:
     return values | extract_foms(result.stderr, missing)
 
 
+# ---- collectors ----------------------------------------------------------------------------------------
+#: runs the task's command once more: (wrapper or None, keep_output) -> result
+Runner = Callable[[list[str] | None, bool], CommandResult]
+
+
+def _disabled(ctx: StageContext, source: Literal["perf", "papi"]) -> str | None:
+    if getattr(ctx.site.counters, source):
+        return None
+    return f"disabled: site {ctx.site.name!r} sets counters.{source}: false"
+
+
+def _measured_run(
+    ctx: StageContext, params: ProfileParams, run: Runner, env: Mapping[str, str]
+) -> tuple[CommandResult, dict[str, Any]]:
+    """The measured run, under `perf stat` when perf is a collector and can count here; its perf columns."""
+    if "perf" not in params.collectors:
+        return run(None, True), {}
+    events = params.perf_events
+    why = _disabled(ctx, "perf")
+    perf_path = None
+    if why is None:
+        perf_path, problem = perf.perf_problem(env, events)
+        why = None if problem is None else f"unavailable: {problem}"
+    if perf_path is None:
+        return run(None, True), perf.perf_row(events, None, why or "unavailable")
+    out_file = ctx.artifacts / "perf-stat.csv"
+    try:
+        result = run(perf.perf_wrapper(perf_path, events, out_file), True)
+    except WrapperFailed as exc:  # perf refused to run the command: run it without perf
+        return run(None, True), perf.perf_row(events, None, "failed: " + " ".join(str(exc).split()))
+    if not out_file.exists():
+        status = f"failed: perf wrote no output (perf exit status {result.wrapper_returncode})"
+        return result, perf.perf_row(events, None, status)
+    return result, perf.perf_row(events, perf.parse_perf_csv(out_file.read_text()), "ok")
+
+
+def _papi_columns(
+    ctx: StageContext, params: ProfileParams, run: Runner, env: Mapping[str, str]
+) -> dict[str, Any]:
+    """Count the PAPI events, one extra run of the command per event group; the papi_* columns."""
+    events = params.papi_events
+    disabled = _disabled(ctx, "papi")
+    if disabled is not None:
+        return papi.papi_row(events, {}, disabled, 0)
+    plan = papi.plan_papi(env, events)
+    if plan.problem is not None or plan.papi_run is None:
+        return papi.papi_row(events, {}, f"unavailable: {plan.problem}", 0)
+    counts: dict[str, int] = {}
+    failed: dict[str, str] = {}
+    runs = 0
+    for i, group in enumerate(plan.groups, 1):
+        out_file = ctx.artifacts / f"papi-group-{i}.txt"
+        what = f"command (PAPI run {i} of {len(plan.groups)})"
+        try:
+            result = run(papi.papi_wrapper(plan.papi_run, out_file, group), False)
+        except WrapperFailed as exc:  # PAPI could not count this group; the command did not run
+            output = papi.parse_papi_output(out_file.read_text()) if out_file.exists() else None
+            failed |= dict.fromkeys(group, (output.error if output else None) or " ".join(str(exc).split()))
+            continue
+        runs += 1
+        check_result(result, what)
+        output = papi.parse_papi_output(out_file.read_text())
+        if output.error is not None:  # the command ran, but PAPI could not read its counters
+            failed |= dict.fromkeys(group, output.error)
+        counts |= output.counts
+    status = "ok"
+    problems = papi.by_reason(failed) + papi.by_reason(plan.unavailable)
+    if problems:
+        status = ("partial: not counted: " if counts else "unavailable: ") + " | ".join(problems)
+    return papi.papi_row(events, counts, status, runs)
+
+
+def _counter_problems(params: ProfileParams, row: Mapping[str, Any]) -> list[str]:
+    problems = []
+    if "perf" in params.collectors:
+        if row["perf_status"] != "ok":
+            problems.append(f"perf: {row['perf_status']}")
+        for event in params.perf_events:
+            status = row.get(f"perf_{perf.snake(event)}_status")
+            if status in ("not_supported", "not_counted"):
+                problems.append(f"perf event {event}: {status}")
+    if "papi" in params.collectors and row["papi_status"] != "ok":
+        problems.append(f"papi: {row['papi_status']}")
+    return problems
+
+
 @stage_kind("profile", ProfileParams)
 def profile(ctx: StageContext, params: ProfileParams) -> pd.DataFrame:
-    """Run a command (warm-ups, then one measured run); record its time, resource usage and FOMs."""
+    """Run a command (warm-ups, then one measured run); record its time, resource usage, FOMs and counters."""
     deadline = time.monotonic() + ctx.task.walltime_s
     values = _template_values(ctx, params)
     argv = render_command(params.command, values)
     env = {name: render_text(text, values, f"env.{name}") for name, text in params.env.items()}
     cwd = _working_dir(ctx, params, values)
+    full_env = {**os.environ, **env}
     for i in range(params.warmup):
         result = run_command(argv, env, cwd, _timeout(params, deadline))
         check_result(result, f"command (warm-up run {i + 1} of {params.warmup})")
     logs = ctx.artifacts
-    result = run_command(
-        argv, env, cwd, _timeout(params, deadline),
-        stdout_path=logs / "stdout.txt", stderr_path=logs / "stderr.txt",
-    )  # fmt: skip
+
+    def run(wrapper: list[str] | None, keep_output: bool) -> CommandResult:
+        out, err = (logs / "stdout.txt", logs / "stderr.txt") if keep_output else (None, None)
+        timeout = _timeout(params, deadline)
+        return run_command(argv, env, cwd, timeout, stdout_path=out, stderr_path=err, wrapper=wrapper)
+
+    result, perf_columns = _measured_run(ctx, params, run, full_env)
     check_result(result)
-    row = {**params.variables, **result.usage(), **_foms(result, params), **machine_metadata()}
+    row = {**params.variables, **result.usage(), **_foms(result, params), **perf_columns}
+    if "papi" in params.collectors:
+        row |= _papi_columns(ctx, params, run, full_env)
+    if "perf" in params.collectors or "papi" in params.collectors:
+        row |= derive(row)
+    row |= machine_metadata() | captured_env(full_env, params.env_capture)
+    problems = _counter_problems(params, row) if params.counters_required else []
+    if problems:
+        raise TaskFailure(FailureKind.UNSUPPORTED_COUNTER, "counters_required: " + "; ".join(problems))
     return pd.DataFrame([row])

@@ -8,7 +8,10 @@
  * Runs PROGRAM (a path: no PATH search) with argv ARGV0 ARG..., waits for it, and writes `name: value`
  * lines to REPORT_FD: its wait status, the errno of a failed exec (0 if it ran), wall time from fork to
  * exit, rusage and /proc/<pid>/io (-1 where unreadable). If PARENT_PID dies, or on SIGTERM/SIGHUP, the
- * whole process group (this launcher, the command and its descendants) is killed. */
+ * whole process group (this launcher, the command and its descendants) is killed. PARENT_PID 0 means the
+ * process that exec'd this launcher, whatever its pid: that is how a second launcher runs under a wrapper
+ * (perf stat, papi_run) that the first one started, launch -> perf -> launch -> command, so that the inner
+ * report covers the command alone. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -48,6 +51,7 @@ static long long elapsed_ns(const struct timespec *a, const struct timespec *b) 
 static long long usec(struct timeval t) { return (long long)t.tv_sec * 1000000LL + t.tv_usec; }
 
 int main(int argc, char **argv) {
+    pid_t started_by = getppid(); /* first thing: the parent that exec'd us, for PARENT_PID 0 */
     if (argc < 5) {
         fprintf(stderr, "usage: %s REPORT_FD PARENT_PID PROGRAM ARGV0 [ARG...]\n", argv[0]);
         return 2;
@@ -63,7 +67,9 @@ int main(int argc, char **argv) {
 #ifdef __linux__
     prctl(PR_SET_PDEATHSIG, SIGTERM);
 #endif
-    if (getppid() != (pid_t)atol(argv[2])) kill_group(0); /* the parent died before prctl */
+    pid_t parent = (pid_t)atol(argv[2]);
+    if (parent == 0) parent = started_by; /* a wrapper such as perf started us (see command.py) */
+    if (getppid() != parent) kill_group(0); /* the parent died before prctl */
 
     int pipefd[2]; /* the child writes its exec errno here; a successful exec closes it (O_CLOEXEC) */
     if (pipe2(pipefd, O_CLOEXEC) != 0) {
