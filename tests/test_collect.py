@@ -11,7 +11,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,22 +37,6 @@ from perfscale.stages.profile import ProfileParams
 MiB = 2**20
 
 
-@pytest.fixture(scope="session", autouse=True)
-def cache_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """$PERFSCALE_CACHE for this module's tests (kernels and the launcher build under <base>/kernels)."""
-    base = tmp_path_factory.mktemp("perfscale-cache")
-    old = os.environ.get("PERFSCALE_CACHE")
-    os.environ["PERFSCALE_CACHE"] = str(base)
-    yield base
-    if old is None:
-        del os.environ["PERFSCALE_CACHE"]
-    else:
-        os.environ["PERFSCALE_CACHE"] = old
-
-
-@pytest.fixture(scope="session")
-def kernel_dir(cache_base: Path) -> Path:
-    return build_kernels(cache_base / "kernels")
 
 
 # ---- numpy references of the kernels' checksums ------------------------------------------------------------

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,7 @@ import perfscale.stages.profile  # noqa: F401  (registers the kind)
 from perfscale.collect import papi
 from perfscale.collect.command import WrapperFailed, run_command
 from perfscale.collect.derived import DERIVED_COLUMNS, derive, ratio
-from perfscale.collect.kernels import BUILD_INFO, build_kernels
+from perfscale.collect.kernels import BUILD_INFO
 from perfscale.errors import BadInput
 from perfscale.execute import execute_task
 from perfscale.runner import prepare_run
@@ -32,22 +32,6 @@ needs_papi = pytest.mark.skipif(
 SOFTWARE = ["perf::TASK-CLOCK", "perf::PAGE-FAULTS", "perf::CONTEXT-SWITCHES"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cache_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A private $PERFSCALE_CACHE, so the kernels and papi_run are built from this checkout's sources."""
-    base = tmp_path_factory.mktemp("perfscale-cache")
-    old = os.environ.get("PERFSCALE_CACHE")
-    os.environ["PERFSCALE_CACHE"] = str(base)
-    yield base
-    if old is None:
-        del os.environ["PERFSCALE_CACHE"]
-    else:
-        os.environ["PERFSCALE_CACHE"] = old
-
-
-@pytest.fixture(scope="module")
-def kernel_dir(cache_base: Path) -> Path:
-    return build_kernels()
 
 
 # ---- grouping, as a pure function ------------------------------------------------------------------------

@@ -4,13 +4,11 @@ comes with the collectors: machine GPUs and the captured environment."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,6 @@ import perfscale.stages.profile  # noqa: F401  (registers the kind)
 from perfscale.collect import perf
 from perfscale.collect.command import USAGE_COLUMNS, WrapperFailed, run_command
 from perfscale.collect.derived import DERIVED_COLUMNS
-from perfscale.collect.kernels import build_kernels
 from perfscale.collect.machine import (
     MACHINE_COLUMNS,
     captured_env,
@@ -42,22 +39,6 @@ needs_perf = pytest.mark.skipif(PERF is None, reason="perf is not installed (Deb
 HARDWARE = ("cycles", "instructions", "branches", "branch-misses", "cache-references", "cache-misses")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cache_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A private $PERFSCALE_CACHE, so the kernels and helpers are built from this checkout's sources."""
-    base = tmp_path_factory.mktemp("perfscale-cache")
-    old = os.environ.get("PERFSCALE_CACHE")
-    os.environ["PERFSCALE_CACHE"] = str(base)
-    yield base
-    if old is None:
-        del os.environ["PERFSCALE_CACHE"]
-    else:
-        os.environ["PERFSCALE_CACHE"] = old
-
-
-@pytest.fixture(scope="module")
-def kernel_dir(cache_base: Path) -> Path:
-    return build_kernels()
 
 
 def counts(name: str, sep: str = ";") -> dict[str, perf.PerfCount]:
