@@ -208,6 +208,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_sites(args: argparse.Namespace) -> int:
+    """list, show NAME, or probe [NAME]: what a site claims vs this machine (exit status 1 on a mismatch)."""
     from perfscale.spec.site import available_sites, load_site
 
     if args.action == "list":
@@ -216,11 +217,23 @@ def cmd_sites(args: argparse.Namespace) -> int:
             s = load_site(path)
             table.add_row(name, s.scheduler, s.launcher, s.engine, str(path))
         console.print(table)
-    else:
+        return 0
+    if args.action == "show":
         if not args.name:
             raise PerfscaleError("`perfscale sites show` needs a site name")
         console.print_json(load_site(args.name).model_dump_json())
-    return 0
+        return 0
+    from perfscale.spec.probe import probe
+
+    site = load_site(args.name or "local")
+    checks = probe(site)
+    table = Table("check", "site claims", "found here", "ok", title=f"site {site.name!r} on this machine")
+    for c in checks:
+        table.add_row(c.name, c.expected, c.found, "[green]ok" if c.ok else "[red]MISMATCH")
+    console.print(table)
+    bad = [c.name for c in checks if not c.ok]
+    console.print(f"[red]{len(bad)} mismatch(es): {', '.join(bad)}" if bad else "[green]all checks pass")
+    return 1 if bad else 0
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -243,7 +256,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("study", type=Path)
     r.add_argument("--site", default="local", help="site name or path to a site YAML (default: local)")
     r.add_argument("--run-dir", help="run folder (default: runs/<study>-<site>)")
-    r.add_argument("--engine", choices=["local", "parsl"], help="override the site's engine")
+    r.add_argument("--engine", choices=["local", "parsl", "dask", "ray"], help="override the site's engine")
     r.add_argument("--workers", type=int, help="concurrent tasks (default: the site's max_workers)")
     r.add_argument("--no-report", action="store_true")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -301,9 +314,9 @@ def parser() -> argparse.ArgumentParser:
     ig.add_argument("--out", required=True, help="folder of the Parquet dataset to write")
     ig.set_defaults(fn=cmd_ingest)
 
-    si = sub.add_parser("sites", help="list or show site configurations")
-    si.add_argument("action", choices=["list", "show"])
-    si.add_argument("name", nargs="?")
+    si = sub.add_parser("sites", help="list or show site configurations, or probe one on this machine")
+    si.add_argument("action", choices=["list", "show", "probe"])
+    si.add_argument("name", nargs="?", help="site name or YAML path (probe: default local)")
     si.set_defaults(fn=cmd_sites)
     return p
 

@@ -49,6 +49,8 @@ class Engine(ABC):
 ENGINES: dict[str, str] = {
     "local": "perfscale.engines.local:LocalEngine",
     "parsl": "perfscale.engines.parsl_engine:ParslEngine",
+    "dask": "perfscale.engines.dask_engine:DaskEngine",
+    "ray": "perfscale.engines.ray_engine:RayEngine",
 }
 
 

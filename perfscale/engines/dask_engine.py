@@ -1,0 +1,235 @@
+"""The Dask engine: a `distributed.LocalCluster` on this machine, or a dask-jobqueue pilot on Slurm or LSF.
+
+Sites with `scheduler: none` get a LocalCluster of `workers` single-threaded worker processes (one task per
+process, as with the other engines). Slurm and LSF sites get a `SLURMCluster` or `LSFCluster` whose job script
+is built from the site file by `dask_cluster_config`: one job per node, `site.workers` worker processes per
+job, the site's `setup:` lines and `env:` in the prologue.
+
+Settings that make Dask behave like every other perfscale engine (see `DASK_SETTINGS`):
+
+- `allowed-failures: 0`: a task whose worker dies fails at once with `KilledWorker`, instead of being
+  rescheduled silently up to three times. `run_plan` then records `node_lost` and reruns the task under the
+  study's retry policy, so the retry budget is spent in one place.
+- `worker-saturation: 1.0`: a worker holds no more tasks than it has threads, so a dying worker takes few
+  innocent tasks with it.
+- worker processes are not daemonic, so a task may start its own processes (joblib, data loaders).
+
+Dask futures are copied into `concurrent.futures.Future`s: the runner waits on them with
+`concurrent.futures.as_completed`.
+
+Worker processes of a LocalCluster are started with multiprocessing's *spawn*, which imports the main module
+of the parent again. The `perfscale` command and pytest guard their entry points with
+`if __name__ == "__main__"`; a script of your own that calls `run_plan(..., "dask")` must do the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shlex
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+from perfscale.engines.base import Engine
+from perfscale.errors import SpecError
+from perfscale.sched.mpi import Layout, launch_line
+from perfscale.sched.render import lsf_walltime
+from perfscale.spec.common import format_walltime
+from perfscale.spec.site import Site
+
+DASK_SETTINGS: dict[str, Any] = {
+    "distributed.scheduler.allowed-failures": 0,
+    "distributed.scheduler.worker-saturation": 1.0,
+    "distributed.worker.daemon": False,
+}
+# the same worker setting for jobqueue workers, which read it from their environment
+_WORKER_ENV = {"DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+# LSF lines of dask-jobqueue that Lassen-like machines refuse (they allocate whole nodes with -nnodes)
+_LSF_SKIP = ["#BSUB -n ", '#BSUB -R "span', "#BSUB -M "]
+
+
+class WorkerLost(RuntimeError):
+    """A Dask task ended without a result or an error (its future was cancelled or lost)."""
+
+
+def _node_shape(site: Site) -> tuple[int, float]:
+    if site.cores_per_node == "auto" or site.memory_gb_per_node == "auto":
+        raise SpecError(
+            f"site {site.name!r}: a Dask pilot on {site.scheduler} needs numbers for cores_per_node and "
+            "memory_gb_per_node (not 'auto'): they size each job"
+        )
+    if site.workers > site.cores:
+        raise SpecError(f"site {site.name!r}: max_workers {site.workers} exceeds cores_per_node {site.cores}")
+    return site.cores, float(site.memory_gb_per_node)
+
+
+def _prologue(site: Site) -> list[str]:
+    env = {**site.env, **_WORKER_ENV}
+    return [*site.setup, *(f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items()))]
+
+
+def dask_cluster_config(
+    site: Site,
+    log_directory: Path | None = None,
+    partition: str | None = None,
+    account: str | None = None,
+    walltime_s: float | None = None,
+) -> dict[str, Any]:
+    """Keyword arguments of the dask-jobqueue cluster class for `site` (SLURMCluster or LSFCluster).
+
+    One job is one node: `cores` and `memory` are the node's, split into `site.workers` single-threaded
+    worker processes. The queue is the given or default partition, the account the given or the site's
+    first, the walltime the given or the partition's limit. Nothing is submitted here.
+    """
+    if site.scheduler not in ("slurm", "lsf"):
+        raise SpecError(
+            f"site {site.name!r} has scheduler {site.scheduler!r}: dask-jobqueue needs slurm or lsf"
+        )
+    cores, memory_gb = _node_shape(site)
+    queue, part = site.partition(partition)
+    walltime = walltime_s or (part.max_walltime if part else site.limits.max_walltime)
+    site.check_request(1, walltime, partition=queue)
+    account = account or (site.accounts[0] if site.accounts else None)
+    config: dict[str, Any] = {
+        "cores": cores,
+        "processes": site.workers,
+        "memory": f"{memory_gb:g}GiB",
+        "queue": queue,
+        "job_name": f"perfscale-{site.name}",
+        "job_script_prologue": _prologue(site),
+        "log_directory": str(log_directory) if log_directory else None,
+        # no dashboard; the scheduler's small HTTP server (health checks) on a free port, not on 8787
+        "scheduler_options": {"dashboard": False, "dashboard_address": ":0"},
+    }
+    if site.scheduler == "slurm":
+        extra = [f"--gpus-per-node={site.gpus_per_node}"] if site.gpus_per_node else []
+        return {
+            **config,
+            "account": account,
+            "walltime": format_walltime(walltime),
+            "python": sys.executable,
+            "job_extra_directives": extra,
+        }
+    # LSF (Lassen-like): the job script runs on a launch node, so the worker command goes through the
+    # launcher onto the compute node; whole nodes come with -nnodes, the bank with -G (as in array mode)
+    layout = Layout(cores_per_rank=cores, gpus_per_rank=site.gpus_per_node, bind="none")
+    return {
+        **config,
+        "walltime": lsf_walltime(walltime),
+        "python": shlex.join([*launch_line(site, layout), sys.executable]),
+        "job_extra_directives": ["-nnodes 1", *([f"-G {shlex.quote(account)}"] if account else [])],
+        "job_directives_skip": _LSF_SKIP,
+        "lsf_units": "mb",
+        "use_stdin": True,
+    }
+
+
+def jobqueue_cluster(site: Site, **config: Any) -> Any:
+    """A SLURMCluster or LSFCluster built with `config` (see dask_cluster_config); no job until scale()."""
+    from dask_jobqueue import LSFCluster, SLURMCluster
+
+    cls = SLURMCluster if site.scheduler == "slurm" else LSFCluster
+    return cls(**config)
+
+
+def _copy_outcome(done: Any, out: Future[Any]) -> None:
+    try:
+        if done.status == "finished":
+            out.set_result(done.result())
+        elif done.status == "error":
+            out.set_exception(done.exception())
+        else:
+            out.set_exception(WorkerLost(f"dask task {done.key} ended as {done.status!r}"))
+    except BaseException as exc:  # fetching the result itself failed (connection lost)
+        if not out.done():
+            out.set_exception(exc)
+
+
+class DaskEngine(Engine):
+    name = "dask"
+
+    def __init__(self, site: Site, run_root: Path, workers: int | None = None):
+        super().__init__(site, run_root, workers)
+        self._cluster: Any = None
+        self._client: Any = None
+        self._config: AbstractContextManager[Any] | None = None
+        # distributed releases a task whose future is garbage collected: hold them until they finish
+        self._inflight: set[Any] = set()
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        import dask
+        from distributed import Client
+
+        self._config = dask.config.set(DASK_SETTINGS)
+        self._config.__enter__()  # kept for the engine's life: restarted workers read it too
+        try:
+            self._cluster = self._local_cluster() if self.site.scheduler == "none" else self._job_cluster()
+            self._client = Client(self._cluster)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _local_cluster(self) -> Any:
+        from distributed import LocalCluster
+
+        memory = "auto"
+        if self.site.memory_gb_per_node != "auto":
+            memory = f"{float(self.site.memory_gb_per_node) / self.workers:.3f}GiB"
+        return LocalCluster(
+            n_workers=self.workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            scheduler_port=0,
+            dashboard_address=None,
+            # no dashboard; its HTTP server (health checks) on a free local port instead of 8787
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+            memory_limit=memory,
+            env=dict(self.site.env),
+            silence_logs=logging.ERROR,
+        )
+
+    def _job_cluster(self) -> Any:
+        jobs = math.ceil(self.workers / self.site.workers)
+        if jobs > self.site.limits.max_nodes:
+            raise SpecError(
+                f"site {self.site.name!r}: {self.workers} workers need {jobs} one-node jobs, more than the "
+                f"site's max_nodes {self.site.limits.max_nodes}"
+            )
+        cluster = jobqueue_cluster(self.site, **dask_cluster_config(self.site, self.run_root / "dask"))
+        cluster.scale(jobs=jobs)
+        return cluster
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        assert self._client is not None, "engine not started"
+        out: Future[Any] = Future()
+        out.set_running_or_notify_cancel()
+        # pure=False: a resubmitted task (same arguments) must run again, not reuse a cached result
+        fut = self._client.submit(fn, *args, pure=False, retries=0)
+        with self._lock:
+            self._inflight.add(fut)
+
+        def done(d: Any) -> None:
+            _copy_outcome(d, out)
+            with self._lock:
+                self._inflight.discard(d)
+
+        fut.add_done_callback(done)
+        return out
+
+    def shutdown(self) -> None:
+        for closeable in (self._client, self._cluster):
+            if closeable is not None:
+                closeable.close()
+        self._client = self._cluster = None
+        with self._lock:
+            self._inflight.clear()
+        if self._config is not None:
+            self._config.__exit__(None, None, None)
+            self._config = None
