@@ -3,6 +3,7 @@ checked value by value against what caliper-reader itself reports for the same f
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 from datetime import datetime, timezone
@@ -25,8 +26,15 @@ from perfscale.ingest.caliper import (
     snake,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "caliper"
+# ../shared/data beside the project (as CI lays it out), or $PERFSCALE_SHARED_DATA
+DATA = Path(os.environ.get("PERFSCALE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = DATA / "caliper"
 FILES = sorted(DATA.rglob("*.cali"))
+if not FILES:
+    raise RuntimeError(
+        f"no .cali files under {DATA}: the tests need ../shared/data beside the project "
+        "(or PERFSCALE_SHARED_DATA pointing at a copy)"
+    )
 QUARTZ = [f for f in FILES if "quartz" in f.parts]
 LASSEN = [f for f in FILES if "lassen" in f.parts]
 MPI = [f for f in FILES if "mpi_scaling" in f.parts]
