@@ -3,15 +3,34 @@
 `execute_task` is the single entry point every engine and `perfscale task run` call. It never raises for a
 task failure; it returns an Outcome whose attempt records the caller appends to the attempts table (callers
 batch them: one file per batch, not per task, keeps dispatch overhead low).
+
+Scheduler signals. Inside a job-array element (the templates in launchers/ export PERFSCALE_ELEMENT) the
+task turns SIGUSR1 and SIGTERM into an `Interrupted` exception, so the attempt is recorded with a failure
+kind instead of vanishing with the process:
+
+- SIGUSR1 is the walltime warning (`#SBATCH --signal=B:USR1@120`, `#BSUB -wa USR1`, forwarded by the batch
+  shell): `timeout`.
+- SIGTERM at the element's deadline (PERFSCALE_ELEMENT_DEADLINE, within DEADLINE_SLACK_S) is the walltime
+  kill itself: `timeout`; earlier it is scancel/bkill or a preemption, which a task cannot tell apart:
+  `cancelled`. The scheduler's final state (PREEMPTED, TIMEOUT...) is added by
+  `perfscale.sched.submit.record_scheduler_failures` when it names another kind.
+
+An interrupted task is never retried in-process (its time is up); `perfscale.sched.requeue` decides from the
+retry budget of that kind whether the element is requeued. Only the first signal counts: later ones (the
+batch shell forwards what the process also received) are ignored.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
 import time
 import traceback
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -25,6 +44,54 @@ from perfscale.stages import StageContext, get_stage_kind
 from perfscale.store.run import Provenance, RunStore, utcnow
 
 _HOST = socket.gethostname()
+
+ELEMENT_ENV = "PERFSCALE_ELEMENT"  # e.g. "slurm job 123[4]": set by the array templates
+DEADLINE_ENV = "PERFSCALE_ELEMENT_DEADLINE"  # epoch seconds at which the element's walltime ends
+DEADLINE_SLACK_S = 15.0  # a SIGTERM this close to the deadline is the walltime kill
+
+
+class Interrupted(BaseException):
+    """A scheduler signal stopped the task (BaseException: a task's `except Exception` cannot swallow it)."""
+
+    def __init__(self, signum: int, kind: FailureKind, why: str, element: str):
+        self.signum, self.kind = signum, kind
+        super().__init__(f"{signal.Signals(signum).name} ({why}) in {element}")
+
+
+def _signal_kind(signum: int) -> tuple[FailureKind, str]:
+    if signum == signal.SIGUSR1:
+        return FailureKind.TIMEOUT, "walltime warning"
+    deadline = float(os.environ.get(DEADLINE_ENV) or "inf")
+    if time.time() >= deadline - DEADLINE_SLACK_S:
+        return FailureKind.TIMEOUT, "walltime reached"
+    return FailureKind.CANCELLED, "cancelled or preempted before the walltime"
+
+
+@contextmanager
+def scheduler_signals() -> Iterator[None]:
+    """Inside an array element, SIGUSR1/SIGTERM raise Interrupted (once) in the main thread."""
+    element = os.environ.get(ELEMENT_ENV)
+    if not element or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = False
+
+    def handler(signum: int, _frame: object) -> None:
+        nonlocal fired
+        if fired:
+            return
+        fired = True  # the handler stays installed: a second signal must not kill the recording
+        kind, why = _signal_kind(signum)
+        raise Interrupted(signum, kind, why, element)
+
+    watched = (signal.SIGUSR1, signal.SIGTERM)
+    previous = {s: signal.signal(s, handler) for s in watched}
+    try:
+        yield
+    finally:
+        if not fired:
+            for s, h in previous.items():
+                signal.signal(s, h)
 
 
 @dataclass
@@ -44,6 +111,8 @@ def classify(exc: BaseException) -> tuple[FailureKind, int | None]:
     """Failure kind and exit status of an exception raised by a task."""
     if isinstance(exc, TaskFailure):
         return exc.kind, exc.exit_status
+    if isinstance(exc, Interrupted):
+        return exc.kind, 128 + exc.signum
     if isinstance(exc, ValidationError):
         return FailureKind.BAD_INPUT, None
     if isinstance(exc, MemoryError):
@@ -56,7 +125,7 @@ def classify(exc: BaseException) -> tuple[FailureKind, int | None]:
 
 
 def _message(exc: BaseException) -> str:
-    if isinstance(exc, TaskFailure):
+    if isinstance(exc, TaskFailure | Interrupted):
         return str(exc)
     tb = traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-3)
     return f"{type(exc).__name__}: {exc}\n{''.join(tb)}"[-4000:]
@@ -109,6 +178,21 @@ def execute_task(root: str | Path, index: int, first_attempt: int = 1) -> Outcom
     if store.shard_path(task.stage, task.key).exists():
         outcome.ok = outcome.skipped = True
         return outcome
+    try:
+        with scheduler_signals():
+            return _attempts(store, task, outcome, first_attempt)
+    except Interrupted as exc:  # the signal came between attempts or while one was being recorded
+        if not outcome.ok and outcome.failure_kind is None:
+            now = utcnow()
+            attempt = first_attempt + len(outcome.attempts)
+            outcome.failure_kind, outcome.message = exc.kind.value, _message(exc)
+            outcome.attempts.append(
+                _attempt_record(task, attempt, now, 0.0, False, exc.kind, 128 + exc.signum, outcome.message)
+            )
+        return outcome
+
+
+def _attempts(store: RunStore, task: Task, outcome: Outcome, first_attempt: int) -> Outcome:
     kind = get_stage_kind(task.kind)
     retries: Counter[FailureKind] = Counter()
     attempt = first_attempt
@@ -128,6 +212,9 @@ def execute_task(root: str | Path, index: int, first_attempt: int = 1) -> Outcom
                     task, attempt, started, time.perf_counter() - t0, False, failure, exit_status, msg
                 )
             )
+            if isinstance(exc, Interrupted):  # the element is ending: record, never retry here
+                outcome.failure_kind, outcome.message = failure.value, msg
+                return outcome
             if failure is FailureKind.CANCELLED:
                 raise
             if retries[failure] < task.retry.get(failure.value, 0):

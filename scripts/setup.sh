@@ -12,6 +12,12 @@ command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 for pkg in linux-perf papi-tools libpapi-dev; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
+# Slurm for the real-scheduler tests (tests/slurm_cluster.py starts its own daemons from a temporary config):
+# controller, node daemon and clients (slurm-wlm), MUNGE authentication, and slurmdbd + MariaDB because sacct,
+# which array mode polls, needs accounting storage.
+for pkg in slurm-wlm slurmdbd munge mariadb-server; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -q

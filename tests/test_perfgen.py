@@ -1,4 +1,4 @@
-"""workflows/perfgen.yaml end to end, in a reduced size: real kernels, real SDV models, real metrics, report."""
+"""workflows/perfgen.yaml end to end, reduced: real kernels, real SDV models, real metrics, a real report."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from perfscale.report import build_report
 from perfscale.runner import prepare_run, run_plan
 from perfscale.spec import load_site
-from perfscale.report import build_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,8 +19,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def reduced_perfgen(tmp_path: Path) -> Path:
     study = yaml.safe_load((ROOT / "workflows" / "perfgen.yaml").read_text())
     profile = study["stages"]["profile"]
-    profile["grid"]["zip"] = {"kernel": ["triad", "triad", "matmul", "matmul"], "size": [100000, 400000, 64, 96],
-                              "iters": [2, 2, 1, 1]}
+    profile["grid"]["zip"] = {
+        "kernel": ["triad", "triad", "matmul", "matmul"],
+        "size": [100000, 400000, 64, 96],
+        "iters": [2, 2, 1, 1],
+    }
     profile["repetitions"] = 3
     study["stages"]["train"]["grid"]["zip"]["hyperparameters"] = [{}, {"epochs": 5, "batch_size": 10}]
     study["stages"]["sample"]["params"]["rows"] = 50
@@ -34,7 +37,12 @@ def test_perfgen_end_to_end(reduced_perfgen: Path, tmp_path: Path):
     store = prepare_run(reduced_perfgen, load_site("local"), tmp_path / "run")
     summary = run_plan(store, "local", workers=2, progress=False)
     assert {s: (v.done, v.failed) for s, v in summary.items()} == {
-        "profile": (24, 0), "split": (1, 0), "train": (2, 0), "sample": (2, 0), "evaluate": (2, 0)}
+        "profile": (24, 0),
+        "split": (1, 0),
+        "train": (2, 0),
+        "sample": (2, 0),
+        "evaluate": (2, 0),
+    }
 
     profiles = store.read_stage("profile").to_pandas()
     assert (profiles["exit_status"] == 0).all() and (profiles["wall_time_s"] > 0).all()
@@ -60,6 +68,12 @@ def test_perfgen_end_to_end(reduced_perfgen: Path, tmp_path: Path):
     assert set(ctgan["loss"]) == {"generator", "discriminator"} and ctgan["epoch"].max() == 4
 
     page = build_report(store).read_text()
-    for title in ("Run status", "Profiles: profile", "Training: train", "Real vs synthetic", "Synthetic quality"):
+    for title in (
+        "Run status",
+        "Profiles: profile",
+        "Training: train",
+        "Real vs synthetic",
+        "Synthetic quality",
+    ):
         assert title in page
     assert len(re.findall(r'src="data:image/png;base64,', page)) >= 5

@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (expected job scripts hold long command lines verbatim)
 """Array mode up to the scheduler's edge: packing, chunking, limits, rendered scripts, MPI launch lines."""
 
 from __future__ import annotations
@@ -81,16 +82,47 @@ EXPECTED_SBATCH = """\
 #SBATCH --time=00:10:00
 #SBATCH --partition=pdebug
 #SBATCH --account='bank; rm -rf ~'
-#SBATCH --output={run}/logs/s-p-0-%A_%a.out
+#SBATCH --output=@RUN@/logs/s-p-0-%A_%a.out
 #SBATCH --signal=B:USR1@120
 #SBATCH --requeue
 set -u
 module load gcc/10.3.1
 export OMP_PROC_BIND=close
-indices=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {run}/arrays/s-p-0.idx)
+export PERFSCALE_ELEMENT="slurm job ${SLURM_ARRAY_JOB_ID}[${SLURM_ARRAY_TASK_ID}]"
+export PERFSCALE_ELEMENT_DEADLINE=$(($(date +%s) + 600))
+indices=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" @RUN@/arrays/s-p-0.idx)
+resume=@RUN@/arrays/s-p-0.idx."$SLURM_ARRAY_TASK_ID".resume
+child=""
+caught=""
+forward() {
+  caught=$1
+  if [ -n "$child" ]; then kill -s "$1" "$child" 2>/dev/null || true; fi
+}
+trap 'forward USR1' USR1
+trap 'forward TERM' TERM
+from=$(cat "$resume" 2>/dev/null || true)
 status=0
 for index in $indices; do
-  {python} -m perfscale.cli task run {run}/plan.parquet "$index" || status=$?
+  if [ -n "$from" ]; then
+    [ "$index" = "$from" ] || continue
+    from=""
+  fi
+  [ -n "$caught" ] && break
+  @PYTHON@ -m perfscale.cli task run @RUN@/plan.parquet "$index" &
+  child=$!
+  while :; do
+    wait "$child"
+    rc=$?
+    kill -0 "$child" 2>/dev/null || break
+  done
+  child=""
+  [ "$rc" -eq 0 ] || status=$rc
+  [ -z "$caught" ] && continue
+  if [ "$caught" = USR1 ] && @PYTHON@ -m perfscale.sched.requeue @RUN@/plan.parquet "$index"; then
+    echo "$index" > "$resume"
+    scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
+  fi
+  break
 done
 exit "$status"
 """
@@ -103,7 +135,7 @@ def test_sbatch_script_line_by_line(tmp_path):
     tasks = _tasks(3, cores=4, memory_gb=2)
     (job,) = stage_arrays("s", "p", tasks, quartz, partition="pdebug", account="bank; rm -rf ~")
     rendered = render_array(job, quartz, tmp_path)
-    expected = EXPECTED_SBATCH.format(run=tmp_path.resolve(), python=sys.executable)
+    expected = EXPECTED_SBATCH.replace("@RUN@", str(tmp_path.resolve())).replace("@PYTHON@", sys.executable)
     assert rendered.script.splitlines() == expected.splitlines()
     assert rendered.index_file == "0\n1\n2\n"
 
@@ -119,15 +151,46 @@ EXPECTED_BSUB = """\
 #BSUB -nnodes 1
 #BSUB -W 0:10
 #BSUB -q pdebug
-#BSUB -o {run}/logs/s-p-0-%J_%I.out
+#BSUB -o @RUN@/logs/s-p-0-%J_%I.out
 #BSUB -wa USR1 -wt 2
+#BSUB -Q "75"
 set -u
 module load cuda/11.8.0
-indices=$(sed -n "${{LSB_JOBINDEX}}p" {run}/arrays/s-p-0.idx)
+export PERFSCALE_ELEMENT="lsf job ${LSB_JOBID}[${LSB_JOBINDEX}]"
+export PERFSCALE_ELEMENT_DEADLINE=$(($(date +%s) + 600))
+indices=$(sed -n "${LSB_JOBINDEX}p" @RUN@/arrays/s-p-0.idx)
+resume=@RUN@/arrays/s-p-0.idx."$LSB_JOBINDEX".resume
+child=""
+caught=""
+forward() {
+  caught=$1
+  if [ -n "$child" ]; then kill -s "$1" "$child" 2>/dev/null || true; fi
+}
+trap 'forward USR1' USR1
+trap 'forward TERM' TERM
+from=$(cat "$resume" 2>/dev/null || true)
 status=0
 for index in $indices; do
-  jsrun --nrs=1 --tasks_per_rs=1 --cpu_per_rs=4 --gpu_per_rs=1 --rs_per_host=1 --bind=none {python} -m \
-perfscale.cli task run {run}/plan.parquet "$index" || status=$?
+  if [ -n "$from" ]; then
+    [ "$index" = "$from" ] || continue
+    from=""
+  fi
+  [ -n "$caught" ] && break
+  jsrun --nrs=1 --tasks_per_rs=1 --cpu_per_rs=4 --gpu_per_rs=1 --rs_per_host=1 --bind=none @PYTHON@ -m perfscale.cli task run @RUN@/plan.parquet "$index" &
+  child=$!
+  while :; do
+    wait "$child"
+    rc=$?
+    kill -0 "$child" 2>/dev/null || break
+  done
+  child=""
+  [ "$rc" -eq 0 ] || status=$rc
+  [ -z "$caught" ] && continue
+  if [ "$caught" = USR1 ] && @PYTHON@ -m perfscale.sched.requeue @RUN@/plan.parquet "$index"; then
+    echo "$index" > "$resume"
+    exit 75
+  fi
+  break
 done
 exit "$status"
 """
@@ -139,7 +202,7 @@ def test_bsub_script_line_by_line(tmp_path):
     lassen = load_site("lassen")
     (job,) = stage_arrays("s", "p", _tasks(2, cores=4, gpus=1), lassen, partition="pdebug")
     rendered = render_array(job, lassen, tmp_path)
-    expected = EXPECTED_BSUB.format(run=tmp_path.resolve(), python=sys.executable)
+    expected = EXPECTED_BSUB.replace("@RUN@", str(tmp_path.resolve())).replace("@PYTHON@", sys.executable)
     assert rendered.script.splitlines() == expected.splitlines()
 
 

@@ -1,43 +1,158 @@
-"""The Parsl engine: a HighThroughputExecutor whose provider comes from the site file.
+"""The Parsl engine (pilot mode): a HighThroughputExecutor whose provider comes from the site file.
 
-The embedded default (site `local`) uses LocalProvider on this machine; cluster providers (Slurm, LSF) are
-built from the same site fields in the clusters work.
+One site file serves both modes: array mode (`perfscale submit`) renders job arrays from it, and this engine
+builds a pilot from the same fields:
+
+| scheduler | provider      | launcher      | from the site                                            |
+|-----------|---------------|---------------|----------------------------------------------------------|
+| none      | LocalProvider | (none)        | setup, env                                               |
+| slurm     | SlurmProvider | SrunLauncher  | default partition, first account, cores_per_node, setup  |
+| lsf       | LSFProvider   | JsrunLauncher | default queue, first account (as `-P`), setup            |
+
+A pilot block is one node by default and asks for the walltime its tasks need (see `pilot_walltime`), capped
+at the partition's limit. Workers need the interpreter's `bin/` on PATH (HTEX starts
+`process_worker_pool.py` by name): it is exported in the engine's environment and in every block's
+worker_init, which assumes, as array mode does, that the login and compute nodes share the file system.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 from perfscale.engines.base import Engine
+from perfscale.plan.planner import Task
 from perfscale.spec.site import Site
 
+# jsrun: one resource set per node holding all its cores and GPUs; the worker pool places tasks itself
+JSRUN_OVERRIDES = "--tasks_per_rs=1 --cpu_per_rs=ALL_CPUS --gpu_per_rs=ALL_GPUS --bind=none"
+PILOT_WALLTIME_FLOOR_S = 600.0  # a pilot shorter than this spends most of its life starting up
 
-def parsl_config(site: Site, run_dir: Path, workers: int) -> Any:
-    """A Parsl Config for `site`: one HTEX, `workers` workers per node, logs under `run_dir`."""
+
+def _hms(seconds: float) -> str:
+    """HH:MM:SS with hours past 24 (the form Parsl's providers parse; no `D-` prefix)."""
+    s = math.ceil(seconds)
+    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def worker_init(site: Site) -> str:
+    """Shell lines run before the worker pool starts: the site's setup, its env, the interpreter on PATH."""
+    bin_dir = str(Path(sys.executable).parent)
+    lines = [*site.setup]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(site.env.items())]
+    lines.append(f"export PATH={shlex.quote(bin_dir)}:$PATH")
+    return "\n".join(lines)
+
+
+def pilot_walltime(tasks: Sequence[Task], slots: int, limit_s: float) -> float:
+    """Walltime of one pilot block: the array packing rule spread over the block's worker slots,
+    `sum(expected_runtime) / slots + max(walltime - expected_runtime)`, within [10 min, limit]."""
+    if not tasks:
+        return limit_s
+    need = sum(t.expected_runtime_s for t in tasks) / max(1, slots)
+    need += max(t.walltime_s - t.expected_runtime_s for t in tasks)
+    return min(limit_s, max(PILOT_WALLTIME_FLOOR_S, need))
+
+
+def _limit(site: Site, partition: str | None) -> tuple[str | None, float]:
+    pname, part = site.partition(partition)
+    limit = min(site.limits.max_walltime, part.max_walltime) if part else site.limits.max_walltime
+    return pname, limit
+
+
+def make_provider(
+    site: Site,
+    walltime_s: float | None = None,
+    partition: str | None = None,
+    account: str | None = None,
+    nodes_per_block: int = 1,
+    max_blocks: int = 1,
+) -> Any:
+    """The Parsl execution provider for `site` (see the module docstring for the field mapping)."""
+    if site.scheduler == "none":
+        from parsl.providers import LocalProvider
+
+        return LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1, worker_init=worker_init(site))
+    site.check_request(nodes_per_block, walltime_s or 0, 0, partition)
+    pname, limit = _limit(site, partition)
+    account = account or (site.accounts[0] if site.accounts else None)
+    common: dict[str, Any] = {
+        "nodes_per_block": nodes_per_block,
+        "init_blocks": 1,
+        "min_blocks": 0,
+        "max_blocks": max_blocks,
+        "walltime": _hms(walltime_s or limit),
+        "worker_init": worker_init(site),
+    }
+    if site.scheduler == "slurm":
+        from parsl.launchers import SrunLauncher
+        from parsl.providers import SlurmProvider
+
+        cores = None if site.cores_per_node == "auto" else int(site.cores_per_node)
+        return SlurmProvider(
+            partition=pname,
+            account=account,
+            cores_per_node=cores,
+            exclusive=False,
+            launcher=SrunLauncher(),
+            cmd_timeout=60,
+            **common,
+        )
+    from parsl.launchers import JsrunLauncher
+    from parsl.providers import LSFProvider
+
+    # LSF reads #BSUB lines from standard input (`bsub < script`), as array mode submits them
+    return LSFProvider(
+        queue=pname,
+        project=account,
+        bsub_redirection=True,
+        request_by_nodes=True,
+        launcher=JsrunLauncher(overrides=JSRUN_OVERRIDES),
+        cmd_timeout=120,
+        **common,
+    )
+
+
+def parsl_config(
+    site: Site,
+    run_dir: Path,
+    workers: int,
+    walltime_s: float | None = None,
+    partition: str | None = None,
+    account: str | None = None,
+    nodes_per_block: int = 1,
+) -> Any:
+    """A Parsl Config for `site`: one HTEX, `workers` workers per node, logs under `run_dir`.
+
+    On a scheduler site the interchange listens on every interface and workers probe the submit host's
+    addresses (HTEX's default), unless PERFSCALE_PARSL_ADDRESS names the one compute nodes can reach.
+    Blocks are scaled by Parsl's `simple` strategy, so a block that ends (walltime) is replaced while
+    tasks remain.
+    """
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor
-    from parsl.providers import LocalProvider
 
-    if site.scheduler != "none":
-        raise NotImplementedError(
-            f"site {site.name!r}: Parsl pilots on {site.scheduler} come with the clusters "
-            "work; use array mode or a local site"
-        )
-    worker_init = "\n".join(site.setup)
+    local = site.scheduler == "none"
+    provider = make_provider(site, walltime_s, partition, account, nodes_per_block)
     executor = HighThroughputExecutor(
         label="perfscale",
-        address="127.0.0.1",
+        address="127.0.0.1" if local else os.environ.get("PERFSCALE_PARSL_ADDRESS"),
         max_workers_per_node=workers,
         cores_per_worker=1,
-        provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1, worker_init=worker_init),
+        provider=provider,
     )
     return Config(
-        executors=[executor], run_dir=str(run_dir), strategy="none", usage_tracking=0, initialize_logging=True
+        executors=[executor],
+        run_dir=str(run_dir),
+        strategy="none" if local else "simple",
+        usage_tracking=0,
+        initialize_logging=True,
     )
 
 
@@ -48,6 +163,21 @@ def _call(fn: Callable[..., Any], *args: Any) -> Any:
 class ParslEngine(Engine):
     name = "parsl"
 
+    def _plan_tasks(self) -> list[Task]:
+        """The run's tasks, to size a pilot's walltime (none when the engine runs outside a run folder)."""
+        if not (self.run_root / "plan.parquet").exists():
+            return []
+        from perfscale.store import RunStore
+
+        return list(RunStore(self.run_root).plan.tasks)
+
+    def config(self) -> Any:
+        walltime = None
+        if self.site.scheduler != "none":
+            _, limit = _limit(self.site, None)
+            walltime = pilot_walltime(self._plan_tasks(), self.workers, limit)
+        return parsl_config(self.site, self.run_root / "parsl", self.workers, walltime)
+
     def start(self) -> None:
         import parsl
         from parsl.app.app import python_app
@@ -56,7 +186,7 @@ class ParslEngine(Engine):
         bin_dir = str(Path(sys.executable).parent)
         if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
             os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
-        self._dfk = parsl.load(parsl_config(self.site, self.run_root / "parsl", self.workers))
+        self._dfk = parsl.load(self.config())
         self._app = python_app(_call, data_flow_kernel=self._dfk, executors=["perfscale"])
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:

@@ -17,11 +17,14 @@ BJOBS_FIELDS = ("jobid", "jobindex", "stat", "exit_code", "exit_reason")
 _SUBMITTED = re.compile(r"Job <(\d+)> is submitted")
 
 
-def bsub_argv(depends_on: list[str]) -> list[str]:
-    """bsub reads the script (with its #BSUB lines) from standard input."""
+def bsub_argv(depends_on: list[str], hold: bool = False, after_any: list[str] | None = None) -> list[str]:
+    """bsub reads the script (with its #BSUB lines) from standard input; -H submits it held (PSUSP)."""
     argv = ["bsub"]
-    if depends_on:
-        argv += ["-w", " && ".join(f"done({j})" for j in depends_on)]
+    if hold:
+        argv.append("-H")
+    conditions = [f"done({j})" for j in depends_on] + [f"ended({j})" for j in after_any or []]
+    if conditions:
+        argv += ["-w", " && ".join(conditions)]
     return argv
 
 
@@ -61,17 +64,27 @@ def parse_bjobs_poll(out: str) -> dict[tuple[str, int], ElementState]:
 class LSF:
     name = "lsf"
     first_index = 1
+    lags = False  # bjobs asks mbatchd itself
 
     def __init__(self, client: CommandClient | None = None):
         self.client = client or CommandClient()
 
-    def submit(self, script: Path, depends_on: list[str]) -> str:
-        return parse_bsub(self.client.run(bsub_argv(depends_on), input_text=script.read_text()))
+    def submit(
+        self, script: Path, depends_on: list[str], hold: bool = False, after_any: list[str] | None = None
+    ) -> str:
+        return parse_bsub(
+            self.client.run(bsub_argv(depends_on, hold, after_any), input_text=script.read_text())
+        )
 
     def poll(self, job_ids: list[str]) -> dict[tuple[str, int], ElementState]:
         """ONE bjobs call, whatever the number of arrays and elements."""
         return parse_bjobs_poll(self.client.run(bjobs_poll_argv(job_ids))) if job_ids else {}
 
     def cancel(self, job_ids: list[str]) -> None:
+        """Whole arrays (`123`) or single elements (`"123[4]"`), in one bkill call."""
         if job_ids:
             self.client.run(["bkill", *job_ids])
+
+    @staticmethod
+    def element_id(job_id: str, element: int) -> str:
+        return f"{job_id}[{element}]"

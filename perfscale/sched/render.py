@@ -1,8 +1,15 @@
 """Array mode, part 2: render job scripts from the templates in launchers/.
 
 Every value that comes from a user (names, paths, partitions, accounts, environment values) passes through
-the `q` filter (shlex.quote); site `setup:` lines are the one exception, as they are shell by design (module
-loads) and come from the site file, not from study parameters.
+shlex.quote: the `q` filter in shell lines, the `d` filter in `#SBATCH` / `#BSUB` lines. sbatch (22.05, run
+here) parses directive lines with shell quoting rules: `--job-name='it'"'"'s'` gives the name `it's`. A
+newline would end the directive line and start shell code, so `d` refuses it. Site `setup:` lines are the
+one exception, as they are shell by design (module loads) and come from the site file, not from study
+parameters.
+
+The walltime warning (`--signal=B:USR1@120`, `-wa USR1 -wt 2`) is asked for only when the element's walltime
+is at least WARNING_MIN_WALLTIME_S: Slurm delivers it up to a minute early, so on short elements it would
+arrive near the start and turn every element into a timeout.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from perfscale.spec.site import Site
 LAUNCHERS = Path(__file__).resolve().parents[2] / "launchers"
 TEMPLATES = {"slurm": "slurm_array.sh.j2", "lsf": "lsf_array.sh.j2"}
 SIGNAL_LEAD_S = 120  # SIGUSR1 this long before the walltime, so a task can checkpoint and requeue
+WARNING_MIN_WALLTIME_S = 5 * SIGNAL_LEAD_S
+REQUEUE_EXIT = 75  # LSF: `#BSUB -Q 75` requeues an element that exits with it (EX_TEMPFAIL)
 
 
 @dataclass(frozen=True)
@@ -40,7 +49,16 @@ def _env() -> Environment:
         autoescape=False,
     )
     env.filters["q"] = lambda v: shlex.quote(str(v))
+    env.filters["d"] = directive_value
     return env
+
+
+def directive_value(value: object) -> str:
+    """A value for a `#SBATCH`/`#BSUB` line, shell-quoted; a newline is refused (it would start shell code)"""
+    text = str(value)
+    if "\n" in text or "\r" in text:
+        raise SpecError(f"{text!r} cannot go in a job script directive: it holds a newline")
+    return shlex.quote(text)
 
 
 def task_command(site: Site, plan_path: Path, cores: int, gpus: int) -> str:
@@ -50,6 +68,11 @@ def task_command(site: Site, plan_path: Path, cores: int, gpus: int) -> str:
     if site.scheduler == "lsf":
         argv = [*launch_line(site, Layout(cores_per_rank=cores, gpus_per_rank=gpus, bind="none")), *argv]
     return shlex.join(argv)
+
+
+def requeue_check(plan_path: Path) -> str:
+    """The command the batch shell runs after a walltime warning: exit 0 = requeue the element."""
+    return shlex.join([sys.executable, "-m", "perfscale.sched.requeue", str(plan_path.resolve())])
 
 
 def lsf_walltime(seconds: float) -> str:
@@ -69,8 +92,11 @@ def render_array(job: ArrayJob, site: Site, run_root: Path) -> Rendered:
         "walltime": format_walltime(job.walltime_s),
         "walltime_lsf": lsf_walltime(job.walltime_s),
         "log_pattern": str(logs / pattern),
-        "signal_lead_s": SIGNAL_LEAD_S,
+        "walltime_s": math.ceil(job.walltime_s),
+        "signal_lead_s": SIGNAL_LEAD_S if job.walltime_s >= WARNING_MIN_WALLTIME_S else 0,
         "signal_lead_min": max(1, SIGNAL_LEAD_S // 60),
+        "requeue_exit": REQUEUE_EXIT,
+        "requeue_check": requeue_check(run_root / "plan.parquet"),
         "setup": site.setup,
         "env": sorted(site.env.items()),
         "index_file": str(run_root.resolve() / "arrays" / f"{job.name}.idx"),

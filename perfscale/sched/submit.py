@@ -3,6 +3,10 @@
 Everything the scheduler was told is kept in RUN/arrays/: the rendered scripts, one index file per array
 (line k = the task indices of element k) and jobs.json (array name, job id, stage, elements). Status needs one
 scheduler call per poll whatever the number of arrays; shards stay the only completion marker.
+
+Blocked elements (pending on a dependency that failed: Slurm's DependencyNeverSatisfied) are not active:
+`wait` returns, `failed_or_missing` includes their tasks, and `submit_run` cancels them when it submits those
+tasks again with dependencies on the new upstream arrays.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 
 from perfscale.errors import FailureKind, SpecError
@@ -53,60 +58,45 @@ def _save(store: RunStore, arrays: list[SubmittedArray]) -> None:
     atomic_write_text(json.dumps([asdict(a) for a in arrays], indent=1), _jobs_path(store))
 
 
-def submit_run(
-    store: RunStore,
-    indices: set[int] | None = None,
-    partition: str | None = None,
-    account: str | None = None,
-    throttle: int | None = None,
-    client: CommandClient | None = None,
-) -> list[SubmittedArray]:
-    """Submit every task without a shard (or only `indices`) as arrays, stage by stage, with dependencies.
+# sacct learns of a new job from slurmdbd seconds after the controller (up to 5 s measured, more when busy)
+MISSING_GRACE_S = 300.0
+NOT_LISTED = "NotListedYet"  # reason of an element that accounting does not list yet
 
-    Every array is rendered and checked against the site's limits before the first one is submitted.
+
+def _submitted_at(arr: SubmittedArray) -> datetime:
+    return datetime.fromisoformat(arr.submitted_at)
+
+
+def poll_elements(
+    store: RunStore, client: CommandClient | None = None
+) -> tuple[list[SubmittedArray], dict[tuple[str, int], ElementState]]:
+    """Every submitted array and its elements' states, from ONE scheduler call.
+
+    An element that sacct does not list yet is PENDING (reason NotListedYet, active) for MISSING_GRACE_S
+    after its submission: accounting lags the controller, and without this `wait` would return at once.
+    Back ends that read the controller itself (squeue, bjobs) are taken as they are.
     """
-    site, plan = store.site, store.plan
-    sched = backend(site, client)
-    previous = submitted(store)
-    round_ = len({a.submitted_at for a in previous})
-    prefix = plan.study if round_ == 0 else f"{plan.study}-r{round_}"
-    pending = []
-    for stage in plan.stages:
-        done = store.done_keys(stage)
-        todo = [
-            t for t in plan.of_stage(stage) if t.key not in done and (indices is None or t.index in indices)
-        ]
-        for job in stage_arrays(prefix, stage, todo, site, partition, account, throttle):
-            pending.append((job, render_array(job, site, store.root)))
-    (store.root / "arrays").mkdir(parents=True, exist_ok=True)
-    (store.root / "logs").mkdir(parents=True, exist_ok=True)
-    job_ids: dict[str, list[str]] = {}  # stage -> job ids submitted now
-    now = utcnow().isoformat()
-    new = []
-    for job, rendered in pending:
-        script = store.root / "arrays" / f"{job.name}.sh"
-        atomic_write_text(rendered.script, script)
-        atomic_write_text(rendered.index_file, store.root / "arrays" / f"{job.name}.idx")
-        first = plan.of_stage(job.stage)[0]
-        upstream = [*first.inputs, *([first.upstream_stage] if first.upstream_stage else [])]
-        deps = [j for s in upstream for j in job_ids.get(s, [])]
-        job_id = sched.submit(script, deps)
-        job_ids.setdefault(job.stage, []).append(job_id)
-        new.append(
-            SubmittedArray(
-                job.name, job.stage, job_id, sched.first_index, [list(e.indices) for e in job.elements], now
-            )
-        )
-        _save(store, previous + new)  # after every submit: a crash mid-way forgets no job
-    return new
-
-
-def poll(store: RunStore, client: CommandClient | None = None) -> dict[int, ElementState]:
-    """Scheduler state of every task index covered by a submitted array (the latest submission wins)."""
     arrays = submitted(store)
     if not arrays:
-        return {}
-    states = backend(store.site, client).poll(sorted({a.job_id for a in arrays}))
+        return arrays, {}
+    sched = backend(store.site, client)
+    states = dict(sched.poll(sorted({a.job_id for a in arrays})))
+    if not sched.lags:
+        return arrays, states
+    now = utcnow()
+    for arr in arrays:
+        if (now - _submitted_at(arr)).total_seconds() >= MISSING_GRACE_S:
+            continue
+        for k in range(len(arr.elements)):
+            key = (arr.job_id, k + arr.first_index)
+            if key not in states:
+                states[key] = ElementState(arr.job_id, key[1], "PENDING", True, None, None, NOT_LISTED)
+    return arrays, states
+
+
+def _by_task(
+    arrays: list[SubmittedArray], states: dict[tuple[str, int], ElementState]
+) -> dict[int, ElementState]:
     by_task: dict[int, ElementState] = {}
     for arr in arrays:  # in submission order, so a resubmission overrides the earlier state
         for k, indices in enumerate(arr.elements):
@@ -117,10 +107,124 @@ def poll(store: RunStore, client: CommandClient | None = None) -> dict[int, Elem
     return by_task
 
 
+def poll(store: RunStore, client: CommandClient | None = None) -> dict[int, ElementState]:
+    """Scheduler state of every task index covered by a submitted array (the latest submission wins)."""
+    return _by_task(*poll_elements(store, client))
+
+
+def _superseded(
+    sched: Slurm | LSF,
+    arrays: list[SubmittedArray],
+    states: dict[tuple[str, int], ElementState],
+    todo: set[int],
+) -> list[str]:
+    """Elements of earlier submissions that wait for ever (blocked on a failed dependency) and whose tasks are
+    submitted again now: cancelled, so they neither clutter the queue nor run twice."""
+    ids = []
+    for arr in arrays:
+        for k, indices in enumerate(arr.elements):
+            st = states.get((arr.job_id, k + arr.first_index))
+            if st is not None and st.blocked and todo.intersection(indices):
+                ids.append(sched.element_id(arr.job_id, st.element))
+    return ids
+
+
+def _upstream(store: RunStore, stage: str) -> list[str]:
+    first = store.plan.of_stage(stage)[0]
+    return [*first.inputs, *([first.upstream_stage] if first.upstream_stage else [])]
+
+
+def _running_arrays(
+    arrays: list[SubmittedArray], states: dict[tuple[str, int], ElementState], stages: list[str]
+) -> list[str]:
+    """Job ids of earlier arrays of `stages` with elements still queued or running (not blocked)."""
+    return sorted(
+        {
+            a.job_id
+            for a in arrays
+            if a.stage in stages
+            and any(
+                (st := states.get((a.job_id, k + a.first_index))) is not None and st.active
+                for k in range(len(a.elements))
+            )
+        }
+    )
+
+
+def submit_run(
+    store: RunStore,
+    indices: set[int] | None = None,
+    partition: str | None = None,
+    account: str | None = None,
+    throttle: int | None = None,
+    client: CommandClient | None = None,
+    hold: bool = False,
+) -> list[SubmittedArray]:
+    """Submit every task without a shard (or only `indices`) as arrays, stage by stage, with dependencies.
+
+    Every array is rendered and checked against the site's limits before the first one is submitted. When
+    arrays were submitted before, one poll first: tasks queued or running in them are not submitted again,
+    their blocked elements are cancelled (superseded), and a stage waits for this round's upstream arrays
+    (afterok) and for earlier upstream arrays still running (afterany). `hold` submits held arrays
+    (`sbatch --hold`, `bsub -H`): nothing runs until released.
+    """
+    site, plan = store.site, store.plan
+    sched = backend(site, client)
+    previous, states = poll_elements(store, client) if submitted(store) else ([], {})
+    busy = {i for i, st in _by_task(previous, states).items() if st.active}
+    round_ = len({a.submitted_at for a in previous})
+    prefix = plan.study if round_ == 0 else f"{plan.study}-r{round_}"
+    pending = []
+    todo_all: set[int] = set()
+    for stage in plan.stages:
+        done = store.done_keys(stage)
+        todo = [
+            t
+            for t in plan.of_stage(stage)
+            if t.key not in done and t.index not in busy and (indices is None or t.index in indices)
+        ]
+        todo_all.update(t.index for t in todo)
+        for job in stage_arrays(prefix, stage, todo, site, partition, account, throttle):
+            pending.append((job, render_array(job, site, store.root)))
+    stale = _superseded(sched, previous, states, todo_all)
+    if stale and pending:
+        sched.cancel(stale)
+    (store.root / "arrays").mkdir(parents=True, exist_ok=True)
+    (store.root / "logs").mkdir(parents=True, exist_ok=True)
+    job_ids: dict[str, list[str]] = {}  # stage -> job ids submitted now
+    now = utcnow().isoformat()
+    new = []
+    for job, rendered in pending:
+        script = store.root / "arrays" / f"{job.name}.sh"
+        atomic_write_text(rendered.script, script)
+        atomic_write_text(rendered.index_file, store.root / "arrays" / f"{job.name}.idx")
+        upstream = _upstream(store, job.stage)
+        deps = [j for s in upstream for j in job_ids.get(s, [])]
+        after_any = _running_arrays(previous, states, upstream)
+        job_id = sched.submit(script, deps, hold, after_any)
+        job_ids.setdefault(job.stage, []).append(job_id)
+        new.append(
+            SubmittedArray(
+                job.name, job.stage, job_id, sched.first_index, [list(e.indices) for e in job.elements], now
+            )
+        )
+        _save(store, previous + new)  # after every submit: a crash mid-way forgets no job
+    return new
+
+
+def _element_tag(job_id: str, element: int) -> str:
+    """How an attempt message names an array element: `job 123[4]` (the task's signal records and the
+    scheduler's records both contain it)."""
+    return f"job {job_id}[{element}]"
+
+
 def record_scheduler_failures(store: RunStore, states: dict[int, ElementState]) -> int:
     """Write an attempt for each task the scheduler killed (walltime, OOM, node, preemption, cancel) that did
-    not record its own failure. In a packed element only the first task without a shard is blamed: the ones
-    after it never started. Returns the number of attempts written."""
+    not record that failure itself. In a packed element only the first task without a shard is blamed: the
+    ones after it never started. A task that caught the scheduler's signal has already written an attempt
+    naming the element (perfscale.execute); it is kept when its kind agrees with the scheduler's state, and
+    the scheduler's kind is added when they differ (a SIGTERM from a preemption reads as `cancelled` to the
+    task). Returns the number of attempts written."""
     attempts = store.attempts()
     seen = set(attempts["message"].dropna())
     plan = store.plan
@@ -134,17 +238,21 @@ def record_scheduler_failures(store: RunStore, states: dict[int, ElementState]) 
         if store.shard_path(task.stage, task.key).exists():
             continue
         blamed.add((st.job_id, st.element))
-        message = f"scheduler job {st.job_id}[{st.element}]: {st.state}"
-        if message in seen:
+        message = f"scheduler {_element_tag(st.job_id, st.element)}: {st.state}"
+        mine = attempts[attempts.task_key == task.key]
+        own = mine[
+            mine["message"].fillna("").str.contains(_element_tag(st.job_id, st.element), regex=False)
+            & (mine["failure_kind"] == st.failure.value)
+        ]
+        if message in seen or len(own):
             continue
-        prior = attempts.loc[attempts.task_key == task.key, "attempt"]
         now = utcnow()
         records.append(
             {
                 "task_key": task.key,
                 "stage": task.stage,
                 "index": index,
-                "attempt": int(prior.max()) + 1 if len(prior) else 1,
+                "attempt": int(mine["attempt"].max()) + 1 if len(mine) else 1,
                 "host": None,
                 "pid": None,
                 "started_at": now,
