@@ -7,7 +7,8 @@ scheduler call per poll for arrays of 10, 100 and 1,000 elements; `perfscale can
 when the timeout budget allows.
 
 The time-limit test needs Slurm's minimum limit (1 minute) plus its 30 s enforcement period, so its array is
-submitted when the module starts and checked by the module's last test; the others run meanwhile.
+submitted by the module's first Slurm test (fixture `timeout_run`) and checked by the last; the others run
+meanwhile. `test_task_run_records_scheduler_signals` needs no Slurm.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from perfscale.sched.submit import cancel, poll, submit_run, submitted, wait
 from perfscale.spec.site import load_site
 from perfscale.store import RunStore
 from tests.slurm_cluster import SlurmCluster, slurm  # noqa: F401
+
+pytestmark = pytest.mark.slow
 
 HELPERS = '''\
 """Task functions for tests/test_slurm_real.py (written next to each study)."""
