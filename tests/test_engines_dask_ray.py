@@ -35,38 +35,7 @@ from perfscale.spec import load_site
 from perfscale.spec.site import Site, available_sites
 from perfscale.status import run_status
 from perfscale.store import RunStore
-
-STUDY = """\
-name: e2e
-seed: 3
-retry: {app_error: 2}
-stages:
-  square:
-    kind: function
-    params: {callable: "fns.py:square"}
-    grid:
-      product: {x: [1, 2, 3, 4, 5]}
-  total:
-    kind: function
-    params: {callable: "fns.py:total"}
-    inputs: [square]
-"""
-
-FAILING = """\
-name: failing
-retry: {app_error: 2}
-stages:
-  fail:
-    kind: function
-    params: {callable: "fns.py:fail_on", mode: MODE}
-    grid:
-      product: {x: [1, 2, 3], bad: [2]}
-  flaky:
-    kind: function
-    params: {callable: "fns.py:flaky"}
-    grid:
-      product: {x: [1, 2]}
-"""
+from tests.studies import FAILING, STUDY
 
 PYTHON = sys.executable
 
