@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from perfscale.generators._tables import TableSpec
+    from perfscale.generators.conditional import SamplingReport
+    from perfscale.generators.conditions import Conditions
     from perfscale.tabular.meta import TableMeta
 
 GENERATOR_JSON = "generator.json"
@@ -92,6 +94,7 @@ class Generator(ABC):
         self.seed: int | None = None
         self.training_rows: int | None = None
         self.training_log: TrainingLog | None = None
+        self.last_sampling: SamplingReport | None = None
         self._spec: TableSpec | None = None
 
     def __repr__(self) -> str:
@@ -101,6 +104,11 @@ class Generator(ABC):
     @property
     def is_fitted(self) -> bool:
         return self._spec is not None
+
+    @property
+    def meta(self) -> TableMeta:
+        """The column metadata the generator was fitted with."""
+        return self._require_fitted("describe the columns").meta
 
     # ---- public API -------------------------------------------------------------------------------------
 
@@ -126,14 +134,33 @@ class Generator(ABC):
         )
         return self.training_log
 
-    def sample(self, n: int, seed: int) -> pd.DataFrame:
-        """Draw `n` rows shaped like the training table; the same seed gives the same rows."""
-        from perfscale.generators import _tables
+    def sample(self, n: int, seed: int, conditions: Any = None, max_draws: int | None = None) -> pd.DataFrame:
+        """Draw `n` rows shaped like the training table; the same seed gives the same rows.
+
+        `conditions` (text, a mapping or `Conditions`; see perfscale.generators.conditions) restricts the
+        rows: the generator's native conditioning is used where it has one, rejection sampling otherwise,
+        drawing at most `max_draws` rows (default `default_max_draws(n)`). How it went: `self.last_sampling`.
+        """
+        from perfscale.generators import _tables, conditional
 
         n, seed = _check_n(n), _check_seed(seed)
         spec = self._require_fitted("sample")
+        if conditions is not None:
+            return conditional.sample_conditioned(self, spec, n, seed, conditions, max_draws)
         raw = self._sample(n, seed) if spec.model_columns else None
+        self.last_sampling = conditional.SamplingReport.unconditioned(n)
         return _tables.postprocess(raw, spec, n, seed)
+
+    def impute(self, table: pd.DataFrame, seed: int, draws: int = 1) -> pd.DataFrame:
+        """Fill the missing cells of `table` conditioned on each row's set cells (PERFGEN use case II).
+
+        `table` has the training columns; NaN/None marks what to generate. With `draws` > 1 every missing
+        cell gets the mean (numeric, then snapped to allowed values) or the most frequent value (categorical)
+        of `draws` conditional draws: a point prediction. See perfscale.generators.conditional.impute.
+        """
+        from perfscale.generators import conditional
+
+        return conditional.impute(self, self._require_fitted("impute"), table, _check_seed(seed), draws)
 
     def save(self, folder: str | os.PathLike[str]) -> None:
         """Write the model files and `generator.json` into `folder` (created if needed).
@@ -203,6 +230,24 @@ class Generator(ABC):
     @abstractmethod
     def _load_model(self, folder: Path) -> None:
         """Read the model files written by `_save_model`; use `model_file` to name missing files."""
+
+    def _sample_conditioned(self, n: int, seed: int, conditions: Conditions) -> pd.DataFrame | None:
+        """Native conditional sampling: about `n` raw rows drawn under `conditions`, or None.
+
+        None (the default) means the generator has no native way for these conditions and `sample` uses
+        rejection sampling. Returned rows need not all satisfy the conditions: `sample` post-processes them,
+        keeps those that do and tops up (natively again, then by rejection) within its draw budget.
+        """
+        return None
+
+    def _impute(self, known: pd.DataFrame, seed: int) -> pd.DataFrame | None:
+        """Native imputation: fill the NaN cells of `known` conditioned on its set cells, or None.
+
+        `known` has the model columns (constants removed) in training order, NaN/None where a value is to be
+        generated. Return a frame of the same shape and index (set cells may be returned unchanged: the
+        caller restores them), or None (the default) to use the generic method of `impute`.
+        """
+        return None
 
     def _model_state(self) -> dict[str, Any]:
         """Small JSON facts about the fitted model stored under generator.json's "model" key."""

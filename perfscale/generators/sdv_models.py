@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import io
 import math
 import warnings
 from collections.abc import Callable, Iterator
@@ -48,6 +49,7 @@ from perfscale.generators.registry import register_generator
 if TYPE_CHECKING:
     import pandas as pd
 
+    from perfscale.generators.conditions import Conditions
     from perfscale.tabular.meta import Column, TableMeta
 
 TABLE = "table"  # the single table's name inside SDV's multi-table-shaped metadata and data
@@ -75,6 +77,13 @@ def quiet_sdv() -> Iterator[None]:
     with warnings.catch_warnings():
         for category in (FutureWarning, DeprecationWarning):
             warnings.filterwarnings("ignore", category=category, module=_SDV_MODULES)
+        yield
+
+
+@contextlib.contextmanager
+def _no_tqdm() -> Iterator[None]:
+    """SDV's conditional sampling draws a tqdm bar on sys.stderr (no switch to turn it off): swallow it."""
+    with contextlib.redirect_stderr(io.StringIO()):
         yield
 
 
@@ -158,6 +167,30 @@ class SDVGenerator(Generator):
             synthesizer.reset_sampling()  # forget draws made since fit/load: samples depend on the seed only
             synthesizer._set_random_state(seed)  # SDV 2.0 has no public setter; sample() uses a fixed seed
             return synthesizer.sample(n)[TABLE]
+
+    def _sample_conditioned(self, n: int, seed: int, conditions: Conditions) -> pd.DataFrame | None:
+        """SDV's own conditional sampling for equalities (the Gaussian copula conditions its distribution;
+        the GANs and TVAE reject inside SDV); None when there are no equalities or SDV gives up."""
+        from sdv.sampling import Condition
+
+        equal = conditions.equalities()
+        if not equal:
+            return None
+        wanted = [Condition(num_rows=n, column_values=equal)]
+        return self._sdv_conditional(seed, "sample_from_conditions", wanted)
+
+    # Imputation uses the generic pool method: SDV's sample_remaining_columns was measured slower (10.6 s vs
+    # 0.7 s) and less accurate (0.60 vs 0.70 species accuracy from 30 iris rows, 5 draws) with the copula.
+
+    def _sdv_conditional(self, seed: int, method: str, what: Any) -> pd.DataFrame | None:
+        synthesizer = self._synthesizer
+        with quiet_sdv(), seeded(seed, torch=True), _no_tqdm():
+            synthesizer.reset_sampling()
+            synthesizer._set_random_state(seed)
+            try:
+                return getattr(synthesizer, method)(what, max_tries_per_batch=20)[TABLE]
+            except ValueError:  # SDV found no rows meeting the conditions: fall back to our own sampler
+                return None
 
     def _save_model(self, folder: Path) -> None:
         with quiet_sdv():

@@ -71,6 +71,13 @@ class StageContext:
         """An empty folder of this task's own, for files besides its shard (cleared at each attempt)."""
         return self.store.clear_artifacts(self.task.stage, self.task.key)
 
+    @cached_property
+    def checkpoints(self) -> Path:
+        """A folder of this task's own that survives failed attempts: a retried task resumes from it."""
+        path = self.store.checkpoint_dir(self.task.stage, self.task.key)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
 
 StageFn = Callable[[StageContext, Any], "pd.DataFrame | pa.Table"]
 

@@ -116,6 +116,10 @@ class RunStore:
     def artifact_dir(self, stage: str, key: str) -> Path:
         return self.root / "artifacts" / stage / key
 
+    def checkpoint_dir(self, stage: str, key: str) -> Path:
+        """A task's checkpoints: kept across its attempts (unlike artifacts), so a retry can resume."""
+        return self.root / "checkpoints" / stage / key
+
     # ---- creation -----------------------------------------------------------------------------------
     @classmethod
     def create(

@@ -1,0 +1,92 @@
+"""Using a trained generator to answer questions (PERFGEN use case II).
+
+* `predict-by-generation`: hide a target column of the real holdout, fill it with `Generator.impute`
+  conditioned on the other columns, and score the predictions against the truth (MSE, MAE and R^2 for a
+  numeric target, accuracy for a categorical one);
+* `recommend`: the configurations a model generates under conditions (e.g. "wall_time_s < 0.5"), most
+  frequent first: PERFGEN's decision-making question "which settings meet this runtime bound?".
+
+Both are `foreach: <train stage>`: one task per trained model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import Field
+
+from perfscale.errors import BadInput
+from perfscale.stages.base import StageContext, StageParams, stage_kind
+from perfscale.stages.generate import load_upstream_generator, real_table
+
+
+class PredictParams(StageParams):
+    source: str = Field(description="the `split` stage whose holdout part is predicted")
+    target: str = Field(description="the column to hide and predict (grid over it for several)")
+    draws: int = Field(10, ge=1, description="conditional draws averaged (numeric) or voted (categorical)")
+    rows: int | None = Field(None, gt=0, description="predict at most this many holdout rows (seeded choice)")
+
+
+@stage_kind("predict-by-generation", PredictParams)
+def predict_by_generation(ctx: StageContext, params: PredictParams) -> pd.DataFrame:
+    """Rows: generator, target, row, truth and prediction, plus the task's scores (accuracy or mse/mae/r2)."""
+    generator, name = load_upstream_generator(ctx)
+    holdout = real_table(ctx, params.source, "holdout")
+    if params.target not in holdout.columns:
+        raise BadInput(
+            f"predict-by-generation.target {params.target!r} is not a column of {params.source!r}; "
+            f"columns: {sorted(holdout.columns)}"
+        )
+    if params.rows is not None and params.rows < len(holdout):
+        picked = np.sort(np.random.default_rng(ctx.seed).choice(len(holdout), params.rows, replace=False))
+        holdout = holdout.iloc[picked].reset_index(drop=True)
+    masked = holdout.copy()
+    masked[params.target] = None
+    filled = generator.impute(masked, seed=ctx.seed, draws=params.draws)
+    truth, prediction = holdout[params.target], filled[params.target]
+    column_type = generator.meta.columns[params.target].type
+    scores = prediction_scores(truth, prediction, column_type)
+    # numeric targets in truth/prediction (float), categorical ones in truth_label/prediction_label (text),
+    # so the shards of a grid over several targets share one schema
+    if column_type in ("categorical", "boolean"):
+        values = {"truth_label": truth.astype(str), "prediction_label": prediction.astype(str)}
+    else:
+        values = {"truth": truth.astype(float), "prediction": prediction.astype(float)}
+    out = pd.DataFrame({"row": np.arange(len(holdout)), **values})
+    return out.assign(generator=name, target=params.target, **scores)
+
+
+def prediction_scores(truth: pd.Series, prediction: pd.Series, column_type: str) -> dict[str, float]:
+    """accuracy for categorical targets; mse, mae and r2 for numeric ones."""
+    if column_type in ("categorical", "boolean"):
+        return {"accuracy": float((truth.astype(str) == prediction.astype(str)).mean())}
+    t, p = truth.to_numpy(float), prediction.to_numpy(float)
+    mse = float(np.mean((t - p) ** 2))
+    variance = float(np.var(t))
+    return {"mse": mse, "mae": float(np.mean(np.abs(t - p))), "r2": 1 - mse / variance if variance else 0.0}
+
+
+class RecommendParams(StageParams):
+    conditions: str | dict[str, Any] = Field(description="e.g. 'wall_time_s < 0.5 and threads in [1, 2]'")
+    columns: list[str] = Field(min_length=1, description="the configuration columns to recommend")
+    rows: int = Field(2000, gt=0, description="rows drawn under the conditions")
+    max_draws: int | None = Field(None, gt=0, description="rejection-sampling budget (default 100 x rows)")
+
+
+@stage_kind("recommend", RecommendParams)
+def recommend(ctx: StageContext, params: RecommendParams) -> pd.DataFrame:
+    """Configurations meeting the conditions, most frequent first, with the acceptance rate of sampling."""
+    from perfscale.generators.conditional import recommend as recommend_configurations
+
+    generator, name = load_upstream_generator(ctx)
+    table = recommend_configurations(
+        generator, params.conditions, params.columns, params.rows, ctx.seed, params.max_draws
+    )
+    report = generator.last_sampling
+    return table.assign(
+        generator=name,
+        conditions=report.conditions if report else "",
+        acceptance_rate=report.acceptance_rate if report else 1.0,
+    )
