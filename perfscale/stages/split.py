@@ -16,6 +16,7 @@ class SplitParams(StageParams):
     source: str = Field(description="the stage whose output is split (must be listed in `inputs`)")
     columns: list[str] | None = Field(None, description="columns to keep (default: all but provenance)")
     holdout_fraction: float = Field(0.25, gt=0, lt=1)
+    rows: int | None = Field(None, ge=4, description="keep a seeded random subset of this many rows first")
 
 
 @stage_kind("split", SplitParams)
@@ -35,6 +36,9 @@ def split(ctx: StageContext, params: SplitParams) -> pd.DataFrame:
         raise BadInput(f"{params.source!r} has {len(table)} rows; a train/holdout split needs at least 4")
     # sort first so the split does not depend on the order shards were read in
     table = table.sort_values(list(table.columns), kind="stable", ignore_index=True)
+    if params.rows is not None and params.rows < len(table):
+        keep = np.random.default_rng([ctx.seed, 1]).choice(len(table), params.rows, replace=False)
+        table = table.iloc[np.sort(keep)].reset_index(drop=True)
     n_holdout = max(1, round(len(table) * params.holdout_fraction))
     order = np.random.default_rng(ctx.seed).permutation(len(table))
     labels = np.full(len(table), "train", dtype=object)
