@@ -87,6 +87,9 @@ class Generator(ABC):
 
     name: ClassVar[str]
     pickled_files: ClassVar[tuple[str, ...]] = ()
+    # takes a `checkpoint_dir` hyperparameter and resumes from it: the train stage passes a folder that
+    # survives failed attempts, so a retried (e.g. preempted) fit continues instead of starting over
+    resumable: ClassVar[bool] = False
 
     def __init__(self, **hyperparameters: Any) -> None:
         _check_json("hyperparameters", hyperparameters)

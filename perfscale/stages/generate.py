@@ -38,7 +38,11 @@ def train(ctx: StageContext, params: TrainParams) -> pd.DataFrame:
 
     real = real_table(ctx, params.source)
     meta = infer_meta(real).with_overrides(params.columns)
-    generator = get_generator(params.generator)(**params.hyperparameters)
+    cls = get_generator(params.generator)
+    hyperparameters = dict(params.hyperparameters)
+    if cls.resumable:
+        hyperparameters.setdefault("checkpoint_dir", str(ctx.checkpoints))
+    generator = cls(**hyperparameters)
     log = generator.fit(real, meta, seed=ctx.seed)
     generator.save(ctx.artifacts / MODEL_FOLDER)
     (ctx.artifacts / "meta.json").write_text(json.dumps(meta.model_dump(mode="json"), indent=2))

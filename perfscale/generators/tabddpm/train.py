@@ -1,0 +1,341 @@
+"""TabDDPM training: batches, the loss of one local batch, the optimizer step, checkpoints and the loop.
+
+Split so that data-parallel training can be added later without rewriting: `batch_loss` works on one local
+batch, `optimizer_step` is separate (gradients could be all-reduced between the two), `build_batches` gives
+any step's rows without replaying earlier steps (ranks could take shards of them), and no module-level state
+is kept: every random draw takes the fit's own `torch.Generator` (the layer initialisers' global draws run
+under `fork_rng`, and `torch_threads` puts torch's thread count back after the block).
+
+Repeatability and resume: a fit is a function of (data, hyperparameters, seed, library versions, thread
+count). Checkpoints (`checkpoint-<step>.safetensors`, written atomically, only the latest kept) hold the
+model and AdamW state, the step, the noise generator's state and the loss history; the batch order needs no
+state (each epoch's permutation comes from a generator seeded by (seed, epoch)) and no numpy random state is
+drawn during training. A fit killed at any moment and run again with the same checkpoint folder resumes
+from the last checkpoint and ends with the same model, telemetry and samples as an uninterrupted fit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from perfscale.errors import BadInput
+from perfscale.generators.tabddpm.config import TabDDPMConfig
+from perfscale.generators.tabddpm.diffusion import Diffusion
+from perfscale.generators.tabddpm.model import Denoiser, build_denoiser
+
+LOSS_NAMES = ("gaussian", "multinomial", "total")
+CHECKPOINT_GLOB = "checkpoint-*.safetensors"
+# tags that derive independent seeds from the fit's seed
+_INIT, _NOISE, _BATCHES = 1, 2, 3
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with `threads` torch CPU threads (None: unchanged), then restore the previous count."""
+    if threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def derive_seed(seed: int, *tags: int) -> int:
+    """An independent 63-bit seed for one purpose (model init, noise, an epoch's batch order...)."""
+    return int(np.random.SeedSequence([seed, *tags]).generate_state(1, dtype=np.uint64)[0]) & (2**63 - 1)
+
+
+def new_generator(seed: int, device: torch.device) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return generator
+
+
+@dataclass
+class TrainData:
+    """The encoded training table on the training device."""
+
+    x_num: torch.Tensor  # float32 [rows, numeric]
+    x_cat: torch.Tensor  # int64 [rows, categorical]
+
+    @property
+    def rows(self) -> int:
+        return int(self.x_num.shape[0])
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    losses: list[tuple[float, float, float]] = field(default_factory=list)  # per step, LOSS_NAMES order
+
+
+def batches_per_epoch(rows: int, batch_size: int) -> int:
+    return math.ceil(rows / batch_size)
+
+
+def build_batches(rows: int, batch_size: int, seed: int, start_step: int = 0) -> Iterator[torch.Tensor]:
+    """Row indices of the batches of steps `start_step`, `start_step + 1`, ... (forever).
+
+    Each epoch visits every row once in an order drawn from a generator seeded by (seed, epoch); the last
+    batch of an epoch may be smaller. So the batch of any step is known without the earlier ones.
+    """
+    per_epoch = batches_per_epoch(rows, batch_size)
+    step, cached_epoch, order = start_step, -1, torch.empty(0, dtype=torch.long)
+    while True:
+        epoch, index = divmod(step, per_epoch)
+        if epoch != cached_epoch:
+            order = torch.randperm(
+                rows, generator=new_generator(derive_seed(seed, _BATCHES, epoch), torch.device("cpu"))
+            )
+            cached_epoch = epoch
+        yield order[index * batch_size : (index + 1) * batch_size]
+        step += 1
+
+
+def batch_loss(
+    denoiser: Denoiser,
+    diffusion: Diffusion,
+    x_num: torch.Tensor,
+    x_cat: torch.Tensor,
+    generator: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    """The TabDDPM loss of one batch: Gaussian MSE on the noise + the multinomial KL terms (LOSS_NAMES)."""
+    rows, device = x_num.shape[0], x_num.device
+    t = torch.randint(0, diffusion.num_timesteps, (rows,), generator=generator, device=device)
+    noise = torch.randn(x_num.shape, generator=generator, device=device)
+    x_num_t = diffusion.gaussian_q_sample(x_num, t, noise)
+    log_x0 = diffusion.log_onehot(x_cat)
+    log_x_t = diffusion.multinomial_q_sample(log_x0, t, generator) if diffusion.num_classes else log_x0
+    out = denoiser(x_num_t, log_x_t, t, generator)
+    zero = torch.zeros((), device=device)
+    d = diffusion.num_numeric
+    gaussian = diffusion.gaussian_loss(out[:, :d], noise) if d else zero
+    multinomial = (
+        diffusion.multinomial_loss(out[:, d:], log_x0, log_x_t, t) if diffusion.num_classes else zero
+    )
+    return {"gaussian": gaussian, "multinomial": multinomial, "total": gaussian + multinomial}
+
+
+def annealed_lr(lr: float, step: int, steps: int) -> float:
+    """The reference code's schedule: linear decay from `lr` at step 0 towards 0 at `steps`."""
+    return lr * (1 - step / steps)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+
+
+def train_step(
+    denoiser: Denoiser,
+    diffusion: Diffusion,
+    optimizer: torch.optim.Optimizer,
+    x_num: torch.Tensor,
+    x_cat: torch.Tensor,
+    generator: torch.Generator,
+    lr: float,
+) -> tuple[float, float, float]:
+    """One optimizer step on one batch; the batch's losses in LOSS_NAMES order."""
+    denoiser.train()
+    optimizer.zero_grad(set_to_none=True)
+    losses = batch_loss(denoiser, diffusion, x_num, x_cat, generator)
+    losses["total"].backward()
+    optimizer_step(optimizer, lr)
+    values = torch.stack([losses[name].detach() for name in LOSS_NAMES]).cpu().tolist()
+    return values[0], values[1], values[2]
+
+
+def fingerprint(config: TabDDPMConfig, seed: int, data: TrainData, num_classes: list[int]) -> str:
+    """What a checkpoint must match to be resumed: hyperparameters, seed and the encoded table."""
+    digest = hashlib.sha256()
+    head = {
+        "config": config.fingerprint_fields(),
+        "seed": seed,
+        "num_classes": num_classes,
+        "torch": torch.__version__,
+    }
+    digest.update(json.dumps(head, sort_keys=True).encode())
+    digest.update(data.x_num.cpu().numpy().tobytes())
+    digest.update(data.x_cat.cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class Checkpointer:
+    """Writes and finds the checkpoints of one fit in `folder` (see the module docstring)."""
+
+    def __init__(self, folder: Path, every: int, fit_fingerprint: str) -> None:
+        self.folder, self.every, self.fingerprint = Path(folder), every, fit_fingerprint
+
+    def due(self, step: int, steps: int) -> bool:
+        return step % self.every == 0 or step == steps
+
+    def latest(self) -> Path | None:
+        """The newest checkpoint; temporary files left by a killed write are removed."""
+        for stale in self.folder.glob(f".{CHECKPOINT_GLOB}.*.tmp"):
+            stale.unlink(missing_ok=True)
+        paths = sorted(self.folder.glob(CHECKPOINT_GLOB))
+        return paths[-1] if paths else None
+
+    def save(
+        self,
+        state: TrainState,
+        denoiser: Denoiser,
+        optimizer: torch.optim.Optimizer,
+        generator: torch.Generator,
+    ) -> Path:
+        from safetensors.torch import save_file
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        optim = optimizer.state_dict()
+        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in denoiser.state_dict().items()}
+        for index, entries in optim["state"].items():
+            tensors |= {f"optimizer.{index}.{k}": v.detach().cpu().contiguous() for k, v in entries.items()}
+        tensors["rng.noise"] = generator.get_state().cpu()
+        tensors["losses"] = torch.tensor(state.losses, dtype=torch.float64).reshape(-1, len(LOSS_NAMES))
+        metadata = {
+            "fingerprint": self.fingerprint,
+            "step": str(state.step),
+            "param_groups": json.dumps(optim["param_groups"]),
+        }
+        path = self.folder / f"checkpoint-{state.step:09d}.safetensors"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+        for old in self.folder.glob(CHECKPOINT_GLOB):
+            if old != path:
+                old.unlink(missing_ok=True)
+        return path
+
+    def restore(
+        self, path: Path, denoiser: Denoiser, optimizer: torch.optim.Optimizer, generator: torch.Generator
+    ) -> TrainState:
+        """Load `path` into the given objects; BadInput naming the file when it is unusable or foreign."""
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 (not a dict)
+        except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
+            raise BadInput(
+                f"checkpoint {path} is unreadable ({exc}); delete it to train from scratch"
+            ) from exc
+        if metadata.get("fingerprint") != self.fingerprint:
+            raise BadInput(
+                f"checkpoint {path} belongs to another fit (different table, seed or hyperparameters); "
+                "delete it or choose another checkpoint_dir"
+            )
+        try:
+            denoiser.load_state_dict(
+                {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+            )
+            state: dict[int, dict[str, torch.Tensor]] = {}
+            for key, value in tensors.items():
+                if key.startswith("optimizer."):
+                    _, index, name = key.split(".", 2)
+                    state.setdefault(int(index), {})[name] = value
+            optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
+            generator.set_state(tensors["rng.noise"])
+            losses = [tuple(row) for row in tensors["losses"].tolist()]
+            step = int(metadata["step"])
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise BadInput(
+                f"checkpoint {path} is corrupted ({exc}); delete it to train from scratch"
+            ) from exc
+        return TrainState(step=step, losses=losses)  # type: ignore[arg-type]
+
+
+def train_loop(
+    denoiser: Denoiser,
+    diffusion: Diffusion,
+    optimizer: torch.optim.Optimizer,
+    data: TrainData,
+    batches: Iterator[torch.Tensor],
+    generator: torch.Generator,
+    config: TabDDPMConfig,
+    state: TrainState,
+    checkpointer: Checkpointer | None = None,
+) -> TrainState:
+    """Run steps `state.step` .. `config.steps - 1`; `batches` must start at `state.step`."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (
+        TextColumn("tabddpm"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+    )
+    with Progress(*columns, TimeElapsedColumn(), disable=not sys.stderr.isatty(), transient=True) as progress:
+        task = progress.add_task("fit", total=config.steps, completed=state.step, loss="-")
+        while state.step < config.steps:
+            rows = next(batches).to(data.x_num.device)
+            lr = annealed_lr(config.lr, state.step, config.steps)
+            losses = train_step(
+                denoiser, diffusion, optimizer, data.x_num[rows], data.x_cat[rows], generator, lr
+            )
+            state.losses.append(losses)
+            state.step += 1
+            progress.update(task, advance=1, loss=f"{losses[2]:.4f}")
+            if checkpointer is not None and checkpointer.due(state.step, config.steps):
+                checkpointer.save(state, denoiser, optimizer, generator)
+    return state
+
+
+def fit_diffusion(
+    config: TabDDPMConfig, data: TrainData, num_classes: list[int], seed: int
+) -> tuple[Denoiser, Diffusion, TrainState, int]:
+    """Train a denoiser on `data`, resuming from `config.checkpoint_dir` when it holds this fit's checkpoint.
+
+    Returns the model (eval mode), the diffusion, the final state and the effective batch size.
+    """
+    device = data.x_num.device
+    batch_size = min(config.batch_size, data.rows)
+    diffusion = Diffusion.create(config.num_timesteps, data.x_num.shape[1], num_classes, device)
+    denoiser = build_denoiser(config, data.x_num.shape[1] + diffusion.num_onehot, derive_seed(seed, _INIT))
+    denoiser.to(device)
+    optimizer = torch.optim.AdamW(
+        denoiser.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True
+    )
+    generator = new_generator(derive_seed(seed, _NOISE), device)
+    state, checkpointer = TrainState(), None
+    if config.checkpoint_dir is not None:
+        checkpointer = Checkpointer(
+            Path(config.checkpoint_dir), config.checkpoint_every, fingerprint(config, seed, data, num_classes)
+        )
+        latest = checkpointer.latest()
+        if latest is not None:
+            state = checkpointer.restore(latest, denoiser, optimizer, generator)
+    batches = build_batches(data.rows, batch_size, seed, start_step=state.step)
+    state = train_loop(denoiser, diffusion, optimizer, data, batches, generator, config, state, checkpointer)
+    denoiser.eval()
+    return denoiser, diffusion, state, batch_size
+
+
+def telemetry_rows(state: TrainState, rows: int, batch_size: int, names: tuple[str, ...]) -> dict[str, Any]:
+    """Columns of the telemetry frame: one row per step and loss in `names`."""
+    per_epoch = batches_per_epoch(rows, batch_size)
+    out: dict[str, list[Any]] = {"epoch": [], "step": [], "loss": [], "value": []}
+    for step, values in enumerate(state.losses):
+        for name, value in zip(LOSS_NAMES, values, strict=True):
+            if name in names:
+                out["epoch"].append(step // per_epoch)
+                out["step"].append(step)
+                out["loss"].append(name)
+                out["value"].append(value)
+    return out
