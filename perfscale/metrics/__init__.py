@@ -4,8 +4,38 @@ Importing this package registers the built-in metrics (column_shapes, kl_diverge
 A new metric module only needs ``@metric(...)`` on its function and an import below.
 """
 
-from perfscale.metrics import column_shapes, dcr, divergence  # noqa: F401  (imported to register their metrics)
+from perfscale.metrics import (  # noqa: F401  (imported to register their metrics)
+    associations,
+    column_shapes,
+    dcr,
+    detection,
+    dissimilarity,
+    divergence,
+    ml_efficacy,
+    pair_trends,
+    quality,
+    tabsyndex,
+)
 from perfscale.metrics.columns import check_tables
-from perfscale.metrics.registry import MetricSpec, evaluate, get_metric, list_metrics, metric
+from perfscale.metrics.combine import combine_parts
+from perfscale.metrics.registry import (
+    MetricSpec,
+    Part,
+    evaluate,
+    get_metric,
+    list_metrics,
+    metric,
+    part_columns,
+)
 
-__all__ = ["MetricSpec", "check_tables", "evaluate", "get_metric", "list_metrics", "metric"]
+__all__ = [
+    "MetricSpec",
+    "Part",
+    "check_tables",
+    "combine_parts",
+    "evaluate",
+    "get_metric",
+    "list_metrics",
+    "metric",
+    "part_columns",
+]

@@ -62,6 +62,8 @@ def column_shape(real: pd.Series, synth: pd.Series, ctype: ColumnType) -> float 
     higher_is_better=True,
     description="SDMetrics Column Shapes: KSComplement (numeric, datetime) or TVComplement (categorical) per "
     "column, 'score' = mean; 1 = identical marginals.",
+    per="column",
+    aggregate="score",
 )
 def column_shapes(real: pd.DataFrame, synth: pd.DataFrame, meta: TableMeta) -> dict[str, float]:
     scores = {name: column_shape(real[name], synth[name], col.type) for name, col in meta.columns.items()}

@@ -101,6 +101,7 @@ def _check_dcr_options(
     description="Distance to closest record (train std units; 1 = one categorical mismatch). Larger "
     "synth_to_train distances mean less copying; with a holdout, share_closer_to_train is ideally 0.5 and "
     "1.0 for copies.",
+    per="table",  # nearest neighbours use every column at once
 )
 def dcr(
     real: pd.DataFrame,

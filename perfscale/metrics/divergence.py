@@ -101,6 +101,8 @@ def _check_kl_options(bins: int, binning: str, epsilon: float) -> None:
     higher_is_better=False,
     description="Symmetric KL divergence (nats) per column on shared bins/categories with additive "
     "smoothing; 'mean' over columns; 0 = identical.",
+    per="column",
+    aggregate="mean",
 )
 def kl_divergence(
     real: pd.DataFrame,
@@ -138,6 +140,8 @@ def standardised_wasserstein(real: np.ndarray, synth: np.ndarray) -> float | Non
     higher_is_better=False,
     description="Wasserstein-1 distance per numeric/datetime column in units of the real column's std; "
     "'mean' over columns; 0 = identical.",
+    per="column",
+    aggregate="mean",
 )
 def wasserstein(real: pd.DataFrame, synth: pd.DataFrame, meta: TableMeta) -> dict[str, float]:
     per_column = {}
@@ -154,6 +158,8 @@ def wasserstein(real: pd.DataFrame, synth: pd.DataFrame, meta: TableMeta) -> dic
     higher_is_better=False,
     description="Jensen-Shannon divergence (base 2, in [0, 1]) per categorical/boolean column, missing as a "
     "category; 'mean' over columns; 0 = identical.",
+    per="column",
+    aggregate="mean",
 )
 def jsd(real: pd.DataFrame, synth: pd.DataFrame, meta: TableMeta) -> dict[str, float]:
     per_column = {
