@@ -36,7 +36,10 @@ the missing columns are filled by the rule above with those two as endpoints (ma
 with no known column gets an unconditional sample. Conditional sampling (`_sample_conditioned`): the base and
 neighbour rows are restricted to training rows that meet every equality of the conditions (neighbours are
 searched again among them), so categorical and numeric equalities hold exactly; without equalities, or when
-no training row meets them, it returns None and `sample` falls back to rejection sampling.
+no training row meets them, it returns None and `sample` falls back to rejection sampling. Other conditions
+(ranges, sets) are left to `sample`, which keeps the rows that meet them. Both hooks serve the public
+`sample(n, seed, conditions=...)` and `impute(table, seed)`. `draws(n, seed)` returns the base rows,
+neighbours and weights behind `sample(n, seed)`, and `neighbours` the fitted neighbour lists (for checks).
 
 Privacy: the model IS the training table. The saved folder (smote.npz: every training row's values;
 smote.json: the categories) holds the training rows verbatim, and synthetic rows lie on segments between real
