@@ -25,11 +25,19 @@ def reduced_perfgen(tmp_path: Path) -> Path:
         "iters": [2, 2, 1, 1],
     }
     profile["repetitions"] = 3
-    study["stages"]["train"]["grid"]["zip"]["hyperparameters"] = [{}, {"epochs": 5, "batch_size": 10}]
+    study["stages"]["train"]["grid"]["zip"] = {
+        "generator": ["gaussian_copula", "ctgan", "smote"],
+        "hyperparameters": [{}, {"epochs": 5, "batch_size": 10}, {}],
+    }
     study["stages"]["sample"]["params"]["rows"] = 50
+    study["stages"]["evaluate"]["params"]["options"]["ml_efficacy"]["models"] = ["linear"]
     path = tmp_path / "perfgen-small.yaml"
     path.write_text(yaml.safe_dump(study, sort_keys=False))
     return path
+
+
+def study_metrics(path: Path) -> list[str]:
+    return yaml.safe_load(path.read_text())["stages"]["evaluate"]["params"]["metrics"]
 
 
 @pytest.mark.slow
@@ -39,9 +47,11 @@ def test_perfgen_end_to_end(reduced_perfgen: Path, tmp_path: Path):
     assert {s: (v.done, v.failed) for s, v in summary.items()} == {
         "profile": (24, 0),
         "split": (1, 0),
-        "train": (2, 0),
-        "sample": (2, 0),
-        "evaluate": (2, 0),
+        "train": (3, 0),
+        "sample": (3, 0),
+        "evaluate": (3, 0),
+        "predict": (3, 0),
+        "recommend": (3, 0),
     }
 
     profiles = store.read_stage("profile").to_pandas()
@@ -52,16 +62,23 @@ def test_perfgen_end_to_end(reduced_perfgen: Path, tmp_path: Path):
     assert sorted(split["split"].value_counts().tolist()) == [6, 18]
 
     synth = store.read_stage("sample", provenance=False).to_pandas()
-    assert sorted(synth["generator"].unique()) == ["ctgan", "gaussian_copula"]
+    assert sorted(synth["generator"].unique()) == ["ctgan", "gaussian_copula", "smote"]
     assert set(synth["threads"]) <= {1, 2}  # discrete columns only take values seen in the real data
     assert set(synth["kernel"]) <= {"triad", "matmul"}
     assert set(synth["size"]) <= {100000, 400000, 64, 96}
 
     metrics = store.read_stage("evaluate", provenance=False).to_pandas()
     shapes = metrics.query("metric == 'column_shapes' and component == 'score'")
-    assert len(shapes) == 2 and shapes["value"].between(0, 1).all()
+    assert len(shapes) == 3 and shapes["value"].between(0, 1).all()
     assert metrics["value"].notna().all()
-    assert {"kl_divergence", "dcr", "wasserstein", "jsd"} <= set(metrics["metric"])
+    assert set(study_metrics(reduced_perfgen)) == set(metrics["metric"])
+
+    predictions = store.read_stage("predict", provenance=False).to_pandas()
+    assert len(predictions) == 3 * 6 and (predictions["target"] == "wall_time_s").all()
+    assert (predictions["prediction"] > 0).all() and predictions["mse"].notna().all()
+    picks = store.read_stage("recommend", provenance=False).to_pandas()
+    assert (picks.groupby("generator")["count"].sum() == 500).all()
+    assert set(picks["kernel"]) <= {"triad", "matmul"}
 
     telemetry = store.read_stage("train", provenance=False).to_pandas()
     ctgan = telemetry[telemetry.generator == "ctgan"]
