@@ -76,12 +76,14 @@ def load_upstream_generator(ctx: StageContext) -> tuple[Generator, str]:
 def sample(ctx: StageContext, params: SampleParams) -> pd.DataFrame:
     """Draw rows from the upstream `train` task's model (`foreach: train`).
 
-    How sampling went (rows drawn, accepted, acceptance rate, native or rejection) is written to the task's
-    artifacts as sampling.json, which the report shows.
+    How sampling went (rows drawn, accepted, acceptance rate, native or rejection; an LLM's valid-row rate)
+    is written to the task's artifacts as sampling.json, which the report shows.
     """
     generator, name = load_upstream_generator(ctx)
     n = params.rows or int(ctx.upstream_table()["train_rows"].iloc[0])
     rows = generator.sample(n, seed=ctx.seed, conditions=params.conditions, max_draws=params.max_draws)
     report = generator.last_sampling.as_dict() if generator.last_sampling else {}
+    if "valid_row_rate" in rows.attrs:  # generators that write text (the LLM) report their valid-row rate
+        report["valid_row_rate"] = rows.attrs["valid_row_rate"]
     (ctx.artifacts / SAMPLING_JSON).write_text(json.dumps(report | {"generator": name}, indent=2))
     return rows.assign(generator=name)
