@@ -4,12 +4,16 @@ tables in perfscale's store, through `perfscale ingest KIND SOURCE --out DIR` or
 An importer is a function `(files: list[Path]) -> pa.Table | pd.DataFrame` registered with
 `@ingester(name, patterns=("*.cali",))`; `patterns` say which files it takes when SOURCE is a folder (searched
 recursively, in sorted order so results do not depend on the file system's listing order).
+
+An importer that ships data may name it: SOURCE `DEFAULT` is `default_source()`, and a SOURCE that is a key of
+`named_sources` (e.g. `iris` for the `sklearn` importer) is that entry's path. `is_named_source` tells the
+`ingest` stage not to read such a SOURCE as a path relative to the study.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -30,6 +34,7 @@ class Ingester:
     patterns: tuple[str, ...]
     description: str
     default_source: Callable[[], Path] | None = None
+    named_sources: Mapping[str, Callable[[], Path]] = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, Ingester] = {}
@@ -40,12 +45,13 @@ def ingester(
     patterns: tuple[str, ...],
     description: str = "",
     default_source: Callable[[], Path] | None = None,
+    named_sources: Mapping[str, Callable[[], Path]] | None = None,
 ) -> Callable[[IngestFn], IngestFn]:
     def register(fn: IngestFn) -> IngestFn:
         if name in _REGISTRY:
             raise ValueError(f"ingester {name!r} registered twice")
         doc = description or (fn.__doc__ or "").strip().split("\n")[0]
-        _REGISTRY[name] = Ingester(name, fn, patterns, doc, default_source)
+        _REGISTRY[name] = Ingester(name, fn, patterns, doc, default_source, dict(named_sources or {}))
         return fn
 
     return register
@@ -77,12 +83,22 @@ def source_files(source: Path, patterns: tuple[str, ...]) -> list[Path]:
     return files
 
 
-def read_source(kind: str, source: Path) -> pa.Table:
+def is_named_source(kind: str, source: str) -> bool:
+    """True when SOURCE names data the importer ships (DEFAULT or one of its named sources), not a path."""
+    return source == DEFAULT_SOURCE or source in get_ingester(kind).named_sources
+
+
+def read_source(kind: str, source: Path | str) -> pa.Table:
     spec = get_ingester(kind)
     if str(source) == DEFAULT_SOURCE:
         if spec.default_source is None:
             raise BadInput(f"importer {kind!r} ships no data of its own; give a file or folder as SOURCE")
         source = spec.default_source()
+    elif str(source) in spec.named_sources:
+        source = spec.named_sources[str(source)]()
+    elif spec.named_sources and not Path(source).exists():
+        names = ", ".join([DEFAULT_SOURCE, *sorted(spec.named_sources)])
+        raise BadInput(f"{source}: no such file or folder, nor a data set of importer {kind!r} ({names})")
     result = spec.fn(source_files(Path(source), spec.patterns))
     if isinstance(result, pd.DataFrame):
         result = pa.Table.from_pandas(result, preserve_index=False).replace_schema_metadata(None)

@@ -119,12 +119,14 @@ def _synthetic_section(store: RunStore, stage: str) -> Section | None:
 
 
 def _metrics_section(store: RunStore, stage: str) -> Section | None:
-    df = store.read_stage(stage, provenance=False).to_pandas()
+    from perfscale.metrics import combine_parts
+    from perfscale.metrics.combine import summary_rows
+
+    df = combine_parts(store.read_stage(stage, provenance=False).to_pandas())  # split evaluations merged
     if df.empty:
         return None
     source = store.plan.of_stage(stage)[0].params["source"]
-    columns = set(store.read_stage(source, provenance=False).column_names)
-    summary = df[~df["component"].isin(columns)]
+    summary = summary_rows(df, store.read_stage(source, provenance=False).column_names)
     table = (
         summary.pivot_table(
             index=["metric", "component"], columns="generator", values="value", aggfunc="mean"
@@ -142,11 +144,63 @@ def _metrics_section(store: RunStore, stage: str) -> Section | None:
     return section
 
 
+def _umap_section(store: RunStore, stage: str) -> Section | None:
+    """UMAP of real train vs each synthetic set of a `sample` or `corrupt` stage (PERFGEN's Figure 5)."""
+    from perfscale.report import umap_plot
+
+    if not umap_plot.enabled():
+        return None
+    projections = umap_plot.stage_projections(store, stage)
+    if not projections:
+        return None
+    text = (
+        f"Real train rows (left) and each synthetic set (right), at most {umap_plot.MAX_ROWS} of each, "
+        "embedded together by UMAP (n_neighbors 15, fixed seed) on a standardised / one-hot encoding; "
+        "colours are classes when the table has a class column. Set "
+        f"<code>{umap_plot.ENV_SWITCH}=0</code> to leave these out."
+    )
+    return Section(f"UMAP, real vs synthetic: {stage}", text, [_img(umap_plot.figure(projections))])
+
+
+def _metric_study_section(store: RunStore, stage: str) -> Section | None:
+    """Rank agreement of each metric with ML efficacy: the rho table, a bar plot and metric-vs-reference."""
+    from perfscale.stages.rank_study import MetricStudyParams, collect_sets, source_stages, study_points
+
+    result = store.read_stage(stage, provenance=False).to_pandas()
+    if result.empty:
+        return None
+    task = store.plan.of_stage(stage)[0]
+    params = MetricStudyParams.model_validate(task.params)
+    sources = source_stages(params, list(task.inputs))
+    tables = {s: store.read_stage(s, provenance=True).to_pandas() for s in sources}
+    points, _ = study_points(collect_sets(tables, store.plan), params)
+    n_sets = points["set"].nunique() if not points.empty else 0
+    section = Section(
+        f"Metric validation: {stage}",
+        f"Spearman rank correlation of each metric's headline component with "
+        f"<code>{html.escape(params.reference)}</code> across {n_sets} synthetic sets "
+        f"(stages {html.escape(', '.join(sources))}). Values are oriented first (lower-is-better negated, "
+        "ideal-value metrics as minus the distance to the ideal), so rho &gt; 0 means the metric ranks the "
+        "sets as ML efficacy does. The scatter plots show raw values.",
+    )
+    section.tables.append(_table(result, "{:.3g}"))
+    if result["spearman_rho"].notna().any():
+        section.images.append(_img(plots.rho_bars(result)))
+        section.images.append(_img(plots.metric_scatter(points, result, params.reference)))
+    if not points.empty:
+        wide = points.pivot_table(index="label", columns="metric", values="value", aggfunc="mean")
+        reference = points.groupby("label")["reference"].first().rename(params.reference)
+        section.tables.append(_table(pd.concat([reference, wide], axis=1).reset_index(), "{:.4g}"))
+    return section
+
+
 SECTIONS = {
     "profile": _profile_section,
     "train": _training_section,
-    "sample": _synthetic_section,
+    "sample": (_synthetic_section, _umap_section),
+    "corrupt": _umap_section,
     "evaluate": _metrics_section,
+    "metric_study": _metric_study_section,
 }
 
 TEMPLATE = """<!doctype html>
@@ -173,13 +227,14 @@ def build_report(store: RunStore) -> Path:
     """Write RUN/report/index.html from whatever the run holds now (a partial run gives a partial report)."""
     sections = [_status_section(store)]
     for stage in store.plan.stages:
-        builder = SECTIONS.get(store.plan.of_stage(stage)[0].kind)
-        try:
-            section = builder(store, stage) if builder else None
-        except Exception as exc:  # a report of a broken run is still a report: show what failed
-            section = Section(f"{stage}: section not drawn", html.escape(f"{type(exc).__name__}: {exc}"))
-        if section:
-            sections.append(section)
+        builders = SECTIONS.get(store.plan.of_stage(stage)[0].kind, ())  # one builder or a tuple of them
+        for builder in builders if isinstance(builders, tuple) else (builders,):
+            try:
+                section = builder(store, stage)
+            except Exception as exc:  # a report of a broken run is still a report: show what failed
+                section = Section(f"{stage}: section not drawn", html.escape(f"{type(exc).__name__}: {exc}"))
+            if section:
+                sections.append(section)
     manifest = store.manifest()
     env = Environment(autoescape=select_autoescape(default=True))
     page = env.from_string(TEMPLATE).render(

@@ -128,3 +128,43 @@ def metric_bars(metrics: pd.DataFrame) -> bytes:
         ax.set_title(f"{metric}\n{component}", fontsize=8)
         ax.tick_params(axis="x", labelrotation=30, labelsize=7)
     return to_png(fig)
+
+
+def rho_bars(result: pd.DataFrame) -> bytes:
+    """Spearman rho of each metric's headline component with the reference (positive: agrees), best first."""
+    shown = result.dropna(subset=["spearman_rho"]).sort_values("spearman_rho")
+    fig, ax = plt.subplots(figsize=(7.0, 0.35 * max(len(shown), 1) + 1.2))
+    labels = [f"{m} ({c})" for m, c in zip(shown["metric"], shown["component"], strict=True)]
+    colours = [SYNTH_COLOUR if r < 0 else REAL_COLOUR for r in shown["spearman_rho"]]
+    ax.barh(labels, shown["spearman_rho"], color=colours)
+    ax.axvline(0, color="#444", linewidth=0.8)
+    ax.set_xlim(-1.05, 1.05)
+    ax.set_xlabel("Spearman rho with the reference (oriented: > 0 = agrees)")
+    ax.tick_params(axis="y", labelsize=8)
+    return to_png(fig)
+
+
+def _family(label: str) -> str:
+    """'ctgan (epochs=5)' -> 'ctgan', 'noise@0.5' -> 'noise': what a point's colour says."""
+    return label.split(" (")[0].split("@")[0].split(" #")[0]
+
+
+def metric_scatter(points: pd.DataFrame, result: pd.DataFrame, reference: str) -> bytes:
+    """One panel per ranked metric: its raw headline value against the reference, one point per set."""
+    ranked = result.dropna(subset=["spearman_rho"])
+    fig, axes = _grid(len(ranked), cols=4, size=3.0)
+    families = sorted({_family(str(label)) for label in points["label"]})
+    cmap = plt.get_cmap("tab10" if len(families) <= 10 else "tab20")
+    colour = {f: cmap(i % cmap.N) for i, f in enumerate(families)}
+    for ax, row in zip(axes.flat, ranked.itertuples(), strict=False):
+        part = points[points["metric"] == row.metric]
+        for family, sub in part.groupby(part["label"].map(lambda s: _family(str(s)))):
+            ax.scatter(sub["reference"], sub["value"], s=18, color=colour[family], label=family)
+        ax.set_title(f"{row.metric} ({row.orientation})\nrho = {row.spearman_rho:.2f}", fontsize=8)
+        ax.set_xlabel(reference, fontsize=7)
+        ax.set_ylabel(str(row.component), fontsize=7)
+        ax.tick_params(labelsize=7)
+    if len(ranked):
+        handles = [plt.Line2D([], [], ls="", marker="o", color=colour[f], label=f) for f in families]
+        axes.flat[0].legend(handles=handles, fontsize=6, loc="best")
+    return to_png(fig)

@@ -1,3 +1,13 @@
 """Imports the modules of the built-in stage kinds so that they register themselves."""
 
-from perfscale.stages import evaluate, function, generate, ingest, predict, profile, split  # noqa: F401
+from perfscale.stages import (  # noqa: F401
+    corrupt,
+    evaluate,
+    function,
+    generate,
+    ingest,
+    predict,
+    profile,
+    rank_study,
+    split,
+)

@@ -19,5 +19,7 @@ class IngestParams(StageParams):
 def ingest(ctx: StageContext, params: IngestParams) -> pa.Table:
     """Read `source` with the `kind` importer; one task, one shard holding the whole import."""
     from perfscale.ingest import read_source
+    from perfscale.ingest.registry import is_named_source
 
-    return read_source(params.kind, ctx.store.study_dir / Path(params.source))
+    named = is_named_source(params.kind, params.source)  # DEFAULT or a named data set, not a path
+    return read_source(params.kind, params.source if named else ctx.store.study_dir / Path(params.source))
