@@ -140,8 +140,27 @@ def _metrics_section(store: RunStore, stage: str) -> Section | None:
         f"<code>perfscale show RUN {html.escape(stage)}</code>).",
     )
     section.tables.append(_table(table))
-    section.images.append(_img(plots.metric_bars(summary)))
+    section.images.append(_img(plots.metric_bars(_headline_rows(summary))))
     return section
+
+
+def _headline_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    """One bar per metric (its headline component; ML efficacy: its mean synthetic and real scores), so
+    the plot stays readable when a metric has dozens of summary components."""
+    from perfscale.stages.rank_study import headline_of
+
+    keep: set[tuple[str, str]] = set()
+    for metric, components in summary.groupby("metric")["component"]:
+        names = set(components)
+        if metric == "ml_efficacy":
+            keep |= {
+                (metric, c) for c in names if c.count("/") == 1 and c.split("/")[0] in ("synthetic", "real")
+            }
+            continue
+        headline = headline_of(str(metric), names, {})
+        keep |= {(metric, headline.component)} if headline and headline.component in names else set()
+    mask = [(m, c) in keep for m, c in zip(summary["metric"], summary["component"], strict=True)]
+    return summary[mask] if any(mask) else summary
 
 
 def _umap_section(store: RunStore, stage: str) -> Section | None:
