@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.datasets import load_iris
 
 from perfscale.errors import BadInput
 from perfscale.generators import Generator, get_generator, register_generator
@@ -19,17 +18,15 @@ from perfscale.generators.conditions import Condition, Conditions
 from perfscale.runner import prepare_run, run_plan
 from perfscale.spec import load_site
 from perfscale.tabular.meta import infer_meta
+from tests.tables import iris_table
 
 THREADS = [1, 2, 4, 8, 16]
 
 
 @pytest.fixture(scope="module")
 def table() -> pd.DataFrame:
-    iris = load_iris(as_frame=True)
-    df = iris.data.copy()
+    df = iris_table(THREADS)
     df.columns = [c.replace(" (cm)", "").replace(" ", "_") for c in df.columns]
-    df["species"] = [str(iris.target_names[t]) for t in iris.target]
-    df["threads"] = np.array(THREADS)[np.arange(len(df)) % len(THREADS)]
     df["machine"] = "quartz"  # a constant column
     return df
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.datasets import load_iris
 
 from perfscale import __version__
 from perfscale.errors import BadInput, SpecError
@@ -25,6 +24,7 @@ from perfscale.generators import (
 from perfscale.generators import registry as registry_module
 from perfscale.generators._tables import snap
 from perfscale.tabular.meta import TableMeta, infer_meta
+from tests.tables import iris_table
 
 SDV_NAMES = ["gaussian_copula", "ctgan", "tvae", "copulagan"]
 EPOCHS = 5
@@ -40,11 +40,7 @@ FIT_SEED, SAMPLE_SEED, N = 7, 11, 300
 
 @pytest.fixture(scope="module")
 def table() -> pd.DataFrame:
-    iris = load_iris(as_frame=True)
-    df = iris.data.copy()
-    df["species"] = [str(iris.target_names[t]) for t in iris.target]
-    df["threads"] = np.array(THREADS)[np.arange(len(df)) % len(THREADS)]  # int64, a discrete set
-    return df
+    return iris_table(THREADS)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.datasets import load_diabetes, load_iris
+from sklearn.datasets import load_diabetes
 
 from perfscale.errors import BadInput
 from perfscale.generators import GENERATOR_JSON, get_generator, list_generators, load_generator
@@ -16,6 +16,7 @@ from perfscale.generators.conditions import Conditions
 from perfscale.generators.smote import ARRAYS_FILE, SmoteGenerator
 from perfscale.metrics.dcr import encode
 from perfscale.tabular.meta import TableMeta, infer_meta
+from tests.tables import iris_table
 
 THREADS = [1, 2, 4, 8]
 FLOATS = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"]
@@ -24,11 +25,7 @@ K, N, FIT_SEED, SAMPLE_SEED = 5, 400, 3, 17
 
 @pytest.fixture(scope="module")
 def table() -> pd.DataFrame:
-    iris = load_iris(as_frame=True)
-    df = iris.data.copy()
-    df["species"] = [str(iris.target_names[t]) for t in iris.target]
-    df["threads"] = np.array(THREADS)[np.arange(len(df)) % len(THREADS)]  # int64, a discrete set
-    return df
+    return iris_table(THREADS)
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.datasets import load_iris
 
 from perfscale.errors import BadInput
 from perfscale.generators import GENERATOR_JSON, get_generator, load_generator
 from perfscale.generators.base import Generator
 from perfscale.tabular.meta import TableMeta, infer_meta
+from tests.tables import iris_table
 
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = [1, 2, 4, 8]
@@ -34,15 +34,6 @@ HYPERPARAMETERS = {
     "threads": 1,
 }
 FIT_SEED, SAMPLE_SEED, N = 7, 11, 400
-
-
-def iris_table() -> pd.DataFrame:
-    """iris with its class as strings and a discrete int64 column (also built by the SIGKILLed subprocess)."""
-    iris = load_iris(as_frame=True)
-    df = iris.data.copy()
-    df["species"] = [str(iris.target_names[t]) for t in iris.target]
-    df["threads"] = np.array(THREADS)[np.arange(len(df)) % len(THREADS)]
-    return df
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +147,8 @@ import sys
 sys.path.insert(0, {root!r})
 from perfscale.generators import get_generator
 from perfscale.tabular.meta import infer_meta
-from tests.test_tabddpm import HYPERPARAMETERS, FIT_SEED, iris_table
+from tests.tables import iris_table
+from tests.test_tabddpm import HYPERPARAMETERS, FIT_SEED
 table = iris_table()
 get_generator("tabddpm")(**HYPERPARAMETERS, checkpoint_dir={folder!r}, checkpoint_every=10).fit(
     table, infer_meta(table), seed=FIT_SEED
