@@ -35,7 +35,7 @@ N = 30
 
 def _values(store: RunStore, stage: str):
     df = store.read_stage(stage).to_pandas()
-    keys = sorted(df["task_key"])
+    keys = sorted(df["_task_key"])
     return keys, df.drop(columns=list(PROVENANCE_COLUMNS)).sort_values(list(df.columns[:1])).reset_index(
         drop=True
     )

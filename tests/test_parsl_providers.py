@@ -174,7 +174,7 @@ def test_slurm_pilot_runs_a_study(slurm: SlurmCluster, write_study, study_dir: P
     store = RunStore(run)
     assert store.read_stage("total").to_pandas()[["n", "sum_y"]].values.tolist() == [[5, 55]]
     assert store.attempts()["ok"].all() and len(store.attempts()) == 6
-    hosts = set(store.read_stage("square", provenance=True).to_pandas()["host"])
+    hosts = set(store.read_stage("square", provenance=True).to_pandas()["_host"])
     assert len(hosts) == 1
 
     # exactly one pilot block was submitted, ran under Slurm, and was cancelled at shutdown

@@ -70,7 +70,7 @@ def test_provenance_and_schema_unification(tmp_path):
     df = table.to_pandas().sort_values("x")
     assert df["y"].isna().tolist() == [False, False, True]
     assert df["z"].isna().tolist() == [True, True, False]
-    assert set(df["task_key"]) == {k0, k1}
+    assert set(df["_task_key"]) == {k0, k1}
     assert k2 not in store.done_keys("a")
     bare = store.read_stage("a", provenance=False)
     assert set(bare.column_names) == {"x", "y", "z"}
@@ -80,8 +80,12 @@ def test_reserved_column_names_are_rejected(tmp_path):
     store = _store(tmp_path)
     key = store.plan.tasks[0].key
     with pytest.raises(ValueError, match="reserved provenance column"):
-        store.write_shard("a", key, pd.DataFrame({"host": ["h"]}), _prov(key))
+        store.write_shard("a", key, pd.DataFrame({"_host": ["h"]}), _prov(key))
     assert not store.shard_path("a", key).exists()
+    # the data's own columns may be called like what provenance records (a job trace's duration_s)
+    store.write_shard("a", key, pd.DataFrame({"host": ["h"], "duration_s": [3]}), _prov(key))
+    row = store.read_stage("a").to_pylist()[0]
+    assert row["host"] == "h" and row["duration_s"] == 3 and row["_duration_s"] == 0.5
 
 
 def test_shards_of_keys_outside_the_plan_are_ignored(tmp_path):

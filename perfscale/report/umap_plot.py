@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from perfscale.store.run import TASK_KEY_COLUMN
+
 if TYPE_CHECKING:
     from perfscale.plan.planner import Plan, Task
     from perfscale.store.run import RunStore
@@ -206,7 +208,7 @@ def stage_projections(store: RunStore, stage: str) -> list[Projection]:
     real = split_part(real, "train") if SPLIT_COLUMN in real else real
     target = _class_param(plan, tasks[0])
     cache = store.report_dir / CACHE_FOLDER
-    sets = [(t, synth[synth["task_key"] == t.key]) for t in tasks]
+    sets = [(t, synth[synth[TASK_KEY_COLUMN] == t.key]) for t in tasks]
     sets = [(t, rows) for t, rows in sets if not rows.empty]
     titles = []
     for t, rows in sets:

@@ -142,11 +142,11 @@ def collect_sets(tables: Mapping[str, pd.DataFrame], plan: Plan | None = None) -
     """One long table of all synthetic sets: set, label, generator, metric, component, value.
 
     A set is one evaluation of one evaluate stage (rows sharing the `evaluation` key, else the `generator`),
-    its split parts combined. Its label is the generator plus, with a plan and the tables' `task_key`, the
+    its split parts combined. Its label is the generator plus, with a plan and the tables' `_task_key`, the
     hyperparameters of the model behind it ('ctgan (epochs=5)').
     """
     from perfscale.metrics import combine_parts
-    from perfscale.store.run import PROVENANCE_COLUMNS
+    from perfscale.store.run import PROVENANCE_COLUMNS, TASK_KEY_COLUMN
 
     frames = []
     for stage, table in tables.items():
@@ -155,7 +155,7 @@ def collect_sets(tables: Mapping[str, pd.DataFrame], plan: Plan | None = None) -
         if "generator" not in table:
             raise BadInput(f"metric_study: {stage!r} has no `generator` column; is it an evaluate stage?")
         ident = "evaluation" if "evaluation" in table else "generator"
-        task_of = table.groupby(ident)["task_key"].min().to_dict() if "task_key" in table else {}
+        task_of = table.groupby(ident)[TASK_KEY_COLUMN].min().to_dict() if TASK_KEY_COLUMN in table else {}
         combined = combine_parts(table.drop(columns=[c for c in PROVENANCE_COLUMNS if c in table]))
         combined = combined.assign(set=[f"{stage}:{v}" for v in combined[ident]])
         extras = {}

@@ -35,7 +35,18 @@ from perfscale.plan.planner import Plan
 from perfscale.spec.site import Site
 from perfscale.store.atomic import atomic_write_table, atomic_write_text
 
-PROVENANCE_COLUMNS = ("task_key", "site", "host", "started_at", "duration_s", "attempt", "perfscale_version")
+# provenance columns added to every shard row; the leading underscore keeps them apart from the data's own
+# columns (a job trace has its own duration_s, a profile its own host)
+PROVENANCE_COLUMNS = (
+    "_task_key",
+    "_site",
+    "_host",
+    "_started_at",
+    "_duration_s",
+    "_attempt",
+    "_perfscale_version",
+)
+TASK_KEY_COLUMN = "_task_key"
 
 ATTEMPT_SCHEMA = pa.schema(
     [
@@ -72,13 +83,13 @@ class Provenance:
 
     def columns(self, n: int) -> dict[str, pa.Array]:
         return {
-            "task_key": pa.array([self.task_key] * n, pa.string()),
-            "site": pa.array([self.site] * n, pa.string()),
-            "host": pa.array([self.host] * n, pa.string()),
-            "started_at": pa.array([self.started_at] * n, pa.timestamp("us", tz="UTC")),
-            "duration_s": pa.array([self.duration_s] * n, pa.float64()),
-            "attempt": pa.array([self.attempt] * n, pa.int64()),
-            "perfscale_version": pa.array([self.perfscale_version] * n, pa.string()),
+            "_task_key": pa.array([self.task_key] * n, pa.string()),
+            "_site": pa.array([self.site] * n, pa.string()),
+            "_host": pa.array([self.host] * n, pa.string()),
+            "_started_at": pa.array([self.started_at] * n, pa.timestamp("us", tz="UTC")),
+            "_duration_s": pa.array([self.duration_s] * n, pa.float64()),
+            "_attempt": pa.array([self.attempt] * n, pa.int64()),
+            "_perfscale_version": pa.array([self.perfscale_version] * n, pa.string()),
         }
 
 
