@@ -76,7 +76,7 @@ def test_study_runs_and_reruns_nothing(write_study, tmp_path, engine):
     assert (summary["square"].done, summary["square"].ran, summary["total"].done) == (5, 5, 1)
     squares = store.read_stage("square").to_pandas().sort_values("x")
     assert squares["y"].tolist() == [1, 4, 9, 16, 25]
-    assert (squares["seed"] == 3).all() and (squares["attempt"] == 1).all()
+    assert (squares["seed"] == 3).all() and (squares["_attempt"] == 1).all()
     # the tasks ran in worker processes, not in this one
     assert os.getpid() not in set(store.attempts()["pid"])
     row = store.read_stage("total").to_pylist()[0]
@@ -97,7 +97,7 @@ def test_failures_are_recorded_and_retried_by_kind(write_study, tmp_path, engine
     assert set(bad["failure_kind"]) == {"app_error"}
     assert "boom at x=2" in bad["message"].iloc[0]
     flaky = store.read_stage("flaky").to_pandas()
-    assert sorted(flaky["seen_attempt"]) == [2, 2] == sorted(flaky["attempt"])
+    assert sorted(flaky["seen_attempt"]) == [2, 2] == sorted(flaky["_attempt"])
     states = {s.stage: s for s in run_status(store)}
     assert (states["fail"].done, states["fail"].failed, states["fail"].missing) == (2, 1, 0)
 
