@@ -248,7 +248,8 @@ class Generator(ABC):
 
         `known` has the model columns (constants removed) in training order, NaN/None where a value is to be
         generated. Return a frame of the same shape and index (set cells may be returned unchanged: the
-        caller restores them), or None (the default) to use the generic method of `impute`.
+        caller restores them), or None (the default) to use the generic method of `impute`. Cells left
+        missing (e.g. rows an LLM could not complete within its budget) are filled by the generic method.
         """
         return None
 

@@ -8,11 +8,13 @@ rate seen so far. The effort is bounded by `max_draws` drawn rows; when it is sp
 acceptance rate, never spins. `Generator.last_sampling` says how it went.
 
 Imputation (`impute`): for each row, the cells that are set are kept and the missing ones generated
-conditioned on them. Native where the generator has `_impute`; otherwise by matching in a synthetic pool: a
-pool of unconditioned samples is drawn, and each row takes its missing cells from the pool row that agrees
-on every set categorical cell and is nearest (Euclidean, each column scaled by its pool standard deviation)
-on the set numeric cells; categorical combinations the pool lacks are drawn under equality conditions.
-Repeating with `draws` different seeds and taking the mean / most frequent value gives a point prediction.
+conditioned on them. Native where the generator has `_impute` (cells it leaves missing, such as rows an
+LLM could not complete within its budget, go to the generic method); otherwise by matching in a synthetic
+pool: a pool of unconditioned samples is drawn, and each row takes its missing cells from the pool row that
+agrees on every set categorical cell and is nearest (Euclidean, each column scaled by its pool standard
+deviation) on the set numeric cells; categorical combinations the pool lacks are drawn under equality
+conditions. Repeating with `draws` different seeds and taking the mean / most frequent value gives a point
+prediction.
 """
 
 from __future__ import annotations
@@ -212,16 +214,27 @@ def _impute_once(gen: Generator, spec: TableSpec, known: pd.DataFrame, seed: int
     raw = gen._impute(known, seed)
     if raw is None:
         raw = _pool_impute(gen, spec, known, seed)
+    else:
+        unfilled = (raw.isna() & known.isna()).any(axis=1)  # what the native hook could not generate
+        if unfilled.any():
+            raw = raw.astype(object)
+            pooled = _pool_impute(gen, spec, known[unfilled], seed, pool_size=200 * int(unfilled.sum()))
+            raw.loc[pooled.index, pooled.columns] = pooled
     fixed = _tables.postprocess(raw.reset_index(drop=True), spec, len(known), seed)[spec.model_columns]
     return fixed.astype(object).where(known.isna(), known.astype(object))
 
 
-def _pool_impute(gen: Generator, spec: TableSpec, known: pd.DataFrame, seed: int) -> pd.DataFrame:
-    """Fill each row from the nearest pool row that agrees on its set categorical cells (see module doc)."""
+def _pool_impute(
+    gen: Generator, spec: TableSpec, known: pd.DataFrame, seed: int, pool_size: int | None = None
+) -> pd.DataFrame:
+    """Fill each row from the nearest pool row that agrees on its set categorical cells (see module doc).
+
+    The pool holds `pool_size` rows (default 20 per row to fill, at least 2,000); a smaller one serves the
+    few rows a native hook left, when sampling is costly (an LLM)."""
     from scipy.spatial import cKDTree
 
     seeds = _Seeds(seed)
-    pool_size = int(min(max(2000, 20 * len(known)), MAX_BATCH))
+    pool_size = int(min(pool_size or max(2000, 20 * len(known)), MAX_BATCH))
     pool = gen.sample(pool_size, seeds())
     out = known.astype(object).copy()
     numeric = set(spec.meta.numeric)

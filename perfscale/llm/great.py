@@ -228,8 +228,8 @@ class GReaTGenerator(Generator):
                 if len(key) == len(names):
                     continue
                 values = {c: known[c].iloc[positions[0]] for c, _ in key}
+                # rows the budget cannot fill stay missing: `impute` fills them by its pool method
                 rows = self._draw(values, len(positions))
-                self._check_enough(rows, len(positions), values)
                 for i, row in zip(positions, rows, strict=False):
                     out.iloc[i] = [row[c] for c in out.columns]
         return out
