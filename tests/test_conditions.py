@@ -15,6 +15,7 @@ from perfscale.errors import BadInput
 from perfscale.generators import Generator, get_generator, register_generator
 from perfscale.generators.conditional import recommend
 from perfscale.generators.conditions import Condition, Conditions
+from perfscale.report import build_report
 from perfscale.runner import prepare_run, run_plan
 from perfscale.spec import load_site
 from perfscale.tabular.meta import infer_meta
@@ -257,7 +258,9 @@ def test_recommend_ranks_configurations_meeting_the_bound(copula: Generator) -> 
 
 
 @pytest.mark.slow
-def test_prediction_stages_end_to_end(table: pd.DataFrame, tmp_path: Path) -> None:
+def test_prediction_stages_end_to_end(
+    table: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     table.to_csv(tmp_path / "iris.csv", index=False)
     (tmp_path / "study.yaml").write_text(
         textwrap.dedent(
@@ -307,3 +310,6 @@ def test_prediction_stages_end_to_end(table: pd.DataFrame, tmp_path: Path) -> No
     picks = store.read_stage("recommend", provenance=False).to_pandas()
     assert set(picks["generator"]) == {"gaussian_copula"}
     assert (picks.groupby("generator")["count"].sum() == 300).all()
+    monkeypatch.setenv("PERFSCALE_REPORT_UMAP", "0")  # UMAP is tested with the metric study
+    page = build_report(store).read_text()
+    assert "Prediction by generation: predict" in page and "Recommended configurations: recommend" in page

@@ -213,6 +213,38 @@ def _metric_study_section(store: RunStore, stage: str) -> Section | None:
     return section
 
 
+def _predict_section(store: RunStore, stage: str) -> Section | None:
+    """Scores of prediction by generation per generator and target, and predicted-vs-true plots."""
+    df = store.read_stage(stage, provenance=False).to_pandas()
+    if df.empty:
+        return None
+    scores = [c for c in ("mse", "mae", "r2", "accuracy") if c in df]
+    table = df.groupby(["target", "generator"])[scores].first().reset_index()
+    section = Section(
+        f"Prediction by generation: {stage}",
+        "Each generator fills the hidden target of the real holdout from the other columns.",
+    )
+    section.tables.append(_table(table))
+    if "prediction" in df and df["prediction"].notna().any():
+        section.images.append(_img(plots.predictions(df.dropna(subset=["prediction"]))))
+    return section
+
+
+def _recommend_section(store: RunStore, stage: str) -> Section | None:
+    """The most frequent configurations each generator produces under the stage's conditions."""
+    df = store.read_stage(stage, provenance=False).to_pandas()
+    if df.empty:
+        return None
+    top = df.sort_values(["generator", "count"], ascending=[True, False]).groupby("generator").head(3)
+    conditions = html.escape(str(df["conditions"].iloc[0]))
+    section = Section(
+        f"Recommended configurations: {stage}",
+        f"Top configurations generated under <code>{conditions}</code>, with the acceptance rate.",
+    )
+    section.tables.append(_table(top.drop(columns=["conditions"])))
+    return section
+
+
 SECTIONS = {
     "profile": _profile_section,
     "train": _training_section,
@@ -220,6 +252,8 @@ SECTIONS = {
     "corrupt": _umap_section,
     "evaluate": _metrics_section,
     "metric_study": _metric_study_section,
+    "predict-by-generation": _predict_section,
+    "recommend": _recommend_section,
 }
 
 TEMPLATE = """<!doctype html>

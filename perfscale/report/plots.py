@@ -130,6 +130,21 @@ def metric_bars(metrics: pd.DataFrame) -> bytes:
     return to_png(fig)
 
 
+def predictions(table: pd.DataFrame) -> bytes:
+    """Predicted vs true value of a numeric target, one panel per generator and target (y = x dashed)."""
+    groups = list(table.groupby(["target", "generator"]))
+    fig, axes = _grid(len(groups), cols=4, size=2.8)
+    for ax, ((target, generator), part) in zip(axes.flat, groups, strict=False):
+        ax.scatter(part["truth"], part["prediction"], s=8, color=SYNTH_COLOUR, alpha=0.7)
+        lo = float(min(part["truth"].min(), part["prediction"].min()))
+        hi = float(max(part["truth"].max(), part["prediction"].max()))
+        ax.plot([lo, hi], [lo, hi], "--", color=REAL_COLOUR, linewidth=0.8)
+        ax.set_title(f"{generator}: {target}", fontsize=8)
+        ax.set_xlabel("true", fontsize=7)
+        ax.set_ylabel("predicted", fontsize=7)
+    return to_png(fig)
+
+
 def rho_bars(result: pd.DataFrame) -> bytes:
     """Spearman rho of each metric's headline component with the reference (positive: agrees), best first."""
     shown = result.dropna(subset=["spearman_rho"]).sort_values("spearman_rho")
