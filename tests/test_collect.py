@@ -37,8 +37,6 @@ from perfscale.stages.profile import ProfileParams
 MiB = 2**20
 
 
-
-
 # ---- numpy references of the kernels' checksums ------------------------------------------------------------
 def _mix64(z: np.ndarray) -> np.ndarray:
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)

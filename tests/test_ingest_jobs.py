@@ -395,9 +395,6 @@ def test_sacct_command():
 # ------------------------------------------------------------------------------------------- Alibaba trace
 
 
-
-
-
 def test_alibaba_sample_loads_with_documented_columns(tmp_path):
     path = alibaba_trace_path()
     assert path.name == "sample_tasks.csv" and path.is_file()

@@ -25,14 +25,16 @@ BUILTIN = ["column_shapes", "kl_divergence", "wasserstein", "jsd", "dcr"]
 def perf_table(n: int = 400, seed: int = 0) -> pd.DataFrame:
     """A small HPC-like table: skewed runtimes, discrete thread counts, categories, a flag, a timestamp."""
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({
-        "runtime": rng.lognormal(1.0, 0.8, n),
-        "threads": rng.choice([1, 2, 4, 8, 16], n),
-        "size": rng.integers(1_000, 100_000, n),
-        "compiler": rng.choice(["gcc", "clang", "icx"], n, p=[0.5, 0.3, 0.2]),
-        "vectorised": rng.random(n) < 0.4,
-        "started": pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 10**7, n), unit="s"),
-    })
+    return pd.DataFrame(
+        {
+            "runtime": rng.lognormal(1.0, 0.8, n),
+            "threads": rng.choice([1, 2, 4, 8, 16], n),
+            "size": rng.integers(1_000, 100_000, n),
+            "compiler": rng.choice(["gcc", "clang", "icx"], n, p=[0.5, 0.3, 0.2]),
+            "vectorised": rng.random(n) < 0.4,
+            "started": pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 10**7, n), unit="s"),
+        }
+    )
 
 
 def wine_pair() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -92,8 +94,11 @@ def test_evaluate_returns_long_table_of_finite_values():
     assert values(table, "jsd").keys() == {"compiler", "vectorised", "mean"}
     assert values(table, "wasserstein").keys() == {"runtime", "threads", "size", "started", "mean"}
     assert set(values(table, "dcr")) == {
-        "synth_to_train_median", "synth_to_train_mean", "synth_to_train_p05",
-        "holdout_to_train_median", "share_closer_to_train",
+        "synth_to_train_median",
+        "synth_to_train_mean",
+        "synth_to_train_p05",
+        "holdout_to_train_median",
+        "share_closer_to_train",
     }
 
 

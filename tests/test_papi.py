@@ -32,8 +32,6 @@ needs_papi = pytest.mark.skipif(
 SOFTWARE = ["perf::TASK-CLOCK", "perf::PAGE-FAULTS", "perf::CONTEXT-SWITCHES"]
 
 
-
-
 # ---- grouping, as a pure function ------------------------------------------------------------------------
 def budget_check(counters: int, cost: dict[str, int], unknown: Sequence[str] = ()):
     """A stand-in for the chooser: events fit while their counter costs add up to at most `counters`."""

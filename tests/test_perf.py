@@ -39,8 +39,6 @@ needs_perf = pytest.mark.skipif(PERF is None, reason="perf is not installed (Deb
 HARDWARE = ("cycles", "instructions", "branches", "branch-misses", "cache-references", "cache-misses")
 
 
-
-
 def counts(name: str, sep: str = ";") -> dict[str, perf.PerfCount]:
     return {c.event: c for c in perf.parse_perf_csv((DATA / name).read_text(), sep)}
 

@@ -73,9 +73,7 @@ class GReaTGenerator(Generator):
 
     # ---- public API: the valid-row rate of each call ----------------------------------------------------
 
-    def sample(
-        self, n: int, seed: int, conditions: Any = None, max_draws: int | None = None
-    ) -> pd.DataFrame:
+    def sample(self, n: int, seed: int, conditions: Any = None, max_draws: int | None = None) -> pd.DataFrame:
         """`Generator.sample`; the frame's ``attrs["valid_row_rate"]`` is the call's valid-row rate."""
         with self._scope():
             out = super().sample(n, seed, conditions=conditions, max_draws=max_draws)

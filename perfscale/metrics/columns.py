@@ -132,9 +132,7 @@ def _check_columns(table: pd.DataFrame, expected: list[str], what: str, against:
         raise BadInput(f"{what} table has duplicated columns {dupes}")
     missing, extra = sorted(set(expected) - set(cols)), sorted(set(cols) - set(expected))
     if missing or extra:
-        raise BadInput(
-            f"{what} table's columns differ from the {against}: missing {missing}, extra {extra}"
-        )
+        raise BadInput(f"{what} table's columns differ from the {against}: missing {missing}, extra {extra}")
 
 
 def check_tables(real: pd.DataFrame, synth: pd.DataFrame, meta: TableMeta, what: str = "synthetic") -> None:

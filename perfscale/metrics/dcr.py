@@ -74,8 +74,10 @@ def nearest_distances(
 ) -> np.ndarray:
     """Euclidean distance from each query row to its nearest reference row, `chunk_size` queries at a time."""
     tree = cKDTree(reference)
-    parts = [tree.query(queries[i : i + chunk_size], k=1, workers=workers)[0]
-             for i in range(0, len(queries), chunk_size)]
+    parts = [
+        tree.query(queries[i : i + chunk_size], k=1, workers=workers)[0]
+        for i in range(0, len(queries), chunk_size)
+    ]
     return np.concatenate(parts)
 
 
