@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from perfscale.errors import BadInput
-from perfscale.generators._seeding import seeded
+from perfscale.generators._seeding import seeded, torch_threads
 from perfscale.generators.base import Generator, model_file
 from perfscale.generators.registry import register_generator
 from perfscale.llm.params import Params
@@ -113,7 +113,7 @@ class GReaTGenerator(Generator):
         params = self.params
         codec = RowCodec.from_table(table, meta, params.float_digits)
         texts = codec.texts(table, params.permutations, np.random.default_rng(seed))
-        with seeded(seed, torch=True), training.torch_threads(params.threads):
+        with seeded(seed, torch=True), torch_threads(params.threads):
             lm = self._base_model(texts)
             limit = self._limit(lm)
             sequences = [lm.sequence(t) for t in texts]
@@ -252,7 +252,7 @@ class GReaTGenerator(Generator):
             rate = len(rows) / drawn if drawn else 1.0
             want = math.ceil((n - len(rows)) / max(rate, 1 / params.max_attempts))
             batch = min(params.sample_batch_size, budget - drawn, want)
-            with training.torch_threads(params.threads):
+            with torch_threads(params.threads):
                 texts = training.generate(lm, prompt, batch, sampling, self._device())
             for text in texts:
                 drawn += 1

@@ -21,10 +21,8 @@ which makes the model depend on the machine's speed: the steps actually run are 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,27 +209,6 @@ def _check_files(folder: Path, what: str) -> None:
             Tokenizer.from_file(str(tokenizer))
         except Exception as exc:  # tokenizers raises a bare Exception for a malformed file
             raise BadInput(f"{what}: {tokenizer} is corrupted: {exc}") from exc
-
-
-@contextlib.contextmanager
-def torch_threads(count: int | None) -> Iterator[None]:
-    """torch's intra-op thread count set to `count` inside the block (None: unchanged), restored after.
-
-    Tiny models gain nothing from several threads, and on a busy node (other processes on the cores) the
-    thread synchronisation makes each step several times slower: measured 7 s per step with 2 threads vs
-    1.5 s with 1 on a loaded 2-core machine, for the same 32 x 135-token batch.
-    """
-    import torch
-
-    if count is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @dataclass

@@ -61,7 +61,8 @@ class TabDDPMGenerator(Generator):
         import pandas as pd
         import torch
 
-        from perfscale.generators.tabddpm.train import TrainData, fit_diffusion, telemetry_rows, torch_threads
+        from perfscale.generators._seeding import torch_threads
+        from perfscale.generators.tabddpm.train import TrainData, fit_diffusion, telemetry_rows
         from perfscale.generators.tabddpm.transform import TableEncoder
 
         device = self._device(fitting=True)
@@ -112,8 +113,9 @@ class TabDDPMGenerator(Generator):
         return self._impute(known, seed)
 
     def _generate(self, n: int, seed: int, known: Known | None) -> pd.DataFrame:
+        from perfscale.generators._seeding import torch_threads
         from perfscale.generators.tabddpm.sample import reverse_sample
-        from perfscale.generators.tabddpm.train import new_generator, torch_threads
+        from perfscale.generators.tabddpm.train import new_generator
 
         assert self._encoder is not None and self._denoiser is not None and self._diffusion is not None
         generator = new_generator(seed, self._diffusion.device)

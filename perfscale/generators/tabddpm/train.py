@@ -4,7 +4,7 @@ Split so that data-parallel training can be added later without rewriting: `batc
 batch, `optimizer_step` is separate (gradients could be all-reduced between the two), `build_batches` gives
 any step's rows without replaying earlier steps (ranks could take shards of them), and no module-level state
 is kept: every random draw takes the fit's own `torch.Generator` (the layer initialisers' global draws run
-under `fork_rng`, and `torch_threads` puts torch's thread count back after the block).
+under `fork_rng`, and `_seeding.torch_threads` puts torch's thread count back after the block).
 
 Repeatability and resume: a fit is a function of (data, hyperparameters, seed, library versions, thread
 count). Checkpoints (`checkpoint-<step>.safetensors`, written atomically, only the latest kept) hold the
@@ -16,7 +16,6 @@ from the last checkpoint and ends with the same model, telemetry and samples as 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -39,20 +38,6 @@ LOSS_NAMES = ("gaussian", "multinomial", "total")
 CHECKPOINT_GLOB = "checkpoint-*.safetensors"
 # tags that derive independent seeds from the fit's seed
 _INIT, _NOISE, _BATCHES = 1, 2, 3
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with `threads` torch CPU threads (None: unchanged), then restore the previous count."""
-    if threads is None:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def derive_seed(seed: int, *tags: int) -> int:
