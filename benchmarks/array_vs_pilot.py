@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1]))  # tests.slurm_cluster
-from machine import describe
+from machine import describe, write_results
 
 from perfscale.runner import prepare_run, run_plan
 from perfscale.sched.client import CommandClient
@@ -165,8 +165,7 @@ def main() -> None:
         "machine": describe(),
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "array_vs_pilot.json").write_text(json.dumps(out, indent=2) + "\n")
+    write_results(RESULTS / "array_vs_pilot.json", out)
     print(json.dumps(out, indent=2))
 
 

@@ -30,7 +30,7 @@ from importlib import metadata
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe
+from machine import describe, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "caliper"
@@ -207,8 +207,7 @@ def main() -> None:
         "versions": versions(),
         "machine": describe(),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "caliper_import.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_results(RESULTS / "caliper_import.json", report)
     print(json.dumps({k: v for k, v in report.items() if k != "machine"}, indent=2))
 
 

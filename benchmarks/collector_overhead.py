@@ -24,7 +24,6 @@ Results go to benchmarks/results/collector_overhead.json with the machine descri
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -37,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe
+from machine import describe, write_results
 
 from perfscale.collect import perf
 from perfscale.collect.command import run_command
@@ -152,9 +151,7 @@ def main() -> None:
         "machine": describe(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "collector_overhead.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = write_results(RESULTS / "collector_overhead.json", report)
     for name, r in results.items():
         print(
             f"{name:12s} median {r['median_s']:.3f} s  ratio {r['median_ratio_to_bare']:.3f}  "

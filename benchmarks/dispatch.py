@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe
+from machine import describe, write_results
 
 from perfscale.engines import make_engine
 from perfscale.execute import noop
@@ -116,8 +116,7 @@ def main() -> None:
         "machine": describe(),
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "dispatch.json").write_text(json.dumps(out, indent=2) + "\n")
+    write_results(RESULTS / "dispatch.json", out)
     print(json.dumps(out, indent=2))
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import time
@@ -43,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe
+from machine import describe, write_results
 
 from perfscale.tabular.meta import TableMeta, infer_meta
 
@@ -367,10 +366,7 @@ def main() -> None:
     for dataset in result["datasets"]:
         print(table_text(result["results"], dataset), end="\n\n")
     print(LEGEND)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, args.out)
+    write_results(args.out, result)
     print(f"\nwrote {args.out} ({result['elapsed_s_last_invocation']:.0f} s)")
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import socket
 from importlib import metadata
+from pathlib import Path
+from typing import Any
 
 
 def describe() -> dict[str, object]:
@@ -31,3 +34,12 @@ def describe() -> dict[str, object]:
         "python": platform.python_version(),
         "versions": versions,
     }
+
+
+def write_results(path: Path, result: dict[str, Any]) -> Path:
+    """Write a benchmark's results as indented JSON, atomically (folder created), and return the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe
+from machine import describe, write_results
 
 RESULTS = Path(__file__).parent / "results"
 CARDINALITIES = (2, 3, 5, 10, 30, 100)
@@ -294,13 +294,11 @@ def main() -> None:
         "scaling": {"sizes": sizes, "budget_s": args.budget, "metrics": scaling(sizes, args.budget)},
     }
     result["total_s"] = round(time.perf_counter() - started, 1)
-    text = json.dumps(result, indent=2) + "\n"
     path = args.out or (None if args.quick else RESULTS / "metrics_speed.json")
     if path is None:
-        print(text)
+        print(json.dumps(result, indent=2))
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    write_results(path, result)
     print(f"wrote {path}")
 
 
