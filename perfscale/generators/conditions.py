@@ -92,7 +92,11 @@ class Condition:
     def mask(self, series: pd.Series) -> np.ndarray:
         """Which values of `series` meet the condition (missing values never do)."""
         if self.op in ("eq", "in"):
-            wanted = {_key(v) for v in (self.value if self.op == "in" else (self.value,))}
+            values = self.value if self.op == "in" else (self.value,)
+            wanted = {_key(v) for v in values}
+            numeric = pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
+            if numeric and all(k[0] == "num" for k in wanted):  # vectorised: rejection sampling's hot path
+                return np.isin(series.to_numpy(dtype=float, na_value=np.nan), [k[1] for k in wanted])
             return np.fromiter((_key(v) in wanted for v in series.to_numpy(object)), bool, len(series))
         x = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
         with np.errstate(invalid="ignore"):
