@@ -26,7 +26,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from perfscale.spec import load_study
 
     study = load_study(args.study)
-    plan = build_plan(study, str(args.study))
+    plan = build_plan(study, str(args.study), _site(args))
     out = Path(args.out or f"{study.name}.plan.parquet")
     plan.write(out)
     table = Table("stage", "kind", "tasks", title=f"plan of {study.name}: {len(plan.tasks)} tasks -> {out}")
@@ -282,6 +282,7 @@ def parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="expand a study into a plan (Parquet) without running it")
     pl.add_argument("study", type=Path)
     pl.add_argument("--out", help="plan file (default: <study>.plan.parquet)")
+    pl.add_argument("--site", default="local", help="the site the study is checked against (default: local)")
     pl.set_defaults(fn=cmd_plan)
 
     st = sub.add_parser("status", help="per-stage counts: done, failed (with kinds), missing")

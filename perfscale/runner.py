@@ -59,7 +59,7 @@ def default_run_dir(study_name: str, site: Site) -> Path:
 def prepare_run(study_path: Path, site: Site, run_dir: Path | None = None) -> RunStore:
     """Validate the study, expand its plan, and create (or re-open) its run folder. Nothing runs."""
     study = load_study(study_path)
-    plan = build_plan(study, str(study_path))
+    plan = build_plan(study, str(study_path), site)
     root = run_dir or default_run_dir(study.name, site)
     return RunStore.create(root, study_path.read_text(), site, plan, study_dir=study_path.parent)
 

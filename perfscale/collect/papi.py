@@ -19,6 +19,7 @@ disabled: ...; `papi_runs`: how many extra runs of the command the counts took.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 import shutil
@@ -32,6 +33,8 @@ from typing import Any
 from perfscale.collect.kernels import helper_path
 from perfscale.collect.perf import snake
 from perfscale.errors import BadInput
+
+log = logging.getLogger(__name__)
 
 #: every PAPI 7 preset (papi_avail lists them all, available here or not)
 PAPI_PRESETS = frozenset(
@@ -87,13 +90,20 @@ def papi_column(event: str) -> str:
     return "papi_" + snake(name)
 
 
-def papi_columns(events: Sequence[str]) -> list[str]:
-    return ["papi_status", "papi_runs", *(papi_column(e) for e in events)]
-
-
 # ---- the machine's PAPI tools ----------------------------------------------------------------------------
 def find_tool(name: str, env: Mapping[str, str]) -> str | None:
     return shutil.which(name, path=env.get("PATH", os.defpath))
+
+
+def papi_env(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The variables that change what PAPI and libpfm4 see (LIBPFM_DISABLED_PMUS, PAPI_*...): the PAPI
+    tools run with exactly these, and cached answers are kept per set of them."""
+    return tuple(sorted((k, v) for k, v in env.items() if k.startswith(("LIBPFM", "PFM_", "PAPI_"))))
+
+
+def _tool_env(papi_vars: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("LIBPFM", "PFM_", "PAPI_"))}
+    return base | dict(papi_vars)
 
 
 @dataclass(frozen=True)
@@ -105,12 +115,27 @@ class PapiProbe:
     active: dict[str, str]  # active component -> its description
     disabled: dict[str, str]  # compiled-in component that is off -> why
     checked_presets: list[str]  # presets that pass `papi_avail --check` (really addable here)
+    pmus: dict[str, list[str]] = field(default_factory=dict)  # active component -> libpfm4 PMUs it uses
+
+    @property
+    def perf_event_off(self) -> str | None:
+        """Why PAPI's perf_event component (every CPU event, software ones included) is off here, or None.
+
+        libpfm4 turns it off when it finds no default PMU for this CPU ("Error libpfm4 no default PMU
+        found", seen on some KVM guests): then PAPI knows no CPU event at all, not even perf::TASK-CLOCK."""
+        if "perf_event" in self.active:
+            return None
+        return self.disabled.get("perf_event", "not compiled into this PAPI")
 
 
-def _tool_output(argv: list[str]) -> str:
+def _tool_output(argv: list[str], env: Mapping[str, str] | None = None) -> str:
+    log.debug("running %s", " ".join(argv))
     try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired):
+        out = subprocess.run(
+            argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, env=env
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("%s failed: %s", argv[0], exc)
         return ""
     return out.stdout
 
@@ -134,34 +159,65 @@ def parse_components(text: str) -> tuple[dict[str, str], dict[str, str]]:
     return active, disabled
 
 
+def parse_pmus(text: str) -> dict[str, list[str]]:
+    """papi_component_avail's `PMUs supported:` lines: {active component: [libpfm4 PMU names]}."""
+    pmus: dict[str, list[str]] = {}
+    last = None
+    for line in text.split("Active components:", 1)[-1].splitlines():
+        match = re.match(r"Name:\s+(\S+)", line)
+        if match:
+            last = match.group(1)
+        elif "PMUs supported:" in line and last is not None:
+            pmus[last] = [p.strip() for p in line.split("PMUs supported:", 1)[1].split(",") if p.strip()]
+    return pmus
+
+
 def probe_papi(env: Mapping[str, str]) -> PapiProbe | None:
-    """The machine's PAPI in brief, or None where papi-tools is not installed."""
+    """The machine's PAPI in brief (as a command run with `env` sees it), or None where papi-tools is not
+    installed."""
     avail, components = find_tool("papi_avail", env), find_tool("papi_component_avail", env)
     if avail is None or components is None:
         return None
-    header = _tool_output([avail])
+    return _probe(avail, components, papi_env(env))
+
+
+@lru_cache(maxsize=16)
+def _probe(avail: str, components: str, papi_vars: tuple[tuple[str, str], ...]) -> PapiProbe:
+    tool_env = _tool_env(papi_vars)
+    header = _tool_output([avail], tool_env)
     version = re.search(r"^PAPI version\s*:\s*(\S+)", header, re.MULTILINE)
     counters = re.search(r"^Number Hardware Counters\s*:\s*(\d+)", header, re.MULTILINE)
-    checked = re.findall(r"^(PAPI_[A-Z0-9_]+)\s", _tool_output([avail, "--check"]), re.MULTILINE)
-    active, disabled = parse_components(_tool_output([components]))
+    checked = re.findall(r"^(PAPI_[A-Z0-9_]+)\s", _tool_output([avail, "--check"], tool_env), re.MULTILINE)
+    component_text = _tool_output([components], tool_env)
+    active, disabled = parse_components(component_text)
     return PapiProbe(
         version=version.group(1) if version else None,
         hw_counters=int(counters.group(1)) if counters else None,
         active=active,
         disabled=disabled,
         checked_presets=checked,
+        pmus=parse_pmus(component_text),
     )
 
 
 _CHOOSER_ERROR = re.compile(r"Event (\S+) can't be (found|counted with others\s*(-?\d+))")
 
 
-def chooser_check(chooser: str, events: Sequence[str]) -> str | None:
+def chooser_check(
+    chooser: str, events: Sequence[str], papi_vars: tuple[tuple[str, str], ...] = ()
+) -> str | None:
     """None when `papi_event_chooser` can put all the events in one event set; else why not, naming the
-    first event that does not fit ('EVENT: reason')."""
+    first event that does not fit ('EVENT: reason'). `papi_vars`: see papi_env."""
+    argv = [chooser, "PRESET", *events]
+    log.debug("running %s", " ".join(argv))
     try:
         out = subprocess.run(
-            [chooser, "PRESET", *events], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+            env=_tool_env(papi_vars),
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"{events[0]}: cannot run {chooser}: {exc}"
@@ -204,9 +260,11 @@ def split_groups(
 
 
 @lru_cache(maxsize=64)
-def plan_groups(chooser: str, events: tuple[str, ...]) -> tuple[list[list[str]], dict[str, str]]:
-    """split_groups with the machine's papi_event_chooser, once per process and event list."""
-    return split_groups(events, lambda evs: chooser_check(chooser, evs))
+def plan_groups(
+    chooser: str, events: tuple[str, ...], papi_vars: tuple[tuple[str, str], ...] = ()
+) -> tuple[list[list[str]], dict[str, str]]:
+    """split_groups with the machine's papi_event_chooser, once per process, event list and PAPI env."""
+    return split_groups(events, lambda evs: chooser_check(chooser, evs, papi_vars))
 
 
 # ---- names -----------------------------------------------------------------------------------------------
@@ -222,28 +280,47 @@ def _syntax_problem(name: str) -> str | None:
     return None
 
 
+#: checks one native event name: None when it is known, else what is wrong ("is unknown to ...")
+NativeCheck = Callable[[str], str | None]
+
+
 @lru_cache(maxsize=256)
-def _unknown_here(chooser: str, name: str) -> bool:
-    verdict = chooser_check(chooser, [name])
+def _unknown_here(chooser: str, name: str, papi_vars: tuple[tuple[str, str], ...]) -> bool:
+    verdict = chooser_check(chooser, [name], papi_vars)
     return verdict is not None and verdict.endswith("unknown to PAPI here")
 
 
-def check_papi_events(events: Sequence[str], field: str = "papi_events", chooser: str | None = None) -> None:
-    """Reject bad names, naming `field`: presets must be PAPI presets; with `chooser` (this machine's
-    papi_event_chooser) native names must be known to this machine's PAPI; no two names may make one column.
-    A known event that this machine cannot count passes: its row says so."""
+def host_native_check(env: Mapping[str, str]) -> NativeCheck | None:
+    """Native names checked against this machine's PAPI, or None where this machine cannot tell: no
+    papi-tools, or PAPI's perf_event component is off here (then PAPI knows no CPU event at all, and a name
+    that the compute nodes know would be refused for nothing)."""
+    chooser = find_tool("papi_event_chooser", env)
+    probe = probe_papi(env)
+    if chooser is None or probe is None or probe.perf_event_off is not None:
+        return None
+    papi_vars = papi_env(env)
+
+    def check(name: str) -> str | None:
+        if _unknown_here(chooser, name, papi_vars):
+            return "is unknown to PAPI on this machine (see papi_native_avail)"
+        return None
+
+    return check
+
+
+def check_papi_events(
+    events: Sequence[str], field: str = "papi_events", native: NativeCheck | None = None
+) -> None:
+    """Reject bad names, naming `field`: presets must be PAPI presets; with `native` (the site's list or this
+    machine's PAPI, see stages/profile.py) native names must pass it; no two names may make one column.
+    A known event that the machine running the task cannot count passes: its row says so."""
     if not events:
         raise BadInput(f"{field}: give at least one event (or leave papi out of collectors)")
     seen: dict[str, str] = {}
     for name in events:
         problem = _syntax_problem(name)
-        if (
-            problem is None
-            and chooser is not None
-            and name not in PAPI_PRESETS
-            and _unknown_here(chooser, name)
-        ):
-            problem = "is unknown to PAPI on this machine (see papi_native_avail)"
+        if problem is None and native is not None and name not in PAPI_PRESETS:
+            problem = native(name)
         if problem is not None:
             raise BadInput(f"{field}: event {name!r} {problem}")
         column = papi_column(name)
@@ -279,29 +356,34 @@ def has_cpu_pmu() -> bool | None:
 def plan_papi(env: Mapping[str, str], events: Sequence[str]) -> PapiPlan:
     """Find papi_run and papi_event_chooser and group the events, or say why PAPI cannot count here."""
     chooser = find_tool("papi_event_chooser", env)
-    if chooser is None:
-        return PapiPlan(
-            None, problem="papi_event_chooser not found on PATH (Debian: apt-get install papi-tools)"
-        )
+    probe = probe_papi(env)
+    if chooser is None or probe is None:
+        return PapiPlan(None, problem=f"{NO_TOOLS} not found on PATH (Debian: apt-get install papi-tools)")
+    if probe.perf_event_off is not None:
+        return PapiPlan(None, problem=f"{PERF_EVENT_OFF} ({probe.perf_event_off})")
     papi_run = helper_path("papi_run")
     if papi_run is None:
         return PapiPlan(
             None, problem="papi_run was not built: papi.h not found (Debian: apt-get install libpapi-dev)"
         )
-    cached_groups, cached_unavailable = plan_groups(chooser, tuple(events))
+    cached_groups, cached_unavailable = plan_groups(chooser, tuple(events), papi_env(env))
     groups, unavailable = [list(g) for g in cached_groups], dict(cached_unavailable)  # the cache stays intact
     if not groups:
         why = " | ".join(by_reason(unavailable))
         return PapiPlan(
-            str(papi_run), [], unavailable, f"no requested event can be counted here: {why}{_note(env)}"
+            str(papi_run), [], unavailable, f"no requested event can be counted here: {why}{_note(probe)}"
         )
     return PapiPlan(str(papi_run), groups, unavailable)
 
 
-def _note(env: Mapping[str, str]) -> str:
+#: papi_status reasons, in the words rows carry (`unavailable: <reason> ...`)
+NO_TOOLS = "papi_event_chooser or papi_component_avail"
+PERF_EVENT_OFF = "PAPI's perf_event component is disabled on this machine, so no CPU event is known"
+
+
+def _note(probe: PapiProbe) -> str:
     """What papi_avail adds when nothing can be counted: whether any preset passes its check here."""
-    probe = probe_papi(env)
-    if probe is None or probe.checked_presets:
+    if probe.checked_presets:
         return ""
     pmu = f"; {NO_CPU_PMU}" if has_cpu_pmu() is False else ""
     return f" (papi_avail --check finds no countable preset on this machine{pmu})"

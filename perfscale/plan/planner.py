@@ -16,6 +16,7 @@ from perfscale.errors import SpecError
 from perfscale.plan.grid import expand_grid
 from perfscale.plan.keys import stage_digest, task_key
 from perfscale.spec.loader import format_validation_error
+from perfscale.spec.site import Site
 from perfscale.spec.study import Study
 
 
@@ -106,22 +107,25 @@ _PLAN_SCHEMA = pa.schema(
 )
 
 
-def _validated_params(study: Study, stage: str, point: dict[str, Any], source: str) -> dict[str, Any]:
+def _validated_params(
+    study: Study, stage: str, point: dict[str, Any], source: str, site: Site | None
+) -> dict[str, Any]:
     from perfscale.stages import get_stage_kind
 
     spec = study.stages[stage]
     kind = get_stage_kind(spec.kind, where=f"{source}: stages.{stage}.kind")
     merged = {**spec.params, **point}
     try:
-        model = kind.params.model_validate(merged)
+        model = kind.params.model_validate(merged, context={"site": site})
     except ValidationError as exc:
         msg = format_validation_error(f"{source}: stages.{stage} (params + grid point {point})", exc)
         raise SpecError(msg) from None
     return model.model_dump(mode="json")
 
 
-def build_plan(study: Study, source: str = "<study>") -> Plan:
-    """Expand every stage's grid x repetitions x seeds (x upstream tasks for foreach stages)."""
+def build_plan(study: Study, source: str = "<study>", site: Site | None = None) -> Plan:
+    """Expand every stage's grid x repetitions x seeds (x upstream tasks for foreach stages). With `site`,
+    what depends on where tasks run (counter events) is checked against it."""
     tasks: list[Task] = []
     keys_by_stage: dict[str, list[str]] = {}
     for name, spec in study.stages.items():
@@ -132,7 +136,7 @@ def build_plan(study: Study, source: str = "<study>") -> Plan:
         seeds = spec.seeds if spec.seeds is not None else [study.seed]
         keys: list[str] = []
         for point in expand_grid(spec.grid):
-            params = _validated_params(study, name, point, source)
+            params = _validated_params(study, name, point, source, site)
             for upstream in upstream_keys:
                 for seed in seeds:
                     for rep in range(spec.repetitions):

@@ -33,8 +33,18 @@ class Limits(Strict):
 
 
 class Counters(Strict):
+    """Which counter sources the site's compute nodes offer. Studies are checked against these at plan time,
+    never against the machine that plans: a login node often has no PMU where the compute nodes do."""
+
     perf: bool = False
     papi: bool = False
+    papi_native_events: list[str] | None = Field(
+        None,
+        description="native PAPI events the compute nodes know (fnmatch patterns such as 'perf::*', "
+        "'skx::*'; see papi_native_avail there). Set: native events in studies must match one. Unset: "
+        "on a site without a scheduler they are checked against this machine's PAPI, elsewhere only for "
+        "form, and the profile row says why an event could not be counted.",
+    )
 
 
 class Site(Strict):

@@ -32,6 +32,7 @@ when a counter collector is on, the machine's description and the captured envir
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import os
 import shlex
 import signal
@@ -41,7 +42,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from perfscale.collect import papi, perf
 from perfscale.collect.command import (
@@ -59,6 +60,7 @@ from perfscale.collect.derived import DERIVED_COLUMNS, derive
 from perfscale.collect.kernels import build_kernels
 from perfscale.collect.machine import MACHINE_COLUMNS, captured_env, check_env_patterns, machine_metadata
 from perfscale.errors import BadInput, FailureKind, PerfscaleError, TaskFailure
+from perfscale.spec.site import Site
 from perfscale.stages.base import StageContext, StageParams, stage_kind
 from perfscale.store.run import PROVENANCE_COLUMNS
 
@@ -134,12 +136,13 @@ class ProfileParams(StageParams):
         return collectors
 
     @model_validator(mode="after")
-    def _check(self) -> ProfileParams:
+    def _check(self, info: ValidationInfo) -> ProfileParams:
+        site = (info.context or {}).get("site")  # the planner passes the site the study will run on
         try:
             _check_variables(self.variables)
             _check_env_names(self.env)
             _check_foms(self.fom, self.variables)
-            _check_events(self)
+            _check_events(self, site)
             check_env_patterns(self.env_capture)
             known = set(self.variables) | set(BUILTIN_NAMES)
             for where, text in self.templates().items():
@@ -186,16 +189,45 @@ def _check_foms(foms: dict[str, str], variables: dict[str, Any]) -> None:
     compile_foms(foms)
 
 
-def _check_events(params: ProfileParams) -> None:
-    """Event names, before anything runs. Names are always checked for form; where the collector is on
-    and this machine has perf / PAPI's tools, names they do not know are rejected too."""
+def _check_events(params: ProfileParams, site: Site | None) -> None:
+    """Event names, before anything runs. Names are always checked for form; where the perf collector is on
+    and this machine has perf, names it does not know are rejected too. Native PAPI names are checked
+    against the site (papi_native_check), never against a planning host that will not run the tasks."""
     perf_here = perf.find_perf(os.environ) if "perf" in params.collectors else None
     perf.check_perf_events(params.perf_events, "perf_events", perf_here)
     taken = sorted(set(perf.perf_columns(params.perf_events)) & set(MACHINE_COLUMNS))
     if taken:
         raise BadInput(f"perf_events: column {taken[0]} is taken by the machine description; drop that event")
-    chooser = papi.find_tool("papi_event_chooser", os.environ) if "papi" in params.collectors else None
-    papi.check_papi_events(params.papi_events, "papi_events", chooser)
+    native = papi_native_check(params, site) if "papi" in params.collectors else None
+    papi.check_papi_events(params.papi_events, "papi_events", native)
+
+
+def papi_native_check(params: ProfileParams, site: Site | None) -> papi.NativeCheck | None:
+    """How native PAPI names are checked at plan time, by what the site says about its compute nodes:
+    - the site's `counters.papi_native_events` patterns, where it lists them;
+    - else, on a site without a scheduler (tasks run on this machine), this machine's PAPI, with the study's
+      literal env (LIBPFM_* and PAPI_* change what PAPI sees), where its perf_event component is on;
+    - else nothing: the name is only checked for form, and the row says why it could not be counted.
+    No site (a task re-validating its params where it runs) or a site with PAPI off: form only."""
+    if site is None or not site.counters.papi:
+        return None
+    patterns = site.counters.papi_native_events
+    if patterns is not None:
+
+        def listed(name: str) -> str | None:
+            if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+                return None
+            known = ", ".join(patterns) or "none"
+            return (
+                f"is not among the events site {site.name!r} lists (counters.papi_native_events: "
+                f"{known}); fix it, or add it to the site file if its nodes know it (papi_native_avail)"
+            )
+
+        return listed
+    if site.scheduler != "none":
+        return None
+    literal_env = {k: v for k, v in params.env.items() if "{" not in v}
+    return papi.host_native_check({**os.environ, **literal_env})
 
 
 # ---- running -------------------------------------------------------------------------------------------
