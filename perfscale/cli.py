@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -129,8 +130,19 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like SIGINT: the run stops cleanly (attempts recorded, workers stopped)."""
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only the first counts: a second must not cut the cleanup
+    raise Terminated
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from perfscale.runner import open_run, run_plan
+
+    signal.signal(signal.SIGTERM, _terminate)
 
     run_dir = Path(args.run_dir) if args.run_dir else None
     with open_run(Path(args.study), _site(args), run_dir, wait_lock=args.wait_lock) as store:
@@ -333,6 +345,10 @@ def main(argv: list[str] | None = None) -> int:
     except PerfscaleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        name = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
+        print(f"interrupted by {name}: attempts so far are recorded; run again to resume", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from perfscale.store.lock import run_lock
 from perfscale.store.run import RunStore, utcnow
 
 log = logging.getLogger(__name__)
+CANCELLED = FailureKind.CANCELLED
 
 
 @dataclass
@@ -158,7 +159,7 @@ def run_plan(
     return summary
 
 
-def _lost_record(t: Task, attempt: int, message: str) -> dict:
+def _lost_record(t: Task, attempt: int, message: str, kind: FailureKind = FailureKind.NODE_LOST) -> dict:
     now = utcnow()
     return {
         "task_key": t.key,
@@ -172,7 +173,7 @@ def _lost_record(t: Task, attempt: int, message: str) -> dict:
         "duration_s": None,
         "ok": False,
         "exit_status": None,
-        "failure_kind": FailureKind.NODE_LOST.value,
+        "failure_kind": kind.value,
         "message": message,
     }
 
@@ -265,7 +266,18 @@ def _run_tasks(
         else:
             while queue and len(pending) < window:
                 submit(queue.popleft())
-        fut = _next_done(pending, watchdog)
+        try:
+            fut = _next_done(pending, watchdog)
+        except KeyboardInterrupt:  # SIGINT, or SIGTERM turned into one: record the tasks in flight, stop
+            for t in pending.values():
+                record = _lost_record(
+                    t,
+                    next_attempt.get(t.key, 1) + lost[t.key],
+                    "run interrupted (SIGINT or SIGTERM)",
+                    CANCELLED,
+                )
+                yield Outcome(t.index, t.key, t.stage, False, failure_kind=CANCELLED.value, attempts=[record])
+            raise
         if fut is None:  # stalled: every task in flight is lost; restart once, then stop
             stuck, stop = list(pending.values()), watchdog.restarted
             pending.clear()
