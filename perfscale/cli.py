@@ -169,6 +169,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_task_run(args: argparse.Namespace) -> int:
     """One task, as a job-array element runs it: attempts are appended to the run's attempts table."""
     from perfscale.execute import execute_task, open_store
+    from perfscale.store.space import disk_full_named
 
     store = open_store(Path(args.plan).parent)
     if not 0 <= args.index < len(store.plan.tasks):
@@ -176,7 +177,8 @@ def cmd_task_run(args: argparse.Namespace) -> int:
     attempts = store.attempts()
     previous = attempts.loc[attempts.task_key == store.plan.tasks[args.index].key, "attempt"]
     outcome = execute_task(store.root, args.index, int(previous.max()) + 1 if len(previous) else 1)
-    store.append_attempts(outcome.attempts)
+    with disk_full_named(store.root):
+        store.append_attempts(outcome.attempts)
     if outcome.ok:
         console.print(
             f"task {args.index} ({outcome.stage} {outcome.key}): "

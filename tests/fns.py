@@ -77,3 +77,13 @@ def gated(x: int, ctx) -> dict:
             raise TimeoutError(f"no go for x={x}")
         time.sleep(0.02)
     return {"x": x}
+
+
+def held(x: int, hold: str) -> dict:
+    """Waits while the file `hold` exists (at most 120 s): a test decides when the task writes its shard."""
+    deadline = time.monotonic() + 120
+    while Path(hold).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{hold} still there")
+        time.sleep(0.02)
+    return {"x": x}

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from perfscale.engines.guard import cap_logs
+from perfscale.runner import prepare_run, run_plan
+from perfscale.spec import load_site
 from perfscale.store import RunStore
 from perfscale.store.lock import LOCK_NAME
+from perfscale.store.space import RESERVE_NAME, DiskFull
 from tests.procs import alive, in_session, processes
 
 ROOT = Path(__file__).parent.parent
@@ -276,3 +280,86 @@ def test_a_killed_run_leaves_no_process_behind(write_study, tmp_path, engine, si
     running = {int(p.name.split("-")[1]) for p in run.glob("started-*")}
     assert set(attempts["index"]) >= {t.index for t in RunStore(run).plan.tasks if t.params["x"] in running}
     assert set(attempts.message) == {"run interrupted (SIGINT or SIGTERM)"}
+
+
+# ---- a full disk ----------------------------------------------------------------------------------------
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MiB file system (tmpfs), where mounting is allowed (root); the flush-boundary test below runs
+    everywhere."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(folder)], capture_output=True
+    )
+    if done.returncode != 0:
+        why = f"cannot mount a 2 MiB tmpfs here: {done.stderr.decode().strip()}"
+        if os.environ.get("PERFSCALE_REQUIRE_MOUNT") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def fill(folder: Path) -> int:
+    """Write zeros to folder/filler until the file system says ENOSPC; the bytes written."""
+    fd, written = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT), 0
+    try:
+        while True:
+            written += os.write(fd, bytes(4096))
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC, exc
+    finally:
+        os.close(fd)
+    return written
+
+
+def test_a_full_disk_is_named_recorded_and_resumed(write_study, tmp_path, small_fs):
+    hold, n = tmp_path / "hold", 8
+    hold.touch()
+    study, run = grid_study(write_study, n, f'{{callable: "fns.py:held", hold: "{hold}"}}'), small_fs / "run"
+    proc = perfscale(*run_cmd(study, run))
+    wait_for(lambda: (run / RESERVE_NAME).exists(), proc, "the run's reserve")
+    assert fill(small_fs) > 0
+    hold.unlink()  # the tasks now write their shards, to a full disk
+    rc, _, err = finish(proc)
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"error: disk full in {run}: free space and run again to resume (")
+    assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")], "nothing half-written"
+    attempts = RunStore(run).attempts()  # recorded in the reserve's space
+    kinds = attempts.failure_kind.value_counts().to_dict()
+    assert kinds.get("app_error", 0) >= 1 and set(kinds) <= {"app_error", "cancelled"}, kinds
+    full = attempts[attempts.failure_kind == "app_error"].message
+    assert full.str.contains("No space left on device").all()
+    assert not (run / RESERVE_NAME).exists()
+
+    (small_fs / "filler").unlink()  # space freed: the run resumes
+    rc, _, err = finish(perfscale(*run_cmd(study, run)))
+    assert rc == 0, err
+    store = RunStore(run)
+    assert store.done_keys("square") == {t.key for t in store.plan.tasks}
+    ok = store.attempts().query("ok")
+    assert sorted(ok.task_key) == sorted(t.key for t in store.plan.tasks)  # every task done once
+
+
+def test_a_full_disk_at_the_attempts_flush_keeps_the_records(write_study, tmp_path, monkeypatch):
+    """The flush boundary alone, on any machine: appending attempts fails with ENOSPC while the run's
+    reserve is held (as a full disk would), and succeeds in the space its release frees."""
+    store = prepare_run(slow_study(write_study, 3, 0.0), load_site("local"), tmp_path / "run")
+    real_append = RunStore.append_attempts
+
+    def append(self: RunStore, records: list) -> None:
+        if records and (self.root / RESERVE_NAME).exists():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_append(self, records)
+
+    monkeypatch.setattr(RunStore, "append_attempts", append)
+    with pytest.raises(DiskFull, match=f"^disk full in {store.root}: free space and run again to resume"):
+        run_plan(store, "local", workers=2, progress=False)
+    attempts = RunStore(store.root).attempts()
+    assert len(attempts) == 3 and attempts.ok.all()
+    assert not (store.root / RESERVE_NAME).exists()
