@@ -7,7 +7,6 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from perfscale.errors import FailureKind
 from perfscale.spec.common import Strict, Walltime
 from perfscale.spec.loader import load_model
 
@@ -38,9 +37,6 @@ class RetryPolicy(Strict):
     bad_input: int = Field(0, ge=0, le=0, description="bad input never gets better by retrying")
     preempted: int = Field(3, ge=0)
     cancelled: int = Field(0, ge=0)
-
-    def retries_for(self, kind: FailureKind | str) -> int:
-        return int(getattr(self, FailureKind(kind).value))
 
 
 class Grid(Strict):
