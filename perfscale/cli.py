@@ -9,7 +9,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from perfscale.engines.base import ENGINES
 from perfscale.errors import PerfscaleError
+
+# written out so that `--help` need not import every importer (pandas, pyarrow); a test keeps it complete
+IMPORTER_NAMES = "caliper, sacct, sacct-steps, alibaba, alibaba-instances, sklearn, csv, parquet"
 
 console = Console()
 err_console = Console(stderr=True)
@@ -256,7 +260,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("study", type=Path)
     r.add_argument("--site", default="local", help="site name or path to a site YAML (default: local)")
     r.add_argument("--run-dir", help="run folder (default: runs/<study>-<site>)")
-    r.add_argument("--engine", choices=["local", "parsl", "dask", "ray"], help="override the site's engine")
+    r.add_argument("--engine", choices=sorted(ENGINES), help="override the site's engine")
     r.add_argument("--workers", type=int, help="concurrent tasks (default: the site's max_workers)")
     r.add_argument("--no-report", action="store_true")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -310,7 +314,7 @@ def parser() -> argparse.ArgumentParser:
     rp.set_defaults(fn=cmd_report)
 
     ig = sub.add_parser("ingest", help="import existing data (caliper, sacct, csv, parquet...) as Parquet")
-    ig.add_argument("kind", help="importer name: caliper, sacct, alibaba, csv, parquet")
+    ig.add_argument("kind", help=f"importer name: {IMPORTER_NAMES}")
     ig.add_argument("source", help="a file, or a folder searched recursively")
     ig.add_argument("--out", required=True, help="folder of the Parquet dataset to write")
     ig.set_defaults(fn=cmd_ingest)

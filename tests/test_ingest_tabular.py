@@ -59,3 +59,10 @@ def test_ingest_stage(write_study, study_dir, tmp_path):
     store = prepare_run(study, load_site("local"), tmp_path / "run")
     assert run_plan(store, "local", workers=1, progress=False)["imported"].done == 1
     assert store.read_stage("imported").to_pandas()["x"].tolist() == [1, 2, 3]
+
+
+def test_cli_names_every_importer() -> None:
+    from perfscale.cli import IMPORTER_NAMES
+    from perfscale.ingest import list_ingesters
+
+    assert sorted(IMPORTER_NAMES.split(", ")) == sorted(i.name for i in list_ingesters())
