@@ -208,6 +208,8 @@ class RunStore:
 
         Shards from different tasks may have different columns; the schemas are unified (missing columns
         become nulls, int64/float64 promote to float64). Shards of keys not in the plan are ignored.
+        `provenance=False` leaves out every `_`-prefixed column: the store's own (PROVENANCE_COLUMNS) and
+        an importer's (`_source_file`), which say where rows came from and are never data.
         """
         wanted = [t.key for t in self.plan.of_stage(stage)] if keys is None else list(keys)
         done = self.done_keys(stage)
@@ -217,7 +219,7 @@ class RunStore:
         schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
         schema = schema.remove_metadata()
         dataset = ds.dataset(files, schema=schema, format="parquet")
-        columns = None if provenance else [n for n in schema.names if n not in PROVENANCE_COLUMNS]
+        columns = None if provenance else [n for n in schema.names if not n.startswith("_")]
         return dataset.to_table(columns=columns, filter=filter)
 
     # ---- attempts -----------------------------------------------------------------------------------
