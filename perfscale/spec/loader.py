@@ -1,4 +1,8 @@
-"""Safe YAML loading into pydantic models, with errors that name the file, the field, the line and the fix."""
+"""Safe YAML loading into pydantic models, with errors that name the file, the field, the line and the fix.
+
+Hostile files are refused before anything walks them: aliases that expand to more than MAX_ALIAS_EXPANSION
+nodes (a "billion laughs" bomb), recursive aliases, and documents nested deeper than the parser can follow.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +17,61 @@ from perfscale.errors import SpecError
 M = TypeVar("M", bound=BaseModel)
 Loc = tuple[Any, ...]
 
+#: nodes a document may gain through aliases (each use of `*name` counts its whole subtree again)
+MAX_ALIAS_EXPANSION = 100_000
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _expanded_sizes(root: yaml.Node, path: Path) -> dict[int, int]:
+    """Node id -> size of its subtree with every alias expanded, computed once per distinct node (so in
+    linear time, however far the aliases expand). A recursive alias is refused."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise SpecError(
+                f"{path}:{node.start_mark.line + 1}: an alias refers to the node that contains it "
+                "(a recursive structure); write the value out instead of aliasing its parent"
+            )
+        active.add(key)
+        sizes[key] = 1 + sum(size(child) for child in _children(node))
+        active.discard(key)
+        return sizes[key]
+
+    size(root)
+    return sizes
+
+
+def _check_aliases(root: yaml.Node, path: Path) -> None:
+    """Refuse a document whose aliases add more than MAX_ALIAS_EXPANSION nodes, naming the biggest field."""
+    sizes = _expanded_sizes(root, path)
+    expansion = sizes[id(root)] - len(sizes)  # nodes that exist only as copies made by aliases
+    if expansion <= MAX_ALIAS_EXPANSION:
+        return
+    where, field = root.start_mark.line + 1, ""
+    if isinstance(root, yaml.MappingNode) and root.value:
+        key, _ = max(root.value, key=lambda kv: sizes[id(kv[1])])
+        where, field = key.start_mark.line + 1, f" {key.value}:"
+    raise SpecError(
+        f"{path}:{where}:{field} YAML aliases expand to {expansion:,} nodes, more than the limit of "
+        f"{MAX_ALIAS_EXPANSION:,}; write the values out instead of nesting aliases (*name) of anchors (&name)"
+    )
+
 
 def _line_map(node: yaml.Node, loc: Loc = (), out: dict[Loc, int] | None = None) -> dict[Loc, int]:
-    """Map every key path in a composed YAML document to its 1-based line number."""
+    """Map every key path in a composed YAML document to its 1-based line number. Aliased nodes are walked
+    once per use: call it only on documents that passed _check_aliases."""
     out = {} if out is None else out
     out.setdefault(loc, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
@@ -37,15 +93,31 @@ def _line_of(lines: dict[Loc, int], loc: Loc) -> int | None:
     return None
 
 
-def read_yaml(path: Path) -> tuple[Any, dict[Loc, int]]:
-    """Read a YAML file safely; return the data and a key-path -> line map."""
+def _read_text(path: Path) -> str:
     try:
-        text = path.read_text()
+        return path.read_text()
     except OSError as exc:
         raise SpecError(f"{path}: cannot read file ({exc.strerror}). Check the path.") from None
+
+
+def _compose(text: str, path: Path) -> tuple[Any, dict[Loc, int]]:
+    loader = yaml.SafeLoader(text)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None, {}
+        _check_aliases(node, path)
+        lines = _line_map(node)  # before construction, which rewrites merge keys (<<) in place
+        return loader.construct_document(node), lines
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path: Path) -> tuple[Any, dict[Loc, int]]:
+    """Read a YAML file safely; return the data and a key-path -> line map."""
+    text = _read_text(path)
+    try:
+        return _compose(text, path)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
@@ -53,7 +125,10 @@ def read_yaml(path: Path) -> tuple[Any, dict[Loc, int]]:
         raise SpecError(
             f"{path}{where}: malformed YAML: {problem}. Fix the syntax at that position."
         ) from None
-    return data, (_line_map(node) if node is not None else {})
+    except RecursionError:
+        raise SpecError(
+            f"{path}: the YAML is nested too deeply to read; flatten its lists and mappings"
+        ) from None
 
 
 def format_validation_error(

@@ -1,0 +1,83 @@
+"""Hostile study and site files: each is refused with one line naming the file, the field and the fix.
+
+The CLI cases run `perfscale` as a real subprocess (with a memory cap where the old behaviour was to blow up),
+the others go through the real loader and planner.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from perfscale.errors import SpecError
+from perfscale.spec import load_study
+
+ROOT = Path(__file__).resolve().parents[1]
+MEMORY_CAP = 3 * 2**30  # address space of a CLI subprocess: a runaway expansion dies instead of the machine
+
+NOOP_STAGES = """\
+stages:
+  s:
+    kind: noop
+"""
+
+
+def _cap_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
+
+
+def perfscale(*args: str | Path, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`perfscale ARGS` from this checkout, in a subprocess with capped memory."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "perfscale.cli", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=_cap_memory,
+    )
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess[str], *fragments: str) -> str:
+    """Exit status 2, no traceback, and a `perfscale: error:` message holding every fragment."""
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert done.stderr.startswith("perfscale: error: "), done.stderr
+    for fragment in fragments:
+        assert fragment in done.stderr, (fragment, done.stderr)
+    return done.stderr
+
+
+def alias_bomb(levels: int = 9, width: int = 9) -> str:
+    lines = ["name: bomb", f"a0: &a0 [{', '.join(['lol'] * width)}]"]
+    for i in range(1, levels):
+        lines.append(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * width)}]")
+    return "\n".join(lines) + "\n" + NOOP_STAGES
+
+
+# ---- YAML itself -----------------------------------------------------------------------------------------
+def test_an_alias_bomb_is_refused_without_expanding_it(tmp_path):
+    study = tmp_path / "bomb.yaml"
+    study.write_text(alias_bomb())
+    done = perfscale("plan", study, "--out", tmp_path / "p.parquet", cwd=tmp_path, timeout=60)
+    err = assert_one_line_error(done, "bomb.yaml:10: a8:", "aliases expand to", "limit of 100,000")
+    assert "write the values out" in err
+    assert not (tmp_path / "p.parquet").exists()
+
+
+def test_aliases_within_the_limit_still_load(write_study):
+    text = "name: shared\nstages:\n  a: &stage\n    kind: noop\n  b: *stage\n  c:\n    <<: *stage\n"
+    study = load_study(write_study(text))
+    assert [s.kind for s in study.stages.values()] == ["noop"] * 3
+
+
+def test_a_recursive_alias_is_refused(write_study):
+    with pytest.raises(SpecError, match=r"study.yaml:2: an alias refers to the node that contains it"):
+        load_study(write_study("name: loop\nx: &x [1, *x]\n" + NOOP_STAGES))
