@@ -81,3 +81,28 @@ def test_aliases_within_the_limit_still_load(write_study):
 def test_a_recursive_alias_is_refused(write_study):
     with pytest.raises(SpecError, match=r"study.yaml:2: an alias refers to the node that contains it"):
         load_study(write_study("name: loop\nx: &x [1, *x]\n" + NOOP_STAGES))
+
+
+def test_too_deep_nesting_is_refused(write_study):
+    deep = "[" * 3000 + "]" * 3000
+    with pytest.raises(SpecError, match=r"study.yaml: the YAML is nested too deeply"):
+        load_study(write_study(f"name: deep\nx: {deep}\n" + NOOP_STAGES))
+
+
+def test_a_stage_named_twice_is_an_error_naming_both_lines(tmp_path):
+    study = tmp_path / "study.yaml"
+    study.write_text(
+        "name: twice\nstages:\n  s:\n    kind: profile\n    params: {command: 'true'}\n  s:\n    kind: noop\n"
+    )
+    done = perfscale("plan", study, "--out", tmp_path / "p.parquet", cwd=tmp_path)
+    assert_one_line_error(done, "study.yaml:6: stages.s: given twice (lines 3 and 6); keep one")
+
+
+def test_every_duplicate_field_is_named(write_study):
+    text = "name: twice\nseed: 1\nseed: 2\nstages:\n  s: {kind: noop, kind: profile}\n"
+    with pytest.raises(SpecError) as info:
+        load_study(write_study(text))
+    msg = str(info.value)
+    assert "2 duplicate keys" in msg
+    assert "study.yaml:3: seed: given twice (lines 2 and 3)" in msg
+    assert "study.yaml:5: stages.s.kind: given twice (lines 5 and 5)" in msg

@@ -69,6 +69,40 @@ def _check_aliases(root: yaml.Node, path: Path) -> None:
     )
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _check_duplicate_keys(root: yaml.Node, path: Path) -> None:
+    """Refuse a mapping that gives a key twice (YAML would keep the last silently), naming both lines."""
+    problems: list[tuple[int, str]] = []
+    seen: set[int] = set()
+    todo: list[tuple[yaml.Node, Loc]] = [(root, ())]
+    while todo:
+        node, loc = todo.pop()
+        if id(node) in seen:  # an aliased node is checked once
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[tuple[str, str], int] = {}
+            for key_node, value_node in node.value:
+                key = (key_node.tag, key_node.value)
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE_TAG:
+                    line = key_node.start_mark.line + 1
+                    if key in first:
+                        field = ".".join(map(str, (*loc, key_node.value)))
+                        msg = f"given twice (lines {first[key]} and {line}); keep one"
+                        problems.append((line, f"{path}:{line}: {field}: {msg}"))
+                    first.setdefault(key, line)
+                todo.append((value_node, (*loc, key_node.value)))
+        elif isinstance(node, yaml.SequenceNode):
+            todo.extend((item, (*loc, i)) for i, item in enumerate(node.value))
+    if len(problems) == 1:
+        raise SpecError(problems[0][1])
+    if problems:
+        lines = [f"{path}: {len(problems)} duplicate keys:", *(f"  {msg}" for _, msg in sorted(problems))]
+        raise SpecError("\n".join(lines))
+
+
 def _line_map(node: yaml.Node, loc: Loc = (), out: dict[Loc, int] | None = None) -> dict[Loc, int]:
     """Map every key path in a composed YAML document to its 1-based line number. Aliased nodes are walked
     once per use: call it only on documents that passed _check_aliases."""
@@ -107,6 +141,7 @@ def _compose(text: str, path: Path) -> tuple[Any, dict[Loc, int]]:
         if node is None:
             return None, {}
         _check_aliases(node, path)
+        _check_duplicate_keys(node, path)
         lines = _line_map(node)  # before construction, which rewrites merge keys (<<) in place
         return loader.construct_document(node), lines
     finally:
