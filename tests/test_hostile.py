@@ -106,3 +106,28 @@ def test_every_duplicate_field_is_named(write_study):
     assert "2 duplicate keys" in msg
     assert "study.yaml:3: seed: given twice (lines 2 and 3)" in msg
     assert "study.yaml:5: stages.s.kind: given twice (lines 5 and 5)" in msg
+
+
+# ---- names -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["../../escaped", "/tmp/abs", "..", "a b", "x" * 101])
+def test_stage_names_that_are_not_one_safe_folder_name_are_refused(tmp_path, name):
+    study = tmp_path / "study.yaml"
+    study.write_text(f'name: esc\nstages:\n  ok:\n    kind: noop\n  "{name}":\n    kind: noop\n')
+    run = tmp_path / "deep" / "run"
+    done = perfscale("run", study, "--run-dir", run, "--engine", "local", "--no-report", cwd=tmp_path)
+    assert_one_line_error(done, f"study.yaml:5: stages.{name}", "rename it")
+    assert list(tmp_path.rglob("*.parquet")) == [] and not run.exists()
+
+
+def test_a_site_name_that_leaves_runs_is_refused(tmp_path):
+    (tmp_path / "evil.yaml").write_text('name: "x/../../.."\n')
+    (tmp_path / "study.yaml").write_text("name: s\n" + NOOP_STAGES)
+    done = perfscale("run", "study.yaml", "--site", "evil.yaml", "--engine", "local", cwd=tmp_path)
+    assert_one_line_error(done, "evil.yaml:1: name: names may hold only letters", "rename it")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.yaml", "study.yaml"]
+
+
+@pytest.mark.parametrize("name", ["a.b", "x-1_2", "...", ".hidden"])
+def test_safe_names_still_load(write_study, name):
+    study = load_study(write_study(f'name: "{name}"\nstages:\n  "{name}":\n    kind: noop\n'))
+    assert list(study.stages) == [name]

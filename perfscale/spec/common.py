@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 
 _SLURM_TIME = [  # Slurm's --time formats, in its own order of precedence
     (re.compile(r"^(?P<m>\d+)$"), "m"),
@@ -52,6 +52,26 @@ def format_walltime(seconds: float) -> str:
 
 
 Walltime = Annotated[float, BeforeValidator(parse_walltime)]
+
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+MAX_NAME_LENGTH = 100  # names become folder names (runs/<study>-<site>, stages/<stage>): below NAME_MAX
+
+
+def check_name(value: str) -> str:
+    """A name that is safe as one path component: letters, digits, '_', '-' and '.', never '.' or '..'."""
+    if not _NAME.fullmatch(value) or value in (".", ".."):
+        raise ValueError(
+            "names may hold only letters, digits, '_', '-' and '.' (and may not be '.' or '..'): they "
+            "become folder names; rename it"
+        )
+    if len(value) > MAX_NAME_LENGTH:
+        raise ValueError(f"names are at most {MAX_NAME_LENGTH} characters long; rename it shorter")
+    return value
+
+
+#: study, stage and site names: each becomes a folder name in the run folder
+SafeName = Annotated[str, AfterValidator(check_name)]
 
 
 class Strict(BaseModel):

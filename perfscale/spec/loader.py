@@ -180,6 +180,8 @@ def format_validation_error(
             msg = "unknown field; remove it or check its spelling"
         elif err["type"] == "missing":
             msg = "required field is missing; add it"
+        elif err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
         got = "" if err["type"] in ("missing", "extra_forbidden") else f" (got {err.get('input')!r})"
         out.append(f"  {path}{':' + str(line) if line else ''}: {field}: {msg}{got}")
     return "\n".join(out)

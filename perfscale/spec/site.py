@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from perfscale.errors import SpecError
-from perfscale.spec.common import Strict, Walltime
+from perfscale.spec.common import SafeName, Strict, Walltime
 from perfscale.spec.loader import load_model
 
 
@@ -48,7 +48,7 @@ class Counters(Strict):
 
 
 class Site(Strict):
-    name: str
+    name: SafeName
     description: str = ""
     scheduler: Literal["none", "slurm", "lsf"] = "none"
     launcher: Literal["local", "mpirun", "srun", "jsrun", "lrun"] = "local"
