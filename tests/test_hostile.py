@@ -131,3 +131,42 @@ def test_a_site_name_that_leaves_runs_is_refused(tmp_path):
 def test_safe_names_still_load(write_study, name):
     study = load_study(write_study(f'name: "{name}"\nstages:\n  "{name}":\n    kind: noop\n'))
     assert list(study.stages) == [name]
+
+
+# ---- run folders -----------------------------------------------------------------------------------------
+def _run(study: Path, run_dir: Path) -> subprocess.CompletedProcess[str]:
+    return perfscale(
+        "run", study, "--run-dir", run_dir, "--engine", "local", "--no-report", "--quiet", cwd=study.parent
+    )
+
+
+def test_a_folder_that_is_not_a_run_is_refused(tmp_path):
+    study = tmp_path / "study.yaml"
+    study.write_text("name: s\n" + NOOP_STAGES)
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "study.yaml").write_text("my own file\n")
+    assert_one_line_error(_run(study, folder), f"run folder {folder} is not empty and is not a perfscale run")
+    assert [p.name for p in folder.iterdir()] == ["study.yaml"]
+    assert (folder / "study.yaml").read_text() == "my own file\n"
+
+
+def test_a_run_of_another_study_is_refused_and_the_same_study_reruns(tmp_path):
+    first, other = tmp_path / "first.yaml", tmp_path / "other.yaml"
+    first.write_text("name: first\n" + NOOP_STAGES)
+    other.write_text("name: other\n" + NOOP_STAGES)
+    run = tmp_path / "run"
+    run.mkdir()  # an empty folder is fine
+    assert _run(first, run).returncode == 0
+    manifest = (run / "manifest.json").read_text()
+    assert_one_line_error(_run(other, run), f"run folder {run} holds a run of study 'first', not 'other'")
+    assert (run / "manifest.json").read_text() == manifest
+    assert (run / "study.yaml").read_text() == first.read_text()
+    assert _run(first, run).returncode == 0  # the same study reopens its run
+
+
+def test_a_run_dir_that_is_a_file_is_refused(tmp_path):
+    study = tmp_path / "study.yaml"
+    study.write_text("name: s\n" + NOOP_STAGES)
+    (tmp_path / "afile").write_text("x")
+    assert_one_line_error(_run(study, tmp_path / "afile"), f"run folder {tmp_path / 'afile'} is a file")
