@@ -170,3 +170,41 @@ def test_a_run_dir_that_is_a_file_is_refused(tmp_path):
     study.write_text("name: s\n" + NOOP_STAGES)
     (tmp_path / "afile").write_text("x")
     assert_one_line_error(_run(study, tmp_path / "afile"), f"run folder {tmp_path / 'afile'} is a file")
+
+
+# ---- site files ------------------------------------------------------------------------------------------
+def test_site_env_names_with_shell_text_are_refused(tmp_path):
+    (tmp_path / "evil.yaml").write_text('name: evil\nenv:\n  "X=1; touch pwned #": "v"\n')
+    done = perfscale("sites", "show", "evil.yaml", cwd=tmp_path)
+    assert_one_line_error(done, "evil.yaml:3: env.X=1; touch pwned #", "not an environment variable name")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_every_shell_rendering_of_site_env_exports_the_exact_value(tmp_path):
+    """Parsl's worker_init, Dask's job prologue and the array job scripts, run by a real bash."""
+    from perfscale.engines.dask_engine import _prologue
+    from perfscale.engines.parsl_engine import worker_init
+    from perfscale.sched.arrays import stage_arrays
+    from perfscale.sched.render import render_array
+    from perfscale.spec.common import export_lines
+    from perfscale.spec.site import load_site
+    from tests.test_sched_render import _tasks
+
+    value = "$(touch pwned) `touch pwned` ' \" ; touch pwned"
+    site = load_site("quartz").model_copy(update={"env": {"HOSTILE": value}})
+    (job,) = stage_arrays("s", "p", _tasks(1), site)
+    script = render_array(job, site, tmp_path / "run").script
+    exports = [ln for ln in script.splitlines() if ln.startswith("export HOSTILE=")]
+    for shell in (worker_init(site), "\n".join(_prologue(site)), *exports):
+        lines = [ln for ln in shell.splitlines() if ln.startswith("export ")]  # module loads need a cluster
+        done = subprocess.run(
+            ["bash", "-c", "\n".join([*lines, 'printf %s "$HOSTILE"'])],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert done.stdout == value
+    assert not (tmp_path / "pwned").exists()
+    with pytest.raises(SpecError, match="'A B' is not an environment variable name"):
+        export_lines({"A B": "x"})  # names that skipped validation (model_copy) are still checked
