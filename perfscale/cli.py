@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except PerfscaleError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"perfscale: error: {exc}", file=sys.stderr)  # argparse's form for usage errors
         return 2
 
 

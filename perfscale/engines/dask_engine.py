@@ -39,7 +39,7 @@ from perfscale.engines.base import Engine
 from perfscale.errors import SpecError
 from perfscale.sched.mpi import Layout, launch_line
 from perfscale.sched.render import lsf_walltime
-from perfscale.spec.common import format_walltime
+from perfscale.spec.common import export_lines, format_walltime
 from perfscale.spec.site import Site
 
 DASK_SETTINGS: dict[str, Any] = {
@@ -70,7 +70,7 @@ def _node_shape(site: Site) -> tuple[int, float]:
 
 def _prologue(site: Site) -> list[str]:
     env = {**site.env, **_WORKER_ENV}
-    return [*site.setup, *(f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items()))]
+    return [*site.setup, *export_lines(env)]
 
 
 def dask_cluster_config(

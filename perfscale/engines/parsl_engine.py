@@ -28,6 +28,7 @@ from typing import Any
 
 from perfscale.engines.base import Engine
 from perfscale.plan.planner import Task
+from perfscale.spec.common import export_lines
 from perfscale.spec.site import Site
 
 # jsrun: one resource set per node holding all its cores and GPUs; the worker pool places tasks itself
@@ -45,7 +46,7 @@ def worker_init(site: Site) -> str:
     """Shell lines run before the worker pool starts: the site's setup, its env, the interpreter on PATH."""
     bin_dir = str(Path(sys.executable).parent)
     lines = [*site.setup]
-    lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(site.env.items())]
+    lines += export_lines(site.env)
     lines.append(f"export PATH={shlex.quote(bin_dir)}:$PATH")
     return "\n".join(lines)
 

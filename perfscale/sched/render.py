@@ -25,7 +25,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from perfscale.errors import SpecError
 from perfscale.sched.arrays import ArrayJob
 from perfscale.sched.mpi import Layout, launch_line
-from perfscale.spec.common import format_walltime
+from perfscale.spec.common import export_lines, format_walltime
 from perfscale.spec.site import Site
 
 LAUNCHERS = Path(__file__).resolve().parents[2] / "launchers"
@@ -98,7 +98,7 @@ def render_array(job: ArrayJob, site: Site, run_root: Path) -> Rendered:
         "requeue_exit": REQUEUE_EXIT,
         "requeue_check": requeue_check(run_root / "plan.parquet"),
         "setup": site.setup,
-        "env": sorted(site.env.items()),
+        "exports": export_lines(site.env),
         "index_file": str(run_root.resolve() / "arrays" / f"{job.name}.idx"),
         "task_command": task_command(site, run_root / "plan.parquet", job.cores, job.gpus),
     }

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from perfscale.errors import SpecError
-from perfscale.spec.common import Strict, Walltime
+from perfscale.spec.common import EnvName, SafeName, Strict, Walltime
 from perfscale.spec.loader import load_model
 
 
@@ -48,7 +48,7 @@ class Counters(Strict):
 
 
 class Site(Strict):
-    name: str
+    name: SafeName
     description: str = ""
     scheduler: Literal["none", "slurm", "lsf"] = "none"
     launcher: Literal["local", "mpirun", "srun", "jsrun", "lrun"] = "local"
@@ -65,7 +65,7 @@ class Site(Strict):
     limits: Limits = Field(default_factory=Limits)
     counters: Counters = Field(default_factory=Counters)
     setup: list[str] = Field(default_factory=list, description="shell lines run before each task (modules)")
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[EnvName, str] = Field(default_factory=dict, description="exported before each task")
 
     @model_validator(mode="after")
     def _one_default_partition(self) -> Site:

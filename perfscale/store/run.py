@@ -138,6 +138,7 @@ class RunStore:
     ) -> RunStore:
         """Create or re-open a run; the plan is rewritten, shards of unchanged tasks are kept."""
         store = cls(root)
+        store.refuse_foreign(plan.study)
         store.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(study_text, store.root / "study.yaml")
         atomic_write_text(json.dumps(site.model_dump(mode="json"), indent=2), store.root / "site.json")
@@ -157,6 +158,28 @@ class RunStore:
         )
         atomic_write_text(json.dumps(manifest, indent=2), store.manifest_path)
         return store
+
+    def refuse_foreign(self, study: str) -> None:
+        """Raise unless the run folder is new, empty, or a run of `study`: a run never writes into a folder
+        that holds something else (it would overwrite its study.yaml and merge into its manifest.json)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise PerfscaleError(f"run folder {self.root} is a file, not a folder; give another --run-dir")
+        if not self.root.exists() or not any(self.root.iterdir()):
+            return
+        if not self.manifest_path.exists():
+            raise PerfscaleError(
+                f"run folder {self.root} is not empty and is not a perfscale run (no manifest.json); "
+                "give a new or empty --run-dir"
+            )
+        try:
+            theirs = json.loads(self.manifest_path.read_text()).get("study")
+        except (OSError, ValueError, AttributeError):
+            return  # a run whose manifest is damaged: not a foreign folder
+        if theirs != study:
+            raise PerfscaleError(
+                f"run folder {self.root} holds a run of study {theirs!r}, not {study!r}; give another "
+                "--run-dir (or remove that run)"
+            )
 
     def manifest(self) -> dict[str, Any]:
         return json.loads(self.manifest_path.read_text())
