@@ -134,20 +134,21 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from perfscale.runner import prepare_run, run_plan
+    from perfscale.runner import open_run, run_plan
 
-    store = prepare_run(Path(args.study), _site(args), Path(args.run_dir) if args.run_dir else None)
-    console.print(
-        f"run folder: [bold]{store.root}[/] ({len(store.plan.tasks)} tasks, engine "
-        f"{args.engine or store.site.engine})"
-    )
-    run_plan(store, args.engine, args.workers, progress=not args.quiet)
-    code = _print_status(store)
-    if not args.no_report:
-        from perfscale.report import build_report
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    with open_run(Path(args.study), _site(args), run_dir, wait_lock=args.wait_lock) as store:
+        console.print(
+            f"run folder: [bold]{store.root}[/] ({len(store.plan.tasks)} tasks, engine "
+            f"{args.engine or store.site.engine})"
+        )
+        run_plan(store, args.engine, args.workers, progress=not args.quiet)
+        code = _print_status(store)
+        if not args.no_report:
+            from perfscale.report import build_report
 
-        path = build_report(store)
-        console.print(f"report: [bold]{path.resolve()}[/]")
+            path = build_report(store)
+            console.print(f"report: [bold]{path.resolve()}[/]")
     return code
 
 
@@ -264,6 +265,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, help="concurrent tasks (default: the site's max_workers)")
     r.add_argument("--no-report", action="store_true")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument(
+        "--wait-lock", action="store_true", help="if another run holds the run folder, wait for it to end"
+    )
     r.set_defaults(fn=cmd_run)
 
     sb = sub.add_parser("submit", help="array mode: submit a study's missing tasks as scheduler job arrays")
