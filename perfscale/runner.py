@@ -76,6 +76,7 @@ def open_run(
 
     The study is checked and planned before the lock; the folder is written only once the lock is held."""
     plan, root = _planned(study_path, site, run_dir)
+    RunStore(root).refuse_foreign(plan.study)  # before the lock file is made in a folder that is not ours
     with run_lock(root, wait=wait_lock):
         yield RunStore.create(root, study_path.read_text(), site, plan, study_dir=study_path.parent)
 

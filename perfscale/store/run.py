@@ -34,6 +34,7 @@ from perfscale.errors import PerfscaleError
 from perfscale.plan.planner import Plan
 from perfscale.spec.site import Site
 from perfscale.store.atomic import atomic_write_table, atomic_write_text
+from perfscale.store.lock import LOCK_NAME
 
 # provenance columns added to every shard row; the leading underscore keeps them apart from the data's own
 # columns (a job trace has its own duration_s, a profile its own host)
@@ -164,8 +165,8 @@ class RunStore:
         that holds something else (it would overwrite its study.yaml and merge into its manifest.json)."""
         if self.root.exists() and not self.root.is_dir():
             raise PerfscaleError(f"run folder {self.root} is a file, not a folder; give another --run-dir")
-        if not self.root.exists() or not any(self.root.iterdir()):
-            return
+        if not self.root.exists() or all(p.name == LOCK_NAME for p in self.root.iterdir()):
+            return  # new, empty, or left with only the lock file of a run that stopped before writing
         if not self.manifest_path.exists():
             raise PerfscaleError(
                 f"run folder {self.root} is not empty and is not a perfscale run (no manifest.json); "
