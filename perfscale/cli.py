@@ -21,6 +21,17 @@ def _site(args: argparse.Namespace):
     return load_site(args.site)
 
 
+def _positive_int(text: str) -> int:
+    """argparse type of counts (--workers, --throttle): a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from perfscale.plan import build_plan
     from perfscale.spec import load_study
@@ -257,7 +268,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--site", default="local", help="site name or path to a site YAML (default: local)")
     r.add_argument("--run-dir", help="run folder (default: runs/<study>-<site>)")
     r.add_argument("--engine", choices=["local", "parsl", "dask", "ray"], help="override the site's engine")
-    r.add_argument("--workers", type=int, help="concurrent tasks (default: the site's max_workers)")
+    r.add_argument("--workers", type=_positive_int, help="concurrent tasks (default: the site's max_workers)")
     r.add_argument("--no-report", action="store_true")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(fn=cmd_run)
@@ -272,7 +283,7 @@ def parser() -> argparse.ArgumentParser:
     for p_ in (sb, rs):
         p_.add_argument("--partition", help="partition / queue (default: the site's default)")
         p_.add_argument("--account", help="account / bank (default: the site's first)")
-        p_.add_argument("--throttle", type=int, help="array elements running at once (%%K)")
+        p_.add_argument("--throttle", type=_positive_int, help="array elements running at once (%%K)")
     sb.set_defaults(fn=cmd_submit)
     rs.set_defaults(fn=cmd_resubmit)
     ca = sub.add_parser("cancel", help="array mode: cancel every array job of a run")

@@ -208,3 +208,32 @@ def test_every_shell_rendering_of_site_env_exports_the_exact_value(tmp_path):
     assert not (tmp_path / "pwned").exists()
     with pytest.raises(SpecError, match="'A B' is not an environment variable name"):
         export_lines({"A B": "x"})  # names that skipped validation (model_copy) are still checked
+
+
+def test_numbers_a_site_cannot_have_are_refused_before_the_run_folder_exists(tmp_path):
+    (tmp_path / "bad.yaml").write_text(
+        "name: bad\nengine: local\ncores_per_node: -4\nmemory_gb_per_node: -1\nmax_workers: 0\n"
+    )
+    (tmp_path / "study.yaml").write_text("name: s\n" + NOOP_STAGES)
+    done = perfscale("run", "study.yaml", "--site", "bad.yaml", "--run-dir", "run", cwd=tmp_path)
+    err = assert_one_line_error(done, "bad.yaml: 3 problem(s)")
+    assert "bad.yaml:3: cores_per_node: must be 'auto' or a whole number >= 1" in err
+    assert "bad.yaml:4: memory_gb_per_node: must be 'auto' or a number > 0" in err
+    assert "bad.yaml:5: max_workers: must be 'auto' or a whole number >= 1" in err
+    assert not (tmp_path / "run").exists()
+    done = perfscale("run", "study.yaml", "--workers", "0", "--run-dir", "run", cwd=tmp_path)
+    assert done.returncode == 2 and "--workers: must be a whole number >= 1" in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("cores_per_node", "2.5"), ("memory_gb_per_node", ".inf"), ("max_workers", "true")]
+)
+def test_site_numbers_must_be_finite_whole_counts(tmp_path, field, value):
+    from perfscale.spec.site import load_site
+
+    (tmp_path / "bad.yaml").write_text(f"name: bad\n{field}: {value}\n")
+    with pytest.raises(SpecError, match=rf"bad.yaml:2: {field}: must be 'auto' or a"):
+        load_site(tmp_path / "bad.yaml")
+    (tmp_path / "ok.yaml").write_text(f"name: ok\n{field}: 2\n")
+    assert getattr(load_site(tmp_path / "ok.yaml"), field) == 2

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 from collections.abc import Mapping
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, PlainValidator
 
 from perfscale.errors import SpecError
 
@@ -56,6 +57,28 @@ def format_walltime(seconds: float) -> str:
 
 
 Walltime = Annotated[float, BeforeValidator(parse_walltime)]
+
+
+def _auto_or_number(integer: bool, minimum: float, inclusive: bool) -> PlainValidator:
+    """'auto', or a finite number (a whole one if `integer`) above `minimum` (or equal, if `inclusive`)."""
+    rule = f"{'a whole number' if integer else 'a number'} {'>=' if inclusive else '>'} {minimum:g}"
+
+    def validate(value: object) -> object:
+        if value == "auto":
+            return value
+        number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        ok = number and (value >= minimum if inclusive else value > minimum)  # type: ignore[operator]
+        if not ok or (integer and not float(value).is_integer()):  # type: ignore[arg-type]
+            raise ValueError(f"must be 'auto' or {rule}; fix it in the site file")
+        return int(value) if integer else float(value)  # type: ignore[arg-type]
+
+    return PlainValidator(validate)
+
+
+#: a count a machine has at least one of (cores, workers), or 'auto' (read where the tasks run)
+AutoCount = Annotated[int | Literal["auto"], _auto_or_number(integer=True, minimum=1, inclusive=True)]
+#: a positive size (GiB of memory), or 'auto'
+AutoSize = Annotated[float | Literal["auto"], _auto_or_number(integer=False, minimum=0, inclusive=False)]
 
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
