@@ -39,6 +39,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     study = load_study(args.study)
     plan = build_plan(study, str(args.study), _site(args))
     out = Path(args.out or f"{study.name}.plan.parquet")
+    if out.is_dir():
+        suggestion = out / f"{study.name}.plan.parquet"
+        raise PerfscaleError(f"--out {out} is a folder; give a file path, such as {suggestion}")
     plan.write(out)
     table = Table("stage", "kind", "tasks", title=f"plan of {study.name}: {len(plan.tasks)} tasks -> {out}")
     for stage in plan.stages:
@@ -168,7 +171,12 @@ def cmd_task_run(args: argparse.Namespace) -> int:
     """One task, as a job-array element runs it: attempts are appended to the run's attempts table."""
     from perfscale.execute import execute_task, open_store
 
-    store = open_store(Path(args.plan).parent)
+    if not args.plan.is_file():
+        raise PerfscaleError(
+            f"{args.plan}: no such plan file; give RUN/plan.parquet of a run made by `perfscale run` or "
+            "`perfscale submit`"
+        )
+    store = open_store(args.plan.parent)
     if not 0 <= args.index < len(store.plan.tasks):
         raise PerfscaleError(f"{args.plan}: index {args.index} out of range 0..{len(store.plan.tasks) - 1}")
     attempts = store.attempts()
@@ -199,7 +207,14 @@ def cmd_show(args: argparse.Namespace) -> int:
         )
     df = store.read_stage(args.stage, provenance=args.provenance).to_pandas()
     if args.columns:
-        df = df[[c.strip() for c in args.columns.split(",")]]
+        columns = [c.strip() for c in args.columns.split(",")]
+        unknown = [c for c in columns if c not in df.columns]
+        if unknown:
+            raise PerfscaleError(
+                f"--columns: stage {args.stage!r} of run {args.run} has no column(s) {', '.join(unknown)}; "
+                + (f"its columns are {', '.join(df.columns)}" if len(df.columns) else "it has no columns")
+            )
+        df = df[columns]
     if args.format == "csv":
         df.to_csv(sys.stdout, index=False)
         return 0

@@ -237,3 +237,60 @@ def test_site_numbers_must_be_finite_whole_counts(tmp_path, field, value):
         load_site(tmp_path / "bad.yaml")
     (tmp_path / "ok.yaml").write_text(f"name: ok\n{field}: 2\n")
     assert getattr(load_site(tmp_path / "ok.yaml"), field) == 2
+
+
+# ---- one-line errors instead of tracebacks ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "name: s\nstages:\n  p:\n    kind: profile\n    params: {command: 'true', timeout_s: .inf}\n",
+            "study.yaml:5: stages.p.params.timeout_s: must be a finite number; give a finite bound",
+        ),
+        (
+            "name: s\nstages:\n  s:\n    kind: noop\n    grid: {product: {x: [1, .nan]}}\n",
+            "study.yaml:5: stages.s.grid.product.x.1: must be a finite number",
+        ),
+        (
+            "name: s\nstages:\n  s:\n    kind: noop\n    resources: {walltime: .inf}\n",
+            "study.yaml:5: stages.s.resources.walltime: walltime must be a finite, positive number",
+        ),
+        ("name: s\nseed: 99999999999999999999\n" + NOOP_STAGES, "study.yaml:2: seed: Input should be less"),
+        ("name: s\nstages:\n  s:\n    kind: noop\n    seeds: [1, -1]\n", "study.yaml:5: stages.s.seeds.1"),
+        (
+            "name: s\nstages:\n  s:\n    kind: noop\n    params: {day: 2024-01-01}\n",
+            "study.yaml:5: stages.s.params.day: not a plain value (YAML read a date",
+        ),
+        ("name: s\ndescription: caf\xe9\n" + NOOP_STAGES, "study.yaml:2: not UTF-8 text (byte 0xe9"),
+    ],
+    ids=["inf-param", "nan-grid", "inf-walltime", "huge-seed", "negative-seed", "date", "latin-1"],
+)
+def test_bad_numbers_and_bytes_in_a_study_are_one_line_errors(tmp_path, text, expected):
+    study = tmp_path / "study.yaml"
+    study.write_bytes(text.encode("latin-1"))
+    done = perfscale("plan", study, "--out", tmp_path / "p.parquet", cwd=tmp_path)
+    assert_one_line_error(done, expected)
+    assert not (tmp_path / "p.parquet").exists()
+
+
+def test_cli_arguments_that_name_nothing_are_one_line_errors(study_dir):
+    study = study_dir / "study.yaml"
+    study.write_text(
+        'name: s\nstages:\n  sq:\n    kind: function\n    params: {callable: "fns.py:square"}\n'
+        "    grid: {product: {x: [1, 2]}}\n"
+    )
+    (study_dir / "out").mkdir()
+    done = perfscale("plan", study, "--out", "out", cwd=study_dir)
+    assert_one_line_error(done, "--out out is a folder; give a file path, such as out/s.plan.parquet")
+    assert (
+        perfscale(
+            "run", study, "--run-dir", "run", "--engine", "local", "--no-report", cwd=study_dir
+        ).returncode
+        == 0
+    )
+    done = perfscale("show", "run", "sq", "--columns", "x,nosuch", cwd=study_dir)
+    assert_one_line_error(
+        done, "--columns: stage 'sq' of run run has no column(s) nosuch; its columns are x, y"
+    )
+    done = perfscale("task", "run", "nowhere/plan.parquet", "0", cwd=study_dir)
+    assert_one_line_error(done, "nowhere/plan.parquet: no such plan file; give RUN/plan.parquet")

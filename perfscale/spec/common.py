@@ -8,7 +8,7 @@ import shlex
 from collections.abc import Mapping
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, PlainValidator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator
 
 from perfscale.errors import SpecError
 
@@ -31,8 +31,8 @@ def parse_walltime(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("walltime must be seconds or 'HH:MM:SS', not a boolean")
     if isinstance(value, int | float):
-        if value <= 0:
-            raise ValueError("walltime must be positive")
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"walltime must be a finite, positive number of seconds, got {value!r}")
         return float(value)
     if isinstance(value, str):
         for pattern, parts in _SLURM_TIME:
@@ -125,7 +125,11 @@ def export_lines(env: Mapping[str, str]) -> list[str]:
     return [f"export {k}={shlex.quote(str(v))}" for k, v in sorted(env.items())]
 
 
-class Strict(BaseModel):
-    """Base model: unknown fields are errors, values are validated on assignment."""
+#: seeds of studies and stages: what numpy's legacy seeding (and every library built on it) accepts
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+class Strict(BaseModel):
+    """Base model: unknown fields are errors, numbers are finite, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)

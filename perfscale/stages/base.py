@@ -26,9 +26,9 @@ P = TypeVar("P", bound=BaseModel)
 
 
 class StageParams(BaseModel):
-    """Base of every stage's params model: unknown fields are errors."""
+    """Base of every stage's params model: unknown fields are errors, numbers are finite."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 @dataclass
