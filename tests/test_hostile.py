@@ -294,3 +294,35 @@ def test_cli_arguments_that_name_nothing_are_one_line_errors(study_dir):
     )
     done = perfscale("task", "run", "nowhere/plan.parquet", "0", cwd=study_dir)
     assert_one_line_error(done, "nowhere/plan.parquet: no such plan file; give RUN/plan.parquet")
+
+
+# ---- grids with no tasks ---------------------------------------------------------------------------------
+EMPTIED = """\
+name: empty
+stages:
+  a:
+    kind: noop
+    grid:
+      product: {x: [1, 2]}
+      exclude:
+        - {x: [1, 2]}
+  b:
+    kind: noop
+    inputs: [a]
+"""
+
+
+def test_a_grid_emptied_by_exclude_is_refused_at_plan_time(tmp_path):
+    study = tmp_path / "study.yaml"
+    study.write_text(EMPTIED)
+    done = perfscale("run", study, "--run-dir", "run", "--engine", "local", "--no-report", cwd=tmp_path)
+    assert_one_line_error(done, "study.yaml:7: stages.a.grid.exclude: the rules exclude every grid point")
+    assert not (tmp_path / "run").exists()
+
+
+def test_no_seeds_is_refused_at_load(tmp_path):
+    study = tmp_path / "study.yaml"
+    study.write_text(NOOP_STAGES.join(["name: s\n", "    seeds: []\n"]))
+    done = perfscale("plan", study, "--out", "p.parquet", cwd=tmp_path)
+    assert_one_line_error(done, "study.yaml:5: stages.s.seeds: an empty list gives the stage no tasks")
+    assert not (tmp_path / "p.parquet").exists()

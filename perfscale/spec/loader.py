@@ -127,6 +127,12 @@ def _line_of(lines: dict[Loc, int], loc: Loc) -> int | None:
     return None
 
 
+def line_prefix(path: Path | str, lines: dict[Loc, int], loc: Loc) -> str:
+    """`file:line` of the field at `loc` (or of its nearest parent in the file), `file` alone without one."""
+    line = _line_of(lines, loc)
+    return f"{path}:{line}" if line else str(path)
+
+
 def _read_text(path: Path) -> str:
     try:
         raw = path.read_bytes()
@@ -198,7 +204,6 @@ def format_validation_error(
     out = [f"{path}: {exc.error_count()} problem(s):"]
     for err in exc.errors():
         loc = _field_path(lines or {}, tuple(err["loc"]))
-        line = _line_of(lines or {}, loc)
         field = ".".join(str(p) for p in loc) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
@@ -212,7 +217,7 @@ def format_validation_error(
         elif err["type"] == "value_error":
             msg = msg.removeprefix("Value error, ")
         got = "" if err["type"] in ("missing", "extra_forbidden") else f" (got {err.get('input')!r})"
-        out.append(f"  {path}{':' + str(line) if line else ''}: {field}: {msg}{got}")
+        out.append(f"  {line_prefix(path, lines or {}, loc)}: {field}: {msg}{got}")
     return "\n".join(out)
 
 

@@ -88,6 +88,15 @@ class Stage(Strict):
     resources: Resources | None = None
     retry: RetryPolicy | None = None
 
+    @field_validator("seeds")
+    @classmethod
+    def _some_seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        if seeds is not None and not seeds:
+            raise ValueError(
+                "an empty list gives the stage no tasks; give at least one seed, or remove seeds"
+            )
+        return seeds
+
     @model_validator(mode="after")
     def _no_clash(self) -> Stage:
         grid_names = set(self.grid.product) | set(self.grid.zip)
