@@ -326,3 +326,37 @@ def test_no_seeds_is_refused_at_load(tmp_path):
     done = perfscale("plan", study, "--out", "p.parquet", cwd=tmp_path)
     assert_one_line_error(done, "study.yaml:5: stages.s.seeds: an empty list gives the stage no tasks")
     assert not (tmp_path / "p.parquet").exists()
+
+
+# ---- stage params: every problem, with its line ----------------------------------------------------------
+TYPOS = """\
+name: typos
+stages:
+  p:
+    kind: profile
+    params:
+      command: "echo {size} {missing}"
+      colectors: [perf]
+      envv: {A: "1"}
+      warmup: WARMUP
+      fom: {"bad name": "x(\\\\d+)"}
+    grid:
+      product: {size: [1, 2], threads: [[1], [2]]}
+"""
+
+
+def test_stage_params_errors_are_all_shown_with_their_lines(tmp_path):
+    study = tmp_path / "study.yaml"
+    study.write_text(TYPOS.replace("WARMUP", "-1"))
+    done = perfscale("plan", study, "--out", "p.parquet", cwd=tmp_path)
+    err = assert_one_line_error(done, "study.yaml: stages.p.params at grid point", "4 problem(s)")
+    assert "study.yaml:9: stages.p.params.warmup: Input should be greater than or equal to 0" in err
+    assert "study.yaml:7: stages.p.params.colectors: unknown field; did you mean 'collectors'?" in err
+    assert "study.yaml:8: stages.p.params.envv: unknown field; did you mean 'env'?" in err
+    assert "study.yaml:12: stages.p.grid.product.threads: variable 'threads': must be a string" in err
+    # once the fields are valid, the problems that need them come too, all at once
+    study.write_text(TYPOS.replace("WARMUP", "1"))
+    err = assert_one_line_error(perfscale("plan", study, "--out", "p.parquet", cwd=tmp_path), "5 problem(s)")
+    assert "study.yaml:10: stages.p.params.fom.bad name: not a valid column name" in err
+    assert "study.yaml:6: stages.p.params.command: unknown placeholder {missing}" in err
+    assert not (tmp_path / "p.parquet").exists()

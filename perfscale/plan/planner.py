@@ -17,7 +17,7 @@ from perfscale.plan.grid import expand_grid
 from perfscale.plan.keys import stage_digest, task_key
 from perfscale.spec.loader import Loc, format_validation_error, line_prefix, read_yaml
 from perfscale.spec.site import Site
-from perfscale.spec.study import Study
+from perfscale.spec.study import Stage, Study
 
 
 @dataclass(frozen=True)
@@ -107,8 +107,16 @@ _PLAN_SCHEMA = pa.schema(
 )
 
 
+def _params_loc(spec: Stage, stage: str, loc: Loc) -> Loc:
+    """Where a parameter is set in the study file: in the stage's grid, or in its params."""
+    for part in ("product", "zip"):
+        if loc and loc[0] in getattr(spec.grid, part):
+            return ("stages", stage, "grid", part, *loc)
+    return ("stages", stage, "params", *loc)
+
+
 def _validated_params(
-    study: Study, stage: str, point: dict[str, Any], source: str, site: Site | None
+    study: Study, stage: str, point: dict[str, Any], source: str, site: Site | None, lines: _StudyLines
 ) -> dict[str, Any]:
     from perfscale.stages import get_stage_kind
 
@@ -118,7 +126,13 @@ def _validated_params(
     try:
         model = kind.params.model_validate(merged, context={"site": site})
     except ValidationError as exc:
-        msg = format_validation_error(f"{source}: stages.{stage} (params + grid point {point})", exc)
+        msg = format_validation_error(
+            source,
+            exc,
+            lines.lines,
+            locate=lambda loc: _params_loc(spec, stage, loc),
+            what=f": stages.{stage}.params" + (f" at grid point {point}" if point else ""),
+        )
         raise SpecError(msg) from None
     return model.model_dump(mode="json")
 
@@ -166,7 +180,7 @@ def build_plan(study: Study, source: str = "<study>", site: Site | None = None) 
                 "no tasks; loosen or remove them"
             )
         for point in points:
-            params = _validated_params(study, name, point, source, site)
+            params = _validated_params(study, name, point, source, site, lines)
             for upstream in upstream_keys:
                 for seed in seeds:
                     for rep in range(spec.repetitions):

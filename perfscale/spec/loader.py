@@ -6,6 +6,7 @@ nodes (a "billion laughs" bomb), recursive aliases, and documents nested deeper 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -198,14 +199,21 @@ _UNION_TAGS = frozenset({"dict", "list", "str", "int", "float", "bool", "none"})
 
 
 def format_validation_error(
-    path: Path | str, exc: ValidationError, lines: dict[Loc, int] | None = None
+    path: Path | str,
+    exc: ValidationError,
+    lines: dict[Loc, int] | None = None,
+    locate: Callable[[Loc], Loc] | None = None,
+    what: str = "",
 ) -> str:
-    """One line per problem: `file:line: field.path: message (got X)`."""
-    out = [f"{path}: {exc.error_count()} problem(s):"]
+    """One line per problem: `file:line: field.path: message (got X)`. `locate` maps an error's location
+    to where the field is in the file (for a model validated from part of it); `what` follows the file
+    name in the heading."""
+    out = [f"{path}{what}: {exc.error_count()} problem(s):"]
     for err in exc.errors():
-        loc = _field_path(lines or {}, tuple(err["loc"]))
+        own = tuple(err["loc"])
+        loc = _field_path(lines or {}, locate(own) if locate else own)
         field = ".".join(str(p) for p in loc) or "(top level)"
-        msg = err["msg"]
+        msg = err["msg"].removeprefix(".".join(map(str, own)) + ": ")  # messages that name their field
         if err["type"] == "extra_forbidden":
             msg = "unknown field; remove it or check its spelling"
         elif err["type"] == "missing":
@@ -216,7 +224,10 @@ def format_validation_error(
             msg = "must be a finite number; give a finite bound"
         elif err["type"] == "value_error":
             msg = msg.removeprefix("Value error, ")
-        got = "" if err["type"] in ("missing", "extra_forbidden") else f" (got {err.get('input')!r})"
+        quiet = err["type"] in ("missing", "extra_forbidden") or (
+            err["type"] == "problem" and err["input"] is None
+        )
+        got = "" if quiet else f" (got {err.get('input')!r})"
         out.append(f"  {line_prefix(path, lines or {}, loc)}: {field}: {msg}{got}")
     return "\n".join(out)
 
