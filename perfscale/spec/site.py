@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from perfscale.errors import SpecError
-from perfscale.spec.common import EnvName, SafeName, Strict, Walltime
+from perfscale.spec.common import AutoCount, AutoSize, EnvName, SafeName, Strict, Walltime
 from perfscale.spec.loader import load_model
 
 
@@ -53,13 +53,13 @@ class Site(Strict):
     scheduler: Literal["none", "slurm", "lsf"] = "none"
     launcher: Literal["local", "mpirun", "srun", "jsrun", "lrun"] = "local"
     engine: Literal["local", "parsl", "ray", "dask"] = "parsl"
-    cores_per_node: int | Literal["auto"] = "auto"
-    memory_gb_per_node: float | Literal["auto"] = "auto"
+    cores_per_node: AutoCount = "auto"
+    memory_gb_per_node: AutoSize = "auto"
     gpus_per_node: int = Field(0, ge=0)
     gpu_model: str | None = None
     cpu_model: str | None = None
     arch: Literal["x86_64", "ppc64le", "aarch64"] = "x86_64"
-    max_workers: int | Literal["auto"] = Field("auto", description="concurrent tasks per node in pilot mode")
+    max_workers: AutoCount = Field("auto", description="concurrent tasks per node in pilot mode")
     accounts: list[str] = Field(default_factory=list)
     partitions: dict[str, Partition] = Field(default_factory=dict)
     limits: Limits = Field(default_factory=Limits)
