@@ -18,13 +18,15 @@ class StageState:
 
 
 def run_status(store: RunStore) -> list[StageState]:
-    """done = shard exists; failed = no shard and the last attempt failed; missing = never attempted."""
+    """done = the shard passes its check; failed = no good shard and the last attempt failed (a quarantined
+    shard is a `corrupt_output` attempt); missing = never attempted."""
+    done_by_stage = {stage: store.done_keys(stage) for stage in store.plan.stages}  # quarantines bad shards
     attempts = store.attempts()
     last = attempts.sort_values("attempt").groupby("task_key").tail(1).set_index("task_key")
     states = []
     for stage in store.plan.stages:
         keys = [t.key for t in store.plan.of_stage(stage)]
-        done = store.done_keys(stage)
+        done = done_by_stage[stage]
         st = StageState(stage, total=len(keys))
         for key in keys:
             if key in done:

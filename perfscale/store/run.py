@@ -4,9 +4,11 @@ RUN/
   manifest.json            run metadata (study, site, host, created, perfscale version)
   study.yaml  site.yaml    the exact inputs the run was started from
   plan.parquet             one row per task (see perfscale.plan)
-  stages/<stage>/<key>.parquet     one shard per finished task: the only completion marker
+  stages/<stage>/<key>.parquet     one shard per finished task: the only completion marker (its footer
+                                   says which task, how many rows and which artifacts; see store/shards.py)
   artifacts/<stage>/<key>/         files a task leaves besides its shard (trained models, logs)
   attempts/*.parquet               attempts table, appended in batches
+  quarantine/                      damaged files moved out of the way (see store/recover.py)
   report/index.html
 """
 
@@ -27,13 +29,14 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 import perfscale
 from perfscale.errors import PerfscaleError
 from perfscale.plan.planner import Plan
 from perfscale.spec.site import Site
+from perfscale.store import recover
 from perfscale.store.atomic import atomic_write_table, atomic_write_text
+from perfscale.store.shards import check_shard, list_artifacts, shard_metadata
 
 # provenance columns added to every shard row; the leading underscore keeps them apart from the data's own
 # columns (a job trace has its own duration_s, a profile its own host)
@@ -179,22 +182,65 @@ class RunStore:
     def site(self) -> Site:
         return Site.model_validate_json((self.root / "site.json").read_text())
 
+    @cached_property
+    def plan_keys(self) -> dict[str, dict[str, int]]:
+        """{stage: {task key: task index}} of the plan, in plan order."""
+        keys: dict[str, dict[str, int]] = {}
+        for t in self.plan.tasks:
+            keys.setdefault(t.stage, {})[t.key] = t.index
+        return keys
+
     # ---- shards -------------------------------------------------------------------------------------
-    def done_keys(self, stage: str) -> set[str]:
-        """Keys with a shard, from one directory listing (temp files are hidden: they start with a dot)."""
+    def listed_keys(self, stage: str) -> set[str]:
+        """Keys with a file at their shard path, from one directory listing, unchecked (temp files are
+        hidden: they start with a dot)."""
         try:
             names = os.listdir(self.stage_dir(stage))
         except FileNotFoundError:
             return set()
         return {n[: -len(".parquet")] for n in names if n.endswith(".parquet") and not n.startswith(".")}
 
-    def write_shard(self, stage: str, key: str, data: pa.Table | pd.DataFrame, prov: Provenance) -> Path:
+    def done_keys(self, stage: str, keys: Iterable[str] | None = None) -> set[str]:
+        """The plan's tasks of `stage` (or `keys`) that are done: their shard's footer names the task, holds
+        its row count, and every artifact it lists is there (store/shards.py). A shard that fails is moved to
+        RUN/quarantine/ with a `corrupt_output` attempt row, and its task is not done."""
+        wanted = self.plan_keys.get(stage, {}).keys() if keys is None else set(keys)
+        shards, artifacts = str(self.stage_dir(stage)), str(self.root / "artifacts" / stage)
+        good, bad = set(), {}
+        for key in self.listed_keys(stage) & wanted:  # string paths: pathlib costs ~10 us a shard here
+            path, artifact_dir = f"{shards}/{key}.parquet", f"{artifacts}/{key}"
+            footer, problem = check_shard(path, key, artifact_dir)
+            if problem is not None:
+                bad[key] = problem
+            elif footer is not None:
+                good.add(key)
+        if bad:
+            recover.quarantine_shards(self, stage, bad)
+        return good
+
+    def shard_done(self, stage: str, key: str) -> bool:
+        """Is this one task done? (The check of `done_keys`, for one shard.)"""
+        return key in self.done_keys(stage, [key])
+
+    def write_shard(
+        self,
+        stage: str,
+        key: str,
+        data: pa.Table | pd.DataFrame,
+        prov: Provenance,
+        attempt: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Write the task's shard; its footer records the key, row count, the task's artifacts (files and
+        sizes) and `attempt`, the record of the attempt writing it."""
         table = to_arrow(data)
         clash = set(table.column_names) & set(PROVENANCE_COLUMNS)
         if clash:
             raise ValueError(f"stage {stage!r} output uses reserved provenance column names {sorted(clash)}")
         for name, column in prov.columns(table.num_rows).items():
             table = table.append_column(name, column)
+        artifacts = list_artifacts(self.artifact_dir(stage, key))
+        meta = shard_metadata(key, table.num_rows, artifacts, attempt)
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
         return atomic_write_table(table, self.shard_path(stage, key))
 
     def read_stage(
@@ -208,17 +254,35 @@ class RunStore:
 
         Shards from different tasks may have different columns; the schemas are unified (missing columns
         become nulls, int64/float64 promote to float64). Shards of keys not in the plan are ignored.
+        A shard that cannot be read is quarantined (its task runs again at the next `perfscale run`) and
+        raises CorruptFile naming it.
         """
-        wanted = [t.key for t in self.plan.of_stage(stage)] if keys is None else list(keys)
-        done = self.done_keys(stage)
-        files = [str(self.shard_path(stage, k)) for k in wanted if k in done]
+        wanted = list(self.plan_keys.get(stage, {})) if keys is None else list(keys)
+        listed = self.listed_keys(stage)
+        files, schemas, bad = [], [], {}
+        for key in wanted:
+            if key not in listed:
+                continue
+            footer, problem = check_shard(self.shard_path(stage, key), key, None)
+            if problem is not None:
+                bad[key] = problem
+            elif footer is not None:
+                files.append(str(self.shard_path(stage, key)))
+                schemas.append(footer.schema)
+        if bad:
+            raise recover.corrupt_shards_error(self, stage, bad)
         if not files:
             return pa.table({})
-        schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
-        schema = schema.remove_metadata()
+        schema = pa.unify_schemas(schemas, promote_options="permissive").remove_metadata()
         dataset = ds.dataset(files, schema=schema, format="parquet")
         columns = None if provenance else [n for n in schema.names if n not in PROVENANCE_COLUMNS]
-        return dataset.to_table(columns=columns, filter=filter)
+        try:
+            return dataset.to_table(columns=columns, filter=filter)
+        except (pa.ArrowException, OSError):
+            bad = recover.unreadable_shards(self, stage, files)  # footers parsed, a data page did not
+            if bad:
+                raise recover.corrupt_shards_error(self, stage, bad) from None
+            raise
 
     # ---- attempts -----------------------------------------------------------------------------------
     def append_attempts(self, records: list[Mapping[str, Any]]) -> None:

@@ -1,0 +1,157 @@
+"""Corrupt or missing run files are detected and redone: real runs, real damaged files (truncated, garbage,
+renamed, deleted), real SIGKILLs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import textwrap
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from perfscale.cli import main
+from perfscale.report import build_report
+from perfscale.runner import prepare_run, run_plan
+from perfscale.spec import load_site
+from perfscale.status import run_status
+from perfscale.store import RunStore
+from perfscale.store.shards import SHARD_META
+
+TESTS = Path(__file__).parent
+
+STUDY = """\
+name: corrupt
+stages:
+  square:
+    kind: function
+    params: {callable: "fns.py:square"}
+    grid:
+      product: {x: [1, 2, 3]}
+  total:
+    kind: function
+    params: {callable: "fns.py:total"}
+    inputs: [square]
+  train:
+    kind: function
+    params: {callable: "fns.py:write_model"}
+    grid:
+      product: {x: [1, 2]}
+  sample:
+    kind: function
+    params: {callable: "fns.py:read_model"}
+    foreach: train
+"""
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished run of STUDY; each test works on its own copy (see `run`)."""
+    folder = tmp_path_factory.mktemp("study")
+    shutil.copy(TESTS / "fns.py", folder / "fns.py")
+    (folder / "study.yaml").write_text(textwrap.dedent(STUDY))
+    store = prepare_run(folder / "study.yaml", load_site("local"), folder / "run")
+    summary = run_plan(store, "local", workers=1, progress=False)
+    assert all(s.done == s.total for s in summary.values()), summary
+    return store.root
+
+
+@pytest.fixture
+def run(finished: Path, tmp_path: Path) -> RunStore:
+    return RunStore(shutil.copytree(finished, tmp_path / "run"))
+
+
+def _shard(store: RunStore, stage: str, i: int = 0) -> Path:
+    return store.shard_path(stage, store.plan.of_stage(stage)[i].key)
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def _rerun(store: RunStore) -> dict:
+    return run_plan(RunStore(store.root), "local", workers=1, progress=False)
+
+
+def _corrupt_rows(store: RunStore):
+    attempts = store.attempts()
+    return attempts[attempts.failure_kind == "corrupt_output"]
+
+
+# ---- shards: footer metadata, done-check, quarantine ---------------------------------------------------
+def test_every_shard_footer_records_its_task_rows_artifacts_and_attempt(run):
+    for stage in run.plan.stages:
+        for t in run.plan.of_stage(stage):
+            md = pq.read_metadata(run.shard_path(stage, t.key))
+            meta = json.loads(md.metadata[SHARD_META])
+            assert meta["key"] == t.key and meta["rows"] == md.num_rows == 1
+            assert meta["attempt"]["ok"] is True and meta["attempt"]["task_key"] == t.key
+            assert meta["attempt"]["index"] == t.index and meta["attempt"]["attempt"] == 1
+            assert meta["artifacts"] == (
+                {"model.txt": len(f"model of x={t.params['x']}")} if stage == "train" else {}
+            )
+
+
+def test_truncated_and_garbage_shards_are_quarantined_and_their_tasks_run_again(run):
+    truncated, garbage = _shard(run, "square", 0), _shard(run, "square", 1)
+    _truncate(truncated)
+    garbage.write_bytes(b"not parquet at all")
+    assert run.listed_keys("square") == {t.key for t in run.plan.of_stage("square")}  # files are still there
+
+    summary = _rerun(run)
+    assert summary["square"].ran == 2 and summary["square"].done == 3
+    assert summary["total"].ran == 0  # its input was complete when it ran: it stays done
+    quarantined = sorted(p.name for p in (run.root / "quarantine" / "stages" / "square").iterdir())
+    assert [n.split(".parquet.")[0] for n in quarantined] == sorted([truncated.stem, garbage.stem])
+    rows = _corrupt_rows(run)
+    assert set(rows.task_key) == {truncated.stem, garbage.stem}
+    assert all("not a readable Parquet file" in m and "quarantine" in m for m in rows.message)
+    assert (rows.attempt == 2).all() and not rows.ok.any()  # after the attempt that wrote the shard
+    assert sorted(run.read_stage("square").to_pandas()["y"]) == [1, 4, 9]
+
+
+def test_a_shard_copied_onto_another_tasks_path_is_not_done(run):
+    a, b = _shard(run, "square", 0), _shard(run, "square", 1)
+    shutil.copy(a, b)
+    assert run.done_keys("square") == {a.stem, _shard(run, "square", 2).stem}
+    (message,) = _corrupt_rows(run).message
+    assert f"names task {a.stem!r}, not {b.stem!r}" in message
+
+
+def test_status_counts_a_bad_shard_as_corrupt_output(run):
+    _truncate(_shard(run, "square", 2))
+    square = next(s for s in run_status(run) if s.stage == "square")
+    assert (square.done, square.failed, square.failure_kinds) == (2, 1, {"corrupt_output": 1})
+
+
+def test_task_run_redoes_a_bad_shard(run, capsys):
+    _truncate(_shard(run, "square", 1))
+    index = run.plan.of_stage("square")[1].index
+    assert main(["task", "run", str(run.plan_path), str(index)]) == 0
+    assert "already done" not in capsys.readouterr().out
+    assert run.shard_done("square", _shard(run, "square", 1).stem)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "data pages"])
+def test_show_names_a_bad_shard_in_one_line(run, capsys, damage):
+    shard = _shard(run, "square", 0)
+    if damage == "truncated":
+        _truncate(shard)
+    else:  # the footer stays intact: only reading the data finds it
+        data = bytearray(shard.read_bytes())
+        data[4:30] = b"\xff" * 26
+        shard.write_bytes(bytes(data))
+    assert main(["show", str(run.root), "square"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith(f"error: {shard}: ") and "moved to" in err and "runs its task again" in err
+    assert not shard.exists()
+    assert main(["show", str(run.root), "square"]) == 0  # the other shards are still shown
+
+
+def test_the_report_says_which_shard_was_quarantined(run):
+    shard = _shard(run, "train", 0)
+    _truncate(shard)
+    page = build_report(RunStore(run.root)).read_text()
+    assert "corrupt_output" in page and shard.name in page
