@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from perfscale.cli import main
+from perfscale.errors import PerfscaleError
 from perfscale.report import build_report
 from perfscale.runner import prepare_run, run_plan
 from perfscale.spec import load_site
@@ -155,3 +156,60 @@ def test_the_report_says_which_shard_was_quarantined(run):
     _truncate(shard)
     page = build_report(RunStore(run.root)).read_text()
     assert "corrupt_output" in page and shard.name in page
+
+
+# ---- unreadable run files ------------------------------------------------------------------------------
+def test_a_garbage_attempts_file_is_quarantined_with_a_warning(run, caplog, capsys):
+    garbage = run.root / "attempts" / "20990101T000000-1-deadbeef.parquet"
+    garbage.write_bytes(b"garbage")
+    assert main(["status", str(run.root)]) == 0
+    assert f"unreadable attempts file {garbage}" in caplog.text and "moved to" in caplog.text
+    assert not garbage.exists() and list((run.root / "quarantine" / "attempts").iterdir())
+    assert all(s.done == s.total for s in _rerun(run).values())
+    assert build_report(RunStore(run.root)).exists()
+
+
+def test_a_corrupt_manifest_is_rebuilt_from_the_run_folder(run, caplog):
+    run.manifest_path.write_text('{"study": "corr')
+    page = build_report(RunStore(run.root)).read_text()
+    assert "perfscale report: corrupt" in page
+    manifest = json.loads(run.manifest_path.read_text())
+    assert (manifest["study"], manifest["site"], manifest["tasks"]) == ("corrupt", "local", 8)
+    assert (
+        f"{run.manifest_path}: not valid JSON" in caplog.text and "rebuilt from plan.parquet" in caplog.text
+    )
+    assert [p.name.split(".json.")[0] for p in (run.root / "quarantine").iterdir()] == ["manifest"]
+    with pytest.raises(
+        PerfscaleError, match=r"manifest\.json: was rebuilt and does not know the study's folder"
+    ):
+        _ = RunStore(run.root).study_dir
+
+
+def test_run_rewrites_a_rebuilt_manifest(run):
+    study_dir = Path(json.loads(run.manifest_path.read_text())["study_dir"])
+    run.manifest_path.write_text("[]")
+    store = prepare_run(study_dir / "study.yaml", load_site("local"), run.root)
+    assert Path(store.manifest()["study_dir"]) == study_dir and "rebuilt_at" in store.manifest()
+    assert _rerun(store)["square"].done == 3
+
+
+def test_a_garbage_site_json_is_rebuilt_from_the_site_config(run, caplog):
+    site_json = run.root / "site.json"
+    site_json.write_text("garbage")
+    assert main(["status", str(run.root)]) == 0
+    assert json.loads(site_json.read_text()) == load_site("local").model_dump(mode="json")
+    assert (
+        f"{site_json}: not a valid site" in caplog.text
+        and "rebuilt from the site config 'local'" in caplog.text
+    )
+
+
+def test_a_site_json_that_cannot_be_rebuilt_is_a_one_line_error(run, capsys):
+    (run.root / "site.json").write_bytes(b"\xff\xfe not utf-8")
+    manifest = json.loads(run.manifest_path.read_text())
+    run.manifest_path.write_text(json.dumps({**manifest, "site": "nosuch"}))
+    assert main(["status", str(run.root)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"error: {run.root / 'site.json'}: ") and "unknown site 'nosuch'" in err
+    assert f"--run-dir {run.root}` to write it again" in err

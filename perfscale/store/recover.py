@@ -1,7 +1,11 @@
-"""Damaged run files: moved to RUN/quarantine/ and recorded.
+"""Damaged run files: moved to RUN/quarantine/, recorded, and rebuilt from what the run folder still holds.
 
 - A shard that fails its check (see `perfscale.store.shards`) is moved to `RUN/quarantine/stages/<stage>/`
   and gets a `corrupt_output` attempt row saying why; its task is then not done and runs again.
+- An attempts file that cannot be read is moved to `RUN/quarantine/attempts/` with a warning; every other
+  file is still read.
+- `manifest.json` is rebuilt from `plan.parquet` and `site.json`; `site.json` from the site config the
+  manifest names. Each is moved to quarantine first, with a warning.
 
 Quarantined files keep their path under `RUN/quarantine/`, with a time stamp appended to their name, so that
 no reader of `*.parquet` picks them up again.
@@ -9,18 +13,23 @@ no reader of `*.parquet` picks them up again.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+from pydantic import ValidationError
 
-from perfscale.errors import CorruptFile, FailureKind
+from perfscale.errors import CorruptFile, FailureKind, PerfscaleError
+from perfscale.spec.site import Site, load_site
+from perfscale.store.atomic import atomic_write_text
 from perfscale.store.shards import one_line
 
 if TYPE_CHECKING:
@@ -105,3 +114,100 @@ def unreadable_shards(store: RunStore, stage: str, paths: list[str]) -> dict[str
         except (pa.ArrowException, OSError) as exc:
             bad[Path(path).name.removesuffix(".parquet")] = f"its data cannot be read ({one_line(exc)})"
     return bad
+
+
+def read_attempt_files(store: RunStore, files: list[str], schema: pa.Schema) -> pa.Table:
+    """All rows of the attempts files; an unreadable file is quarantined with a warning and skipped."""
+    try:
+        return ds.dataset(files, schema=schema, format="parquet").to_table()
+    except (pa.ArrowException, OSError):
+        pass  # find the bad file(s): read one by one
+    tables = []
+    for f in files:
+        try:
+            tables.append(ds.dataset([f], schema=schema, format="parquet").to_table())
+        except FileNotFoundError:
+            continue  # quarantined by another process meanwhile
+        except (pa.ArrowException, OSError) as exc:
+            dest = quarantine(store, Path(f))
+            logger.warning(
+                "unreadable attempts file %s (%s): %s; its rows are skipped",
+                f,
+                one_line(exc),
+                _moved(dest),
+            )
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def read_manifest(store: RunStore) -> dict[str, Any]:
+    """manifest.json, rebuilt (with a warning) from plan.parquet and site.json when it is unreadable."""
+    path = store.manifest_path
+    try:
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and {"study", "site"} <= data.keys():
+            return data
+        why = "not a JSON object with `study` and `site`"
+    except FileNotFoundError:
+        why = "missing"
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        why = f"not valid JSON ({one_line(exc)})"
+    plan = store.plan  # a folder without a plan is no run: PerfscaleError naming it
+    dest = quarantine(store, path) if path.exists() else None
+    now = _now().isoformat()
+    manifest = {
+        "study": plan.study,
+        "site": _site_name(store) or "unknown",
+        "perfscale_version": plan.version,
+        "host": "unknown",
+        "created_at": None,
+        "updated_at": now,
+        "stages": plan.stages,
+        "tasks": len(plan.tasks),
+        "rebuilt_at": now,  # study_dir is unknown until the next `perfscale run` writes it
+    }
+    atomic_write_text(json.dumps(manifest, indent=2), path)
+    logger.warning(
+        "%s: %s; %s; rebuilt from plan.parquet and site.json", path, why, _moved(dest) if dest else "no copy"
+    )
+    return manifest
+
+
+def _site_name(store: RunStore) -> str | None:
+    try:
+        name = json.loads((store.root / "site.json").read_text()).get("name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
+def read_site(store: RunStore) -> Site:
+    """site.json, rebuilt (with a warning) from the site config the manifest names when it is unreadable."""
+    path = store.root / "site.json"
+    try:
+        return Site.model_validate_json(path.read_text())
+    except FileNotFoundError:
+        why = "missing"
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(map(str, err["loc"])) or "file"
+        why = f"not a valid site ({field}: {err['msg']})"
+    except ValueError as exc:  # UnicodeDecodeError
+        why = f"not valid JSON ({one_line(exc)})"
+    dest = quarantine(store, path) if path.exists() else None
+    name = store.manifest().get("site")
+    try:
+        site = load_site(str(name))
+    except PerfscaleError as exc:
+        raise CorruptFile(
+            f"{path}: {why}; {_moved(dest) if dest else 'no copy'}; it cannot be rebuilt ({one_line(exc)}): "
+            f"rerun `perfscale run STUDY --site SITE --run-dir {store.root}` to write it again"
+        ) from None
+    atomic_write_text(json.dumps(site.model_dump(mode="json"), indent=2), path)
+    logger.warning(
+        "%s: %s; %s; rebuilt from the site config %r as it is now",
+        path,
+        why,
+        _moved(dest) if dest else "no copy",
+        name,
+    )
+    return site

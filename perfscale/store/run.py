@@ -162,7 +162,8 @@ class RunStore:
         return store
 
     def manifest(self) -> dict[str, Any]:
-        return json.loads(self.manifest_path.read_text())
+        """manifest.json; rebuilt with a warning when it is unreadable (see store/recover.py)."""
+        return recover.read_manifest(self)
 
     def check(self) -> RunStore:
         if not self.plan_path.exists():
@@ -172,7 +173,13 @@ class RunStore:
     @cached_property
     def study_dir(self) -> Path:
         """Where the study file was: relative paths in stage parameters are resolved against it."""
-        return Path(self.manifest().get("study_dir", "."))
+        manifest = self.manifest()
+        if "study_dir" not in manifest and "rebuilt_at" in manifest:
+            raise PerfscaleError(
+                f"{self.manifest_path}: was rebuilt and does not know the study's folder (study_dir): "
+                f"run `perfscale run STUDY --run-dir {self.root}` once to record it"
+            )
+        return Path(manifest.get("study_dir", "."))
 
     @cached_property
     def plan(self) -> Plan:
@@ -180,7 +187,8 @@ class RunStore:
 
     @cached_property
     def site(self) -> Site:
-        return Site.model_validate_json((self.root / "site.json").read_text())
+        """site.json; rebuilt with a warning when it is unreadable (see store/recover.py)."""
+        return recover.read_site(self)
 
     @cached_property
     def plan_keys(self) -> dict[str, dict[str, int]]:
@@ -292,11 +300,14 @@ class RunStore:
             atomic_write_table(table, self.root / "attempts" / name)
 
     def attempts(self) -> pd.DataFrame:
+        """Every attempt row. An unreadable attempts file is quarantined with a warning and skipped
+        (store/recover.py)."""
         folder = self.root / "attempts"
         files = sorted(str(p) for p in folder.glob("*.parquet")) if folder.exists() else []
-        if not files:
-            return ATTEMPT_SCHEMA.empty_table().to_pandas()
-        return ds.dataset(files, schema=ATTEMPT_SCHEMA, format="parquet").to_table().to_pandas()
+        table = (
+            recover.read_attempt_files(self, files, ATTEMPT_SCHEMA) if files else ATTEMPT_SCHEMA.empty_table()
+        )
+        return table.to_pandas()
 
     def clear_artifacts(self, stage: str, key: str) -> Path:
         """A fresh, empty artifact folder for a task attempt (leftovers of a killed attempt are removed)."""
