@@ -213,3 +213,56 @@ def test_a_site_json_that_cannot_be_rebuilt_is_a_one_line_error(run, capsys):
     assert len(err.splitlines()) == 1
     assert err.startswith(f"error: {run.root / 'site.json'}: ") and "unknown site 'nosuch'" in err
     assert f"--run-dir {run.root}` to write it again" in err
+
+
+# ---- missing upstream artifacts ------------------------------------------------------------------------
+@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+def test_an_upstream_whose_artifacts_are_gone_is_redone_and_downstream_runs(run, damage):
+    trained = run.plan.of_stage("train")[0]
+    model = run.artifact_dir("train", trained.key) / "model.txt"
+    if damage == "deleted":
+        shutil.rmtree(model.parent)
+    else:
+        model.write_text("half")
+    for t in run.plan.of_stage("sample"):  # the downstream tasks have not run yet
+        run.shard_path("sample", t.key).unlink()
+
+    summary = _rerun(run)
+    assert (summary["train"].ran, summary["train"].failed) == (1, 0)
+    assert (summary["sample"].ran, summary["sample"].failed) == (2, 0)
+    (message,) = _corrupt_rows(run).message
+    assert f"its artifact {model} " in message
+    assert model.read_text() == "model of x=1"
+    assert sorted(run.read_stage("sample").to_pandas()["model"]) == ["model of x=1", "model of x=2"]
+
+
+REAL_TRAIN = """\
+name: realtrain
+seed: 1
+stages:
+  data: {kind: ingest, params: {kind: sklearn, source: iris}}
+  split: {kind: split, inputs: [data], params: {source: data, holdout_fraction: 0.3}}
+  train:
+    kind: train
+    inputs: [split]
+    params: {source: split}
+    grid: {product: {generator: [smote]}}
+  sample:
+    kind: sample
+    foreach: train
+    params: {rows: 20}
+"""
+
+
+def test_a_real_train_task_whose_model_folder_was_deleted_is_trained_again(write_study, tmp_path):
+    store = prepare_run(write_study(REAL_TRAIN), load_site("local"), tmp_path / "run")
+    assert all(s.failed == 0 for s in run_plan(store, "local", workers=1, progress=False).values())
+    (train,) = store.plan.of_stage("train")
+    shutil.rmtree(store.artifact_dir("train", train.key))
+    (sample,) = store.plan.of_stage("sample")
+    store.shard_path("sample", sample.key).unlink()  # the sample task had not run yet
+
+    summary = _rerun(store)
+    assert (summary["train"].ran, summary["sample"].ran, summary["sample"].failed) == (1, 1, 0)
+    assert (store.artifact_dir("train", train.key) / "model" / "generator.json").exists()
+    assert store.read_stage("sample").num_rows == 20

@@ -6,9 +6,11 @@ Every shard carries one JSON object in its Parquet footer's key-value metadata, 
      "attempt": the attempt record of the attempt that wrote it}
 
 The done-check (`check_shard`) reads only the footer (a few kB at the end of the file, ~0.1 ms locally),
-never the data pages: the footer must parse, name the task and hold as many rows as the metadata says. A
-shard written before footers carried this metadata passes when its footer parses. Corrupt data pages under
-an intact footer are found when the shard is read (`RunStore.read_stage`).
+never the data pages: the footer must parse, name the task and hold as many rows as the metadata says, and
+every artifact it lists must still be there with its size (a train task whose model folder was deleted is
+not done, so it runs again and its downstream tasks can run). A shard written before footers carried this
+metadata passes when its footer parses. Corrupt data pages under an intact footer are found when the shard
+is read (`RunStore.read_stage`).
 """
 
 from __future__ import annotations
@@ -92,7 +94,8 @@ def read_footer(path: str | Path) -> Footer:
 
 
 def footer_problem(footer: Footer, key: str, artifact_dir: str | Path | None) -> str | None:
-    """Why a parsed footer does not make its task done (None: it does)."""
+    """Why a parsed footer does not make its task done (None: it does). Artifacts are checked when
+    `artifact_dir` is given."""
     meta = footer.meta
     if meta is None:
         return None  # a shard from before footers carried metadata: its footer parsed, nothing more to check
@@ -100,6 +103,15 @@ def footer_problem(footer: Footer, key: str, artifact_dir: str | Path | None) ->
         return f"its footer names task {meta.get('key')!r}, not {key!r}"
     if meta.get("rows") != footer.num_rows:
         return f"its footer metadata says {meta.get('rows')} rows but the file holds {footer.num_rows}"
+    if artifact_dir is not None:
+        for name, size in (meta.get("artifacts") or {}).items():
+            path = Path(artifact_dir, name)
+            try:
+                found = path.stat().st_size
+            except FileNotFoundError:
+                return f"its artifact {path} is missing"
+            if found != size:
+                return f"its artifact {path} has {found} bytes, the shard recorded {size}"
     return None
 
 
