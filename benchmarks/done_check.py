@@ -4,8 +4,10 @@
 
 Writes N one-row shards (with footer metadata, as tasks write them) into a noop run, then times:
 - `listing`: one directory listing (the check before shards carried footers: a file exists = done);
-- `footer check`: `RunStore.done_keys` (read each shard's footer, compare key and row count), what
-  `run_plan` and `run_status` call once per stage.
+- `footer check`: `RunStore.done_keys` (read each shard's footer, compare key and row count, stat listed
+  artifacts), what `run_plan` and `run_status` call once per stage;
+- `attempts read`: `RunStore.attempts()` with every shard's attempt row present (the recovery of lost rows
+  then reads no footer) and with no attempts file at all (every row recovered from a footer).
 Best and median of `--repeat` runs (the best is steadier on a shared machine), files in the page cache (a
 cold parallel file system costs more per open).
 Results: benchmarks/results/done_check.json with the machine description.
@@ -84,6 +86,10 @@ def main() -> None:
         assert len(store.done_keys("noop")) == args.shards
         listing = _time_ms(lambda: store.listed_keys("noop"), args.repeat)
         footers = _time_ms(lambda: store.done_keys("noop"), args.repeat)
+        attempts = _time_ms(store.attempts, args.repeat)
+        shutil.rmtree(store.root / "attempts")
+        assert int(store.attempts()["ok"].sum()) == args.shards  # every row comes back from a footer
+        recovered = _time_ms(store.attempts, args.repeat)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     result = {
@@ -92,6 +98,8 @@ def main() -> None:
         "listing (before)": listing,
         "footer check (now)": footers,
         "footer check, best us per shard": round(footers["best_ms"] / args.shards * 1e3, 1),
+        "attempts read": attempts,
+        "attempts read, every row recovered from footers": recovered,
         "machine": describe(),
     }
     print(write_results(RESULTS / "done_check.json", result).read_text())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from perfscale.store.recover import RECOVERED_MESSAGE
 from perfscale.store.run import RunStore
 
 
@@ -14,6 +15,7 @@ class StageState:
     done: int = 0
     failed: int = 0
     missing: int = 0
+    recovered: int = 0  # done tasks whose attempt row was lost and read back from their shard's footer
     failure_kinds: dict[str, int] = field(default_factory=dict)
 
 
@@ -31,6 +33,7 @@ def run_status(store: RunStore) -> list[StageState]:
         for key in keys:
             if key in done:
                 st.done += 1
+                st.recovered += key in last.index and last.at[key, "message"] == RECOVERED_MESSAGE
             elif key in last.index and not bool(last.at[key, "ok"]):
                 st.failed += 1
                 kind = str(last.at[key, "failure_kind"])

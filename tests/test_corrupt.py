@@ -4,8 +4,13 @@ renamed, deleted), real SIGKILLs."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -18,6 +23,7 @@ from perfscale.runner import prepare_run, run_plan
 from perfscale.spec import load_site
 from perfscale.status import run_status
 from perfscale.store import RunStore
+from perfscale.store.recover import RECOVERED_MESSAGE
 from perfscale.store.shards import SHARD_META
 
 TESTS = Path(__file__).parent
@@ -266,3 +272,62 @@ def test_a_real_train_task_whose_model_folder_was_deleted_is_trained_again(write
     assert (summary["train"].ran, summary["sample"].ran, summary["sample"].failed) == (1, 1, 0)
     assert (store.artifact_dir("train", train.key) / "model" / "generator.json").exists()
     assert store.read_stage("sample").num_rows == 20
+
+
+# ---- lost attempt records ------------------------------------------------------------------------------
+def _raw_ok_keys(store: RunStore) -> set[str]:
+    """Task keys with an ok row in the attempts files themselves (no recovery)."""
+    files = sorted((store.root / "attempts").glob("*.parquet"))
+    tables = [pq.read_table(f, columns=["task_key", "ok"]).to_pandas() for f in files]
+    return {k for t in tables for k in t.loc[t["ok"], "task_key"]}
+
+
+def test_deleted_attempt_rows_are_read_back_from_the_shards(run, capsys):
+    before = run.attempts().set_index("task_key").sort_index()
+    shutil.rmtree(run.root / "attempts")
+    after = RunStore(run.root).attempts().set_index("task_key").sort_index()
+    assert after.index.tolist() == before.index.tolist()
+    same = ["stage", "index", "attempt", "host", "pid", "started_at", "duration_s", "ok", "exit_status"]
+    assert after[same].equals(before[same])
+    assert (after["message"] == RECOVERED_MESSAGE).all()
+    assert main(["status", str(run.root)]) == 0
+    assert "8 finished task(s) had lost their attempt row" in capsys.readouterr().out
+
+
+SLOW = """\
+name: slow
+stages:
+  square:
+    kind: function
+    params: {callable: "fns.py:slow_square", delay: 0.3}
+    grid:
+      product: {x: [%s]}
+"""
+
+
+def test_sigkill_of_perfscale_run_leaves_every_finished_task_explained(write_study, tmp_path, capsys):
+    study = write_study(SLOW % ", ".join(map(str, range(30))))
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "perfscale.cli", "run", str(study), "--run-dir", str(run)]
+    cmd += ["--engine", "local", "--workers", "1", "--no-report", "--quiet"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    store = RunStore(run)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:  # kill while a finished task's row is buffered
+        if run.joinpath("plan.parquet").exists() and store.listed_keys("square") - _raw_ok_keys(store):
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, proc.stderr.read().decode()
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    done = RunStore(run).done_keys("square")
+    assert done - _raw_ok_keys(store), "the kill came after every row was written: nothing was lost"
+    attempts = RunStore(run).attempts()
+    explained = set(attempts.loc[attempts["ok"], "task_key"])
+    assert done <= explained
+    recovered = attempts[attempts["message"] == RECOVERED_MESSAGE]
+    assert set(recovered.task_key) == done - _raw_ok_keys(store)
+    assert (recovered.host.notna() & (recovered.duration_s >= 0.3)).all()  # the real attempt's record
+    assert main(["status", str(run)]) == 0
+    assert f"{len(recovered)} finished task(s) had lost their attempt row" in capsys.readouterr().out

@@ -3,7 +3,9 @@
 - A shard that fails its check (see `perfscale.store.shards`) is moved to `RUN/quarantine/stages/<stage>/`
   and gets a `corrupt_output` attempt row saying why; its task is then not done and runs again.
 - An attempts file that cannot be read is moved to `RUN/quarantine/attempts/` with a warning; every other
-  file is still read.
+  file is still read. Done tasks whose rows it held are explained by their shards' footers.
+- A finished shard without an `ok` attempt row (rows are buffered for 2 s, so a SIGKILLed `perfscale run`
+  loses the last ones) gets its row back from its footer, where the attempt that wrote it left its record.
 - `manifest.json` is rebuilt from `plan.parquet` and `site.json`; `site.json` from the site config the
   manifest names. Each is moved to quarantine first, with a warning.
 
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pydantic import ValidationError
@@ -30,12 +33,16 @@ from pydantic import ValidationError
 from perfscale.errors import CorruptFile, FailureKind, PerfscaleError
 from perfscale.spec.site import Site, load_site
 from perfscale.store.atomic import atomic_write_text
-from perfscale.store.shards import one_line
+from perfscale.store.shards import check_shard, one_line
 
 if TYPE_CHECKING:
     from perfscale.store.run import RunStore
 
 logger = logging.getLogger("perfscale.store")
+
+RECOVERED_MESSAGE = (
+    "recovered from the shard's footer: the attempt row was lost (run killed before writing it)"
+)
 
 
 def _now() -> datetime:
@@ -131,12 +138,30 @@ def read_attempt_files(store: RunStore, files: list[str], schema: pa.Schema) -> 
         except (pa.ArrowException, OSError) as exc:
             dest = quarantine(store, Path(f))
             logger.warning(
-                "unreadable attempts file %s (%s): %s; its rows are skipped",
+                "unreadable attempts file %s (%s): %s; its rows are skipped, and finished tasks are "
+                "explained by their shards' footers",
                 f,
                 one_line(exc),
                 _moved(dest),
             )
     return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def recovered_attempts(store: RunStore, table: pa.Table) -> list[dict[str, Any]]:
+    """Attempt rows, read from their shards' footers, of finished tasks that have no `ok` row in `table`."""
+    if not store.plan_path.exists():
+        return []
+    ok_keys = pc.filter(table.column("task_key"), table.column("ok")).unique()
+    names = table.schema.names
+    rows = []
+    for stage, wanted in store.plan_keys.items():
+        listed = pa.array(sorted(store.listed_keys(stage) & wanted.keys()), pa.string())
+        for key in listed.filter(pc.invert(pc.is_in(listed, value_set=ok_keys))).to_pylist():
+            footer, problem = check_shard(store.shard_path(stage, key), key, None)
+            record = footer.attempt() if footer is not None and problem is None else None
+            if record is not None:
+                rows.append({**{n: record.get(n) for n in names}, "message": RECOVERED_MESSAGE})
+    return rows
 
 
 def read_manifest(store: RunStore) -> dict[str, Any]:

@@ -300,13 +300,16 @@ class RunStore:
             atomic_write_table(table, self.root / "attempts" / name)
 
     def attempts(self) -> pd.DataFrame:
-        """Every attempt row. An unreadable attempts file is quarantined with a warning and skipped
-        (store/recover.py)."""
+        """Every attempt row. An unreadable attempts file is quarantined with a warning and skipped; a done
+        task without an `ok` row gets the row its shard's footer recorded (store/recover.py)."""
         folder = self.root / "attempts"
         files = sorted(str(p) for p in folder.glob("*.parquet")) if folder.exists() else []
         table = (
             recover.read_attempt_files(self, files, ATTEMPT_SCHEMA) if files else ATTEMPT_SCHEMA.empty_table()
         )
+        recovered = recover.recovered_attempts(self, table)
+        if recovered:
+            table = pa.concat_tables([table, pa.Table.from_pylist(recovered, schema=ATTEMPT_SCHEMA)])
         return table.to_pandas()
 
     def clear_artifacts(self, stage: str, key: str) -> Path:
