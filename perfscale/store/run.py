@@ -212,10 +212,9 @@ class RunStore:
         """The plan's tasks of `stage` (or `keys`) that are done: their shard's footer names the task, holds
         its row count, and every artifact it lists is there (store/shards.py). A shard that fails is moved to
         RUN/quarantine/ with a `corrupt_output` attempt row, and its task is not done."""
-        wanted = self.plan_keys.get(stage, {}).keys() if keys is None else set(keys)
         shards, artifacts = str(self.stage_dir(stage)), str(self.root / "artifacts" / stage)
         good, bad = set(), {}
-        for key in self.listed_keys(stage) & wanted:  # string paths: pathlib costs ~10 us a shard here
+        for key in self._present(stage, keys):  # string paths: pathlib costs ~10 us a shard here
             path, artifact_dir = f"{shards}/{key}.parquet", f"{artifacts}/{key}"
             footer, problem = check_shard(path, key, artifact_dir)
             if problem is not None:
@@ -229,6 +228,14 @@ class RunStore:
     def shard_done(self, stage: str, key: str) -> bool:
         """Is this one task done? (The check of `done_keys`, for one shard.)"""
         return key in self.done_keys(stage, [key])
+
+    def _present(self, stage: str, keys: Iterable[str] | None) -> Iterable[str]:
+        """The plan's keys of `stage` that have a file, from one listing; given `keys` are not listed: each
+        is opened, and a missing file costs one failed open (a stage folder may hold 100k shards)."""
+        if keys is None:
+            listed = self.listed_keys(stage)
+            return [k for k in self.plan_keys.get(stage, {}) if k in listed]  # plan order
+        return keys
 
     def write_shard(
         self,
@@ -265,12 +272,8 @@ class RunStore:
         A shard that cannot be read is quarantined (its task runs again at the next `perfscale run`) and
         raises CorruptFile naming it.
         """
-        wanted = list(self.plan_keys.get(stage, {})) if keys is None else list(keys)
-        listed = self.listed_keys(stage)
         files, schemas, bad = [], [], {}
-        for key in wanted:
-            if key not in listed:
-                continue
+        for key in self._present(stage, keys):
             footer, problem = check_shard(self.shard_path(stage, key), key, None)
             if problem is not None:
                 bad[key] = problem
