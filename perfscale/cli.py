@@ -98,6 +98,10 @@ def _print_status(store) -> int:
             ]
         table.add_row(*row, kinds)
     console.print(table)
+    recovered = sum(st.recovered for st in states)
+    if recovered:
+        lost = f"{recovered} finished task(s) had lost their attempt row"
+        console.print(f"[dim]{lost}: read back from their shards' footers")
     return 1 if any(st.failed for st in states) else 0
 
 

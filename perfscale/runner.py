@@ -120,9 +120,9 @@ def run_plan(
     """
     plan: Plan = store.plan
     summary: dict[str, StageSummary] = {}
+    done = {s: store.done_keys(s) for s in plan.stages}  # checks every shard's footer; bad ones quarantined
     next_attempt = _next_attempts(store)
     log = AttemptLog(store)
-    done = {s: store.done_keys(s) for s in plan.stages}
     owned = not isinstance(engine, Engine)
     if owned:
         engine = make_engine(engine or store.site.engine, store.site, store.root, workers)

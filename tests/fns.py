@@ -42,3 +42,19 @@ def flaky(x: int, ctx) -> dict:
         marker.write_text("seen")
         raise RuntimeError("first attempt fails")
     return {"x": x, "seen_attempt": ctx.attempt}
+
+
+def write_model(x: int, ctx) -> dict:
+    """A train-like task: leaves a model file in its artifact folder."""
+    (ctx.artifacts / "model.txt").write_text(f"model of x={x}")
+    return {"x": x}
+
+
+def read_model(ctx) -> dict:
+    """A sample-like task: reads its upstream task's model, bad input when it is missing."""
+    from perfscale.errors import BadInput
+
+    model = ctx.upstream_artifacts() / "model.txt"
+    if not model.exists():
+        raise BadInput(f"{model} is missing")
+    return {"model": model.read_text()}
