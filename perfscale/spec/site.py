@@ -64,6 +64,12 @@ class Site(Strict):
     partitions: dict[str, Partition] = Field(default_factory=dict)
     limits: Limits = Field(default_factory=Limits)
     counters: Counters = Field(default_factory=Counters)
+    watchdog_s: float = Field(
+        300.0,
+        gt=0,
+        description="pilot mode: no task finished and no worker alive for this long restarts the engine; "
+        "the same again right after a restart stops the run with a named error",
+    )
     setup: list[str] = Field(default_factory=list, description="shell lines run before each task (modules)")
     env: dict[EnvName, str] = Field(default_factory=dict, description="exported before each task")
 
