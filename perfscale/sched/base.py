@@ -46,6 +46,7 @@ SCHEDULERS: dict[str, str] = {
     "none": "perfscale.sched.base:NoScheduler",
     "slurm": "perfscale.sched.slurm:Slurm",
     "lsf": "perfscale.sched.lsf:LSF",
+    "pbs": "perfscale.sched.pbs:PBS",
 }
 
 
