@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -487,3 +488,326 @@ def test_pbs_pilots_from_polaris(tmp_path: Path):
     finally:
         cluster.close()
     assert "#PBS -l select=1:ncpus=32:ngpus=4" in lines and "#PBS -l filesystems=home:eagle" in lines
+
+
+# ------------------------------------------------------------------------------------------------ Flux
+
+# From flux-batch(1) and RFC 36 (submission directives: one sentinel `# flux:`, shell quoting, grouped before
+# the script), flux-submit(1) (--cc=IDSET with {cc} replaced in options and arguments, FLUX_JOB_CC in each
+# copy, --wait, --signal=SIG@TIME, --time-limit in FSD) and flux-jobs(1) (--json); the batch script runs as
+# the allocation's initial program with FLUX_ENCLOSING_ID set (flux-environment(7)).
+EXPECTED_FLUX = """\
+#!/bin/bash
+# flux: --job-name=s-p-0
+# flux: --nodes=2
+# flux: --exclusive
+# flux: --time-limit=3720s
+# flux: --queue=pbatch
+# flux: --bank='my bank'
+# flux: --output=@RUN@/logs/s-p-0.allocation.out
+# flux: --setattr=system.cwd=/p/lustre1
+# perfscale array job s-p-0: stage p, 40 elements, 16 at a time in one Flux allocation
+set -u
+module load rocm
+if [ "${1:-}" != --element ]; then
+  export PERFSCALE_FLUX_ALLOCATION="${FLUX_ENCLOSING_ID:-}"
+  flux submit --quiet --wait --cc=0-39 --job-name=s-p-0.{cc} --nodes=1 --ntasks=1 --cores-per-task=4 --gpus-per-task=1 --time-limit=1200s --signal=USR1@120s --output='@RUN@/logs/s-p-0-{cc}.out' bash @RUN@/arrays/s-p-0.sh --element
+  rc=$?
+  flux jobs -a -c 0 --json > @RUN@/arrays/s-p-0.flux.json.tmp && mv @RUN@/arrays/s-p-0.flux.json.tmp @RUN@/arrays/s-p-0.flux.json
+  exit "$rc"
+fi
+element=$FLUX_JOB_CC
+allocation=${PERFSCALE_FLUX_ALLOCATION:-unknown}
+export PERFSCALE_ELEMENT="flux job ${allocation/#ƒ/f}[${element}]"
+export PERFSCALE_ELEMENT_DEADLINE=$(($(date +%s) + 1200))
+indices=$(sed -n "$((element + 1))p" @RUN@/arrays/s-p-0.idx)
+resume=@RUN@/arrays/s-p-0.idx."$element".resume
+""" + ELEMENT_BODY.replace("@REQUEUE@", ": no requeue on Flux")
+
+
+def _tioga(**update):
+    return load_site("tioga").model_copy(update=update)
+
+
+def test_flux_batch_script_line_by_line(tmp_path: Path):
+    """40 elements of 4 cores and 1 GPU, 16 at once: a Tioga-like node (64 cores, 8 GPUs) holds 8 of them
+    (GPU-bound), so the allocation is 2 nodes, for 3 rounds of 20 min plus 2 min to start: 3,720 s."""
+    site = _tioga(directives=["--setattr=system.cwd=/p/lustre1"])
+    tasks = _tasks(40, walltime="00:20:00", cores=4, memory_gb=2, gpus=1)
+    (job,) = stage_arrays("s", "p", tasks, site, "pbatch", "my bank", throttle=16)
+    rendered = render_array(job, site, tmp_path)
+    assert rendered.script.splitlines() == _expected(EXPECTED_FLUX, tmp_path)
+    assert rendered.index_file == "".join(f"{i}\n" for i in range(40))
+
+
+def _directive_words(value: str) -> list[str]:
+    """How flux-core's Directive splits one directive (src/bindings/python/flux/job/directives.py)."""
+    lexer = shlex.shlex(value, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    lexer.escapedquotes = "\"'"
+    return list(lexer)
+
+
+def test_flux_directives_follow_rfc36(tmp_path: Path):
+    r"""The rules flux batch applies (DirectiveParser in src/bindings/python/flux/job/directives.py): a
+    directive is a line matching `^([^\w]*)(flux:)`, all with one sentinel, grouped before the first line that
+    does not start with the sentinel's prefix, and each splits as shell words into options (SETARGS)."""
+    site = _tioga(directives=["--setattr=system.cwd=/p/lustre1"])
+    (job,) = stage_arrays("s", "p", _tasks(3), site, account="it's; rm -rf ~")
+    lines = render_array(job, site, tmp_path / "a b").script.splitlines()
+    directive = re.compile(r"^([^\w]*)((?:flux|FLUX):)(.*)$")
+    found = [(n, m) for n, line in enumerate(lines) if (m := directive.match(line))]
+    assert [n for n, _ in found] == list(range(1, len(found) + 1)) and len(found) == 8
+    assert {m.group(1) + m.group(2) for _, m in found} == {"# flux:"}
+    words = [_directive_words(m.group(3)) for _, m in found]
+    assert all(w and w[0].startswith("-") for w in words)
+    assert ["--bank=it's; rm -rf ~"] in words  # quoted: one word, no shell code
+    assert [f"--output={tmp_path.resolve()}/a b/logs/s-p-0.allocation.out"] in words
+
+
+def test_flux_allocation_shape_and_limits():
+    from perfscale.sched.flux import STARTUP_S, allocation_shape
+
+    site = _tioga()
+    (job,) = stage_arrays("s", "p", _tasks(100, cores=1), site, throttle=200)
+    assert allocation_shape(job, site) == (2, 100, 600 + STARTUP_S)  # 64 one-core elements per node
+    (job,) = stage_arrays("s", "p", _tasks(100, cores=1, gpus=2), site, throttle=100)
+    assert allocation_shape(job, site)[:2] == (24, 96)  # 4 per node (8 GPUs / 2), pbatch's 24 nodes
+    (job,) = stage_arrays("s", "p", _tasks(100, walltime="00:30:00"), site, "pdebug", throttle=10)
+    with pytest.raises(
+        SpecError, match=r"100 elements of 00:30:00, 10 at a time on 1 node\(s\), need 05:02:00"
+    ):
+        allocation_shape(job, site)
+    (job,) = stage_arrays("s", "p", _tasks(2, nodes=2), site)
+    with pytest.raises(SpecError, match="Flux array mode runs one-node elements"):
+        render_array(job, site, Path("/tmp/x"))
+
+
+def test_flux_element_runs_its_tasks_for_real(tmp_path: Path):
+    """bash runs the rendered script as the allocation's `flux submit --cc` starts element 1 (FLUX_JOB_CC=1,
+    `--element`): it runs task 1 only; its element tag normalises the allocation's F58 id to ascii."""
+    store, script = _prepare(tmp_path, _tioga(setup=[]), 3)
+    env = {**os.environ, "FLUX_JOB_CC": "1", "PERFSCALE_FLUX_ALLOCATION": "ƒM7Zq9AKHno"}
+    done = subprocess.run(
+        ["bash", str(script), "--element"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert _done(RunStore(store.root)) == [1]
+    lines = script.read_text().splitlines()
+    tag = "\n".join(
+        ln for ln in lines if ln.startswith(("element=", "allocation=", "export PERFSCALE_ELEMENT="))
+    )
+    shown = subprocess.run(
+        ["bash", "-c", tag + '\necho "$PERFSCALE_ELEMENT"'], env=env, capture_output=True, text=True
+    )
+    assert shown.stdout == "flux job fM7Zq9AKHno[1]\n"
+
+
+def test_element_tags_match_what_record_scheduler_failures_looks_for(tmp_path: Path):
+    """A task interrupted in an element records `... in <PERFSCALE_ELEMENT>`; the scheduler's record is matched
+    to it by `job ID[K]` with ID as submit returned it. PBS: PBS_ARRAY_ID; Flux: the normalised allocation."""
+    from perfscale.sched.submit import _element_tag
+
+    for site, env, job_id, element in (
+        (_polaris(setup=[]), {"PBS_ARRAY_INDEX": "2", "PBS_ARRAY_ID": "4242[].pbs01"}, "4242[].pbs01", 2),
+        (_polaris(setup=[]), {"PBS_JOBID": "4243.pbs01"}, "4243.pbs01", 0),
+        (
+            _tioga(setup=[]),
+            {"FLUX_JOB_CC": "3", "PERFSCALE_FLUX_ALLOCATION": "ƒM7Zq9AKHno"},
+            "fM7Zq9AKHno",
+            3,
+        ),
+    ):
+        (job,) = stage_arrays("s", "p", _tasks(4), site)
+        lines = render_array(job, site, tmp_path).script.splitlines()
+        tag = "\n".join(
+            ln for ln in lines if ln.startswith(("element=", "allocation=", "export PERFSCALE_ELEMENT="))
+        )
+        shown = subprocess.run(
+            ["bash", "-c", tag + '\necho "$PERFSCALE_ELEMENT"'], env={"PATH": os.environ["PATH"], **env},
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert _element_tag(job_id, element) in shown.stdout, (shown.stdout, job_id)
+
+
+def _flux_job(fid: str, name: str, state: str = "INACTIVE", **fields) -> dict:
+    """One record as JobInfo.to_dict() writes it (flux-core src/bindings/python/flux/job/info.py): `id` as an
+    integer, `jobid` in F58, empty values removed, `exception` always present ({"occurred": False} when none)."""
+    record = {"id": 1000 + len(name), "jobid": fid, "userid": 1000, "urgency": 16, "priority": 16,
+              "t_submit": 1764000000.0, "state": state, "name": name, "ntasks": 1, "nnodes": 1,
+              "exception": {"occurred": False}}  # fmt: skip
+    return {**record, **fields}
+
+
+def _exc(kind: str, note: str) -> dict:
+    return {"occurred": True, "severity": 0, "type": kind, "note": note}
+
+
+ELEMENTS = [
+    _flux_job("ƒ2a", "s-p-0.0", result="COMPLETED", success=True, waitstatus=0, returncode=0),
+    _flux_job("ƒ2b", "s-p-0.1", result="FAILED", success=False, waitstatus=256, returncode=1),
+    # job-exec timelimit_cb: exception type "timeout", note "resource allocation expired", then SIGALRM
+    _flux_job("ƒ2c", "s-p-0.2", result="TIMEOUT", success=False, waitstatus=14, returncode=-14,
+              exception=_exc("timeout", "resource allocation expired")),
+    _flux_job("ƒ2d", "s-p-0.3", result="CANCELED", success=False, returncode=-128, exception=_exc("cancel", "")),
+    # job-exec: a lost job shell raises "node-failure"
+    _flux_job("ƒ2e", "s-p-0.4", result="FAILED", success=False, returncode=1,
+              exception=_exc("node-failure", "lost contact with job shell")),
+    _flux_job("ƒ2f", "s-p-0.5", result="FAILED", success=False, waitstatus=35072, returncode=137),
+    _flux_job("ƒ2g", "s-p-0.6", state="RUN"),
+    _flux_job("ƒ2h", "s-p-0.7", state="SCHED"),
+]  # fmt: skip
+
+
+def test_flux_jobs_json_with_running_allocation():
+    """`flux jobs -a -R -L 1 --json A B`: {"jobs": [...]}, each running instance with its own "jobs"."""
+    from perfscale.sched.flux import element_states, parse_flux_jobs
+
+    out = json.dumps(
+        {
+            "jobs": [
+                _flux_job("ƒM7Zq9AKHno", "s-p-0", state="RUN", jobs=ELEMENTS),
+                _flux_job("ƒN8", "s-q-0", state="DEPEND", dependencies=["afterok:ƒM7Zq9AKHno"]),
+            ]
+        }
+    )
+    listing = parse_flux_jobs(out)
+    assert sorted(listing) == ["fM7Zq9AKHno", "fN8"]  # F58 ids in one (ascii) form
+    alloc = listing["fM7Zq9AKHno"]
+    states = element_states("fM7Zq9AKHno", alloc, alloc["jobs"], size=10)
+    summary = {k[1]: (s.state, s.active, s.failure, s.exit_code) for k, s in states.items()}
+    assert summary == {
+        0: ("COMPLETED", False, None, 0),
+        1: ("FAILED", False, FailureKind.APP_ERROR, 1),
+        2: ("TIMEOUT", False, FailureKind.TIMEOUT, -14),
+        3: ("CANCELED", False, FailureKind.CANCELLED, -128),
+        4: ("FAILED", False, FailureKind.NODE_LOST, 1),
+        5: ("FAILED", False, FailureKind.OOM, 137),
+        6: ("RUN", True, None, None),
+        7: ("SCHED", True, None, None),
+        8: ("PENDING", True, None, None),  # not submitted yet inside the allocation
+        9: ("PENDING", True, None, None),
+    }
+    assert states[("fM7Zq9AKHno", 2)].reason == "timeout: resource allocation expired"
+    pending = element_states("fN8", listing["fN8"], None, size=2)  # the allocation waits on its dependency
+    assert {k[1]: (s.state, s.active) for k, s in pending.items()} == {
+        0: ("DEPEND", True),
+        1: ("DEPEND", True),
+    }
+    # one job id on the command line: one object, not a "jobs" array (src/cmd/flux-jobs.py)
+    assert list(parse_flux_jobs(json.dumps(_flux_job("ƒN8", "s-q-0", state="SCHED")))) == ["fN8"]
+
+
+@pytest.mark.parametrize(
+    ("allocation", "state", "kind"),
+    [
+        (dict(result="TIMEOUT", exception=_exc("timeout", "resource allocation expired")), "allocation TIMEOUT", FailureKind.TIMEOUT),
+        (dict(result="CANCELED", exception=_exc("cancel", "")), "allocation CANCELED", FailureKind.CANCELLED),
+        (dict(result="FAILED", exception=_exc("node-failure", "lost contact with job shell")), "allocation FAILED", FailureKind.NODE_LOST),
+        # afterok on an allocation that failed: a fatal dependency exception; its elements never ran
+        (dict(result="FAILED", exception=_exc("dependency", "dependency failed")), "allocation DEPENDENCY", None),
+    ],
+)  # fmt: skip
+def test_an_allocation_that_ended_without_its_record(allocation, state, kind):
+    from perfscale.sched.flux import element_states
+
+    alloc = _flux_job("ƒM7", "s-p-0", **allocation)
+    states = element_states("fM7", alloc, None, size=3)
+    assert {(s.state, s.active, s.failure) for s in states.values()} == {(state, False, kind)}
+    assert sorted(k[1] for k in states) == [0, 1, 2]
+
+
+def test_flux_batch_argv_and_ids():
+    from perfscale.sched.flux import flux_batch_argv, flux_jobs_argv, parse_flux_batch
+
+    script = Path("/r/arrays/s-p-0.sh")
+    assert flux_batch_argv(script, ["fA", "fB"], hold=True, after_any=["fC"]) == [
+        "flux", "batch", "--urgency=hold", "--dependency=afterok:fA", "--dependency=afterok:fB",
+        "--dependency=afterany:fC", "/r/arrays/s-p-0.sh",
+    ]  # fmt: skip
+    assert parse_flux_batch("ƒM7Zq9AKHno\n") == "fM7Zq9AKHno"  # the id as flux-batch(1) shows it
+    assert parse_flux_batch("fM7Zq9AKHno\n") == "fM7Zq9AKHno"
+    with pytest.raises(SchedulerCommandError, match="flux batch did not report a job id"):
+        parse_flux_batch("flux-batch: ERROR: unsatisfiable request\n")
+    assert flux_jobs_argv(["fA"]) == ["flux", "jobs", "-a", "-R", "-L", "1", "-c", "0", "--json", "fA"]
+
+
+def test_perfscale_submit_status_cancel_on_flux(tmp_path: Path, commands):
+    """`perfscale submit` on a Flux site: one `flux batch` allocation per array, afterok between stages, the id
+    files poll maps arrays with; a poll is one `flux jobs` call for running allocations and none for those
+    whose record the allocation wrote; `perfscale cancel` cancels allocations."""
+    from perfscale.cli import main
+    from perfscale.sched.submit import poll
+
+    counter, listing = tmp_path / "next", tmp_path / "jobs.json"
+    counter.write_text("1")
+    listing.write_text(
+        json.dumps({"jobs": [_flux_job("ƒB2", "two-q-0", state="DEPEND", dependencies=["afterok:fA1"])]})
+    )
+    log = commands(
+        flux=f'case "$1" in batch) n=$(cat {counter}); echo $((n + 1)) > {counter}; '
+        'if [ "$n" = 1 ]; then echo "ƒA$n"; else echo "ƒB$n"; fi;; '
+        f"jobs) cat {listing};; cancel) true;; esac"
+    )
+    site = tmp_path / "tioga.yaml"
+    site.write_text(_tioga(setup=[]).model_dump_json())
+    run = tmp_path / "run"
+    assert main(["submit", str(_two_stage_study(tmp_path)), "--site", str(site), "--run-dir", str(run)]) == 0
+    jobs = json.loads((run / "arrays" / "jobs.json").read_text())
+    assert [(j["name"], j["job_id"], j["elements"]) for j in jobs] == [
+        ("two-p-0", "fA1", [[0], [1], [2]]),
+        ("two-q-0", "fB2", [[3]]),
+    ]
+    assert (run / "arrays" / "two-p-0.flux-id").read_text() == "fA1\n"
+    assert log.read_text().splitlines() == [
+        f"flux batch {run}/arrays/two-p-0.sh",
+        f"flux batch --dependency=afterok:fA1 {run}/arrays/two-q-0.sh",
+    ]
+    # the first allocation has ended and written its record (as its script does with `flux jobs --json`)
+    (run / "arrays" / "two-p-0.flux.json").write_text(
+        json.dumps(
+            {"jobs": [_flux_job(f"ƒx{k}", f"two-p-0.{k}", result="COMPLETED", returncode=0) for k in (0, 2)]}
+        )
+    )
+    states = poll(RunStore(run))
+    assert {i: (s.state, s.active) for i, s in states.items()} == {
+        0: ("COMPLETED", False),
+        1: ("NOT_RUN", False),  # the record does not name it: it never started
+        2: ("COMPLETED", False),
+        3: ("DEPEND", True),
+    }
+    assert main(["cancel", str(run)]) == 0
+    assert log.read_text().splitlines()[-2:] == [
+        "flux jobs -a -R -L 1 -c 0 --json fB2",  # only the allocation without a record
+        "flux cancel fA1 fB2",
+    ]
+    with pytest.raises(SchedulerCommandError, match="cannot cancel single elements"):
+        make_scheduler(_tioga()).cancel(["fA1[0]"])
+
+
+def test_flux_run_launcher_and_allocation_hosts(commands, monkeypatch: pytest.MonkeyPatch):
+    site = _tioga()
+    lay = Layout(nodes=2, ranks_per_node=4, cores_per_rank=16, gpus_per_rank=2)
+    assert launch_line(site, lay) == [
+        "flux", "run", "--nodes=2", "--ntasks=8", "--cores-per-task=16", "--gpus-per-task=2",
+        "--setopt=cpu-affinity=per-task",
+    ]  # fmt: skip
+    assert launch_line(site, Layout(bind="none"))[-1] == "--setopt=cpu-affinity=off"
+    assert launcher_for(site).pin(["t1", "t2"]) == ["--requires=host:t1,t2"]
+    # inside `flux alloc`: the allocation's id and hosts (flux hostlist --expand instance)
+    log = commands(flux='echo "tioga3 tioga4"')
+    monkeypatch.delenv("FLUX_ENCLOSING_ID", raising=False)
+    assert make_scheduler(site).allocation(site) is None
+    monkeypatch.setenv("FLUX_ENCLOSING_ID", "ƒM7")
+    assert make_scheduler(site).allocation(site) == ("fM7", ["tioga3", "tioga4"])
+    assert log.read_text() == "flux hostlist --expand instance\n"
+
+
+def test_flux_has_no_parsl_or_dask_pilot():
+    from perfscale.engines.dask_engine import dask_cluster_config
+    from perfscale.engines.parsl_engine import make_provider
+
+    with pytest.raises(SpecError, match="Parsl has no provider for scheduler 'flux'"):
+        make_provider(_tioga(), walltime_s=600)
+    with pytest.raises(SpecError, match="dask-jobqueue needs one of lsf, pbs, slurm"):
+        dask_cluster_config(_tioga())

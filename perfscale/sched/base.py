@@ -47,6 +47,7 @@ SCHEDULERS: dict[str, str] = {
     "slurm": "perfscale.sched.slurm:Slurm",
     "lsf": "perfscale.sched.lsf:LSF",
     "pbs": "perfscale.sched.pbs:PBS",
+    "flux": "perfscale.sched.flux:Flux",
 }
 
 
