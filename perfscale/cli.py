@@ -302,7 +302,7 @@ def parser() -> argparse.ArgumentParser:
 
     sb = sub.add_parser("submit", help="array mode: submit a study's missing tasks as scheduler job arrays")
     sb.add_argument("study", type=Path)
-    sb.add_argument("--site", required=True, help="a site with a scheduler (slurm, lsf)")
+    sb.add_argument("--site", required=True, help="a site with a batch scheduler (`perfscale sites list`)")
     sb.add_argument("--run-dir", help="run folder (default: runs/<study>-<site>)")
     rs = sub.add_parser("resubmit", help="array mode: resubmit only failed or missing tasks")
     rs.add_argument("run", type=Path)

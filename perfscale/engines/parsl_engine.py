@@ -9,6 +9,9 @@ builds a pilot from the same fields:
 | slurm     | SlurmProvider | SrunLauncher  | default partition, first account, cores_per_node, setup  |
 | lsf       | LSFProvider   | JsrunLauncher | default queue, first account (as `-P`), setup            |
 
+Each provider is built by the site's scheduler (`Scheduler.parsl_provider` in perfscale/sched/<name>.py)
+from the settings every provider takes; this module never branches on a scheduler's name.
+
 A pilot block is one node by default and asks for the walltime its tasks need (see `pilot_walltime`), capped
 at the partition's limit. Workers need the interpreter's `bin/` on PATH (HTEX starts
 `process_worker_pool.py` by name): it is exported in the engine's environment and in every block's
@@ -31,11 +34,11 @@ from typing import Any
 from perfscale.engines.base import Engine
 from perfscale.engines.guard import HeartbeatMonitor, cap_logs
 from perfscale.plan.planner import Task
+from perfscale.sched.base import scheduler_class
+from perfscale.sched.lsf import JSRUN_OVERRIDES  # noqa: F401  (kept importable from here)
 from perfscale.spec.common import export_lines
 from perfscale.spec.site import Site
 
-# jsrun: one resource set per node holding all its cores and GPUs; the worker pool places tasks itself
-JSRUN_OVERRIDES = "--tasks_per_rs=1 --cpu_per_rs=ALL_CPUS --gpu_per_rs=ALL_GPUS --bind=none"
 PILOT_WALLTIME_FLOOR_S = 600.0  # a pilot shorter than this spends most of its life starting up
 
 
@@ -79,10 +82,9 @@ def make_provider(
     max_blocks: int = 1,
 ) -> Any:
     """The Parsl execution provider for `site` (see the module docstring for the field mapping)."""
-    if site.scheduler == "none":
-        from parsl.providers import LocalProvider
-
-        return LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1, worker_init=worker_init(site))
+    sched = scheduler_class(site.scheduler)()
+    if not sched.batch:
+        return sched.parsl_provider(site, {"worker_init": worker_init(site)}, None, None)
     site.check_request(nodes_per_block, walltime_s or 0, 0, partition)
     pname, limit = _limit(site, partition)
     account = account or (site.accounts[0] if site.accounts else None)
@@ -94,33 +96,7 @@ def make_provider(
         "walltime": _hms(walltime_s or limit),
         "worker_init": worker_init(site),
     }
-    if site.scheduler == "slurm":
-        from parsl.launchers import SrunLauncher
-        from parsl.providers import SlurmProvider
-
-        cores = None if site.cores_per_node == "auto" else int(site.cores_per_node)
-        return SlurmProvider(
-            partition=pname,
-            account=account,
-            cores_per_node=cores,
-            exclusive=False,
-            launcher=SrunLauncher(),
-            cmd_timeout=60,
-            **common,
-        )
-    from parsl.launchers import JsrunLauncher
-    from parsl.providers import LSFProvider
-
-    # LSF reads #BSUB lines from standard input (`bsub < script`), as array mode submits them
-    return LSFProvider(
-        queue=pname,
-        project=account,
-        bsub_redirection=True,
-        request_by_nodes=True,
-        launcher=JsrunLauncher(overrides=JSRUN_OVERRIDES),
-        cmd_timeout=120,
-        **common,
-    )
+    return sched.parsl_provider(site, common, pname, account)
 
 
 def parsl_config(
@@ -142,7 +118,7 @@ def parsl_config(
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor
 
-    local = site.scheduler == "none"
+    local = not scheduler_class(site.scheduler).batch
     provider = make_provider(site, walltime_s, partition, account, nodes_per_block)
     executor = HighThroughputExecutor(
         label="perfscale",
@@ -185,7 +161,7 @@ class ParslEngine(Engine):
 
     def config(self) -> Any:
         walltime = None
-        if self.site.scheduler != "none":
+        if scheduler_class(self.site.scheduler).batch:
             _, limit = _limit(self.site, None)
             walltime = pilot_walltime(self._plan_tasks(), self.workers, limit)
         return parsl_config(self.site, self.run_root / "parsl", self.workers, walltime)
