@@ -9,7 +9,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from perfscale.engines.base import ENGINES
 from perfscale.errors import PerfscaleError
+
+# written out so that `--help` need not import every importer (pandas, pyarrow); a test keeps it complete
+IMPORTER_NAMES = "caliper, sacct, sacct-steps, alibaba, alibaba-instances, sklearn, csv, parquet"
 
 console = Console()
 err_console = Console(stderr=True)
@@ -130,20 +134,21 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from perfscale.runner import prepare_run, run_plan
+    from perfscale.runner import open_run, run_plan
 
-    store = prepare_run(Path(args.study), _site(args), Path(args.run_dir) if args.run_dir else None)
-    console.print(
-        f"run folder: [bold]{store.root}[/] ({len(store.plan.tasks)} tasks, engine "
-        f"{args.engine or store.site.engine})"
-    )
-    run_plan(store, args.engine, args.workers, progress=not args.quiet)
-    code = _print_status(store)
-    if not args.no_report:
-        from perfscale.report import build_report
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    with open_run(Path(args.study), _site(args), run_dir, wait_lock=args.wait_lock) as store:
+        console.print(
+            f"run folder: [bold]{store.root}[/] ({len(store.plan.tasks)} tasks, engine "
+            f"{args.engine or store.site.engine})"
+        )
+        run_plan(store, args.engine, args.workers, progress=not args.quiet)
+        code = _print_status(store)
+        if not args.no_report:
+            from perfscale.report import build_report
 
-        path = build_report(store)
-        console.print(f"report: [bold]{path.resolve()}[/]")
+            path = build_report(store)
+            console.print(f"report: [bold]{path.resolve()}[/]")
     return code
 
 
@@ -256,10 +261,13 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("study", type=Path)
     r.add_argument("--site", default="local", help="site name or path to a site YAML (default: local)")
     r.add_argument("--run-dir", help="run folder (default: runs/<study>-<site>)")
-    r.add_argument("--engine", choices=["local", "parsl", "dask", "ray"], help="override the site's engine")
+    r.add_argument("--engine", choices=sorted(ENGINES), help="override the site's engine")
     r.add_argument("--workers", type=int, help="concurrent tasks (default: the site's max_workers)")
     r.add_argument("--no-report", action="store_true")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument(
+        "--wait-lock", action="store_true", help="if another run holds the run folder, wait for it to end"
+    )
     r.set_defaults(fn=cmd_run)
 
     sb = sub.add_parser("submit", help="array mode: submit a study's missing tasks as scheduler job arrays")
@@ -310,7 +318,7 @@ def parser() -> argparse.ArgumentParser:
     rp.set_defaults(fn=cmd_report)
 
     ig = sub.add_parser("ingest", help="import existing data (caliper, sacct, csv, parquet...) as Parquet")
-    ig.add_argument("kind", help="importer name: caliper, sacct, alibaba, csv, parquet")
+    ig.add_argument("kind", help=f"importer name: {IMPORTER_NAMES}")
     ig.add_argument("source", help="a file, or a folder searched recursively")
     ig.add_argument("--out", required=True, help="folder of the Parquet dataset to write")
     ig.set_defaults(fn=cmd_ingest)
@@ -327,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except PerfscaleError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"perfscale: error: {exc}", file=sys.stderr)  # argparse's form for usage errors
         return 2
 
 

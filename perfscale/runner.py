@@ -23,6 +23,7 @@ from perfscale.execute import Outcome, execute_task
 from perfscale.plan.planner import Plan, Task, build_plan
 from perfscale.spec.site import Site
 from perfscale.spec.study import load_study
+from perfscale.store.lock import run_lock
 from perfscale.store.run import RunStore, utcnow
 
 
@@ -56,12 +57,28 @@ def default_run_dir(study_name: str, site: Site) -> Path:
     return Path("runs") / f"{study_name}-{site.name}"
 
 
+def _planned(study_path: Path, site: Site, run_dir: Path | None) -> tuple[Plan, Path]:
+    study = load_study(study_path)
+    return build_plan(study, str(study_path), site), run_dir or default_run_dir(study.name, site)
+
+
 def prepare_run(study_path: Path, site: Site, run_dir: Path | None = None) -> RunStore:
     """Validate the study, expand its plan, and create (or re-open) its run folder. Nothing runs."""
-    study = load_study(study_path)
-    plan = build_plan(study, str(study_path), site)
-    root = run_dir or default_run_dir(study.name, site)
+    plan, root = _planned(study_path, site, run_dir)
     return RunStore.create(root, study_path.read_text(), site, plan, study_dir=study_path.parent)
+
+
+@contextmanager
+def open_run(
+    study_path: Path, site: Site, run_dir: Path | None = None, wait_lock: bool = False
+) -> Iterator[RunStore]:
+    """`prepare_run` under the run folder's lock (RUN/.lock), held until the block ends: one run per folder.
+
+    The study is checked and planned before the lock; the folder is written only once the lock is held."""
+    plan, root = _planned(study_path, site, run_dir)
+    RunStore(root).refuse_foreign(plan.study)  # before the lock file is made in a folder that is not ours
+    with run_lock(root, wait=wait_lock):
+        yield RunStore.create(root, study_path.read_text(), site, plan, study_dir=study_path.parent)
 
 
 def _ready(store: RunStore, task: Task, done: dict[str, set[str]]) -> bool:
@@ -216,5 +233,5 @@ def run_study(
     workers: int | None = None,
     progress: bool = True,
 ) -> tuple[RunStore, dict[str, StageSummary]]:
-    store = prepare_run(study_path, site, run_dir)
-    return store, run_plan(store, engine, workers, progress=progress)
+    with open_run(study_path, site, run_dir) as store:
+        return store, run_plan(store, engine, workers, progress=progress)

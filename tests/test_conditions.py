@@ -254,6 +254,19 @@ def test_recommend_ranks_configurations_meeting_the_bound(copula: Generator) -> 
     assert table.iloc[0]["species"] == "setosa"  # short sepals are setosa's
 
 
+@pytest.mark.parametrize("rows", [50, 2000])
+def test_recommend_reports_the_measured_acceptance_rate(bootstrap: Generator, table, rows: int) -> None:
+    # the bootstrap resamples the 150 training rows, 50 of them setosa: the true rate is 1/3
+    truth = float((table["species"] == "setosa").mean())
+    recommend(bootstrap, "species == setosa", ["threads"], n=rows, seed=0)
+    report = bootstrap.last_sampling
+    assert report.method == "rejection" and report.accepted == rows and report.met >= rows
+    assert report.drawn >= 1000  # rejection draws at least 1,000 rows a batch: most of them met, unused
+    assert report.acceptance_rate == report.met / report.drawn
+    sampling_error = np.sqrt(truth * (1 - truth) / report.drawn)
+    assert abs(report.acceptance_rate - truth) < 4 * sampling_error, (report, truth)
+
+
 # ---- the stages ---------------------------------------------------------------------------------------
 
 

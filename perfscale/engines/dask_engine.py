@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shlex
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -38,6 +37,7 @@ from typing import Any
 from perfscale.engines.base import Engine
 from perfscale.errors import SpecError
 from perfscale.sched.base import Scheduler, dask_capable, scheduler_class
+from perfscale.spec.common import export_lines
 from perfscale.spec.site import Site
 
 DASK_SETTINGS: dict[str, Any] = {
@@ -66,7 +66,7 @@ def _node_shape(site: Site) -> tuple[int, float]:
 
 def _prologue(site: Site) -> list[str]:
     env = {**site.env, **_WORKER_ENV}
-    return [*site.setup, *(f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items()))]
+    return [*site.setup, *export_lines(env)]
 
 
 def dask_cluster_config(

@@ -33,6 +33,7 @@ from perfscale.engines.base import Engine
 from perfscale.plan.planner import Task
 from perfscale.sched.base import scheduler_class
 from perfscale.sched.lsf import JSRUN_OVERRIDES  # noqa: F401  (kept importable from here)
+from perfscale.spec.common import export_lines
 from perfscale.spec.site import Site
 
 PILOT_WALLTIME_FLOOR_S = 600.0  # a pilot shorter than this spends most of its life starting up
@@ -48,7 +49,7 @@ def worker_init(site: Site) -> str:
     """Shell lines run before the worker pool starts: the site's setup, its env, the interpreter on PATH."""
     bin_dir = str(Path(sys.executable).parent)
     lines = [*site.setup]
-    lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(site.env.items())]
+    lines += export_lines(site.env)
     lines.append(f"export PATH={shlex.quote(bin_dir)}:$PATH")
     return "\n".join(lines)
 

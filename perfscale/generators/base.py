@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from perfscale import __version__
 from perfscale.errors import BadInput
+from perfscale.store.atomic import atomic_write_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -185,7 +186,7 @@ class Generator(ABC):
             "table": spec.to_json(),
             "model": self._model_state(),
         }
-        _write_json_atomic(folder / GENERATOR_JSON, manifest)
+        atomic_write_text(json.dumps(manifest, indent=2) + "\n", folder / GENERATOR_JSON)
 
     @classmethod
     def load(cls: type[G], folder: str | os.PathLike[str], trust: bool = False) -> G:
@@ -339,9 +340,3 @@ def _check_json(what: str, value: Any) -> None:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise BadInput(f"{what} must be plain JSON values (numbers, strings, lists, dicts): {exc}") from exc
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)

@@ -46,21 +46,25 @@ def default_max_draws(n: int) -> int:
 
 @dataclass
 class SamplingReport:
-    """How one `sample` call went: rows requested, drawn and accepted, and how they were drawn."""
+    """How one `sample` call went: rows requested, drawn, meeting the conditions and returned (`accepted`),
+    and how they were drawn. Sampling draws in batches, so `met` may exceed `requested`; the surplus is
+    dropped."""
 
     requested: int
     drawn: int
-    accepted: int
+    accepted: int  # rows returned: min(met, requested)
+    met: int  # drawn rows that met the conditions
     method: str  # unconditioned | native | rejection | native+rejection
     conditions: str = ""
 
     @property
     def acceptance_rate(self) -> float:
-        return self.accepted / self.drawn if self.drawn else 1.0
+        """The share of drawn rows that met the conditions (met / drawn), as measured."""
+        return self.met / self.drawn if self.drawn else 1.0
 
     @classmethod
     def unconditioned(cls, n: int) -> SamplingReport:
-        return cls(requested=n, drawn=n, accepted=n, method="unconditioned")
+        return cls(requested=n, drawn=n, accepted=n, met=n, method="unconditioned")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self) | {"acceptance_rate": self.acceptance_rate}
@@ -111,7 +115,7 @@ def sample_conditioned(
         have += int(keep.sum())
         drawn += len(rows)
     method = "+".join(dict.fromkeys(methods))
-    gen.last_sampling = SamplingReport(n, drawn, min(have, n), method, str(conds))
+    gen.last_sampling = SamplingReport(n, drawn, min(have, n), have, method, str(conds))
     if have < n:
         raise BadInput(_shortfall(conds, n, have, drawn))
     return pd.concat(parts, ignore_index=True).iloc[:n].reset_index(drop=True)

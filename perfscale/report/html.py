@@ -41,10 +41,6 @@ def _table(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> Markup:
     )
 
 
-def _stages_of_kind(store: RunStore, kind: str) -> list[str]:
-    return [s for s in store.plan.stages if store.plan.of_stage(s)[0].kind == kind]
-
-
 def _status_section(store: RunStore) -> Section:
     rows = [
         {

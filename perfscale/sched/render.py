@@ -30,7 +30,7 @@ from perfscale.sched.arrays import ArrayJob
 from perfscale.sched.base import Scheduler, scheduler_class
 from perfscale.sched.lsf import lsf_walltime  # noqa: F401  (kept importable from here for older callers)
 from perfscale.sched.mpi import Layout, launch_line
-from perfscale.spec.common import format_walltime
+from perfscale.spec.common import export_lines, format_walltime
 from perfscale.spec.site import Site
 
 LAUNCHERS = Path(__file__).resolve().parents[2] / "launchers"
@@ -108,7 +108,7 @@ def render_array(job: ArrayJob, site: Site, run_root: Path) -> Rendered:
         "signal_lead_min": max(1, SIGNAL_LEAD_S // 60),
         "requeue_check": requeue_check(run_root / "plan.parquet"),
         "setup": site.setup,
-        "env": sorted(site.env.items()),
+        "exports": export_lines(site.env),
         "directives": [_one_line(d) for d in site.directives],
         "index_file": str(run_root / "arrays" / f"{job.name}.idx"),
         "script_file": str(run_root / "arrays" / f"{job.name}.sh"),

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import re
+import shlex
+from collections.abc import Mapping
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
+
+from perfscale.errors import SpecError
 
 _SLURM_TIME = [  # Slurm's --time formats, in its own order of precedence
     (re.compile(r"^(?P<m>\d+)$"), "m"),
@@ -52,6 +56,50 @@ def format_walltime(seconds: float) -> str:
 
 
 Walltime = Annotated[float, BeforeValidator(parse_walltime)]
+
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+MAX_NAME_LENGTH = 100  # names become folder names (runs/<study>-<site>, stages/<stage>): below NAME_MAX
+
+
+def check_name(value: str) -> str:
+    """A name that is safe as one path component: letters, digits, '_', '-' and '.', never '.' or '..'."""
+    if not _NAME.fullmatch(value) or value in (".", ".."):
+        raise ValueError(
+            "names may hold only letters, digits, '_', '-' and '.' (and may not be '.' or '..'): they "
+            "become folder names; rename it"
+        )
+    if len(value) > MAX_NAME_LENGTH:
+        raise ValueError(f"names are at most {MAX_NAME_LENGTH} characters long; rename it shorter")
+    return value
+
+
+#: study, stage and site names: each becomes a folder name in the run folder
+SafeName = Annotated[str, AfterValidator(check_name)]
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ENV_NAME_RULE = "not an environment variable name (letters, digits and '_', not starting with a digit)"
+
+
+def check_env_name(value: str) -> str:
+    """An environment variable name a shell accepts in `export NAME=...`"""
+    if not _ENV_NAME.fullmatch(value):
+        raise ValueError(f"{value!r} is {_ENV_NAME_RULE}; rename it")
+    return value
+
+
+#: keys of a site's `env:`, which become `export NAME=value` lines in shell scripts
+EnvName = Annotated[str, AfterValidator(check_env_name)]
+
+
+def export_lines(env: Mapping[str, str]) -> list[str]:
+    """`export NAME=value` lines, sorted by name: every name checked, every value shell-quoted. The one way
+    perfscale writes environment variables into shell (Parsl worker_init, Dask prologues, job scripts)."""
+    bad = [k for k in env if not _ENV_NAME.fullmatch(k)]
+    if bad:
+        raise SpecError(f"env: {bad[0]!r} is {_ENV_NAME_RULE}; rename it in the site file")
+    return [f"export {k}={shlex.quote(str(v))}" for k, v in sorted(env.items())]
 
 
 class Strict(BaseModel):

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from perfscale.errors import SpecError
-from perfscale.spec.common import Strict, Walltime
+from perfscale.spec.common import EnvName, SafeName, Strict, Walltime
 from perfscale.spec.loader import load_model
 
 
@@ -48,7 +48,7 @@ class Counters(Strict):
 
 
 class Site(Strict):
-    name: str
+    name: SafeName
     description: str = ""
     scheduler: str = Field("none", description="a name in perfscale.sched.base.SCHEDULERS")
     launcher: str = Field("local", description="local, mpirun, or a launcher of the site's scheduler")
@@ -65,7 +65,7 @@ class Site(Strict):
     limits: Limits = Field(default_factory=Limits)
     counters: Counters = Field(default_factory=Counters)
     setup: list[str] = Field(default_factory=list, description="shell lines run before each task (modules)")
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[EnvName, str] = Field(default_factory=dict, description="exported before each task")
     directives: list[str] = Field(
         default_factory=list,
         description="extra job script directives, written after the scheduler's prefix (#SBATCH, #BSUB, "

@@ -7,8 +7,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from perfscale.errors import FailureKind
-from perfscale.spec.common import Strict, Walltime
+from perfscale.spec.common import SafeName, Strict, Walltime
 from perfscale.spec.loader import load_model
 
 Scalar = str | int | float | bool | None
@@ -38,9 +37,6 @@ class RetryPolicy(Strict):
     bad_input: int = Field(0, ge=0, le=0, description="bad input never gets better by retrying")
     preempted: int = Field(3, ge=0)
     cancelled: int = Field(0, ge=0)
-
-    def retries_for(self, kind: FailureKind | str) -> int:
-        return int(getattr(self, FailureKind(kind).value))
 
 
 class Grid(Strict):
@@ -103,12 +99,12 @@ class Stage(Strict):
 
 
 class Study(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: SafeName
     description: str = ""
     seed: int = 0
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     resources: Resources = Field(default_factory=Resources, description="defaults for every stage")
-    stages: dict[str, Stage]
+    stages: dict[SafeName, Stage]
 
     @field_validator("stages")
     @classmethod
