@@ -7,17 +7,18 @@ a task whose input is incomplete (an upstream task failed) is reported as blocke
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
-from concurrent.futures import Future, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from perfscale.engines import Engine, make_engine
+from perfscale.engines import Engine, EngineStalled, make_engine
 from perfscale.errors import FailureKind
 from perfscale.execute import Outcome, execute_task
 from perfscale.plan.planner import Plan, Task, build_plan
@@ -25,6 +26,8 @@ from perfscale.spec.site import Site
 from perfscale.spec.study import load_study
 from perfscale.store.lock import run_lock
 from perfscale.store.run import RunStore, utcnow
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -120,9 +123,9 @@ def run_plan(
     """
     plan: Plan = store.plan
     summary: dict[str, StageSummary] = {}
+    done = {s: store.done_keys(s) for s in plan.stages}  # checks every shard's footer; bad ones quarantined
     next_attempt = _next_attempts(store)
     log = AttemptLog(store)
-    done = {s: store.done_keys(s) for s in plan.stages}
     owned = not isinstance(engine, Engine)
     if owned:
         engine = make_engine(engine or store.site.engine, store.site, store.root, workers)
@@ -156,7 +159,7 @@ def run_plan(
     return summary
 
 
-def _lost_record(t: Task, attempt: int, exc: BaseException) -> dict:
+def _lost_record(t: Task, attempt: int, message: str) -> dict:
     now = utcnow()
     return {
         "task_key": t.key,
@@ -171,8 +174,51 @@ def _lost_record(t: Task, attempt: int, exc: BaseException) -> dict:
         "ok": False,
         "exit_status": None,
         "failure_kind": FailureKind.NODE_LOST.value,
-        "message": f"worker lost: {type(exc).__name__}: {exc}",
+        "message": message,
     }
+
+
+class Watchdog:
+    """No task finished and no worker alive (`Engine.last_alive`) for `limit_s`: the engine is restarted; the
+    same again with no task finished since the restart stops the run with EngineStalled."""
+
+    def __init__(self, engine: Engine, limit_s: float):
+        self.engine, self.limit_s = engine, limit_s
+        self.poll_s = min(5.0, limit_s / 5)
+        self.last_progress = time.monotonic()
+        self.restarted = False
+
+    def progress(self) -> None:
+        self.last_progress, self.restarted = time.monotonic(), False
+
+    def stalled(self) -> bool:
+        alive = self.engine.last_alive()
+        return alive is not None and time.monotonic() - max(self.last_progress, alive) > self.limit_s
+
+    def why(self) -> str:
+        return f"no task finished and no worker alive for {self.limit_s:g} s (site watchdog_s)"
+
+    def restart(self) -> None:
+        log.warning("%s engine: %s; restarting it", self.engine.name, self.why())
+        self.engine.restart()
+        self.last_progress, self.restarted = time.monotonic(), True
+
+    def error(self) -> EngineStalled:
+        return EngineStalled(
+            f"{self.engine.name} engine stalled in {self.engine.run_root}: {self.why()}, even after a "
+            "restart; see the engine's logs there, then run again to resume"
+        )
+
+
+def _next_done(pending: dict[Future, Task], watchdog: Watchdog) -> Future | None:
+    """The next finished future, or None when the watchdog finds the engine stalled."""
+    while True:
+        done, _ = wait(pending, timeout=watchdog.poll_s, return_when=FIRST_COMPLETED)
+        if done:
+            watchdog.progress()
+            return next(iter(done))
+        if watchdog.stalled():
+            return None
 
 
 def _run_tasks(
@@ -184,16 +230,34 @@ def _run_tasks(
     process pool with it) costs few innocent attempts. A task whose worker died is a `node_lost` attempt and
     is
     rerun *alone*, so a task that kills its worker again is caught as the culprit and its budget spent, while
-    its innocent neighbours succeed on their rerun.
+    its innocent neighbours succeed on their rerun. A stalled engine (see Watchdog) loses every task in
+    flight the same way.
     """
     window = max(2, 2 * engine.workers)
     queue, suspects = deque(tasks), deque()
     lost: Counter[str] = Counter()
     pending: dict[Future, Task] = {}
+    watchdog = Watchdog(engine, store.site.watchdog_s)
 
     def submit(t: Task) -> None:
         attempt = next_attempt.get(t.key, 1) + lost[t.key]
         pending[engine.submit(execute_task, str(store.root), t.index, attempt)] = t
+
+    def lose(t: Task, message: str, rerun: bool = True) -> Outcome:
+        record = _lost_record(t, next_attempt.get(t.key, 1) + lost[t.key], message)
+        lost[t.key] += 1
+        if rerun and lost[t.key] <= t.retry.get(FailureKind.NODE_LOST.value, 0):
+            suspects.append(t)
+            return Outcome(t.index, t.key, t.stage, ok=False, retrying=True, attempts=[record])
+        return Outcome(
+            t.index,
+            t.key,
+            t.stage,
+            ok=False,
+            failure_kind=FailureKind.NODE_LOST.value,
+            message=message,
+            attempts=[record],
+        )
 
     while queue or suspects or pending:
         if suspects:
@@ -202,27 +266,24 @@ def _run_tasks(
         else:
             while queue and len(pending) < window:
                 submit(queue.popleft())
-        fut = next(as_completed(pending))
+        fut = _next_done(pending, watchdog)
+        if fut is None:  # stalled: every task in flight is lost; restart once, then stop
+            stuck, stop = list(pending.values()), watchdog.restarted
+            pending.clear()
+            if not stop:
+                watchdog.restart()
+            what = "run stopped" if stop else "engine restarted"
+            for t in stuck:
+                yield lose(t, f"{what}: {watchdog.why()}", rerun=not stop)
+            if stop:
+                raise watchdog.error()
+            continue
         t = pending.pop(fut)
         try:
-            yield fut.result()
-            continue
+            outcome = fut.result()
         except Exception as exc:  # the worker process died: the task never reported back
-            record = _lost_record(t, next_attempt.get(t.key, 1) + lost[t.key], exc)
-            lost[t.key] += 1
-        if lost[t.key] <= t.retry.get(FailureKind.NODE_LOST.value, 0):
-            suspects.append(t)
-            yield Outcome(t.index, t.key, t.stage, ok=False, retrying=True, attempts=[record])
-        else:
-            yield Outcome(
-                t.index,
-                t.key,
-                t.stage,
-                ok=False,
-                failure_kind=FailureKind.NODE_LOST.value,
-                message=record["message"],
-                attempts=[record],
-            )
+            outcome = lose(t, f"worker lost: {type(exc).__name__}: {exc}")
+        yield outcome
 
 
 def run_study(

@@ -208,3 +208,155 @@ def test_every_shell_rendering_of_site_env_exports_the_exact_value(tmp_path):
     assert not (tmp_path / "pwned").exists()
     with pytest.raises(SpecError, match="'A B' is not an environment variable name"):
         export_lines({"A B": "x"})  # names that skipped validation (model_copy) are still checked
+
+
+def test_numbers_a_site_cannot_have_are_refused_before_the_run_folder_exists(tmp_path):
+    (tmp_path / "bad.yaml").write_text(
+        "name: bad\nengine: local\ncores_per_node: -4\nmemory_gb_per_node: -1\nmax_workers: 0\n"
+    )
+    (tmp_path / "study.yaml").write_text("name: s\n" + NOOP_STAGES)
+    done = perfscale("run", "study.yaml", "--site", "bad.yaml", "--run-dir", "run", cwd=tmp_path)
+    err = assert_one_line_error(done, "bad.yaml: 3 problem(s)")
+    assert "bad.yaml:3: cores_per_node: must be 'auto' or a whole number >= 1" in err
+    assert "bad.yaml:4: memory_gb_per_node: must be 'auto' or a number > 0" in err
+    assert "bad.yaml:5: max_workers: must be 'auto' or a whole number >= 1" in err
+    assert not (tmp_path / "run").exists()
+    done = perfscale("run", "study.yaml", "--workers", "0", "--run-dir", "run", cwd=tmp_path)
+    assert done.returncode == 2 and "--workers: must be a whole number >= 1" in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("cores_per_node", "2.5"), ("memory_gb_per_node", ".inf"), ("max_workers", "true")]
+)
+def test_site_numbers_must_be_finite_whole_counts(tmp_path, field, value):
+    from perfscale.spec.site import load_site
+
+    (tmp_path / "bad.yaml").write_text(f"name: bad\n{field}: {value}\n")
+    with pytest.raises(SpecError, match=rf"bad.yaml:2: {field}: must be 'auto' or a"):
+        load_site(tmp_path / "bad.yaml")
+    (tmp_path / "ok.yaml").write_text(f"name: ok\n{field}: 2\n")
+    assert getattr(load_site(tmp_path / "ok.yaml"), field) == 2
+
+
+# ---- one-line errors instead of tracebacks ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "name: s\nstages:\n  p:\n    kind: profile\n    params: {command: 'true', timeout_s: .inf}\n",
+            "study.yaml:5: stages.p.params.timeout_s: must be a finite number; give a finite bound",
+        ),
+        (
+            "name: s\nstages:\n  s:\n    kind: noop\n    grid: {product: {x: [1, .nan]}}\n",
+            "study.yaml:5: stages.s.grid.product.x.1: must be a finite number",
+        ),
+        (
+            "name: s\nstages:\n  s:\n    kind: noop\n    resources: {walltime: .inf}\n",
+            "study.yaml:5: stages.s.resources.walltime: walltime must be a finite, positive number",
+        ),
+        ("name: s\nseed: 99999999999999999999\n" + NOOP_STAGES, "study.yaml:2: seed: Input should be less"),
+        ("name: s\nstages:\n  s:\n    kind: noop\n    seeds: [1, -1]\n", "study.yaml:5: stages.s.seeds.1"),
+        (
+            "name: s\nstages:\n  s:\n    kind: noop\n    params: {day: 2024-01-01}\n",
+            "study.yaml:5: stages.s.params.day: not a plain value (YAML read a date",
+        ),
+        ("name: s\ndescription: caf\xe9\n" + NOOP_STAGES, "study.yaml:2: not UTF-8 text (byte 0xe9"),
+    ],
+    ids=["inf-param", "nan-grid", "inf-walltime", "huge-seed", "negative-seed", "date", "latin-1"],
+)
+def test_bad_numbers_and_bytes_in_a_study_are_one_line_errors(tmp_path, text, expected):
+    study = tmp_path / "study.yaml"
+    study.write_bytes(text.encode("latin-1"))
+    done = perfscale("plan", study, "--out", tmp_path / "p.parquet", cwd=tmp_path)
+    assert_one_line_error(done, expected)
+    assert not (tmp_path / "p.parquet").exists()
+
+
+def test_cli_arguments_that_name_nothing_are_one_line_errors(study_dir):
+    study = study_dir / "study.yaml"
+    study.write_text(
+        'name: s\nstages:\n  sq:\n    kind: function\n    params: {callable: "fns.py:square"}\n'
+        "    grid: {product: {x: [1, 2]}}\n"
+    )
+    (study_dir / "out").mkdir()
+    done = perfscale("plan", study, "--out", "out", cwd=study_dir)
+    assert_one_line_error(done, "--out out is a folder; give a file path, such as out/s.plan.parquet")
+    assert (
+        perfscale(
+            "run", study, "--run-dir", "run", "--engine", "local", "--no-report", cwd=study_dir
+        ).returncode
+        == 0
+    )
+    done = perfscale("show", "run", "sq", "--columns", "x,nosuch", cwd=study_dir)
+    assert_one_line_error(
+        done, "--columns: stage 'sq' of run run has no column(s) nosuch; its columns are x, y"
+    )
+    done = perfscale("task", "run", "nowhere/plan.parquet", "0", cwd=study_dir)
+    assert_one_line_error(done, "nowhere/plan.parquet: no such plan file; give RUN/plan.parquet")
+
+
+# ---- grids with no tasks ---------------------------------------------------------------------------------
+EMPTIED = """\
+name: empty
+stages:
+  a:
+    kind: noop
+    grid:
+      product: {x: [1, 2]}
+      exclude:
+        - {x: [1, 2]}
+  b:
+    kind: noop
+    inputs: [a]
+"""
+
+
+def test_a_grid_emptied_by_exclude_is_refused_at_plan_time(tmp_path):
+    study = tmp_path / "study.yaml"
+    study.write_text(EMPTIED)
+    done = perfscale("run", study, "--run-dir", "run", "--engine", "local", "--no-report", cwd=tmp_path)
+    assert_one_line_error(done, "study.yaml:7: stages.a.grid.exclude: the rules exclude every grid point")
+    assert not (tmp_path / "run").exists()
+
+
+def test_no_seeds_is_refused_at_load(tmp_path):
+    study = tmp_path / "study.yaml"
+    study.write_text(NOOP_STAGES.join(["name: s\n", "    seeds: []\n"]))
+    done = perfscale("plan", study, "--out", "p.parquet", cwd=tmp_path)
+    assert_one_line_error(done, "study.yaml:5: stages.s.seeds: an empty list gives the stage no tasks")
+    assert not (tmp_path / "p.parquet").exists()
+
+
+# ---- stage params: every problem, with its line ----------------------------------------------------------
+TYPOS = """\
+name: typos
+stages:
+  p:
+    kind: profile
+    params:
+      command: "echo {size} {missing}"
+      colectors: [perf]
+      envv: {A: "1"}
+      warmup: WARMUP
+      fom: {"bad name": "x(\\\\d+)"}
+    grid:
+      product: {size: [1, 2], threads: [[1], [2]]}
+"""
+
+
+def test_stage_params_errors_are_all_shown_with_their_lines(tmp_path):
+    study = tmp_path / "study.yaml"
+    study.write_text(TYPOS.replace("WARMUP", "-1"))
+    done = perfscale("plan", study, "--out", "p.parquet", cwd=tmp_path)
+    err = assert_one_line_error(done, "study.yaml: stages.p.params at grid point", "4 problem(s)")
+    assert "study.yaml:9: stages.p.params.warmup: Input should be greater than or equal to 0" in err
+    assert "study.yaml:7: stages.p.params.colectors: unknown field; did you mean 'collectors'?" in err
+    assert "study.yaml:8: stages.p.params.envv: unknown field; did you mean 'env'?" in err
+    assert "study.yaml:12: stages.p.grid.product.threads: variable 'threads': must be a string" in err
+    # once the fields are valid, the problems that need them come too, all at once
+    study.write_text(TYPOS.replace("WARMUP", "1"))
+    err = assert_one_line_error(perfscale("plan", study, "--out", "p.parquet", cwd=tmp_path), "5 problem(s)")
+    assert "study.yaml:10: stages.p.params.fom.bad name: not a valid column name" in err
+    assert "study.yaml:6: stages.p.params.command: unknown placeholder {missing}" in err
+    assert not (tmp_path / "p.parquet").exists()

@@ -24,12 +24,15 @@ import math
 import os
 import shlex
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 from perfscale.engines.base import Engine
+from perfscale.engines.guard import HeartbeatMonitor, cap_logs
 from perfscale.plan.planner import Task
 from perfscale.sched.base import scheduler_class
 from perfscale.sched.lsf import JSRUN_OVERRIDES  # noqa: F401  (kept importable from here)
@@ -133,7 +136,15 @@ def parsl_config(
     )
 
 
-def _call(fn: Callable[..., Any], *args: Any) -> Any:
+LOG_CAP_BYTES = 64 << 20  # a Parsl log past this size is truncated (a broken pool logged 1.87 GB in 5 min)
+LOG_KEEP_BYTES = 4 << 20  # ... keeping its last bytes in <name>.log.1
+MAINTAIN_S = 5.0  # how often the engine checks its log sizes
+
+
+def _call(heartbeat_dir: str, beat_s: float, fn: Callable[..., Any], *args: Any) -> Any:
+    from perfscale.engines.guard import start_heartbeat
+
+    start_heartbeat(heartbeat_dir, beat_s)
     return fn(*args)
 
 
@@ -155,6 +166,10 @@ class ParslEngine(Engine):
             walltime = pilot_walltime(self._plan_tasks(), self.workers, limit)
         return parsl_config(self.site, self.run_root / "parsl", self.workers, walltime)
 
+    @property
+    def log_dir(self) -> Path:
+        return self.run_root / "parsl"
+
     def start(self) -> None:
         import parsl
         from parsl.app.app import python_app
@@ -163,14 +178,37 @@ class ParslEngine(Engine):
         bin_dir = str(Path(sys.executable).parent)
         if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
             os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+        self._heartbeats = self.log_dir / "alive"
+        self._beat_s = max(0.5, min(30.0, self.site.watchdog_s / 5))
+        self._alive = HeartbeatMonitor(self._heartbeats)
         self._dfk = parsl.load(self.config())
         self._app = python_app(_call, data_flow_kernel=self._dfk, executors=["perfscale"])
+        self._stop = threading.Event()
+        self._maintainer = threading.Thread(target=self._maintain, name="perfscale-parsl-logs", daemon=True)
+        self._maintainer.start()
+
+    def _maintain(self) -> None:
+        while not self._stop.wait(MAINTAIN_S):
+            cap_logs(self.log_dir, LOG_CAP_BYTES, LOG_KEEP_BYTES)
+
+    def last_alive(self) -> float | None:
+        """When a worker's heartbeat last changed, or a block last waited in the scheduler's queue (waiting
+        is no hang). None until a worker of this engine has run a task: a pool still starting is no hang."""
+        from parsl.jobs.states import JobState
+
+        blocks = self._dfk.executors["perfscale"].status_facade.values()
+        if any(b.state in (JobState.PENDING, JobState.HELD) for b in blocks):
+            self._alive.last_alive = time.monotonic()
+        return self._alive.poll()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        return self._app(fn, *args)
+        return self._app(str(self._heartbeats), self._beat_s, fn, *args)
 
     def shutdown(self) -> None:
         import parsl
 
+        self._stop.set()
+        self._maintainer.join()
         self._dfk.cleanup()
         parsl.clear()
+        cap_logs(self.log_dir, LOG_CAP_BYTES, LOG_KEEP_BYTES)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from perfscale.generators._tables import TableSpec
-    from perfscale.generators.conditional import SamplingReport
+    from perfscale.generators.conditional import ImputationReport, SamplingReport
     from perfscale.generators.conditions import Conditions
     from perfscale.tabular.meta import TableMeta
 
@@ -99,6 +99,7 @@ class Generator(ABC):
         self.training_rows: int | None = None
         self.training_log: TrainingLog | None = None
         self.last_sampling: SamplingReport | None = None
+        self.last_imputation: ImputationReport | None = None
         self._spec: TableSpec | None = None
 
     def __repr__(self) -> str:
@@ -160,7 +161,9 @@ class Generator(ABC):
 
         `table` has the training columns; NaN/None marks what to generate. With `draws` > 1 every missing
         cell gets the mean (numeric, then snapped to allowed values) or the most frequent value (categorical)
-        of `draws` conditional draws: a point prediction. See perfscale.generators.conditional.impute.
+        of `draws` conditional draws: a point prediction. Rows whose set cells the model makes too rarely
+        fall back to a relaxed match; `self.last_imputation` names them. See
+        perfscale.generators.conditional.impute.
         """
         from perfscale.generators import conditional
 

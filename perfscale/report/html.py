@@ -214,7 +214,7 @@ def _predict_section(store: RunStore, stage: str) -> Section | None:
     df = store.read_stage(stage, provenance=False).to_pandas()
     if df.empty:
         return None
-    scores = [c for c in ("mse", "mae", "r2", "accuracy") if c in df]
+    scores = [c for c in ("mse", "mae", "r2", "accuracy", "fallback_share") if c in df]
     table = df.groupby(["target", "generator"])[scores].first().reset_index()
     section = Section(
         f"Prediction by generation: {stage}",

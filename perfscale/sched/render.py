@@ -110,8 +110,8 @@ def render_array(job: ArrayJob, site: Site, run_root: Path) -> Rendered:
         "setup": site.setup,
         "exports": export_lines(site.env),
         "directives": [_one_line(d) for d in site.directives],
-        "index_file": str(run_root / "arrays" / f"{job.name}.idx"),
-        "script_file": str(run_root / "arrays" / f"{job.name}.sh"),
+        "index_file": str(run_root.resolve() / "arrays" / f"{job.name}.idx"),
+        "script_file": str(run_root.resolve() / "arrays" / f"{job.name}.sh"),
         "task_command": task_command(site, run_root / "plan.parquet", job.cores, job.gpus),
         **sched.template_values(job, site, run_root),
     }

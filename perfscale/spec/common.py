@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 from collections.abc import Mapping
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator
 
 from perfscale.errors import SpecError
 
@@ -30,8 +31,8 @@ def parse_walltime(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("walltime must be seconds or 'HH:MM:SS', not a boolean")
     if isinstance(value, int | float):
-        if value <= 0:
-            raise ValueError("walltime must be positive")
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"walltime must be a finite, positive number of seconds, got {value!r}")
         return float(value)
     if isinstance(value, str):
         for pattern, parts in _SLURM_TIME:
@@ -56,6 +57,28 @@ def format_walltime(seconds: float) -> str:
 
 
 Walltime = Annotated[float, BeforeValidator(parse_walltime)]
+
+
+def _auto_or_number(integer: bool, minimum: float, inclusive: bool) -> PlainValidator:
+    """'auto', or a finite number (a whole one if `integer`) above `minimum` (or equal, if `inclusive`)."""
+    rule = f"{'a whole number' if integer else 'a number'} {'>=' if inclusive else '>'} {minimum:g}"
+
+    def validate(value: object) -> object:
+        if value == "auto":
+            return value
+        number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        ok = number and (value >= minimum if inclusive else value > minimum)  # type: ignore[operator]
+        if not ok or (integer and not float(value).is_integer()):  # type: ignore[arg-type]
+            raise ValueError(f"must be 'auto' or {rule}; fix it in the site file")
+        return int(value) if integer else float(value)  # type: ignore[arg-type]
+
+    return PlainValidator(validate)
+
+
+#: a count a machine has at least one of (cores, workers), or 'auto' (read where the tasks run)
+AutoCount = Annotated[int | Literal["auto"], _auto_or_number(integer=True, minimum=1, inclusive=True)]
+#: a positive size (GiB of memory), or 'auto'
+AutoSize = Annotated[float | Literal["auto"], _auto_or_number(integer=False, minimum=0, inclusive=False)]
 
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -102,7 +125,11 @@ def export_lines(env: Mapping[str, str]) -> list[str]:
     return [f"export {k}={shlex.quote(str(v))}" for k, v in sorted(env.items())]
 
 
-class Strict(BaseModel):
-    """Base model: unknown fields are errors, values are validated on assignment."""
+#: seeds of studies and stages: what numpy's legacy seeding (and every library built on it) accepts
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+class Strict(BaseModel):
+    """Base model: unknown fields are errors, numbers are finite, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)

@@ -6,6 +6,7 @@ nodes (a "billion laughs" bomb), recursive aliases, and documents nested deeper 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -127,11 +128,25 @@ def _line_of(lines: dict[Loc, int], loc: Loc) -> int | None:
     return None
 
 
+def line_prefix(path: Path | str, lines: dict[Loc, int], loc: Loc) -> str:
+    """`file:line` of the field at `loc` (or of its nearest parent in the file), `file` alone without one."""
+    line = _line_of(lines, loc)
+    return f"{path}:{line}" if line else str(path)
+
+
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise SpecError(f"{path}: cannot read file ({exc.strerror}). Check the path.") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SpecError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+            "save the file as UTF-8"
+        ) from None
 
 
 def _compose(text: str, path: Path) -> tuple[Any, dict[Loc, int]]:
@@ -166,24 +181,54 @@ def read_yaml(path: Path) -> tuple[Any, dict[Loc, int]]:
         ) from None
 
 
+def _field_path(lines: dict[Loc, int], loc: Loc) -> Loc:
+    """`loc` without the parts pydantic adds for union members (`dict`, `list`, `float`, `literal['auto']`)
+    where the YAML has no such key."""
+    kept: Loc = ()
+    for i, part in enumerate(loc):
+        tag = isinstance(part, str) and (part in _UNION_TAGS or "[" in part)
+        if tag and (*kept, part) not in lines and i + 1 < len(loc):
+            continue
+        kept = (*kept, part)
+    if kept and isinstance(kept[-1], str) and kept[-1] in _UNION_TAGS and kept not in lines:
+        kept = kept[:-1]
+    return kept
+
+
+_UNION_TAGS = frozenset({"dict", "list", "str", "int", "float", "bool", "none"})
+
+
 def format_validation_error(
-    path: Path | str, exc: ValidationError, lines: dict[Loc, int] | None = None
+    path: Path | str,
+    exc: ValidationError,
+    lines: dict[Loc, int] | None = None,
+    locate: Callable[[Loc], Loc] | None = None,
+    what: str = "",
 ) -> str:
-    """One line per problem: `file:line: field.path: message (got X)`."""
-    out = [f"{path}: {exc.error_count()} problem(s):"]
+    """One line per problem: `file:line: field.path: message (got X)`. `locate` maps an error's location
+    to where the field is in the file (for a model validated from part of it); `what` follows the file
+    name in the heading."""
+    out = [f"{path}{what}: {exc.error_count()} problem(s):"]
     for err in exc.errors():
-        loc = tuple(err["loc"])
-        line = _line_of(lines or {}, loc)
+        own = tuple(err["loc"])
+        loc = _field_path(lines or {}, locate(own) if locate else own)
         field = ".".join(str(p) for p in loc) or "(top level)"
-        msg = err["msg"]
+        msg = err["msg"].removeprefix(".".join(map(str, own)) + ": ")  # messages that name their field
         if err["type"] == "extra_forbidden":
             msg = "unknown field; remove it or check its spelling"
         elif err["type"] == "missing":
             msg = "required field is missing; add it"
+        elif err["type"] == "invalid-json-value":
+            msg = "not a plain value (YAML read a date or a timestamp?); quote it to make it text"
+        elif err["type"] == "finite_number":
+            msg = "must be a finite number; give a finite bound"
         elif err["type"] == "value_error":
             msg = msg.removeprefix("Value error, ")
-        got = "" if err["type"] in ("missing", "extra_forbidden") else f" (got {err.get('input')!r})"
-        out.append(f"  {path}{':' + str(line) if line else ''}: {field}: {msg}{got}")
+        quiet = err["type"] in ("missing", "extra_forbidden") or (
+            err["type"] == "problem" and err["input"] is None
+        )
+        got = "" if quiet else f" (got {err.get('input')!r})"
+        out.append(f"  {line_prefix(path, lines or {}, loc)}: {field}: {msg}{got}")
     return "\n".join(out)
 
 

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from perfscale.errors import SpecError
-from perfscale.spec.common import EnvName, SafeName, Strict, Walltime
+from perfscale.spec.common import AutoCount, AutoSize, EnvName, SafeName, Strict, Walltime
 from perfscale.spec.loader import load_model
 
 
@@ -53,17 +53,23 @@ class Site(Strict):
     scheduler: str = Field("none", description="a name in perfscale.sched.base.SCHEDULERS")
     launcher: str = Field("local", description="local, mpirun, or a launcher of the site's scheduler")
     engine: Literal["local", "parsl", "ray", "dask"] = "parsl"
-    cores_per_node: int | Literal["auto"] = "auto"
-    memory_gb_per_node: float | Literal["auto"] = "auto"
+    cores_per_node: AutoCount = "auto"
+    memory_gb_per_node: AutoSize = "auto"
     gpus_per_node: int = Field(0, ge=0)
     gpu_model: str | None = None
     cpu_model: str | None = None
     arch: Literal["x86_64", "ppc64le", "aarch64"] = "x86_64"
-    max_workers: int | Literal["auto"] = Field("auto", description="concurrent tasks per node in pilot mode")
+    max_workers: AutoCount = Field("auto", description="concurrent tasks per node in pilot mode")
     accounts: list[str] = Field(default_factory=list)
     partitions: dict[str, Partition] = Field(default_factory=dict)
     limits: Limits = Field(default_factory=Limits)
     counters: Counters = Field(default_factory=Counters)
+    watchdog_s: float = Field(
+        300.0,
+        gt=0,
+        description="pilot mode: no task finished and no worker alive for this long restarts the engine; "
+        "the same again right after a restart stops the run with a named error",
+    )
     setup: list[str] = Field(default_factory=list, description="shell lines run before each task (modules)")
     env: dict[EnvName, str] = Field(default_factory=dict, description="exported before each task")
     directives: list[str] = Field(
