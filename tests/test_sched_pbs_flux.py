@@ -29,6 +29,8 @@ from perfscale.sched.render import render_array
 from perfscale.spec import load_site
 from perfscale.spec.study import Study
 from perfscale.store import RunStore
+from tests.test_parsl_providers import submitted_script
+from tests.test_sched_render import element_body
 
 PY = sys.executable
 
@@ -52,42 +54,6 @@ def _tasks(n: int, walltime: str = "00:10:00", **resources):
 def _expected(text: str, run: Path) -> list[str]:
     return text.replace("@RUN@", str(run.resolve())).replace("@PYTHON@", PY).splitlines()
 
-
-ELEMENT_BODY = """\
-child=""
-caught=""
-forward() {
-  caught=$1
-  if [ -n "$child" ]; then kill -s "$1" "$child" 2>/dev/null || true; fi
-}
-trap 'forward USR1' USR1
-trap 'forward TERM' TERM
-from=$(cat "$resume" 2>/dev/null || true)
-status=0
-for index in $indices; do
-  if [ -n "$from" ]; then
-    [ "$index" = "$from" ] || continue
-    from=""
-  fi
-  [ -n "$caught" ] && break
-  @PYTHON@ -m perfscale.cli task run @RUN@/plan.parquet "$index" &
-  child=$!
-  while :; do
-    wait "$child"
-    rc=$?
-    kill -0 "$child" 2>/dev/null || break
-  done
-  child=""
-  [ "$rc" -eq 0 ] || status=$rc
-  [ -z "$caught" ] && continue
-  if [ "$caught" = USR1 ] && @PYTHON@ -m perfscale.sched.requeue @RUN@/plan.parquet "$index"; then
-    echo "$index" > "$resume"
-    @REQUEUE@
-  fi
-  break
-done
-exit "$status"
-"""
 
 # ------------------------------------------------------------------------------------------------ PBS Pro
 
@@ -118,11 +84,15 @@ export PERFSCALE_ELEMENT="pbs job ${PBS_ARRAY_ID:-$PBS_JOBID}[${element}]"
 export PERFSCALE_ELEMENT_DEADLINE=$(($(date +%s) + 600))
 indices=$(sed -n "$((element + 1))p" @RUN@/arrays/s-p-0.idx)
 resume=@RUN@/arrays/s-p-0.idx."$element".resume
-""" + ELEMENT_BODY.replace("@REQUEUE@", ": no requeue on PBS")
+""" + element_body(": no requeue on PBS")
+
+
+def _site(name: str, **update):
+    return load_site(name).model_copy(update=update)
 
 
 def _polaris(**update):
-    return load_site("polaris").model_copy(update=update)
+    return _site("polaris", **update)
 
 
 def test_qsub_script_line_by_line(tmp_path: Path):
@@ -456,18 +426,10 @@ def test_pbs_pilots_from_polaris(tmp_path: Path):
     assert p.scheduler_options == "#PBS -l filesystems=home:eagle" and p.select_options == "ngpus=4"
     assert p.launcher.overrides == "--depth=32 --ppn 1" and p.launcher.bind_cmd == "--cpu-bind"
     # the script Parsl would qsub (written, not submitted: its command runner is replaced)
-    p.script_dir = str(tmp_path)
-    commands = []
-
-    def fake_execute_wait(cmd: str, timeout: int | None = None):
-        commands.append(cmd)
-        return 0, "77.pbs01\n", ""
-
-    p.execute_wait = fake_execute_wait
-    assert p.submit("process_worker_pool.py --x", tasks_per_node=1) == "77.pbs01"
-    argv = shlex.split(commands[0])
+    job_id, argv, text = submitted_script(p, tmp_path, "77.pbs01\n")
+    assert job_id == "77.pbs01"
     assert argv[:5] == ["qsub", "-q", "debug", "-A", "myproj"]  # PBSProProvider puts these on the command
-    script = Path(argv[-1]).read_text().splitlines()
+    script = text.splitlines()
     for line in (
         "#PBS -l select=2:ncpus=32:ngpus=4",
         "#PBS -l walltime=01:00:00",
@@ -522,11 +484,11 @@ export PERFSCALE_ELEMENT="flux job ${allocation/#ƒ/f}[${element}]"
 export PERFSCALE_ELEMENT_DEADLINE=$(($(date +%s) + 1200))
 indices=$(sed -n "$((element + 1))p" @RUN@/arrays/s-p-0.idx)
 resume=@RUN@/arrays/s-p-0.idx."$element".resume
-""" + ELEMENT_BODY.replace("@REQUEUE@", ": no requeue on Flux")
+""" + element_body(": no requeue on Flux")
 
 
 def _tioga(**update):
-    return load_site("tioga").model_copy(update=update)
+    return _site("tioga", **update)
 
 
 def test_flux_batch_script_line_by_line(tmp_path: Path):

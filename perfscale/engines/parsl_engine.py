@@ -20,7 +20,6 @@ worker_init, which assumes, as array mode does, that the login and compute nodes
 
 from __future__ import annotations
 
-import math
 import os
 import shlex
 import sys
@@ -36,16 +35,10 @@ from perfscale.engines.guard import HeartbeatMonitor, cap_logs
 from perfscale.plan.planner import Task
 from perfscale.sched.base import scheduler_class
 from perfscale.sched.lsf import JSRUN_OVERRIDES  # noqa: F401  (kept importable from here)
-from perfscale.spec.common import export_lines
+from perfscale.spec.common import export_lines, format_hms
 from perfscale.spec.site import Site
 
 PILOT_WALLTIME_FLOOR_S = 600.0  # a pilot shorter than this spends most of its life starting up
-
-
-def _hms(seconds: float) -> str:
-    """HH:MM:SS with hours past 24 (the form Parsl's providers parse; no `D-` prefix)."""
-    s = math.ceil(seconds)
-    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def worker_init(site: Site) -> str:
@@ -93,7 +86,7 @@ def make_provider(
         "init_blocks": 1,
         "min_blocks": 0,
         "max_blocks": max_blocks,
-        "walltime": _hms(walltime_s or limit),
+        "walltime": format_hms(walltime_s or limit),
         "worker_init": worker_init(site),
     }
     return sched.parsl_provider(site, common, pname, account)

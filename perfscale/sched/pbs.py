@@ -33,6 +33,7 @@ from perfscale.errors import FailureKind
 from perfscale.sched.base import ElementState, Scheduler, States
 from perfscale.sched.client import SchedulerCommandError
 from perfscale.sched.mpi import Launcher, Layout
+from perfscale.spec.common import format_hms
 
 if TYPE_CHECKING:
     from perfscale.sched.arrays import ArrayJob
@@ -186,11 +187,6 @@ def mpiexec_line(lay: Layout) -> list[str]:
     ]
 
 
-def _hms(seconds: float) -> str:
-    s = int(-(-seconds // 1))
-    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
 class PBS(Scheduler):
     name = "pbs"
     first_index = 0
@@ -235,7 +231,7 @@ class PBS(Scheduler):
         return f"{job.name}.0.out" if job.size == 1 else super().log_name(job)
 
     def template_values(self, job: ArrayJob, site: Site, run_root: Path) -> dict[str, Any]:
-        return {"walltime_hms": _hms(job.walltime_s)}
+        return {"walltime_hms": format_hms(job.walltime_s)}
 
     def allocation(self, site: Site) -> tuple[str, list[str]] | None:
         job_id, nodefile = os.environ.get(self.job_id_env), os.environ.get(self.nodelist_env)
@@ -271,7 +267,7 @@ class PBS(Scheduler):
         return {
             **config,
             "account": account,
-            "walltime": _hms(walltime_s),
+            "walltime": format_hms(walltime_s),
             "resource_spec": chunk,
             "python": sys.executable,
             "job_extra_directives": list(site.directives),

@@ -56,6 +56,12 @@ def format_walltime(seconds: float) -> str:
     return f"{d}-{h:02d}:{m:02d}:{s:02d}" if d else f"{h:02d}:{m:02d}:{s:02d}"
 
 
+def format_hms(seconds: float) -> str:
+    """HH:MM:SS, rounded up, with hours past 24 (PBS walltimes and Parsl's providers; no `D-` prefix)."""
+    s = math.ceil(seconds)
+    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
 Walltime = Annotated[float, BeforeValidator(parse_walltime)]
 
 
