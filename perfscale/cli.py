@@ -9,7 +9,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from perfscale.engines.base import ENGINES
 from perfscale.errors import PerfscaleError
+
+# written out so that `--help` need not import every importer (pandas, pyarrow); a test keeps it complete
+IMPORTER_NAMES = "caliper, sacct, sacct-steps, alibaba, alibaba-instances, sklearn, csv, parquet"
 
 console = Console()
 err_console = Console(stderr=True)
@@ -21,6 +25,17 @@ def _site(args: argparse.Namespace):
     return load_site(args.site)
 
 
+def _positive_int(text: str) -> int:
+    """argparse type of counts (--workers, --throttle): a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from perfscale.plan import build_plan
     from perfscale.spec import load_study
@@ -28,6 +43,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     study = load_study(args.study)
     plan = build_plan(study, str(args.study), _site(args))
     out = Path(args.out or f"{study.name}.plan.parquet")
+    if out.is_dir():
+        suggestion = out / f"{study.name}.plan.parquet"
+        raise PerfscaleError(f"--out {out} is a folder; give a file path, such as {suggestion}")
     plan.write(out)
     table = Table("stage", "kind", "tasks", title=f"plan of {study.name}: {len(plan.tasks)} tasks -> {out}")
     for stage in plan.stages:
@@ -134,20 +152,21 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from perfscale.runner import prepare_run, run_plan
+    from perfscale.runner import open_run, run_plan
 
-    store = prepare_run(Path(args.study), _site(args), Path(args.run_dir) if args.run_dir else None)
-    console.print(
-        f"run folder: [bold]{store.root}[/] ({len(store.plan.tasks)} tasks, engine "
-        f"{args.engine or store.site.engine})"
-    )
-    run_plan(store, args.engine, args.workers, progress=not args.quiet)
-    code = _print_status(store)
-    if not args.no_report:
-        from perfscale.report import build_report
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    with open_run(Path(args.study), _site(args), run_dir, wait_lock=args.wait_lock) as store:
+        console.print(
+            f"run folder: [bold]{store.root}[/] ({len(store.plan.tasks)} tasks, engine "
+            f"{args.engine or store.site.engine})"
+        )
+        run_plan(store, args.engine, args.workers, progress=not args.quiet)
+        code = _print_status(store)
+        if not args.no_report:
+            from perfscale.report import build_report
 
-        path = build_report(store)
-        console.print(f"report: [bold]{path.resolve()}[/]")
+            path = build_report(store)
+            console.print(f"report: [bold]{path.resolve()}[/]")
     return code
 
 
@@ -161,7 +180,12 @@ def cmd_task_run(args: argparse.Namespace) -> int:
     """One task, as a job-array element runs it: attempts are appended to the run's attempts table."""
     from perfscale.execute import execute_task, open_store
 
-    store = open_store(Path(args.plan).parent)
+    if not args.plan.is_file():
+        raise PerfscaleError(
+            f"{args.plan}: no such plan file; give RUN/plan.parquet of a run made by `perfscale run` or "
+            "`perfscale submit`"
+        )
+    store = open_store(args.plan.parent)
     if not 0 <= args.index < len(store.plan.tasks):
         raise PerfscaleError(f"{args.plan}: index {args.index} out of range 0..{len(store.plan.tasks) - 1}")
     attempts = store.attempts()
@@ -192,7 +216,14 @@ def cmd_show(args: argparse.Namespace) -> int:
         )
     df = store.read_stage(args.stage, provenance=args.provenance).to_pandas()
     if args.columns:
-        df = df[[c.strip() for c in args.columns.split(",")]]
+        columns = [c.strip() for c in args.columns.split(",")]
+        unknown = [c for c in columns if c not in df.columns]
+        if unknown:
+            raise PerfscaleError(
+                f"--columns: stage {args.stage!r} of run {args.run} has no column(s) {', '.join(unknown)}; "
+                + (f"its columns are {', '.join(df.columns)}" if len(df.columns) else "it has no columns")
+            )
+        df = df[columns]
     if args.format == "csv":
         df.to_csv(sys.stdout, index=False)
         return 0
@@ -260,15 +291,18 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("study", type=Path)
     r.add_argument("--site", default="local", help="site name or path to a site YAML (default: local)")
     r.add_argument("--run-dir", help="run folder (default: runs/<study>-<site>)")
-    r.add_argument("--engine", choices=["local", "parsl", "dask", "ray"], help="override the site's engine")
-    r.add_argument("--workers", type=int, help="concurrent tasks (default: the site's max_workers)")
+    r.add_argument("--engine", choices=sorted(ENGINES), help="override the site's engine")
+    r.add_argument("--workers", type=_positive_int, help="concurrent tasks (default: the site's max_workers)")
     r.add_argument("--no-report", action="store_true")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument(
+        "--wait-lock", action="store_true", help="if another run holds the run folder, wait for it to end"
+    )
     r.set_defaults(fn=cmd_run)
 
     sb = sub.add_parser("submit", help="array mode: submit a study's missing tasks as scheduler job arrays")
     sb.add_argument("study", type=Path)
-    sb.add_argument("--site", required=True, help="a site with a scheduler (slurm, lsf)")
+    sb.add_argument("--site", required=True, help="a site with a batch scheduler (`perfscale sites list`)")
     sb.add_argument("--run-dir", help="run folder (default: runs/<study>-<site>)")
     rs = sub.add_parser("resubmit", help="array mode: resubmit only failed or missing tasks")
     rs.add_argument("run", type=Path)
@@ -276,7 +310,7 @@ def parser() -> argparse.ArgumentParser:
     for p_ in (sb, rs):
         p_.add_argument("--partition", help="partition / queue (default: the site's default)")
         p_.add_argument("--account", help="account / bank (default: the site's first)")
-        p_.add_argument("--throttle", type=int, help="array elements running at once (%%K)")
+        p_.add_argument("--throttle", type=_positive_int, help="array elements running at once (%%K)")
     sb.set_defaults(fn=cmd_submit)
     rs.set_defaults(fn=cmd_resubmit)
     ca = sub.add_parser("cancel", help="array mode: cancel every array job of a run")
@@ -314,7 +348,7 @@ def parser() -> argparse.ArgumentParser:
     rp.set_defaults(fn=cmd_report)
 
     ig = sub.add_parser("ingest", help="import existing data (caliper, sacct, csv, parquet...) as Parquet")
-    ig.add_argument("kind", help="importer name: caliper, sacct, alibaba, csv, parquet")
+    ig.add_argument("kind", help=f"importer name: {IMPORTER_NAMES}")
     ig.add_argument("source", help="a file, or a folder searched recursively")
     ig.add_argument("--out", required=True, help="folder of the Parquet dataset to write")
     ig.set_defaults(fn=cmd_ingest)
@@ -331,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except PerfscaleError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"perfscale: error: {exc}", file=sys.stderr)  # argparse's form for usage errors
         return 2
 
 

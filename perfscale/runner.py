@@ -7,23 +7,27 @@ a task whose input is incomplete (an upstream task failed) is reported as blocke
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
-from concurrent.futures import Future, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from perfscale.engines import Engine, make_engine
+from perfscale.engines import Engine, EngineStalled, make_engine
 from perfscale.errors import FailureKind
 from perfscale.execute import Outcome, execute_task
 from perfscale.plan.planner import Plan, Task, build_plan
 from perfscale.spec.site import Site
 from perfscale.spec.study import load_study
+from perfscale.store.lock import run_lock
 from perfscale.store.run import RunStore, utcnow
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -56,12 +60,28 @@ def default_run_dir(study_name: str, site: Site) -> Path:
     return Path("runs") / f"{study_name}-{site.name}"
 
 
+def _planned(study_path: Path, site: Site, run_dir: Path | None) -> tuple[Plan, Path]:
+    study = load_study(study_path)
+    return build_plan(study, str(study_path), site), run_dir or default_run_dir(study.name, site)
+
+
 def prepare_run(study_path: Path, site: Site, run_dir: Path | None = None) -> RunStore:
     """Validate the study, expand its plan, and create (or re-open) its run folder. Nothing runs."""
-    study = load_study(study_path)
-    plan = build_plan(study, str(study_path), site)
-    root = run_dir or default_run_dir(study.name, site)
+    plan, root = _planned(study_path, site, run_dir)
     return RunStore.create(root, study_path.read_text(), site, plan, study_dir=study_path.parent)
+
+
+@contextmanager
+def open_run(
+    study_path: Path, site: Site, run_dir: Path | None = None, wait_lock: bool = False
+) -> Iterator[RunStore]:
+    """`prepare_run` under the run folder's lock (RUN/.lock), held until the block ends: one run per folder.
+
+    The study is checked and planned before the lock; the folder is written only once the lock is held."""
+    plan, root = _planned(study_path, site, run_dir)
+    RunStore(root).refuse_foreign(plan.study)  # before the lock file is made in a folder that is not ours
+    with run_lock(root, wait=wait_lock):
+        yield RunStore.create(root, study_path.read_text(), site, plan, study_dir=study_path.parent)
 
 
 def _ready(store: RunStore, task: Task, done: dict[str, set[str]]) -> bool:
@@ -139,7 +159,7 @@ def run_plan(
     return summary
 
 
-def _lost_record(t: Task, attempt: int, exc: BaseException) -> dict:
+def _lost_record(t: Task, attempt: int, message: str) -> dict:
     now = utcnow()
     return {
         "task_key": t.key,
@@ -154,8 +174,51 @@ def _lost_record(t: Task, attempt: int, exc: BaseException) -> dict:
         "ok": False,
         "exit_status": None,
         "failure_kind": FailureKind.NODE_LOST.value,
-        "message": f"worker lost: {type(exc).__name__}: {exc}",
+        "message": message,
     }
+
+
+class Watchdog:
+    """No task finished and no worker alive (`Engine.last_alive`) for `limit_s`: the engine is restarted; the
+    same again with no task finished since the restart stops the run with EngineStalled."""
+
+    def __init__(self, engine: Engine, limit_s: float):
+        self.engine, self.limit_s = engine, limit_s
+        self.poll_s = min(5.0, limit_s / 5)
+        self.last_progress = time.monotonic()
+        self.restarted = False
+
+    def progress(self) -> None:
+        self.last_progress, self.restarted = time.monotonic(), False
+
+    def stalled(self) -> bool:
+        alive = self.engine.last_alive()
+        return alive is not None and time.monotonic() - max(self.last_progress, alive) > self.limit_s
+
+    def why(self) -> str:
+        return f"no task finished and no worker alive for {self.limit_s:g} s (site watchdog_s)"
+
+    def restart(self) -> None:
+        log.warning("%s engine: %s; restarting it", self.engine.name, self.why())
+        self.engine.restart()
+        self.last_progress, self.restarted = time.monotonic(), True
+
+    def error(self) -> EngineStalled:
+        return EngineStalled(
+            f"{self.engine.name} engine stalled in {self.engine.run_root}: {self.why()}, even after a "
+            "restart; see the engine's logs there, then run again to resume"
+        )
+
+
+def _next_done(pending: dict[Future, Task], watchdog: Watchdog) -> Future | None:
+    """The next finished future, or None when the watchdog finds the engine stalled."""
+    while True:
+        done, _ = wait(pending, timeout=watchdog.poll_s, return_when=FIRST_COMPLETED)
+        if done:
+            watchdog.progress()
+            return next(iter(done))
+        if watchdog.stalled():
+            return None
 
 
 def _run_tasks(
@@ -167,16 +230,34 @@ def _run_tasks(
     process pool with it) costs few innocent attempts. A task whose worker died is a `node_lost` attempt and
     is
     rerun *alone*, so a task that kills its worker again is caught as the culprit and its budget spent, while
-    its innocent neighbours succeed on their rerun.
+    its innocent neighbours succeed on their rerun. A stalled engine (see Watchdog) loses every task in
+    flight the same way.
     """
     window = max(2, 2 * engine.workers)
     queue, suspects = deque(tasks), deque()
     lost: Counter[str] = Counter()
     pending: dict[Future, Task] = {}
+    watchdog = Watchdog(engine, store.site.watchdog_s)
 
     def submit(t: Task) -> None:
         attempt = next_attempt.get(t.key, 1) + lost[t.key]
         pending[engine.submit(execute_task, str(store.root), t.index, attempt)] = t
+
+    def lose(t: Task, message: str, rerun: bool = True) -> Outcome:
+        record = _lost_record(t, next_attempt.get(t.key, 1) + lost[t.key], message)
+        lost[t.key] += 1
+        if rerun and lost[t.key] <= t.retry.get(FailureKind.NODE_LOST.value, 0):
+            suspects.append(t)
+            return Outcome(t.index, t.key, t.stage, ok=False, retrying=True, attempts=[record])
+        return Outcome(
+            t.index,
+            t.key,
+            t.stage,
+            ok=False,
+            failure_kind=FailureKind.NODE_LOST.value,
+            message=message,
+            attempts=[record],
+        )
 
     while queue or suspects or pending:
         if suspects:
@@ -185,27 +266,24 @@ def _run_tasks(
         else:
             while queue and len(pending) < window:
                 submit(queue.popleft())
-        fut = next(as_completed(pending))
+        fut = _next_done(pending, watchdog)
+        if fut is None:  # stalled: every task in flight is lost; restart once, then stop
+            stuck, stop = list(pending.values()), watchdog.restarted
+            pending.clear()
+            if not stop:
+                watchdog.restart()
+            what = "run stopped" if stop else "engine restarted"
+            for t in stuck:
+                yield lose(t, f"{what}: {watchdog.why()}", rerun=not stop)
+            if stop:
+                raise watchdog.error()
+            continue
         t = pending.pop(fut)
         try:
-            yield fut.result()
-            continue
+            outcome = fut.result()
         except Exception as exc:  # the worker process died: the task never reported back
-            record = _lost_record(t, next_attempt.get(t.key, 1) + lost[t.key], exc)
-            lost[t.key] += 1
-        if lost[t.key] <= t.retry.get(FailureKind.NODE_LOST.value, 0):
-            suspects.append(t)
-            yield Outcome(t.index, t.key, t.stage, ok=False, retrying=True, attempts=[record])
-        else:
-            yield Outcome(
-                t.index,
-                t.key,
-                t.stage,
-                ok=False,
-                failure_kind=FailureKind.NODE_LOST.value,
-                message=record["message"],
-                attempts=[record],
-            )
+            outcome = lose(t, f"worker lost: {type(exc).__name__}: {exc}")
+        yield outcome
 
 
 def run_study(
@@ -216,5 +294,5 @@ def run_study(
     workers: int | None = None,
     progress: bool = True,
 ) -> tuple[RunStore, dict[str, StageSummary]]:
-    store = prepare_run(study_path, site, run_dir)
-    return store, run_plan(store, engine, workers, progress=progress)
+    with open_run(study_path, site, run_dir) as store:
+        return store, run_plan(store, engine, workers, progress=progress)

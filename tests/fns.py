@@ -58,3 +58,18 @@ def read_model(ctx) -> dict:
     if not model.exists():
         raise BadInput(f"{model} is missing")
     return {"model": model.read_text()}
+
+
+def break_pool(x: int) -> dict:
+    """Breaks the Parsl worker pool running it: SIGKILLs the pool's multiprocessing Manager and every worker,
+    itself last (the pool's resource tracker is spared). The pool process itself lives on, broken."""
+    import signal
+
+    from tests.procs import processes
+
+    pool, me = os.getppid(), os.getpid()
+    for p in processes().values():
+        if p.ppid == pool and p.pid != me and "resource_tracker" not in p.cmdline:
+            os.kill(p.pid, signal.SIGKILL)
+    os.kill(me, signal.SIGKILL)
+    return {"x": x}

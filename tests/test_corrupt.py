@@ -152,7 +152,7 @@ def test_show_names_a_bad_shard_in_one_line(run, capsys, damage):
     assert main(["show", str(run.root), "square"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
-    assert err.startswith(f"error: {shard}: ") and "moved to" in err and "runs its task again" in err
+    assert err.startswith(f"perfscale: error: {shard}: ") and "moved to" in err and "runs its task again" in err
     assert not shard.exists()
     assert main(["show", str(run.root), "square"]) == 0  # the other shards are still shown
 
@@ -217,7 +217,7 @@ def test_a_site_json_that_cannot_be_rebuilt_is_a_one_line_error(run, capsys):
     assert main(["status", str(run.root)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert err.startswith(f"error: {run.root / 'site.json'}: ") and "unknown site 'nosuch'" in err
+    assert err.startswith(f"perfscale: error: {run.root / 'site.json'}: ") and "unknown site 'nosuch'" in err
     assert f"--run-dir {run.root}` to write it again" in err
 
 

@@ -16,7 +16,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any, ClassVar
 
-from perfscale.errors import SpecError
+from perfscale.errors import PerfscaleError, SpecError
 from perfscale.spec.site import Site
 
 
@@ -37,12 +37,26 @@ class Engine(ABC):
     @abstractmethod
     def shutdown(self) -> None: ...
 
+    def last_alive(self) -> float | None:
+        """When (time.monotonic()) a worker last showed life, or the engine was waiting for resources it asked
+        for. None: this engine cannot tell, and the runner's watchdog leaves it alone."""
+        return None
+
+    def restart(self) -> None:
+        """Throw the workers away and start afresh (the watchdog's remedy); futures in flight are lost."""
+        self.shutdown()
+        self.start()
+
     def __enter__(self) -> Engine:
         self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+class EngineStalled(PerfscaleError):
+    """No task finished and no worker was alive for the watchdog's limit, even after a restart."""
 
 
 # name -> "module:Class", imported on use so `perfscale plan` never pays for Parsl's import

@@ -9,6 +9,9 @@ builds a pilot from the same fields:
 | slurm     | SlurmProvider | SrunLauncher  | default partition, first account, cores_per_node, setup  |
 | lsf       | LSFProvider   | JsrunLauncher | default queue, first account (as `-P`), setup            |
 
+Each provider is built by the site's scheduler (`Scheduler.parsl_provider` in perfscale/sched/<name>.py)
+from the settings every provider takes; this module never branches on a scheduler's name.
+
 A pilot block is one node by default and asks for the walltime its tasks need (see `pilot_walltime`), capped
 at the partition's limit. Workers need the interpreter's `bin/` on PATH (HTEX starts
 `process_worker_pool.py` by name): it is exported in the engine's environment and in every block's
@@ -21,17 +24,21 @@ import math
 import os
 import shlex
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 from perfscale.engines.base import Engine
+from perfscale.engines.guard import HeartbeatMonitor, cap_logs
 from perfscale.plan.planner import Task
+from perfscale.sched.base import scheduler_class
+from perfscale.sched.lsf import JSRUN_OVERRIDES  # noqa: F401  (kept importable from here)
+from perfscale.spec.common import export_lines
 from perfscale.spec.site import Site
 
-# jsrun: one resource set per node holding all its cores and GPUs; the worker pool places tasks itself
-JSRUN_OVERRIDES = "--tasks_per_rs=1 --cpu_per_rs=ALL_CPUS --gpu_per_rs=ALL_GPUS --bind=none"
 PILOT_WALLTIME_FLOOR_S = 600.0  # a pilot shorter than this spends most of its life starting up
 
 
@@ -45,7 +52,7 @@ def worker_init(site: Site) -> str:
     """Shell lines run before the worker pool starts: the site's setup, its env, the interpreter on PATH."""
     bin_dir = str(Path(sys.executable).parent)
     lines = [*site.setup]
-    lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(site.env.items())]
+    lines += export_lines(site.env)
     lines.append(f"export PATH={shlex.quote(bin_dir)}:$PATH")
     return "\n".join(lines)
 
@@ -75,10 +82,9 @@ def make_provider(
     max_blocks: int = 1,
 ) -> Any:
     """The Parsl execution provider for `site` (see the module docstring for the field mapping)."""
-    if site.scheduler == "none":
-        from parsl.providers import LocalProvider
-
-        return LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1, worker_init=worker_init(site))
+    sched = scheduler_class(site.scheduler)()
+    if not sched.batch:
+        return sched.parsl_provider(site, {"worker_init": worker_init(site)}, None, None)
     site.check_request(nodes_per_block, walltime_s or 0, 0, partition)
     pname, limit = _limit(site, partition)
     account = account or (site.accounts[0] if site.accounts else None)
@@ -90,33 +96,7 @@ def make_provider(
         "walltime": _hms(walltime_s or limit),
         "worker_init": worker_init(site),
     }
-    if site.scheduler == "slurm":
-        from parsl.launchers import SrunLauncher
-        from parsl.providers import SlurmProvider
-
-        cores = None if site.cores_per_node == "auto" else int(site.cores_per_node)
-        return SlurmProvider(
-            partition=pname,
-            account=account,
-            cores_per_node=cores,
-            exclusive=False,
-            launcher=SrunLauncher(),
-            cmd_timeout=60,
-            **common,
-        )
-    from parsl.launchers import JsrunLauncher
-    from parsl.providers import LSFProvider
-
-    # LSF reads #BSUB lines from standard input (`bsub < script`), as array mode submits them
-    return LSFProvider(
-        queue=pname,
-        project=account,
-        bsub_redirection=True,
-        request_by_nodes=True,
-        launcher=JsrunLauncher(overrides=JSRUN_OVERRIDES),
-        cmd_timeout=120,
-        **common,
-    )
+    return sched.parsl_provider(site, common, pname, account)
 
 
 def parsl_config(
@@ -138,7 +118,7 @@ def parsl_config(
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor
 
-    local = site.scheduler == "none"
+    local = not scheduler_class(site.scheduler).batch
     provider = make_provider(site, walltime_s, partition, account, nodes_per_block)
     executor = HighThroughputExecutor(
         label="perfscale",
@@ -156,7 +136,15 @@ def parsl_config(
     )
 
 
-def _call(fn: Callable[..., Any], *args: Any) -> Any:
+LOG_CAP_BYTES = 64 << 20  # a Parsl log past this size is truncated (a broken pool logged 1.87 GB in 5 min)
+LOG_KEEP_BYTES = 4 << 20  # ... keeping its last bytes in <name>.log.1
+MAINTAIN_S = 5.0  # how often the engine checks its log sizes
+
+
+def _call(heartbeat_dir: str, beat_s: float, fn: Callable[..., Any], *args: Any) -> Any:
+    from perfscale.engines.guard import start_heartbeat
+
+    start_heartbeat(heartbeat_dir, beat_s)
     return fn(*args)
 
 
@@ -173,10 +161,14 @@ class ParslEngine(Engine):
 
     def config(self) -> Any:
         walltime = None
-        if self.site.scheduler != "none":
+        if scheduler_class(self.site.scheduler).batch:
             _, limit = _limit(self.site, None)
             walltime = pilot_walltime(self._plan_tasks(), self.workers, limit)
         return parsl_config(self.site, self.run_root / "parsl", self.workers, walltime)
+
+    @property
+    def log_dir(self) -> Path:
+        return self.run_root / "parsl"
 
     def start(self) -> None:
         import parsl
@@ -186,14 +178,37 @@ class ParslEngine(Engine):
         bin_dir = str(Path(sys.executable).parent)
         if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
             os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+        self._heartbeats = self.log_dir / "alive"
+        self._beat_s = max(0.5, min(30.0, self.site.watchdog_s / 5))
+        self._alive = HeartbeatMonitor(self._heartbeats)
         self._dfk = parsl.load(self.config())
         self._app = python_app(_call, data_flow_kernel=self._dfk, executors=["perfscale"])
+        self._stop = threading.Event()
+        self._maintainer = threading.Thread(target=self._maintain, name="perfscale-parsl-logs", daemon=True)
+        self._maintainer.start()
+
+    def _maintain(self) -> None:
+        while not self._stop.wait(MAINTAIN_S):
+            cap_logs(self.log_dir, LOG_CAP_BYTES, LOG_KEEP_BYTES)
+
+    def last_alive(self) -> float | None:
+        """When a worker's heartbeat last changed, or a block last waited in the scheduler's queue (waiting
+        is no hang). None until a worker of this engine has run a task: a pool still starting is no hang."""
+        from parsl.jobs.states import JobState
+
+        blocks = self._dfk.executors["perfscale"].status_facade.values()
+        if any(b.state in (JobState.PENDING, JobState.HELD) for b in blocks):
+            self._alive.last_alive = time.monotonic()
+        return self._alive.poll()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        return self._app(fn, *args)
+        return self._app(str(self._heartbeats), self._beat_s, fn, *args)
 
     def shutdown(self) -> None:
         import parsl
 
+        self._stop.set()
+        self._maintainer.join()
         self._dfk.cleanup()
         parsl.clear()
+        cap_logs(self.log_dir, LOG_CAP_BYTES, LOG_KEEP_BYTES)

@@ -7,15 +7,17 @@ StageContext. Stage functions keep heavy imports (torch, sdv) inside their bodie
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import pandas as pd
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from perfscale.errors import BadInput, SpecError
 from perfscale.plan.planner import Task
@@ -26,9 +28,43 @@ P = TypeVar("P", bound=BaseModel)
 
 
 class StageParams(BaseModel):
-    """Base of every stage's params model: unknown fields are errors."""
+    """Base of every stage's params model: unknown fields are errors, numbers are finite."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+@dataclass
+class Problems:
+    """Problems of a params model, gathered so that one validation reports all of them, each at its field
+    (pydantic stops at the first error a model validator raises)."""
+
+    found: list[InitErrorDetails] = field(default_factory=list)
+
+    def add(self, loc: tuple[str | int, ...], message: str, value: Any = None) -> None:
+        """One problem at `loc`; `value`, where given, is quoted after the message."""
+        error = PydanticCustomError("problem", "{message}", {"message": message})
+        self.found.append(InitErrorDetails(type=error, loc=loc, input=value))
+
+    @contextmanager
+    def check(self, *loc: str | int, value: Any = None) -> Iterator[None]:
+        """Record the ValueError (or BadInput) raised inside as a problem at `loc`."""
+        try:
+            yield
+        except (ValueError, BadInput) as exc:
+            self.add(loc, str(exc), value)
+
+    def raise_all(self, model: type[BaseModel], before: ValidationError | None = None) -> None:
+        """Raise one ValidationError with `before`'s errors (field validation) and these problems, if any."""
+        if before is None and not self.found:
+            return
+        errors = [] if before is None else [_as_detail(e) for e in before.errors()]
+        raise ValidationError.from_exception_data(model.__name__, [*errors, *self.found])
+
+
+def _as_detail(error: Any) -> InitErrorDetails:
+    """A pydantic error again as raisable details, with its type and message kept."""
+    custom = PydanticCustomError(error["type"], "{message}", {"message": error["msg"]})
+    return InitErrorDetails(type=custom, loc=tuple(error["loc"]), input=error.get("input"))
 
 
 @dataclass

@@ -42,7 +42,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from perfscale.collect import papi, perf
 from perfscale.collect.command import (
@@ -61,7 +69,7 @@ from perfscale.collect.kernels import build_kernels
 from perfscale.collect.machine import MACHINE_COLUMNS, captured_env, check_env_patterns, machine_metadata
 from perfscale.errors import BadInput, FailureKind, PerfscaleError, TaskFailure
 from perfscale.spec.site import Site
-from perfscale.stages.base import StageContext, StageParams, stage_kind
+from perfscale.stages.base import Problems, StageContext, StageParams, stage_kind
 from perfscale.store.run import PROVENANCE_COLUMNS
 
 #: placeholders perfscale fills itself; variables may not use these names
@@ -135,69 +143,91 @@ class ProfileParams(StageParams):
             raise ValueError(f"collectors: each collector once, got {collectors}")
         return collectors
 
-    @model_validator(mode="after")
-    def _check(self, info: ValidationInfo) -> ProfileParams:
-        site = (info.context or {}).get("site")  # the planner passes the site the study will run on
+    @model_validator(mode="wrap")
+    @classmethod
+    def _check(
+        cls, data: Any, handler: ModelWrapValidatorHandler[ProfileParams], info: ValidationInfo
+    ) -> Any:
+        """Every problem at once, each at its field: the variables' (read from the raw input, so they are
+        reported with the fields' own errors), then those that need valid fields."""
+        problems = Problems()
+        if isinstance(data, Mapping):
+            _check_variables({k: v for k, v in data.items() if k not in cls.model_fields}, problems)
         try:
-            _check_variables(self.variables)
-            _check_env_names(self.env)
-            _check_foms(self.fom, self.variables)
-            _check_events(self, site)
+            params = handler(data)
+        except ValidationError as exc:
+            problems.raise_all(cls, exc)
+            raise
+        site = (info.context or {}).get("site")  # the planner passes the site the study will run on
+        params._check_fields(problems, site)
+        problems.raise_all(cls)
+        return params
+
+    def _check_fields(self, problems: Problems, site: Site | None) -> None:
+        for name in self.env:
+            if not name or "=" in name or "\0" in name:
+                problems.add(("env", name), "not a valid environment variable name", name)
+        _check_foms(self.fom, self.variables, problems)
+        with problems.check("perf_events"):
+            _check_perf_events(self)
+        with problems.check("papi_events"):
+            _check_papi_events(self, site)
+        with problems.check("env_capture"):
             check_env_patterns(self.env_capture)
-            known = set(self.variables) | set(BUILTIN_NAMES)
-            for where, text in self.templates().items():
+        known = set(self.variables) | set(BUILTIN_NAMES)
+        for where, text in self.templates().items():
+            loc = tuple(where.split(".", 1))
+            with problems.check(*loc, value=text):
                 unknown = [n for n in placeholders(text, where) if n not in known]
                 if unknown:
                     names = ", ".join(sorted(known))
-                    raise ValueError(f"{where}: unknown placeholder {{{unknown[0]}}}; known names: {names}")
-        except BadInput as exc:  # pydantic reports ValueErrors as validation errors
-            raise ValueError(str(exc)) from None
-        return self
+                    raise ValueError(f"unknown placeholder {{{unknown[0]}}}; known names: {names}")
 
 
-def _check_variables(variables: dict[str, Any]) -> None:
+def _check_variables(variables: Mapping[str, Any], problems: Problems) -> None:
     fields = list(ProfileParams.model_fields)
     for name, value in variables.items():
-        if not name.isidentifier():
-            raise ValueError(f"variable {name!r}: not a valid name; use letters, digits and underscores")
+        if not isinstance(name, str) or not name.isidentifier():
+            problems.add((name,), "not a valid variable name; use letters, digits and underscores", value)
+            continue
         typo = difflib.get_close_matches(name, fields, n=1, cutoff=0.8)
         if typo:
-            raise ValueError(
-                f"{name!r}: unknown field; did you mean {typo[0]!r}? (rename it if it is a variable)"
-            )
-        if name in BUILTIN_NAMES or name in _RESERVED_COLUMNS or name.startswith(RESERVED_PREFIXES):
-            raise ValueError(f"variable {name!r}: the name is reserved by perfscale; rename it")
-        if not isinstance(value, _SCALAR):
+            problems.add((name,), f"unknown field; did you mean {typo[0]!r}? (rename it if it is a variable)")
+        elif name in BUILTIN_NAMES or name in _RESERVED_COLUMNS or name.startswith(RESERVED_PREFIXES):
+            problems.add((name,), f"variable {name!r}: the name is reserved by perfscale; rename it")
+        elif not isinstance(value, _SCALAR):
             kind = type(value).__name__
-            raise ValueError(f"variable {name!r}: must be a string, number or boolean, not a {kind}")
-
-
-def _check_env_names(env: dict[str, str]) -> None:
-    for name in env:
-        if not name or "=" in name or "\0" in name:
-            raise ValueError(f"env.{name}: not a valid environment variable name")
-
-
-def _check_foms(foms: dict[str, str], variables: dict[str, Any]) -> None:
-    for name in foms:
-        if not name.isidentifier():
-            raise ValueError(f"fom.{name}: not a valid column name; use letters, digits and underscores")
-        if name in variables or name in _RESERVED_COLUMNS or name.startswith(RESERVED_PREFIXES):
-            raise ValueError(
-                f"fom.{name}: the column name is already taken by a variable or perfscale; rename it"
+            problems.add(
+                (name,), f"variable {name!r}: must be a string, number or boolean, not a {kind}", value
             )
-    compile_foms(foms)
 
 
-def _check_events(params: ProfileParams, site: Site | None) -> None:
-    """Event names, before anything runs. Names are always checked for form; where the perf collector is on
-    and this machine has perf, names it does not know are rejected too. Native PAPI names are checked
-    against the site (papi_native_check), never against a planning host that will not run the tasks."""
+def _check_foms(foms: dict[str, str], variables: dict[str, Any], problems: Problems) -> None:
+    for name, pattern in foms.items():
+        if not name.isidentifier():
+            problems.add(("fom", name), "not a valid column name; use letters, digits and underscores")
+        elif name in variables or name in _RESERVED_COLUMNS or name.startswith(RESERVED_PREFIXES):
+            problems.add(
+                ("fom", name), "the column name is already taken by a variable or perfscale; rename it"
+            )
+        else:
+            with problems.check("fom", name, value=pattern):
+                compile_foms({name: pattern})
+
+
+def _check_perf_events(params: ProfileParams) -> None:
+    """perf event names, before anything runs: always checked for form; where the perf collector is on and
+    this machine has perf, names it does not know are rejected too."""
     perf_here = perf.find_perf(os.environ) if "perf" in params.collectors else None
     perf.check_perf_events(params.perf_events, "perf_events", perf_here)
     taken = sorted(set(perf.perf_columns(params.perf_events)) & set(MACHINE_COLUMNS))
     if taken:
         raise BadInput(f"perf_events: column {taken[0]} is taken by the machine description; drop that event")
+
+
+def _check_papi_events(params: ProfileParams, site: Site | None) -> None:
+    """PAPI event names: native ones are checked against the site (papi_native_check), never against a
+    planning host that will not run the tasks."""
     native = papi_native_check(params, site) if "papi" in params.collectors else None
     papi.check_papi_events(params.papi_events, "papi_events", native)
 

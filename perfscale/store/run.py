@@ -36,6 +36,7 @@ from perfscale.plan.planner import Plan
 from perfscale.spec.site import Site
 from perfscale.store import recover
 from perfscale.store.atomic import atomic_write_table, atomic_write_text
+from perfscale.store.lock import LOCK_NAME
 from perfscale.store.shards import check_shard, list_artifacts, shard_metadata
 
 # provenance columns added to every shard row; the leading underscore keeps them apart from the data's own
@@ -141,6 +142,7 @@ class RunStore:
     ) -> RunStore:
         """Create or re-open a run; the plan is rewritten, shards of unchanged tasks are kept."""
         store = cls(root)
+        store.refuse_foreign(plan.study)
         store.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(study_text, store.root / "study.yaml")
         atomic_write_text(json.dumps(site.model_dump(mode="json"), indent=2), store.root / "site.json")
@@ -160,6 +162,28 @@ class RunStore:
         )
         atomic_write_text(json.dumps(manifest, indent=2), store.manifest_path)
         return store
+
+    def refuse_foreign(self, study: str) -> None:
+        """Raise unless the run folder is new, empty, or a run of `study`: a run never writes into a folder
+        that holds something else (it would overwrite its study.yaml and merge into its manifest.json)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise PerfscaleError(f"run folder {self.root} is a file, not a folder; give another --run-dir")
+        if not self.root.exists() or all(p.name == LOCK_NAME for p in self.root.iterdir()):
+            return  # new, empty, or left with only the lock file of a run that stopped before writing
+        if not self.manifest_path.exists():
+            raise PerfscaleError(
+                f"run folder {self.root} is not empty and is not a perfscale run (no manifest.json); "
+                "give a new or empty --run-dir"
+            )
+        try:
+            theirs = json.loads(self.manifest_path.read_text()).get("study")
+        except (OSError, ValueError, AttributeError):
+            return  # a run whose manifest is damaged: not a foreign folder
+        if theirs != study:
+            raise PerfscaleError(
+                f"run folder {self.root} holds a run of study {theirs!r}, not {study!r}; give another "
+                "--run-dir (or remove that run)"
+            )
 
     def manifest(self) -> dict[str, Any]:
         """manifest.json; rebuilt with a warning when it is unreadable (see store/recover.py)."""
@@ -269,6 +293,8 @@ class RunStore:
 
         Shards from different tasks may have different columns; the schemas are unified (missing columns
         become nulls, int64/float64 promote to float64). Shards of keys not in the plan are ignored.
+        `provenance=False` leaves out every `_`-prefixed column: the store's own (PROVENANCE_COLUMNS) and
+        an importer's (`_source_file`), which say where rows came from and are never data.
         A shard that cannot be read is quarantined (its task runs again at the next `perfscale run`) and
         raises CorruptFile naming it.
         """
@@ -288,7 +314,7 @@ class RunStore:
             return pa.table({})
         schema = pa.unify_schemas(schemas, promote_options="permissive").remove_metadata()
         dataset = ds.dataset(files, schema=schema, format="parquet")
-        columns = None if provenance else [n for n in schema.names if n not in PROVENANCE_COLUMNS]
+        columns = None if provenance else [n for n in schema.names if not n.startswith("_")]
         try:
             return dataset.to_table(columns=columns, filter=filter)
         except (pa.ArrowException, OSError):
