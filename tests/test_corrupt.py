@@ -152,7 +152,8 @@ def test_show_names_a_bad_shard_in_one_line(run, capsys, damage):
     assert main(["show", str(run.root), "square"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
-    assert err.startswith(f"perfscale: error: {shard}: ") and "moved to" in err and "runs its task again" in err
+    assert err.startswith(f"perfscale: error: {shard}: ")
+    assert "moved to" in err and "runs its task again" in err
     assert not shard.exists()
     assert main(["show", str(run.root), "square"]) == 0  # the other shards are still shown
 

@@ -298,13 +298,15 @@ class RunStore:
         A shard that cannot be read is quarantined (its task runs again at the next `perfscale run`) and
         raises CorruptFile naming it.
         """
+        folder = str(self.stage_dir(stage))
         files, schemas, bad = [], [], {}
         for key in self._present(stage, keys):
-            footer, problem = check_shard(self.shard_path(stage, key), key, None)
+            path = f"{folder}/{key}.parquet"
+            footer, problem = check_shard(path, key, None)
             if problem is not None:
                 bad[key] = problem
             elif footer is not None:
-                files.append(str(self.shard_path(stage, key)))
+                files.append(path)
                 schemas.append(footer.schema)
         if bad:
             raise recover.corrupt_shards_error(self, stage, bad)
