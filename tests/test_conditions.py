@@ -260,14 +260,25 @@ def test_rows_the_model_never_makes_fall_back_to_a_relaxed_match(no_lassen_setos
         gen.sample(10, seed=0, conditions={"species": "setosa", "machine": "lassen"})
     gen.impute(rows.head(3).assign(petal_width=np.nan), seed=0)
     assert gen.last_imputation.fallback_rows == ()
+    # a value never seen in training: an error, or with relax_unseen no condition and a fallback row
+    frontier = rows.assign(petal_width=np.nan, machine=["quartz", "frontier", "lassen", "quartz"])
+    with pytest.raises(BadInput, match=r"'machine' holds \['frontier'\], never seen"):
+        gen.impute(frontier, seed=0)
+    filled = gen.impute(frontier, seed=0, relax_unseen=True)
+    assert (
+        gen.last_imputation.fallback_rows == (1,)
+        and filled["machine"].tolist() == frontier["machine"].tolist()
+    )
+    assert 1.0 <= filled.loc[1, "petal_width"] <= 1.8  # a versicolor's width, matched on its measurements
 
 
 def test_prediction_falls_back_for_the_rows_it_cannot_generate(
     no_lassen_setosa: pd.DataFrame, write_study, study_dir: Path, tmp_path: Path
 ) -> None:
     data = no_lassen_setosa.assign(split="train")
-    holdout = data.iloc[[0, 1, 60, 120]].assign(split="holdout")
+    holdout = data.iloc[[0, 1, 60, 120, 61]].assign(split="holdout")
     holdout.loc[holdout.index[1], "machine"] = "lassen"  # the second holdout row: a lassen setosa
+    holdout.loc[holdout.index[4], "machine"] = "frontier"  # the last: a machine training never saw
     pd.concat([data, holdout]).to_csv(study_dir / "data.csv", index=False)
     study = write_study(
         """
@@ -287,8 +298,14 @@ def test_prediction_falls_back_for_the_rows_it_cannot_generate(
         outcome = execute_task(store.root, task.index)
         assert outcome.ok, outcome.message
     predictions = store.read_stage("predict", provenance=False).to_pandas().sort_values("row")
-    assert predictions["method"].tolist() == ["generation", "fallback", "generation", "generation"]
-    assert (predictions["fallback_share"] == 0.25).all()
+    assert predictions["method"].tolist() == [
+        "generation",
+        "fallback",
+        "generation",
+        "generation",
+        "fallback",
+    ]
+    assert (predictions["fallback_share"] == 0.4).all()
     assert predictions["prediction"].notna().all() and predictions["mse"].notna().all()
 
 

@@ -156,18 +156,22 @@ class Generator(ABC):
         self.last_sampling = conditional.SamplingReport.unconditioned(n)
         return _tables.postprocess(raw, spec, n, seed)
 
-    def impute(self, table: pd.DataFrame, seed: int, draws: int = 1) -> pd.DataFrame:
+    def impute(
+        self, table: pd.DataFrame, seed: int, draws: int = 1, relax_unseen: bool = False
+    ) -> pd.DataFrame:
         """Fill the missing cells of `table` conditioned on each row's set cells (PERFGEN use case II).
 
         `table` has the training columns; NaN/None marks what to generate. With `draws` > 1 every missing
         cell gets the mean (numeric, then snapped to allowed values) or the most frequent value (categorical)
         of `draws` conditional draws: a point prediction. Rows whose set cells the model makes too rarely
-        fall back to a relaxed match; `self.last_imputation` names them. See
-        perfscale.generators.conditional.impute.
+        fall back to a relaxed match; `self.last_imputation` names them. A categorical value never seen in
+        training is an error, or with `relax_unseen` no condition (the row then counts as a fallback too).
+        See perfscale.generators.conditional.impute.
         """
         from perfscale.generators import conditional
 
-        return conditional.impute(self, self._require_fitted("impute"), table, _check_seed(seed), draws)
+        spec = self._require_fitted("impute")
+        return conditional.impute(self, spec, table, _check_seed(seed), draws, relax_unseen)
 
     def save(self, folder: str | os.PathLike[str]) -> None:
         """Write the model files and `generator.json` into `folder` (created if needed).

@@ -15,7 +15,9 @@ agrees on every set categorical cell and is nearest (Euclidean, each column scal
 deviation) on the set numeric cells; categorical combinations the pool lacks are drawn under equality
 conditions. When the model makes a combination too rarely for that draw's budget, the row falls back to a
 relaxed match: the pool rows agreeing on the most of its set categorical cells, nearest on the numeric ones.
-`Generator.last_imputation` says which rows fell back. Repeating with `draws` different seeds and taking the
+With `relax_unseen`, a categorical value never seen in training is dropped from the row's conditions (and
+the row counts as a fallback) instead of being an error. `Generator.last_imputation` says which rows fell
+back. Repeating with `draws` different seeds and taking the
 mean / most frequent value gives a point prediction.
 """
 
@@ -182,14 +184,18 @@ def _shortfall(conds: Conditions, n: int, have: int, drawn: int) -> str:
 # ---- imputation -----------------------------------------------------------------------------------------
 
 
-def impute(gen: Generator, spec: TableSpec, table: pd.DataFrame, seed: int, draws: int) -> pd.DataFrame:
-    table = _check_impute_input(spec, table, draws)
+def impute(
+    gen: Generator, spec: TableSpec, table: pd.DataFrame, seed: int, draws: int, relax_unseen: bool = False
+) -> pd.DataFrame:
+    table, unseen = _check_impute_input(spec, table, draws, relax_unseen)
     model_cols = spec.model_columns
     known = _tables.model_table(table, spec)
     missing = known.isna().to_numpy()
     todo = np.flatnonzero(missing.any(axis=1))
+    if unseen.any():  # relax_unseen: a value the model never saw is no condition (it stays in `out`)
+        known = known.mask(unseen)
     filled = [known]
-    fell_back = np.zeros(len(todo), dtype=bool)
+    fell_back = unseen[todo].any(axis=1)
     if len(todo):
         seeds = _Seeds(seed)
         subset = known.iloc[todo].reset_index(drop=True)
@@ -217,7 +223,11 @@ def impute(gen: Generator, spec: TableSpec, table: pd.DataFrame, seed: int, draw
     return out
 
 
-def _check_impute_input(spec: TableSpec, table: Any, draws: Any) -> pd.DataFrame:
+def _check_impute_input(
+    spec: TableSpec, table: Any, draws: Any, relax_unseen: bool
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """The table with the generator's columns, and its categorical cells holding values never seen in
+    training (rows x model columns; an error unless `relax_unseen`)."""
     if not isinstance(table, pd.DataFrame):
         raise BadInput(f"impute needs a pandas DataFrame, got {type(table).__name__}")
     if table.empty:
@@ -228,19 +238,23 @@ def _check_impute_input(spec: TableSpec, table: Any, draws: Any) -> pd.DataFrame
     if extra:
         raise BadInput(f"impute: columns {extra} are not the generator's; its columns are {spec.columns}")
     table = table.reindex(columns=spec.columns)  # absent columns are all missing
-    for name in spec.model_columns:
+    unseen_cells = np.zeros((len(table), len(spec.model_columns)), dtype=bool)
+    for j, name in enumerate(spec.model_columns):
         col, values = spec.meta.columns[name], table[name].dropna()
         if col.type in ("categorical", "boolean"):
             seen = {str(v) for v, _ in spec.category_values.get(name, [])}
             unseen = sorted({str(v) for v in values} - seen)
-            if unseen:
+            if unseen and relax_unseen:
+                text = table[name].astype(str)
+                unseen_cells[:, j] = (table[name].notna() & ~text.isin(seen)).to_numpy()
+            elif unseen:
                 raise BadInput(
                     f"impute: column {name!r} holds {unseen[:5]}, never seen in training; the generator "
                     f"cannot condition on them (seen: {sorted(seen)[:20]})"
                 )
         elif col.type in ("numerical", "integer") and pd.to_numeric(values, errors="coerce").isna().any():
             raise BadInput(f"impute: numeric column {name!r} holds non-numeric values")
-    return table
+    return table, unseen_cells
 
 
 def _impute_once(

@@ -50,7 +50,8 @@ def predict_by_generation(ctx: StageContext, params: PredictParams) -> pd.DataFr
         holdout = holdout.iloc[picked].reset_index(drop=True)
     masked = holdout.copy()
     masked[params.target] = None
-    filled = generator.impute(masked, seed=ctx.seed, draws=params.draws)
+    # a value the model never saw (a rare category that the split put in the holdout only) falls back too
+    filled = generator.impute(masked, seed=ctx.seed, draws=params.draws, relax_unseen=True)
     truth, prediction = holdout[params.target], filled[params.target]
     fallback = np.zeros(len(holdout), dtype=bool)
     if generator.last_imputation is not None:
@@ -58,7 +59,7 @@ def predict_by_generation(ctx: StageContext, params: PredictParams) -> pd.DataFr
     if fallback.any():
         log.warning(
             "%s: %d of %d holdout rows predicted by a relaxed match (their other columns are too rare for "
-            "the model)",
+            "the model, or never seen in training)",
             name,
             int(fallback.sum()),
             len(holdout),
