@@ -179,7 +179,8 @@ def test_a_pool_that_breaks_again_stops_the_run_with_a_named_error(write_study, 
     rc, _, err = finish(perfscale(*run_cmd(study, run, "--site", str(watchdog_site), engine="parsl")))
     assert rc == 2
     last = err.strip().splitlines()[-1]
-    assert last.startswith(f"perfscale: error: parsl engine stalled in {run}: no task finished and no worker alive"), err
+    stalled = f"perfscale: error: parsl engine stalled in {run}: no task finished and no worker alive"
+    assert last.startswith(stalled), err
     assert "even after a restart" in last and "watchdog_s" in last
     lost = node_lost_messages(run)
     assert [m.split(":")[0] for m in lost] == ["engine restarted", "run stopped"]
