@@ -10,7 +10,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from perfscale.engines.base import ENGINES
 from perfscale.errors import PerfscaleError
+
+# written out so that `--help` need not import every importer (pandas, pyarrow); a test keeps it complete
+IMPORTER_NAMES = "caliper, sacct, sacct-steps, alibaba, alibaba-instances, sklearn, csv, parquet"
 
 console = Console()
 err_console = Console(stderr=True)
@@ -22,6 +26,17 @@ def _site(args: argparse.Namespace):
     return load_site(args.site)
 
 
+def _positive_int(text: str) -> int:
+    """argparse type of counts (--workers, --throttle): a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from perfscale.plan import build_plan
     from perfscale.spec import load_study
@@ -29,6 +44,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     study = load_study(args.study)
     plan = build_plan(study, str(args.study), _site(args))
     out = Path(args.out or f"{study.name}.plan.parquet")
+    if out.is_dir():
+        suggestion = out / f"{study.name}.plan.parquet"
+        raise PerfscaleError(f"--out {out} is a folder; give a file path, such as {suggestion}")
     plan.write(out)
     table = Table("stage", "kind", "tasks", title=f"plan of {study.name}: {len(plan.tasks)} tasks -> {out}")
     for stage in plan.stages:
@@ -81,6 +99,10 @@ def _print_status(store) -> int:
             ]
         table.add_row(*row, kinds)
     console.print(table)
+    recovered = sum(st.recovered for st in states)
+    if recovered:
+        lost = f"{recovered} finished task(s) had lost their attempt row"
+        console.print(f"[dim]{lost}: read back from their shards' footers")
     return 1 if any(st.failed for st in states) else 0
 
 
@@ -171,7 +193,12 @@ def cmd_task_run(args: argparse.Namespace) -> int:
     from perfscale.execute import execute_task, open_store
     from perfscale.store.space import disk_full_named
 
-    store = open_store(Path(args.plan).parent)
+    if not args.plan.is_file():
+        raise PerfscaleError(
+            f"{args.plan}: no such plan file; give RUN/plan.parquet of a run made by `perfscale run` or "
+            "`perfscale submit`"
+        )
+    store = open_store(args.plan.parent)
     if not 0 <= args.index < len(store.plan.tasks):
         raise PerfscaleError(f"{args.plan}: index {args.index} out of range 0..{len(store.plan.tasks) - 1}")
     attempts = store.attempts()
@@ -203,7 +230,14 @@ def cmd_show(args: argparse.Namespace) -> int:
         )
     df = store.read_stage(args.stage, provenance=args.provenance).to_pandas()
     if args.columns:
-        df = df[[c.strip() for c in args.columns.split(",")]]
+        columns = [c.strip() for c in args.columns.split(",")]
+        unknown = [c for c in columns if c not in df.columns]
+        if unknown:
+            raise PerfscaleError(
+                f"--columns: stage {args.stage!r} of run {args.run} has no column(s) {', '.join(unknown)}; "
+                + (f"its columns are {', '.join(df.columns)}" if len(df.columns) else "it has no columns")
+            )
+        df = df[columns]
     if args.format == "csv":
         df.to_csv(sys.stdout, index=False)
         return 0
@@ -271,8 +305,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("study", type=Path)
     r.add_argument("--site", default="local", help="site name or path to a site YAML (default: local)")
     r.add_argument("--run-dir", help="run folder (default: runs/<study>-<site>)")
-    r.add_argument("--engine", choices=["local", "parsl", "dask", "ray"], help="override the site's engine")
-    r.add_argument("--workers", type=int, help="concurrent tasks (default: the site's max_workers)")
+    r.add_argument("--engine", choices=sorted(ENGINES), help="override the site's engine")
+    r.add_argument("--workers", type=_positive_int, help="concurrent tasks (default: the site's max_workers)")
     r.add_argument("--no-report", action="store_true")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument(
@@ -282,7 +316,7 @@ def parser() -> argparse.ArgumentParser:
 
     sb = sub.add_parser("submit", help="array mode: submit a study's missing tasks as scheduler job arrays")
     sb.add_argument("study", type=Path)
-    sb.add_argument("--site", required=True, help="a site with a scheduler (slurm, lsf)")
+    sb.add_argument("--site", required=True, help="a site with a batch scheduler (`perfscale sites list`)")
     sb.add_argument("--run-dir", help="run folder (default: runs/<study>-<site>)")
     rs = sub.add_parser("resubmit", help="array mode: resubmit only failed or missing tasks")
     rs.add_argument("run", type=Path)
@@ -290,7 +324,7 @@ def parser() -> argparse.ArgumentParser:
     for p_ in (sb, rs):
         p_.add_argument("--partition", help="partition / queue (default: the site's default)")
         p_.add_argument("--account", help="account / bank (default: the site's first)")
-        p_.add_argument("--throttle", type=int, help="array elements running at once (%%K)")
+        p_.add_argument("--throttle", type=_positive_int, help="array elements running at once (%%K)")
     sb.set_defaults(fn=cmd_submit)
     rs.set_defaults(fn=cmd_resubmit)
     ca = sub.add_parser("cancel", help="array mode: cancel every array job of a run")
@@ -328,7 +362,7 @@ def parser() -> argparse.ArgumentParser:
     rp.set_defaults(fn=cmd_report)
 
     ig = sub.add_parser("ingest", help="import existing data (caliper, sacct, csv, parquet...) as Parquet")
-    ig.add_argument("kind", help="importer name: caliper, sacct, alibaba, csv, parquet")
+    ig.add_argument("kind", help=f"importer name: {IMPORTER_NAMES}")
     ig.add_argument("source", help="a file, or a folder searched recursively")
     ig.add_argument("--out", required=True, help="folder of the Parquet dataset to write")
     ig.set_defaults(fn=cmd_ingest)
@@ -345,11 +379,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except PerfscaleError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"perfscale: error: {exc}", file=sys.stderr)  # argparse's form for usage errors
         return 2
     except KeyboardInterrupt as exc:
         name = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
-        print(f"interrupted by {name}: attempts so far are recorded; run again to resume", file=sys.stderr)
+        print(
+            f"perfscale: interrupted by {name}: attempts so far are recorded; run again to resume",
+            file=sys.stderr,
+        )
         return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
 
 

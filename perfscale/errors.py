@@ -18,6 +18,7 @@ class FailureKind(str, Enum):
     BAD_INPUT = "bad_input"  # the task's parameters or inputs are wrong: retrying cannot help
     PREEMPTED = "preempted"  # the scheduler took the node back for other work
     CANCELLED = "cancelled"  # stopped by the user or the scheduler
+    CORRUPT_OUTPUT = "corrupt_output"  # a finished task's shard or artifacts were found unreadable or missing
 
 
 class PerfscaleError(Exception):
@@ -26,6 +27,10 @@ class PerfscaleError(Exception):
 
 class SpecError(PerfscaleError):
     """A study or site file is invalid. The message names the file, the field (and line) and the fix."""
+
+
+class CorruptFile(PerfscaleError):
+    """A run file cannot be read. The message names the file, what is wrong and what was done about it."""
 
 
 class TaskFailure(PerfscaleError):

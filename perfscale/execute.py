@@ -177,7 +177,7 @@ def execute_task(root: str | Path, index: int, first_attempt: int = 1) -> Outcom
     store = open_store(root)
     task = store.plan.tasks[index]
     outcome = Outcome(index=index, key=task.key, stage=task.stage, ok=False)
-    if store.shard_path(task.stage, task.key).exists():
+    if store.shard_done(task.stage, task.key):  # a bad shard is quarantined here and the task runs again
         outcome.ok = outcome.skipped = True
         return outcome
     try:
@@ -206,7 +206,8 @@ def _attempts(store: RunStore, task: Task, outcome: Outcome, first_attempt: int)
                 result = kind.run(StageContext(store, task, attempt), params)
             duration = time.perf_counter() - t0
             prov = Provenance(task.key, store.site.name, _HOST, started, duration, attempt)
-            store.write_shard(task.stage, task.key, result, prov)
+            record = _attempt_record(task, attempt, started, duration, True)
+            store.write_shard(task.stage, task.key, result, prov, attempt=record)  # the footer keeps it too
         except BaseException as exc:  # a task failure is data: record it, never crash the worker
             failure, exit_status = classify(exc)
             msg = _message(exc)
@@ -229,7 +230,7 @@ def _attempts(store: RunStore, task: Task, outcome: Outcome, first_attempt: int)
                 continue
             outcome.failure_kind, outcome.message = failure.value, msg
             return outcome
-        outcome.attempts.append(_attempt_record(task, attempt, started, duration, True))
+        outcome.attempts.append(record)
         outcome.ok = True
         return outcome
 

@@ -97,6 +97,7 @@ def open_run(
 
     The study is checked and planned before the lock; the folder is written only once the lock is held."""
     plan, root = _planned(study_path, site, run_dir)
+    RunStore(root).refuse_foreign(plan.study)  # before the lock file is made in a folder that is not ours
     with disk_full_named(root), run_lock(root, wait=wait_lock):
         yield RunStore.create(root, study_path.read_text(), site, plan, study_dir=study_path.parent)
 
@@ -140,9 +141,9 @@ def run_plan(
     """
     plan: Plan = store.plan
     summary: dict[str, StageSummary] = {}
+    done = {s: store.done_keys(s) for s in plan.stages}  # checks every shard's footer; bad ones quarantined
     next_attempt = _next_attempts(store)
     log = AttemptLog(store)
-    done = {s: store.done_keys(s) for s in plan.stages}
     owned = not isinstance(engine, Engine)
     if owned:
         engine = make_engine(engine or store.site.engine, store.site, store.root, workers)

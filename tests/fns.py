@@ -44,6 +44,22 @@ def flaky(x: int, ctx) -> dict:
     return {"x": x, "seen_attempt": ctx.attempt}
 
 
+def write_model(x: int, ctx) -> dict:
+    """A train-like task: leaves a model file in its artifact folder."""
+    (ctx.artifacts / "model.txt").write_text(f"model of x={x}")
+    return {"x": x}
+
+
+def read_model(ctx) -> dict:
+    """A sample-like task: reads its upstream task's model, bad input when it is missing."""
+    from perfscale.errors import BadInput
+
+    model = ctx.upstream_artifacts() / "model.txt"
+    if not model.exists():
+        raise BadInput(f"{model} is missing")
+    return {"model": model.read_text()}
+
+
 def break_pool(x: int) -> dict:
     """Breaks the Parsl worker pool running it: SIGKILLs the pool's multiprocessing Manager and every worker,
     itself last (the pool's resource tracker is spared). The pool process itself lives on, broken."""

@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 
 from perfscale.errors import BadInput
+from perfscale.execute import execute_task
 from perfscale.generators import Generator, get_generator, register_generator
-from perfscale.generators.conditional import recommend
+from perfscale.generators.conditional import ConditionsUnmet, recommend
 from perfscale.generators.conditions import Condition, Conditions
 from perfscale.report import build_report
 from perfscale.runner import prepare_run, run_plan
@@ -235,6 +236,79 @@ def test_impute_with_several_draws_is_a_point_prediction(bootstrap: Generator, t
     assert not one.equals(many)
 
 
+@pytest.fixture(scope="module")
+def no_lassen_setosa(table: pd.DataFrame) -> pd.DataFrame:
+    """iris where machine is lassen on virginica rows only: resampling it never makes a lassen setosa."""
+    return table.assign(machine=np.where(table["species"] == "virginica", "lassen", "quartz"))
+
+
+def test_rows_the_model_never_makes_fall_back_to_a_relaxed_match(no_lassen_setosa: pd.DataFrame) -> None:
+    gen = Bootstrap()
+    gen.fit(no_lassen_setosa, infer_meta(no_lassen_setosa), seed=1)
+    rows = no_lassen_setosa.iloc[[0, 60, 120, 1]].reset_index(
+        drop=True
+    )  # setosa, versicolor, virginica, setosa
+    rows.loc[3, "machine"] = "lassen"  # each value was seen in training, never together
+    filled = gen.impute(rows.assign(petal_width=np.nan), seed=0, draws=3)
+    report = gen.last_imputation
+    assert report.rows == 4 and report.fallback_rows == (3,) and report.fallback_share == 0.25
+    assert filled["petal_width"].notna().all()
+    # the relaxed match agrees on species or machine and is nearest on the setosa's measurements
+    assert filled.loc[3, "petal_width"] < 1.0
+    assert filled.loc[3, ["species", "machine"]].tolist() == ["setosa", "lassen"]  # set cells are kept
+    with pytest.raises(ConditionsUnmet, match="acceptance rate 0"):  # what used to fail the whole imputation
+        gen.sample(10, seed=0, conditions={"species": "setosa", "machine": "lassen"})
+    gen.impute(rows.head(3).assign(petal_width=np.nan), seed=0)
+    assert gen.last_imputation.fallback_rows == ()
+    # a value never seen in training: an error, or with relax_unseen no condition and a fallback row
+    frontier = rows.assign(petal_width=np.nan, machine=["quartz", "frontier", "lassen", "quartz"])
+    with pytest.raises(BadInput, match=r"'machine' holds \['frontier'\], never seen"):
+        gen.impute(frontier, seed=0)
+    filled = gen.impute(frontier, seed=0, relax_unseen=True)
+    assert (
+        gen.last_imputation.fallback_rows == (1,)
+        and filled["machine"].tolist() == frontier["machine"].tolist()
+    )
+    assert 1.0 <= filled.loc[1, "petal_width"] <= 1.8  # a versicolor's width, matched on its measurements
+
+
+def test_prediction_falls_back_for_the_rows_it_cannot_generate(
+    no_lassen_setosa: pd.DataFrame, write_study, study_dir: Path, tmp_path: Path
+) -> None:
+    data = no_lassen_setosa.assign(split="train")
+    holdout = data.iloc[[0, 1, 60, 120, 61]].assign(split="holdout")
+    holdout.loc[holdout.index[1], "machine"] = "lassen"  # the second holdout row: a lassen setosa
+    holdout.loc[holdout.index[4], "machine"] = "frontier"  # the last: a machine training never saw
+    pd.concat([data, holdout]).to_csv(study_dir / "data.csv", index=False)
+    study = write_study(
+        """
+        name: fallback
+        stages:
+          data: {kind: ingest, params: {kind: csv, source: data.csv}}
+          train: {kind: train, inputs: [data], params: {source: data, generator: test_bootstrap}}
+          predict:
+            kind: predict-by-generation
+            foreach: train
+            inputs: [data]
+            params: {source: data, target: petal_width, draws: 2}
+        """
+    )
+    store = prepare_run(study, load_site("local"), tmp_path / "run")
+    for task in store.plan.tasks:  # in this process, where the test generator is registered
+        outcome = execute_task(store.root, task.index)
+        assert outcome.ok, outcome.message
+    predictions = store.read_stage("predict", provenance=False).to_pandas().sort_values("row")
+    assert predictions["method"].tolist() == [
+        "generation",
+        "fallback",
+        "generation",
+        "generation",
+        "fallback",
+    ]
+    assert (predictions["fallback_share"] == 0.4).all()
+    assert predictions["prediction"].notna().all() and predictions["mse"].notna().all()
+
+
 def test_impute_errors(copula: Generator, table) -> None:
     with pytest.raises(BadInput, match="'species' holds \\['dog'\\]"):
         copula.impute(table.head(3).assign(species="dog", threads=np.nan), seed=0)
@@ -252,6 +326,19 @@ def test_recommend_ranks_configurations_meeting_the_bound(copula: Generator) -> 
     assert table["count"].sum() == 400 and np.isclose(table["share"].sum(), 1)
     assert table["count"].is_monotonic_decreasing
     assert table.iloc[0]["species"] == "setosa"  # short sepals are setosa's
+
+
+@pytest.mark.parametrize("rows", [50, 2000])
+def test_recommend_reports_the_measured_acceptance_rate(bootstrap: Generator, table, rows: int) -> None:
+    # the bootstrap resamples the 150 training rows, 50 of them setosa: the true rate is 1/3
+    truth = float((table["species"] == "setosa").mean())
+    recommend(bootstrap, "species == setosa", ["threads"], n=rows, seed=0)
+    report = bootstrap.last_sampling
+    assert report.method == "rejection" and report.accepted == rows and report.met >= rows
+    assert report.drawn >= 1000  # rejection draws at least 1,000 rows a batch: most of them met, unused
+    assert report.acceptance_rate == report.met / report.drawn
+    sampling_error = np.sqrt(truth * (1 - truth) / report.drawn)
+    assert abs(report.acceptance_rate - truth) < 4 * sampling_error, (report, truth)
 
 
 # ---- the stages ---------------------------------------------------------------------------------------

@@ -62,15 +62,13 @@ def fitted(table: pd.DataFrame, meta: TableMeta) -> dict[str, tuple[Generator, o
 
 
 def test_import_is_light() -> None:
+    """Listing generators must not load the heavy libraries a generator needs only to train or sample."""
     code = (
-        "import sys, time; t = time.perf_counter(); import perfscale.generators; "
-        "print(time.perf_counter() - t); "
-        "print(sorted(m for m in ('sdv', 'torch', 'pandas') if m in sys.modules))"
+        "import sys; import perfscale.generators; "
+        "print(sorted(m for m in ('sdv', 'torch', 'pandas', 'pyarrow', 'transformers') if m in sys.modules))"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    out = run.stdout.split("\n")
-    assert float(out[0]) < 0.3
-    assert out[1] == "[]"
+    assert run.stdout.strip() == "[]"
 
 
 def test_registry_lists_sdv_generators() -> None:

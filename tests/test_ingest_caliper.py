@@ -52,7 +52,7 @@ def table() -> pa.Table:
 
 
 def rows_of(table: pa.Table, file: Path) -> list[dict]:
-    mask = pc.equal(table["source_file"], str(file))
+    mask = pc.equal(table["_source_file"], str(file))
     return table.filter(mask).to_pylist()
 
 
@@ -71,10 +71,10 @@ def test_the_data_is_there():
 
 
 def test_every_file_becomes_one_row_per_record(table):
-    assert sorted(set(table["source_file"].to_pylist())) == sorted(map(str, FILES))
+    assert sorted(set(table["_source_file"].to_pylist())) == sorted(map(str, FILES))
     for file in FILES:
         assert len(rows_of(table, file)) == len(reference(file).records), file
-    profiles = table.group_by("source_file").aggregate([("profile", "count_distinct")])
+    profiles = table.group_by("_source_file").aggregate([("profile", "count_distinct")])
     assert profiles["profile_count_distinct"].to_pylist() == [1] * len(FILES)
     assert len(set(table["profile"].to_pylist())) == len(FILES)
 
@@ -177,7 +177,7 @@ def test_metric_columns_and_mismatched_metric_sets(table):
         assert schema.field(name).metadata[b"unit"] == b"sec"
     assert schema.field("aggregate_slot_min").type == pa.int64()
     assert table.column_names[:6] == [
-        "source_file",
+        "_source_file",
         "profile",
         "region",
         "region_path",
@@ -199,8 +199,8 @@ def test_profile_id_is_the_files_content(tmp_path):
     shutil.copy(LASSEN[0], copy)
     first, moved = read_caliper_file(LASSEN[0]), read_caliper_file(copy)
     assert set(first["profile"].to_pylist()) == set(moved["profile"].to_pylist())
-    assert moved["source_file"][0].as_py() == str(copy)
-    assert first.drop_columns(["source_file"]).equals(moved.drop_columns(["source_file"]))
+    assert moved["_source_file"][0].as_py() == str(copy)
+    assert first.drop_columns(["_source_file"]).equals(moved.drop_columns(["_source_file"]))
 
 
 def test_cli_writes_the_same_table(table, tmp_path, capsys):

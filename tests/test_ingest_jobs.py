@@ -224,7 +224,7 @@ def test_folded_rows_take_the_largest_step_usage():
 
 def test_output_variants_give_the_same_rows():
     def strip(table: pa.Table) -> list[dict]:
-        return table.drop_columns(["source_file"]).to_pylist()
+        return table.drop_columns(["_source_file"]).to_pylist()
 
     parsable2 = [r for r in strip(read_sacct([STEPS], steps=True)) if r["job_id"] in ("3", "4")]
     assert strip(read_sacct([TRAILING], steps=True)) == parsable2
@@ -403,7 +403,7 @@ def test_alibaba_sample_loads_with_documented_columns(tmp_path):
     assert table.num_rows == sum(1 for _ in path.open()) == 67634
     assert pc.count_distinct(table["job_name"]).as_py() == 16749
     df = table.to_pandas()
-    assert (df["trace_layout"] == "spar_tasks").all()
+    assert (df["_trace_layout"] == "spar_tasks").all()
     assert df["job_arrival_s"].between(0, 3600).all() and df["job_arrival_s"].is_monotonic_increasing
     assert (df["duration_s"] >= 0).all() and (df["plan_cpu"] > 0).all() and (df["instance_num"] >= 1).all()
     assert (df["plan_cores"] == df["plan_cpu"] / 100).all() and df["plan_mem"].between(0, 100).all()
@@ -446,7 +446,7 @@ def test_alibaba_instances_sample(tmp_path):
     table = read_source("alibaba-instances", tmp_path)
     assert table.schema.equals(INSTANCE_SCHEMA) and table.num_rows == 20000
     df = table.to_pandas()
-    assert (df["trace_layout"] == "spar_instances").all() and df["instance_name"].str.startswith("ins").all()
+    assert (df["_trace_layout"] == "spar_instances").all() and df["instance_name"].str.startswith("ins").all()
     assert (
         (df["duration_s"] >= 0).all() and (df["cpu_avg"] >= 0).all() and df["mem_avg"].between(0, 100).all()
     )
@@ -460,7 +460,7 @@ def test_alibaba_trace_layout(tmp_path):
         "task_Nzg3ODAwNDgzMTAwNTc2NTQ2Mw==,3,j_2,12,Running,300,0,200.0,1.1\n"
     )
     df = read_source("alibaba", tmp_path).to_pandas()
-    assert df["trace_layout"].eq("batch_task").all() and df["status"].tolist()[0] == "Terminated"
+    assert df["_trace_layout"].eq("batch_task").all() and df["status"].tolist()[0] == "Terminated"
     assert df["duration_s"].tolist()[:2] == [60, 35] and pd_isna(df["duration_s"].iloc[2])
     both = df.dropna(subset=["start_time", "end_time"])
     assert (both["end_time"] >= both["start_time"]).all() and len(both) == 2
@@ -495,7 +495,7 @@ def test_alibaba_instances_full_file_is_fast_enough():
 def test_copy_of_sample_keeps_source(tmp_path):
     copy = tmp_path / "my_tasks.csv"
     shutil.copy(alibaba_trace_path(), copy)
-    assert set(read_alibaba_tasks([copy])["source_file"].to_pylist()) == {str(copy)}
+    assert set(read_alibaba_tasks([copy])["_source_file"].to_pylist()) == {str(copy)}
 
 
 def test_alibaba_default_source_is_the_packaged_sample(tmp_path):

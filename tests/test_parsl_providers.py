@@ -8,10 +8,12 @@ with srun, the tasks run on its workers, and the block is cancelled at shutdown.
 
 from __future__ import annotations
 
+import shlex
 import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,20 +61,28 @@ def test_slurm_provider_from_quartz():
     assert debug.partition == "pdebug" and debug.account == "x" and debug.walltime == "00:10:00"
 
 
-def test_slurm_submit_script_from_quartz(tmp_path: Path):
-    """The script Parsl would sbatch (written, not submitted: the command is replaced by a fake sbatch)."""
-    quartz = load_site("quartz")
-    p = make_provider(quartz, walltime_s=3600)
-    p.script_dir = str(tmp_path)
+def submitted_script(provider: Any, folder: Path, reply: str) -> tuple[str, list[str], str]:
+    """Let a Parsl provider write its block script and submit it, with the submit command captured instead of
+    run (it answers `reply`): the job id it parsed, the command's words and the script."""
+    provider.script_dir = str(folder)
     commands = []
 
     def fake_execute_wait(cmd: str, timeout: int | None = None):
         commands.append(cmd)
-        return 0, "Submitted batch job 4242\n", ""
+        return 0, reply, ""
 
-    p.execute_wait = fake_execute_wait
-    assert p.submit("process_worker_pool.py --flags", tasks_per_node=1) == "4242"
-    script = Path(commands[0].split()[-1]).read_text()
+    provider.execute_wait = fake_execute_wait
+    job_id = provider.submit("process_worker_pool.py --flags", tasks_per_node=1)
+    argv = shlex.split(commands[0])
+    return job_id, argv, Path(argv[-1]).read_text()
+
+
+def test_slurm_submit_script_from_quartz(tmp_path: Path):
+    """The script Parsl would sbatch (written, not submitted: the command is replaced by a fake sbatch)."""
+    quartz = load_site("quartz")
+    p = make_provider(quartz, walltime_s=3600)
+    job_id, _, script = submitted_script(p, tmp_path, "Submitted batch job 4242\n")
+    assert job_id == "4242"
     for line in (
         "#SBATCH --nodes=1",
         "#SBATCH --time=60",

@@ -208,7 +208,8 @@ def test_a_pool_that_breaks_again_stops_the_run_with_a_named_error(write_study, 
     rc, _, err = finish(perfscale(*run_cmd(study, run, "--site", str(watchdog_site), engine="parsl")))
     assert rc == 2
     last = err.strip().splitlines()[-1]
-    assert last.startswith(f"error: parsl engine stalled in {run}: no task finished and no worker alive"), err
+    stalled = f"perfscale: error: parsl engine stalled in {run}: no task finished and no worker alive"
+    assert last.startswith(stalled), err
     assert "even after a restart" in last and "watchdog_s" in last
     lost = node_lost_messages(run)
     assert [m.split(":")[0] for m in lost] == ["engine restarted", "run stopped"]
@@ -273,7 +274,7 @@ def test_a_killed_run_leaves_no_process_behind(write_study, tmp_path, engine, si
     # SIGTERM is handled like SIGINT: a clean stop, one line, the tasks in flight recorded as cancelled
     assert rc == 128 + signal.SIGTERM, err
     assert err.strip().splitlines()[-1] == (
-        "interrupted by SIGTERM: attempts so far are recorded; run again to resume"
+        "perfscale: interrupted by SIGTERM: attempts so far are recorded; run again to resume"
     )
     attempts = RunStore(run).attempts()
     assert len(attempts) >= 2 and set(attempts.failure_kind) == {"cancelled"}
@@ -328,7 +329,7 @@ def test_a_full_disk_is_named_recorded_and_resumed(write_study, tmp_path, small_
     assert rc == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
-    assert lines[0].startswith(f"error: disk full in {run}: free space and run again to resume (")
+    assert lines[0].startswith(f"perfscale: error: disk full in {run}: free space and run again to resume (")
     assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")], "nothing half-written"
     attempts = RunStore(run).attempts()  # recorded in the reserve's space
     kinds = attempts.failure_kind.value_counts().to_dict()

@@ -1,4 +1,3 @@
-# ruff: noqa: E501  (expected job scripts hold long command lines verbatim)
 """Array mode up to the scheduler's edge: packing, chunking, limits, rendered scripts, MPI launch lines."""
 
 from __future__ import annotations
@@ -70,6 +69,49 @@ def test_requests_above_limits_fail_before_submission():
         stage_arrays("s", "p", _tasks(1, gpus=1), quartz)
 
 
+# The loop every array element runs (launchers/element.sh.j2), with each scheduler's requeue command and,
+# where the batch shell is off the compute node, the launcher before each task.
+ELEMENT_BODY = """\
+child=""
+caught=""
+forward() {
+  caught=$1
+  if [ -n "$child" ]; then kill -s "$1" "$child" 2>/dev/null || true; fi
+}
+trap 'forward USR1' USR1
+trap 'forward TERM' TERM
+from=$(cat "$resume" 2>/dev/null || true)
+status=0
+for index in $indices; do
+  if [ -n "$from" ]; then
+    [ "$index" = "$from" ] || continue
+    from=""
+  fi
+  [ -n "$caught" ] && break
+  @LAUNCH@@PYTHON@ -m perfscale.cli task run @RUN@/plan.parquet "$index" &
+  child=$!
+  while :; do
+    wait "$child"
+    rc=$?
+    kill -0 "$child" 2>/dev/null || break
+  done
+  child=""
+  [ "$rc" -eq 0 ] || status=$rc
+  [ -z "$caught" ] && continue
+  if [ "$caught" = USR1 ] && @PYTHON@ -m perfscale.sched.requeue @RUN@/plan.parquet "$index"; then
+    echo "$index" > "$resume"
+    @REQUEUE@
+  fi
+  break
+done
+exit "$status"
+"""
+
+
+def element_body(requeue: str, launch: str = "") -> str:
+    return ELEMENT_BODY.replace("@REQUEUE@", requeue).replace("@LAUNCH@", launch)
+
+
 EXPECTED_SBATCH = """\
 #!/bin/bash
 # perfscale array job s-p-0: stage p, 3 elements
@@ -92,40 +134,7 @@ export PERFSCALE_ELEMENT="slurm job ${SLURM_ARRAY_JOB_ID}[${SLURM_ARRAY_TASK_ID}
 export PERFSCALE_ELEMENT_DEADLINE=$(($(date +%s) + 600))
 indices=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" @RUN@/arrays/s-p-0.idx)
 resume=@RUN@/arrays/s-p-0.idx."$SLURM_ARRAY_TASK_ID".resume
-child=""
-caught=""
-forward() {
-  caught=$1
-  if [ -n "$child" ]; then kill -s "$1" "$child" 2>/dev/null || true; fi
-}
-trap 'forward USR1' USR1
-trap 'forward TERM' TERM
-from=$(cat "$resume" 2>/dev/null || true)
-status=0
-for index in $indices; do
-  if [ -n "$from" ]; then
-    [ "$index" = "$from" ] || continue
-    from=""
-  fi
-  [ -n "$caught" ] && break
-  @PYTHON@ -m perfscale.cli task run @RUN@/plan.parquet "$index" &
-  child=$!
-  while :; do
-    wait "$child"
-    rc=$?
-    kill -0 "$child" 2>/dev/null || break
-  done
-  child=""
-  [ "$rc" -eq 0 ] || status=$rc
-  [ -z "$caught" ] && continue
-  if [ "$caught" = USR1 ] && @PYTHON@ -m perfscale.sched.requeue @RUN@/plan.parquet "$index"; then
-    echo "$index" > "$resume"
-    scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
-  fi
-  break
-done
-exit "$status"
-"""
+""" + element_body('scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"')
 
 
 def test_sbatch_script_line_by_line(tmp_path):
@@ -160,40 +169,10 @@ export PERFSCALE_ELEMENT="lsf job ${LSB_JOBID}[${LSB_JOBINDEX}]"
 export PERFSCALE_ELEMENT_DEADLINE=$(($(date +%s) + 600))
 indices=$(sed -n "${LSB_JOBINDEX}p" @RUN@/arrays/s-p-0.idx)
 resume=@RUN@/arrays/s-p-0.idx."$LSB_JOBINDEX".resume
-child=""
-caught=""
-forward() {
-  caught=$1
-  if [ -n "$child" ]; then kill -s "$1" "$child" 2>/dev/null || true; fi
-}
-trap 'forward USR1' USR1
-trap 'forward TERM' TERM
-from=$(cat "$resume" 2>/dev/null || true)
-status=0
-for index in $indices; do
-  if [ -n "$from" ]; then
-    [ "$index" = "$from" ] || continue
-    from=""
-  fi
-  [ -n "$caught" ] && break
-  jsrun --nrs=1 --tasks_per_rs=1 --cpu_per_rs=4 --gpu_per_rs=1 --rs_per_host=1 --bind=none @PYTHON@ -m perfscale.cli task run @RUN@/plan.parquet "$index" &
-  child=$!
-  while :; do
-    wait "$child"
-    rc=$?
-    kill -0 "$child" 2>/dev/null || break
-  done
-  child=""
-  [ "$rc" -eq 0 ] || status=$rc
-  [ -z "$caught" ] && continue
-  if [ "$caught" = USR1 ] && @PYTHON@ -m perfscale.sched.requeue @RUN@/plan.parquet "$index"; then
-    echo "$index" > "$resume"
-    exit 75
-  fi
-  break
-done
-exit "$status"
-"""
+""" + element_body(
+    "exit 75",
+    launch="jsrun --nrs=1 --tasks_per_rs=1 --cpu_per_rs=4 --gpu_per_rs=1 --rs_per_host=1 --bind=none ",
+)
 
 
 def test_bsub_script_line_by_line(tmp_path):

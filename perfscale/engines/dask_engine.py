@@ -1,9 +1,10 @@
-"""The Dask engine: a `distributed.LocalCluster` on this machine, or a dask-jobqueue pilot on Slurm or LSF.
+"""The Dask engine: a `distributed.LocalCluster` on this machine, or a dask-jobqueue pilot on a batch site.
 
 Sites with `scheduler: none` get a LocalCluster of `workers` single-threaded worker processes (one task per
-process, as with the other engines). Slurm and LSF sites get a `SLURMCluster` or `LSFCluster` whose job script
-is built from the site file by `dask_cluster_config`: one job per node, `site.workers` worker processes per
-job, the site's `setup:` lines and `env:` in the prologue.
+process, as with the other engines). Batch sites get the dask-jobqueue cluster their scheduler names
+(`Scheduler.dask_cluster_class`: `SLURMCluster`, `LSFCluster`...), whose job script is built from the site
+file by `dask_cluster_config`: one job per node, `site.workers` worker processes per job, the site's
+`setup:` lines and `env:` in the prologue.
 
 Settings that make Dask behave like every other perfscale engine (see `DASK_SETTINGS`):
 
@@ -26,8 +27,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shlex
-import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -37,9 +36,8 @@ from typing import Any
 
 from perfscale.engines.base import Engine
 from perfscale.errors import SpecError
-from perfscale.sched.mpi import Layout, launch_line
-from perfscale.sched.render import lsf_walltime
-from perfscale.spec.common import format_walltime
+from perfscale.sched.base import Scheduler, dask_capable, scheduler_class
+from perfscale.spec.common import export_lines
 from perfscale.spec.site import Site
 
 DASK_SETTINGS: dict[str, Any] = {
@@ -49,8 +47,6 @@ DASK_SETTINGS: dict[str, Any] = {
 }
 # the same worker setting for jobqueue workers, which read it from their environment
 _WORKER_ENV = {"DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
-# LSF lines of dask-jobqueue that Lassen-like machines refuse (they allocate whole nodes with -nnodes)
-_LSF_SKIP = ["#BSUB -n ", '#BSUB -R "span', "#BSUB -M "]
 
 
 class WorkerLost(RuntimeError):
@@ -70,7 +66,7 @@ def _node_shape(site: Site) -> tuple[int, float]:
 
 def _prologue(site: Site) -> list[str]:
     env = {**site.env, **_WORKER_ENV}
-    return [*site.setup, *(f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items()))]
+    return [*site.setup, *export_lines(env)]
 
 
 def dask_cluster_config(
@@ -80,16 +76,14 @@ def dask_cluster_config(
     account: str | None = None,
     walltime_s: float | None = None,
 ) -> dict[str, Any]:
-    """Keyword arguments of the dask-jobqueue cluster class for `site` (SLURMCluster or LSFCluster).
+    """Keyword arguments of the dask-jobqueue cluster class for `site` (see `jobqueue_cluster`).
 
     One job is one node: `cores` and `memory` are the node's, split into `site.workers` single-threaded
     worker processes. The queue is the given or default partition, the account the given or the site's
-    first, the walltime the given or the partition's limit. Nothing is submitted here.
+    first, the walltime the given or the partition's limit. The site's scheduler adds its own fields
+    (`Scheduler.dask_cluster`). Nothing is submitted here.
     """
-    if site.scheduler not in ("slurm", "lsf"):
-        raise SpecError(
-            f"site {site.name!r} has scheduler {site.scheduler!r}: dask-jobqueue needs slurm or lsf"
-        )
+    sched = _jobqueue_scheduler(site)
     cores, memory_gb = _node_shape(site)
     queue, part = site.partition(partition)
     walltime = walltime_s or (part.max_walltime if part else site.limits.max_walltime)
@@ -106,35 +100,25 @@ def dask_cluster_config(
         # no dashboard; the scheduler's small HTTP server (health checks) on a free port, not on 8787
         "scheduler_options": {"dashboard": False, "dashboard_address": ":0"},
     }
-    if site.scheduler == "slurm":
-        extra = [f"--gpus-per-node={site.gpus_per_node}"] if site.gpus_per_node else []
-        return {
-            **config,
-            "account": account,
-            "walltime": format_walltime(walltime),
-            "python": sys.executable,
-            "job_extra_directives": extra,
-        }
-    # LSF (Lassen-like): the job script runs on a launch node, so the worker command goes through the
-    # launcher onto the compute node; whole nodes come with -nnodes, the bank with -G (as in array mode)
-    layout = Layout(cores_per_rank=cores, gpus_per_rank=site.gpus_per_node, bind="none")
-    return {
-        **config,
-        "walltime": lsf_walltime(walltime),
-        "python": shlex.join([*launch_line(site, layout), sys.executable]),
-        "job_extra_directives": ["-nnodes 1", *([f"-G {shlex.quote(account)}"] if account else [])],
-        "job_directives_skip": _LSF_SKIP,
-        "lsf_units": "mb",
-        "use_stdin": True,
-    }
+    return sched.dask_options(site, config, account, walltime)
+
+
+def _jobqueue_scheduler(site: Site) -> Scheduler:
+    sched = scheduler_class(site.scheduler)()
+    if sched.dask_cluster_class is None:
+        raise SpecError(
+            f"site {site.name!r} has scheduler {site.scheduler!r}: dask-jobqueue needs one of "
+            f"{', '.join(dask_capable())}"
+        )
+    return sched
 
 
 def jobqueue_cluster(site: Site, **config: Any) -> Any:
-    """A SLURMCluster or LSFCluster built with `config` (see dask_cluster_config); no job until scale()."""
-    from dask_jobqueue import LSFCluster, SLURMCluster
+    """The dask-jobqueue cluster class of the site's scheduler (`Scheduler.dask_cluster_class`) built with
+    `config` (see dask_cluster_config); no job until scale()."""
+    import dask_jobqueue
 
-    cls = SLURMCluster if site.scheduler == "slurm" else LSFCluster
-    return cls(**config)
+    return getattr(dask_jobqueue, str(_jobqueue_scheduler(site).dask_cluster_class))(**config)
 
 
 def _copy_outcome(done: Any, out: Future[Any]) -> None:
@@ -169,7 +153,8 @@ class DaskEngine(Engine):
         self._config = dask.config.set(DASK_SETTINGS)
         self._config.__enter__()  # kept for the engine's life: restarted workers read it too
         try:
-            self._cluster = self._local_cluster() if self.site.scheduler == "none" else self._job_cluster()
+            batch = scheduler_class(self.site.scheduler).batch
+            self._cluster = self._job_cluster() if batch else self._local_cluster()
             self._client = Client(self._cluster)
         except BaseException:
             self.shutdown()

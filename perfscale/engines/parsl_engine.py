@@ -9,6 +9,9 @@ builds a pilot from the same fields:
 | slurm     | SlurmProvider | SrunLauncher  | default partition, first account, cores_per_node, setup  |
 | lsf       | LSFProvider   | JsrunLauncher | default queue, first account (as `-P`), setup            |
 
+Each provider is built by the site's scheduler (`Scheduler.parsl_provider` in perfscale/sched/<name>.py)
+from the settings every provider takes; this module never branches on a scheduler's name.
+
 A pilot block is one node by default and asks for the walltime its tasks need (see `pilot_walltime`), capped
 at the partition's limit. Workers need the interpreter's `bin/` on PATH (HTEX starts
 `process_worker_pool.py` by name): it is exported in the engine's environment and in every block's
@@ -17,7 +20,6 @@ worker_init, which assumes, as array mode does, that the login and compute nodes
 
 from __future__ import annotations
 
-import math
 import os
 import shlex
 import sys
@@ -31,24 +33,19 @@ from typing import Any
 from perfscale.engines.base import Engine
 from perfscale.engines.guard import HeartbeatMonitor, cap_logs
 from perfscale.plan.planner import Task
+from perfscale.sched.base import scheduler_class
+from perfscale.sched.lsf import JSRUN_OVERRIDES  # noqa: F401  (kept importable from here)
+from perfscale.spec.common import export_lines, format_hms
 from perfscale.spec.site import Site
 
-# jsrun: one resource set per node holding all its cores and GPUs; the worker pool places tasks itself
-JSRUN_OVERRIDES = "--tasks_per_rs=1 --cpu_per_rs=ALL_CPUS --gpu_per_rs=ALL_GPUS --bind=none"
 PILOT_WALLTIME_FLOOR_S = 600.0  # a pilot shorter than this spends most of its life starting up
-
-
-def _hms(seconds: float) -> str:
-    """HH:MM:SS with hours past 24 (the form Parsl's providers parse; no `D-` prefix)."""
-    s = math.ceil(seconds)
-    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def worker_init(site: Site) -> str:
     """Shell lines run before the worker pool starts: the site's setup, its env, the interpreter on PATH."""
     bin_dir = str(Path(sys.executable).parent)
     lines = [*site.setup]
-    lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(site.env.items())]
+    lines += export_lines(site.env)
     lines.append(f"export PATH={shlex.quote(bin_dir)}:$PATH")
     return "\n".join(lines)
 
@@ -78,14 +75,11 @@ def make_provider(
     max_blocks: int = 1,
 ) -> Any:
     """The Parsl execution provider for `site` (see the module docstring for the field mapping)."""
-    if site.scheduler == "none":
-        from parsl.providers import LocalProvider
-
-        # LocalProvider detaches the block from this process: a watcher ends it with the run
+    sched = scheduler_class(site.scheduler)()
+    if not sched.batch:
+        # a local block is detached from this process (LocalProvider): a watcher ends it with the run
         watch = f"{shlex.quote(sys.executable)} -m perfscale.orphans watch {os.getpid()} &"
-        return LocalProvider(
-            init_blocks=1, min_blocks=1, max_blocks=1, worker_init=f"{worker_init(site)}\n{watch}"
-        )
+        return sched.parsl_provider(site, {"worker_init": f"{worker_init(site)}\n{watch}"}, None, None)
     site.check_request(nodes_per_block, walltime_s or 0, 0, partition)
     pname, limit = _limit(site, partition)
     account = account or (site.accounts[0] if site.accounts else None)
@@ -94,36 +88,10 @@ def make_provider(
         "init_blocks": 1,
         "min_blocks": 0,
         "max_blocks": max_blocks,
-        "walltime": _hms(walltime_s or limit),
+        "walltime": format_hms(walltime_s or limit),
         "worker_init": worker_init(site),
     }
-    if site.scheduler == "slurm":
-        from parsl.launchers import SrunLauncher
-        from parsl.providers import SlurmProvider
-
-        cores = None if site.cores_per_node == "auto" else int(site.cores_per_node)
-        return SlurmProvider(
-            partition=pname,
-            account=account,
-            cores_per_node=cores,
-            exclusive=False,
-            launcher=SrunLauncher(),
-            cmd_timeout=60,
-            **common,
-        )
-    from parsl.launchers import JsrunLauncher
-    from parsl.providers import LSFProvider
-
-    # LSF reads #BSUB lines from standard input (`bsub < script`), as array mode submits them
-    return LSFProvider(
-        queue=pname,
-        project=account,
-        bsub_redirection=True,
-        request_by_nodes=True,
-        launcher=JsrunLauncher(overrides=JSRUN_OVERRIDES),
-        cmd_timeout=120,
-        **common,
-    )
+    return sched.parsl_provider(site, common, pname, account)
 
 
 def parsl_config(
@@ -145,7 +113,7 @@ def parsl_config(
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor
 
-    local = site.scheduler == "none"
+    local = not scheduler_class(site.scheduler).batch
     provider = make_provider(site, walltime_s, partition, account, nodes_per_block)
     executor = HighThroughputExecutor(
         label="perfscale",
@@ -200,7 +168,7 @@ class ParslEngine(Engine):
 
     def config(self) -> Any:
         walltime = None
-        if self.site.scheduler != "none":
+        if scheduler_class(self.site.scheduler).batch:
             _, limit = _limit(self.site, None)
             walltime = pilot_walltime(self._plan_tasks(), self.workers, limit)
         return parsl_config(self.site, self.run_root / "parsl", self.workers, walltime)

@@ -1,9 +1,11 @@
-"""The Ray engine: a local Ray session, or a Ray cluster started inside a Slurm or LSF allocation.
+"""The Ray engine: a local Ray session, or a Ray cluster started inside a batch allocation.
 
-On a site with `scheduler: none`, `ray.init` starts Ray on this machine with `workers` CPUs. On a Slurm or
-LSF site the engine runs inside an allocation (`salloc`, `sbatch`, `bsub -Is`): `ray_cluster_commands`
-starts a head on the allocation's first node and one worker on each other node, both through the site
-launcher, and the driver connects to the head. Ray has no wheels for ppc64le: Lassen-like sites are refused.
+On a site with `scheduler: none`, `ray.init` starts Ray on this machine with `workers` CPUs. On a batch site
+the engine runs inside an allocation (`salloc`, `sbatch`, `bsub -Is`...): the site's scheduler reads the
+allocation's job id and hosts from its environment (`Scheduler.allocation`), `ray_cluster_commands` starts a
+head on the allocation's first node and one worker on each other node, both through the site launcher
+(`mpi.Launcher`: its line and its host pinning), and the driver connects to the head. Ray has no wheels for
+ppc64le: Lassen-like sites are refused.
 
 Each task is a Ray task with `num_cpus=1` and `max_retries=0`: a task whose worker dies fails at once
 (`WorkerCrashedError`) and `run_plan` records `node_lost` and applies the study's retry policy, as on every
@@ -27,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
@@ -41,8 +44,11 @@ from typing import IO, Any
 
 from perfscale.engines.base import Engine
 from perfscale.errors import SpecError
-from perfscale.sched.mpi import Layout, launch_line
+from perfscale.sched.base import scheduler_class
+from perfscale.sched.mpi import Layout, launch_line, launcher_for
 from perfscale.spec.site import Site
+
+logger = logging.getLogger(__name__)
 
 # Ports are taken below Linux's ephemeral range (32768-60999), so the kernel never hands one of them to an
 # outgoing connection between the moment the commands are written and the moment Ray binds it.
@@ -116,17 +122,6 @@ class RayClusterCommands:
     env: dict[str, str] = field(repr=False)  # token and settings; passed to the launchers, not in argv
 
 
-def _pin(launcher: str, hosts: list[str]) -> list[str]:
-    """Launcher options that place ranks on `hosts`. jsrun and lrun have none: they fill the allocation's
-    hosts in order, and as the head's resource set holds a whole node, the workers' sets go to the others."""
-    if launcher == "srun":
-        # --overlap: a task may still start its own job steps (MPI runs) on nodes Ray occupies
-        return ["--overlap", f"--nodelist={','.join(hosts)}"]
-    if launcher in ("mpirun", "local"):
-        return ["--host", ",".join(hosts)]
-    return []
-
-
 def _ray_start(site: Site, ports: RayPorts, temp_dir: str) -> list[str]:
     ray = str(Path(sys.executable).with_name("ray"))  # the ray of this interpreter (shared file system)
     return [
@@ -164,7 +159,7 @@ def ray_cluster_commands(
     per user and job (`/tmp/ray-<uid>-<job>`), as Ray's default /tmp/ray belongs to whoever made it first.
     """
     _refuse_arch(site)
-    if site.scheduler == "none":
+    if not scheduler_class(site.scheduler).batch:
         raise SpecError(f"site {site.name!r} has no scheduler: the ray engine starts Ray locally there")
     if len(hosts) != nodes or nodes < 1:
         raise SpecError(f"{nodes} nodes requested but the allocation lists {len(hosts)}: {' '.join(hosts)}")
@@ -176,9 +171,12 @@ def ray_cluster_commands(
         layout = Layout(nodes=count, cores_per_rank=site.cores, gpus_per_rank=site.gpus_per_node, bind="none")
         return launch_line(site, layout)
 
+    # jsrun and lrun have no host option: they fill the allocation's hosts in order, and as the head's
+    # resource set holds a whole node, the workers' sets go to the others
+    pin = launcher_for(site).pin
     head = [
         *launch(1),
-        *_pin(site.launcher, hosts[:1]),
+        *pin(hosts[:1]),
         *start[:3],
         "--head",
         f"--node-ip-address={head_ip}",
@@ -190,30 +188,22 @@ def ray_cluster_commands(
     address = f"{head_ip}:{ports.gcs}"
     workers = None
     if nodes > 1:
-        workers = [*launch(nodes - 1), *_pin(site.launcher, hosts[1:]), *start[:3], f"--address={address}"]
+        workers = [*launch(nodes - 1), *pin(hosts[1:]), *start[:3], f"--address={address}"]
         workers += start[3:]
     return RayClusterCommands(head, workers, address, ports, ray_environment(token))
 
 
 def allocation(site: Site) -> tuple[str, list[str]]:
-    """The job id and compute hosts of the allocation this process runs in (head host first)."""
-    if site.scheduler == "slurm" and "SLURM_JOB_ID" in os.environ:
-        nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ["SLURM_NODELIST"]
-        out = subprocess.run(
-            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True
+    """The job id and compute hosts of the allocation this process runs in (head host first), read by the
+    site's scheduler from its environment variables (`Scheduler.allocation`)."""
+    found = scheduler_class(site.scheduler)().allocation(site)
+    if found is None:
+        raise SpecError(
+            f"the ray engine on {site.scheduler} site {site.name!r} runs inside an allocation (salloc, "
+            "sbatch, bsub...); outside one use array mode (perfscale submit) or the dask engine, which "
+            "submits its own jobs"
         )
-        return os.environ["SLURM_JOB_ID"], out.stdout.split()
-    if site.scheduler == "lsf" and "LSB_JOBID" in os.environ:
-        words = os.environ.get("LSB_MCPU_HOSTS", "").split()
-        hosts = list(dict.fromkeys(words[::2]))
-        # on Lassen-like machines the job script runs on a launch node listed first: not a compute node
-        if site.launcher in ("jsrun", "lrun") and len(hosts) > 1:
-            hosts = [h for h in hosts if h != socket.gethostname().split(".")[0]] or hosts
-        return os.environ["LSB_JOBID"], hosts
-    raise SpecError(
-        f"the ray engine on {site.scheduler} site {site.name!r} runs inside an allocation (salloc, sbatch, "
-        "bsub); outside one use array mode (perfscale submit) or the dask engine, which submits its own jobs"
-    )
+    return found
 
 
 def _wait_for_port(host: str, port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
@@ -265,7 +255,7 @@ class RayEngine(Engine):
         if not _ray_running():
             _apply_environment(ray_environment())
             self._owned = True
-            if self.site.scheduler == "none":
+            if not scheduler_class(self.site.scheduler).batch:
                 self._start_local()
             else:
                 self._start_in_allocation()
@@ -309,6 +299,7 @@ class RayEngine(Engine):
         out = log.open("ab")
         self._logs.append(out)
         proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
+        logger.info("started %s: pid %d, log %s", shlex.join(argv), proc.pid, log)
         self._procs.append(proc)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
@@ -335,6 +326,7 @@ class RayEngine(Engine):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            logger.info("%s (pid %d): rc %s", shlex.join(map(str, proc.args)), proc.pid, proc.returncode)
         for out in self._logs:
             out.close()
         self._procs, self._logs = [], []

@@ -15,6 +15,7 @@ import pandas as pd
 
 from perfscale.errors import BadInput
 from perfscale.tabular.meta import Column, TableMeta
+from perfscale.tabular.values import is_missing
 
 TELEMETRY_COLUMNS = ("epoch", "step", "loss", "value")
 # pd.api.types.infer_dtype results that mean "more than one kind of value in one object column"
@@ -261,7 +262,7 @@ def fix_categorical(
     """Keep values whose text is allowed (as the training value); redraw the rest by training frequency."""
     canonical = {str(v): v for v, _ in seen}
     allowed = {str(v) for v in col.allowed} if col.allowed is not None else set(canonical)
-    text = values.map(lambda v: None if _is_missing(v) else str(v))
+    text = values.map(lambda v: None if is_missing(v) else str(v))
     valid = text.isin(allowed) | (text.isna() & nullable)
     out = text.map(lambda t: canonical.get(t, t)).astype(object)
     bad = int((~valid).sum())
@@ -270,10 +271,6 @@ def fix_categorical(
         picks = rng.choice(len(choices), size=bad, p=weights)
         out[~valid] = [choices[i] for i in picks]
     return out
-
-
-def _is_missing(value: Any) -> bool:
-    return value is None or (not isinstance(value, str) and bool(pd.isna(value)))
 
 
 def _draw_pool(seen: list[list[Any]], allowed: set[str]) -> tuple[list[Any], np.ndarray]:

@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from perfscale import __version__
 from perfscale.errors import BadInput
+from perfscale.store.atomic import atomic_write_text
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from perfscale.generators._tables import TableSpec
-    from perfscale.generators.conditional import SamplingReport
+    from perfscale.generators.conditional import ImputationReport, SamplingReport
     from perfscale.generators.conditions import Conditions
     from perfscale.tabular.meta import TableMeta
 
@@ -98,6 +99,7 @@ class Generator(ABC):
         self.training_rows: int | None = None
         self.training_log: TrainingLog | None = None
         self.last_sampling: SamplingReport | None = None
+        self.last_imputation: ImputationReport | None = None
         self._spec: TableSpec | None = None
 
     def __repr__(self) -> str:
@@ -154,16 +156,22 @@ class Generator(ABC):
         self.last_sampling = conditional.SamplingReport.unconditioned(n)
         return _tables.postprocess(raw, spec, n, seed)
 
-    def impute(self, table: pd.DataFrame, seed: int, draws: int = 1) -> pd.DataFrame:
+    def impute(
+        self, table: pd.DataFrame, seed: int, draws: int = 1, relax_unseen: bool = False
+    ) -> pd.DataFrame:
         """Fill the missing cells of `table` conditioned on each row's set cells (PERFGEN use case II).
 
         `table` has the training columns; NaN/None marks what to generate. With `draws` > 1 every missing
         cell gets the mean (numeric, then snapped to allowed values) or the most frequent value (categorical)
-        of `draws` conditional draws: a point prediction. See perfscale.generators.conditional.impute.
+        of `draws` conditional draws: a point prediction. Rows whose set cells the model makes too rarely
+        fall back to a relaxed match; `self.last_imputation` names them. A categorical value never seen in
+        training is an error, or with `relax_unseen` no condition (the row then counts as a fallback too).
+        See perfscale.generators.conditional.impute.
         """
         from perfscale.generators import conditional
 
-        return conditional.impute(self, self._require_fitted("impute"), table, _check_seed(seed), draws)
+        spec = self._require_fitted("impute")
+        return conditional.impute(self, spec, table, _check_seed(seed), draws, relax_unseen)
 
     def save(self, folder: str | os.PathLike[str]) -> None:
         """Write the model files and `generator.json` into `folder` (created if needed).
@@ -185,7 +193,7 @@ class Generator(ABC):
             "table": spec.to_json(),
             "model": self._model_state(),
         }
-        _write_json_atomic(folder / GENERATOR_JSON, manifest)
+        atomic_write_text(json.dumps(manifest, indent=2) + "\n", folder / GENERATOR_JSON)
 
     @classmethod
     def load(cls: type[G], folder: str | os.PathLike[str], trust: bool = False) -> G:
@@ -339,9 +347,3 @@ def _check_json(what: str, value: Any) -> None:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise BadInput(f"{what} must be plain JSON values (numbers, strings, lists, dicts): {exc}") from exc
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)

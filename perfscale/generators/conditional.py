@@ -13,12 +13,17 @@ LLM could not complete within its budget, go to the generic method); otherwise b
 pool: a pool of unconditioned samples is drawn, and each row takes its missing cells from the pool row that
 agrees on every set categorical cell and is nearest (Euclidean, each column scaled by its pool standard
 deviation) on the set numeric cells; categorical combinations the pool lacks are drawn under equality
-conditions. Repeating with `draws` different seeds and taking the mean / most frequent value gives a point
-prediction.
+conditions. When the model makes a combination too rarely for that draw's budget, the row falls back to a
+relaxed match: the pool rows agreeing on the most of its set categorical cells, nearest on the numeric ones.
+With `relax_unseen`, a categorical value never seen in training is dropped from the row's conditions (and
+the row counts as a fallback) instead of being an error. `Generator.last_imputation` says which rows fell
+back. Repeating with `draws` different seeds and taking the
+mean / most frequent value gives a point prediction.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 from dataclasses import asdict, dataclass
@@ -35,6 +40,8 @@ if TYPE_CHECKING:
     from perfscale.generators._tables import TableSpec
     from perfscale.generators.base import Generator
 
+log = logging.getLogger(__name__)
+
 MAX_SEED = 2**32 - 1
 MAX_BATCH = 200_000  # rows drawn at once by rejection sampling (bounds memory)
 
@@ -46,24 +53,46 @@ def default_max_draws(n: int) -> int:
 
 @dataclass
 class SamplingReport:
-    """How one `sample` call went: rows requested, drawn and accepted, and how they were drawn."""
+    """How one `sample` call went: rows requested, drawn, meeting the conditions and returned (`accepted`),
+    and how they were drawn. Sampling draws in batches, so `met` may exceed `requested`; the surplus is
+    dropped."""
 
     requested: int
     drawn: int
-    accepted: int
+    accepted: int  # rows returned: min(met, requested)
+    met: int  # drawn rows that met the conditions
     method: str  # unconditioned | native | rejection | native+rejection
     conditions: str = ""
 
     @property
     def acceptance_rate(self) -> float:
-        return self.accepted / self.drawn if self.drawn else 1.0
+        """The share of drawn rows that met the conditions (met / drawn), as measured."""
+        return self.met / self.drawn if self.drawn else 1.0
 
     @classmethod
     def unconditioned(cls, n: int) -> SamplingReport:
-        return cls(requested=n, drawn=n, accepted=n, method="unconditioned")
+        return cls(requested=n, drawn=n, accepted=n, met=n, method="unconditioned")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self) | {"acceptance_rate": self.acceptance_rate}
+
+
+class ConditionsUnmet(BadInput):
+    """Sampling spent its draw budget before enough drawn rows met the conditions."""
+
+
+@dataclass(frozen=True)
+class ImputationReport:
+    """How one `impute` call went: the rows that had cells to fill, and those of them (positions in the
+    table given) filled by the relaxed pool match, in at least one draw, because the model made their set
+    categorical cells too rarely."""
+
+    rows: int
+    fallback_rows: tuple[int, ...]
+
+    @property
+    def fallback_share(self) -> float:
+        return len(self.fallback_rows) / self.rows if self.rows else 0.0
 
 
 class _Seeds:
@@ -111,9 +140,9 @@ def sample_conditioned(
         have += int(keep.sum())
         drawn += len(rows)
     method = "+".join(dict.fromkeys(methods))
-    gen.last_sampling = SamplingReport(n, drawn, min(have, n), method, str(conds))
+    gen.last_sampling = SamplingReport(n, drawn, min(have, n), have, method, str(conds))
     if have < n:
-        raise BadInput(_shortfall(conds, n, have, drawn))
+        raise ConditionsUnmet(_shortfall(conds, n, have, drawn))
     return pd.concat(parts, ignore_index=True).iloc[:n].reset_index(drop=True)
 
 
@@ -155,17 +184,27 @@ def _shortfall(conds: Conditions, n: int, have: int, drawn: int) -> str:
 # ---- imputation -----------------------------------------------------------------------------------------
 
 
-def impute(gen: Generator, spec: TableSpec, table: pd.DataFrame, seed: int, draws: int) -> pd.DataFrame:
-    table = _check_impute_input(spec, table, draws)
+def impute(
+    gen: Generator, spec: TableSpec, table: pd.DataFrame, seed: int, draws: int, relax_unseen: bool = False
+) -> pd.DataFrame:
+    table, unseen = _check_impute_input(spec, table, draws, relax_unseen)
     model_cols = spec.model_columns
     known = _tables.model_table(table, spec)
     missing = known.isna().to_numpy()
     todo = np.flatnonzero(missing.any(axis=1))
+    if unseen.any():  # relax_unseen: a value the model never saw is no condition (it stays in `out`)
+        known = known.mask(unseen)
     filled = [known]
+    fell_back = unseen[todo].any(axis=1)
     if len(todo):
         seeds = _Seeds(seed)
         subset = known.iloc[todo].reset_index(drop=True)
-        filled = [_impute_once(gen, spec, subset, seeds()) for _ in range(draws)]
+        filled = []
+        for _ in range(draws):
+            draw, relaxed = _impute_once(gen, spec, subset, seeds())
+            filled.append(draw)
+            fell_back |= relaxed
+    gen.last_imputation = ImputationReport(len(todo), tuple(int(i) for i in todo[fell_back]))
     out = table.reset_index(drop=True).copy()
     for j, name in enumerate(model_cols):
         rows = todo[missing[todo, j]]
@@ -184,7 +223,11 @@ def impute(gen: Generator, spec: TableSpec, table: pd.DataFrame, seed: int, draw
     return out
 
 
-def _check_impute_input(spec: TableSpec, table: Any, draws: Any) -> pd.DataFrame:
+def _check_impute_input(
+    spec: TableSpec, table: Any, draws: Any, relax_unseen: bool
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """The table with the generator's columns, and its categorical cells holding values never seen in
+    training (rows x model columns; an error unless `relax_unseen`)."""
     if not isinstance(table, pd.DataFrame):
         raise BadInput(f"impute needs a pandas DataFrame, got {type(table).__name__}")
     if table.empty:
@@ -195,48 +238,60 @@ def _check_impute_input(spec: TableSpec, table: Any, draws: Any) -> pd.DataFrame
     if extra:
         raise BadInput(f"impute: columns {extra} are not the generator's; its columns are {spec.columns}")
     table = table.reindex(columns=spec.columns)  # absent columns are all missing
-    for name in spec.model_columns:
+    unseen_cells = np.zeros((len(table), len(spec.model_columns)), dtype=bool)
+    for j, name in enumerate(spec.model_columns):
         col, values = spec.meta.columns[name], table[name].dropna()
         if col.type in ("categorical", "boolean"):
             seen = {str(v) for v, _ in spec.category_values.get(name, [])}
             unseen = sorted({str(v) for v in values} - seen)
-            if unseen:
+            if unseen and relax_unseen:
+                text = table[name].astype(str)
+                unseen_cells[:, j] = (table[name].notna() & ~text.isin(seen)).to_numpy()
+            elif unseen:
                 raise BadInput(
                     f"impute: column {name!r} holds {unseen[:5]}, never seen in training; the generator "
                     f"cannot condition on them (seen: {sorted(seen)[:20]})"
                 )
         elif col.type in ("numerical", "integer") and pd.to_numeric(values, errors="coerce").isna().any():
             raise BadInput(f"impute: numeric column {name!r} holds non-numeric values")
-    return table
+    return table, unseen_cells
 
 
-def _impute_once(gen: Generator, spec: TableSpec, known: pd.DataFrame, seed: int) -> pd.DataFrame:
+def _impute_once(
+    gen: Generator, spec: TableSpec, known: pd.DataFrame, seed: int
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """One draw of the missing cells of `known` (index 0..n-1) and the rows that used the relaxed match."""
     raw = gen._impute(known, seed)
+    relaxed: list[Any] = []
     if raw is None:
-        raw = _pool_impute(gen, spec, known, seed)
+        raw, relaxed = _pool_impute(gen, spec, known, seed)
     else:
         unfilled = (raw.isna() & known.isna()).any(axis=1)  # what the native hook could not generate
         if unfilled.any():
             raw = raw.astype(object)
-            pooled = _pool_impute(gen, spec, known[unfilled], seed, pool_size=200 * int(unfilled.sum()))
+            size = 200 * int(unfilled.sum())
+            pooled, relaxed = _pool_impute(gen, spec, known[unfilled], seed, pool_size=size)
             raw.loc[pooled.index, pooled.columns] = pooled
     fixed = _tables.postprocess(raw.reset_index(drop=True), spec, len(known), seed)[spec.model_columns]
-    return fixed.astype(object).where(known.isna(), known.astype(object))
+    draw = fixed.astype(object).where(known.isna(), known.astype(object))
+    return draw, known.index.isin(relaxed)
 
 
 def _pool_impute(
     gen: Generator, spec: TableSpec, known: pd.DataFrame, seed: int, pool_size: int | None = None
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, list[Any]]:
     """Fill each row from the nearest pool row that agrees on its set categorical cells (see module doc).
 
     The pool holds `pool_size` rows (default 20 per row to fill, at least 2,000); a smaller one serves the
-    few rows a native hook left, when sampling is costly (an LLM)."""
+    few rows a native hook left, when sampling is costly (an LLM). Also returns the labels of the rows that
+    fell back to a relaxed match (their categorical cells too rare for the model)."""
     from scipy.spatial import cKDTree
 
     seeds = _Seeds(seed)
     pool_size = int(min(pool_size or max(2000, 20 * len(known)), MAX_BATCH))
     pool = gen.sample(pool_size, seeds())
     out = known.astype(object).copy()
+    relaxed: list[Any] = []
     numeric = set(spec.meta.numeric)
     pattern = known.notna()
     keys = pattern.apply(lambda r: tuple(r.to_numpy()), axis=1)
@@ -253,7 +308,12 @@ def _pool_impute(
             if equal:
                 cand = pool[Conditions.parse(equal).mask(pool)]
                 if cand.empty:
-                    cand = gen.sample(max(200, 20 * len(idx)), seeds(), conditions=equal)
+                    try:
+                        cand = gen.sample(max(200, 20 * len(idx)), seeds(), conditions=equal)
+                    except ConditionsUnmet as exc:
+                        cand = _most_agreeing(pool, equal)
+                        relaxed.extend(idx)
+                        log.info("%d row(s) fall back to a relaxed pool match: %s", len(idx), exc)
             if nums:
                 scale = cand[nums].astype(float).std(ddof=0).replace(0, 1).fillna(1).to_numpy()
                 tree = cKDTree(np.nan_to_num(cand[nums].to_numpy(float) / scale))
@@ -264,7 +324,13 @@ def _pool_impute(
             for c in known.columns:
                 if c not in set_cols:
                     out.loc[idx, c] = chosen[c].to_numpy(object)
-    return out
+    return out, relaxed
+
+
+def _most_agreeing(pool: pd.DataFrame, equal: dict[str, Any]) -> pd.DataFrame:
+    """The pool rows that agree with the most of the `equal` cells (the relaxed match of the module doc)."""
+    agree = sum(Conditions.parse({c: v}).mask(pool).astype(int) for c, v in equal.items())
+    return pool[agree == agree.max()]
 
 
 def _combine(values: list[np.ndarray], col: Any) -> np.ndarray:

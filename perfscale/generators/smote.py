@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 from perfscale.errors import BadInput
 from perfscale.generators.base import Generator, model_file
 from perfscale.generators.registry import register_generator
+from perfscale.tabular.values import is_missing
 
 if TYPE_CHECKING:
     import numpy as np
@@ -385,7 +386,7 @@ def _encode_like(table: pd.DataFrame, rows: _Rows) -> _Rows:
     for name in rows.categorical:
         lookup = {str(v): i for i, v in enumerate(rows.categories[name])}
         unseen = len(lookup)
-        codes.append([-1 if _is_missing(v) else lookup.get(str(v), unseen) for v in table[name]])
+        codes.append([-1 if is_missing(v) else lookup.get(str(v), unseen) for v in table[name]])
     n = len(table)
     return _Rows(
         columns=rows.columns,
@@ -461,12 +462,6 @@ def _missing(rows: _Rows, name: str) -> np.ndarray:
     return np.isnan(column) if rows.kinds[name] in _CONTINUOUS else column < 0
 
 
-def _is_missing(value: Any) -> bool:
-    import pandas as pd
-
-    return value is None or (not isinstance(value, str) and bool(pd.isna(value)))
-
-
 def _matching(rows: _Rows, equal: dict[str, Any]) -> np.ndarray:
     """Training rows that meet every equality (categories compared as text, numbers as floats)."""
     import numpy as np
@@ -483,7 +478,7 @@ def _matching(rows: _Rows, equal: dict[str, Any]) -> np.ndarray:
             keep &= np.isnan(column) if np.isnan(target) else column == target
         else:
             text = [str(v) for v in rows.categories[name]]
-            code = -1 if _is_missing(value) else (text.index(str(value)) if str(value) in text else -2)
+            code = -1 if is_missing(value) else (text.index(str(value)) if str(value) in text else -2)
             keep &= column == code
     return keep
 

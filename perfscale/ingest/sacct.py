@@ -73,7 +73,7 @@ _TS = pa.timestamp("us", tz="UTC")  # what Parquet keeps exactly (it has no seco
 _EPOCH_S = pa.timestamp("s", tz="UTC")
 SCHEMA = pa.schema(
     [
-        ("source_file", pa.string()),
+        ("_source_file", pa.string()),  # provenance: hidden from stages
         ("cluster", pa.string()),
         ("job_id", pa.string()),
         ("job_id_raw", pa.int64()),
@@ -312,7 +312,7 @@ _CPU_COLUMNS = (
 
 
 def _record(raw: dict[str, str], zone: str, salt: str | None) -> dict[str, Any]:
-    """One sacct line (field name lower-cased -> text) -> one row of SCHEMA (without source_file)."""
+    """One sacct line (field name lower-cased -> text) -> one row of SCHEMA (without _source_file)."""
     get = raw.get
     row: dict[str, Any] = split_job_id(get("jobid") or get("jobidraw") or "")
     raw_id = _text(get("jobidraw"))
@@ -523,7 +523,7 @@ def parse_sacct(text: str, *, steps: bool = False, source: str = "<sacct>") -> p
     rows = _rows(parse_sacct_lines(text.splitlines(), source), source)
     rows = _with_steps(rows) if steps else _fold(rows)
     for row in rows:
-        row["source_file"] = source
+        row["_source_file"] = source
     return _table(rows)
 
 

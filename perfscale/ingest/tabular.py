@@ -1,4 +1,5 @@
-"""Plain tables: CSV and Parquet files, with their source file recorded on every row."""
+"""Plain tables: CSV and Parquet files, with their source file recorded on every row (`_source_file`, a
+provenance column: hidden from stages, see perfscale.ingest.registry)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import pyarrow.parquet as pq
 from perfscale.errors import BadInput
 from perfscale.ingest.registry import ingester
 
+SOURCE_FILE = "_source_file"
+
 
 def _tag(table: pa.Table, file: Path) -> pa.Table:
-    """Record the file each row came from (a re-import keeps the original `source_file`)."""
-    if "source_file" in table.column_names:
+    """Record the file each row came from (a re-import keeps the original `_source_file`)."""
+    if SOURCE_FILE in table.column_names:
         return table
-    return table.append_column("source_file", pa.array([str(file)] * table.num_rows, pa.string()))
+    return table.append_column(SOURCE_FILE, pa.array([str(file)] * table.num_rows, pa.string()))
 
 
 def _concat(tables: list[pa.Table], files: list[Path]) -> pa.Table:

@@ -36,6 +36,7 @@ import pandas as pd
 
 from perfscale.generators._tables import json_value
 from perfscale.tabular.meta import TableMeta
+from perfscale.tabular.values import is_missing
 
 MISSING = "\\N"
 EMPTY = "\\E"
@@ -152,15 +153,6 @@ def _is_separator(units: list[Unit], i: int) -> bool:
     return all(units[i + k] == (char, False) for k, char in enumerate(IS))
 
 
-def _is_missing(value: Any) -> bool:
-    if value is None or isinstance(value, str):
-        return value is None
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):  # array-likes are not missing scalars
-        return False
-
-
 @dataclass
 class ColumnCodec:
     """How one column is written and read back."""
@@ -180,7 +172,7 @@ class ColumnCodec:
 
     def format(self, value: Any, float_digits: int | None) -> str:
         """The escaped text of one cell."""
-        if _is_missing(value):
+        if is_missing(value):
             return MISSING
         if self.type == "numerical" or (self.type == "integer" and not float(value).is_integer()):
             if float_digits:

@@ -1,7 +1,8 @@
 """Metrics of synthetic tables against real ones: a registry of pure functions and `evaluate`.
 
-Importing this package registers the built-in metrics (column_shapes, kl_divergence, wasserstein, jsd, dcr).
-A new metric module only needs ``@metric(...)`` on its function and an import below.
+Importing this package registers the built-in metrics, one module each below; `list_metrics()` names them
+and docs/metrics.md defines each. A new metric module only needs ``@metric(...)`` on its function and an
+import below.
 """
 
 from perfscale.metrics import (  # noqa: F401  (imported to register their metrics)

@@ -9,15 +9,15 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 import perfscale
 from perfscale.errors import SpecError
 from perfscale.plan.grid import expand_grid
 from perfscale.plan.keys import stage_digest, task_key
-from perfscale.spec.loader import format_validation_error
+from perfscale.spec.loader import Loc, format_validation_error, line_prefix, read_yaml
 from perfscale.spec.site import Site
-from perfscale.spec.study import Study
+from perfscale.spec.study import Stage, Study
 
 
 @dataclass(frozen=True)
@@ -107,27 +107,77 @@ _PLAN_SCHEMA = pa.schema(
 )
 
 
-def _validated_params(
-    study: Study, stage: str, point: dict[str, Any], source: str, site: Site | None
-) -> dict[str, Any]:
-    from perfscale.stages import get_stage_kind
+def _params_loc(spec: Stage, stage: str, loc: Loc) -> Loc:
+    """Where a parameter is set in the study file: in the stage's grid, or in its params."""
+    for part in ("product", "zip"):
+        if loc and loc[0] in getattr(spec.grid, part):
+            return ("stages", stage, "grid", part, *loc)
+    return ("stages", stage, "params", *loc)
 
-    spec = study.stages[stage]
-    kind = get_stage_kind(spec.kind, where=f"{source}: stages.{stage}.kind")
+
+def _validated_params(
+    spec: Stage,
+    stage: str,
+    params_model: type[BaseModel],
+    point: dict[str, Any],
+    source: str,
+    context: dict[str, Any],
+    lines: _StudyLines,
+) -> dict[str, Any]:
     merged = {**spec.params, **point}
     try:
-        model = kind.params.model_validate(merged, context={"site": site})
+        model = params_model.model_validate(merged, context=context)
     except ValidationError as exc:
-        msg = format_validation_error(f"{source}: stages.{stage} (params + grid point {point})", exc)
+        msg = format_validation_error(
+            source,
+            exc,
+            lines.lines,
+            locate=lambda loc: _params_loc(spec, stage, loc),
+            what=f": stages.{stage}.params" + (f" at grid point {point}" if point else ""),
+        )
         raise SpecError(msg) from None
     return model.model_dump(mode="json")
+
+
+class _StudyLines:
+    """Line numbers of the study file, read again only when an error needs them."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self._lines: dict[Loc, int] | None = None
+
+    @property
+    def lines(self) -> dict[Loc, int]:
+        if self._lines is None:
+            path = Path(self.source)
+            try:
+                self._lines = read_yaml(path)[1] if path.is_file() else {}
+            except SpecError:
+                self._lines = {}
+        return self._lines
+
+    def where(self, loc: Loc) -> str:
+        """`file:line` (or just the file) of a field of the study."""
+        return line_prefix(self.source, self.lines, loc)
+
+
+def _validation_context(site: Site | None) -> dict[str, Any]:
+    """What stage params models see while a plan is built: the site, and one CheckCache for the whole plan
+    (checks that read only fields a grid leaves alone run once, not at every grid point)."""
+    from perfscale.stages.base import CHECK_CACHE, CheckCache
+
+    return {"site": site, CHECK_CACHE: CheckCache(site)}
 
 
 def build_plan(study: Study, source: str = "<study>", site: Site | None = None) -> Plan:
     """Expand every stage's grid x repetitions x seeds (x upstream tasks for foreach stages). With `site`,
     what depends on where tasks run (counter events) is checked against it."""
+    from perfscale.stages import get_stage_kind
+
     tasks: list[Task] = []
     keys_by_stage: dict[str, list[str]] = {}
+    lines = _StudyLines(source)
+    context = _validation_context(site)
     for name, spec in study.stages.items():
         resources = study.resources_of(name)
         retry = study.retry_of(name).model_dump()
@@ -135,8 +185,16 @@ def build_plan(study: Study, source: str = "<study>", site: Site | None = None) 
         upstream_keys: list[str | None] = list(keys_by_stage[spec.foreach]) if spec.foreach else [None]
         seeds = spec.seeds if spec.seeds is not None else [study.seed]
         keys: list[str] = []
-        for point in expand_grid(spec.grid):
-            params = _validated_params(study, name, point, source, site)
+        params_model = get_stage_kind(spec.kind, where=f"{source}: stages.{name}.kind").params
+        points = expand_grid(spec.grid)
+        if not points:
+            loc = ("stages", name, "grid", "exclude")
+            raise SpecError(
+                f"{lines.where(loc)}: {'.'.join(loc)}: the rules exclude every grid point, so the stage has "
+                "no tasks; loosen or remove them"
+            )
+        for point in points:
+            params = _validated_params(spec, name, params_model, point, source, context, lines)
             for upstream in upstream_keys:
                 for seed in seeds:
                     for rep in range(spec.repetitions):

@@ -41,10 +41,6 @@ def _table(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> Markup:
     )
 
 
-def _stages_of_kind(store: RunStore, kind: str) -> list[str]:
-    return [s for s in store.plan.stages if store.plan.of_stage(s)[0].kind == kind]
-
-
 def _status_section(store: RunStore) -> Section:
     rows = [
         {
@@ -218,7 +214,7 @@ def _predict_section(store: RunStore, stage: str) -> Section | None:
     df = store.read_stage(stage, provenance=False).to_pandas()
     if df.empty:
         return None
-    scores = [c for c in ("mse", "mae", "r2", "accuracy") if c in df]
+    scores = [c for c in ("mse", "mae", "r2", "accuracy", "fallback_share") if c in df]
     table = df.groupby(["target", "generator"])[scores].first().reset_index()
     section = Section(
         f"Prediction by generation: {stage}",

@@ -13,7 +13,7 @@ does not fit the partition limit is an error before anything is submitted.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from perfscale.errors import SpecError
 from perfscale.plan.planner import Task
@@ -45,7 +45,6 @@ class ArrayJob:
     partition: str | None
     account: str | None
     throttle: int
-    depends_on: list[str] = field(default_factory=list)  # names of arrays this one waits for
 
     @property
     def walltime_s(self) -> float:

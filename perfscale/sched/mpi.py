@@ -1,10 +1,16 @@
-"""MPI launch lines from task resources and the site's launcher (srun, jsrun, lrun, mpirun).
+"""MPI launch lines from task resources and the site's launcher (srun, jsrun, lrun, mpiexec, flux, mpirun).
+
+A `Launcher` builds the argument list for a rank layout and, for the Ray engine, the options that pin ranks
+to given hosts. `mpirun` (and `local`, its alias) belongs to no scheduler; every other launcher is declared
+by the scheduler that provides it (`Scheduler.launchers` in perfscale/sched/<name>.py), so a site's launcher
+is looked up through its scheduler and never by branching on its name.
 
 The line is a list of arguments (never a shell string), so no value can inject shell syntax.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,6 +33,21 @@ class Layout:
         return self.nodes * self.ranks_per_node
 
 
+def _no_pin(hosts: list[str]) -> list[str]:
+    """Launchers without a host option (jsrun, lrun) fill the allocation's hosts in order."""
+    return []
+
+
+@dataclass(frozen=True)
+class Launcher:
+    """`line(layout)`: the launcher's arguments (append the program); `pin(hosts)`: options that place the
+    ranks on `hosts`."""
+
+    name: str
+    line: Callable[[Layout], list[str]]
+    pin: Callable[[list[str]], list[str]] = _no_pin
+
+
 def check_layout(layout: Layout, site: Site) -> None:
     if layout.ranks_per_node * layout.cores_per_rank > site.cores:
         raise SpecError(
@@ -38,47 +59,6 @@ def check_layout(layout: Layout, site: Site) -> None:
             f"{layout.ranks_per_node} ranks x {layout.gpus_per_rank} GPUs per node exceed the "
             f"{site.gpus_per_node} GPUs of a {site.name!r} node"
         )
-
-
-def _srun(lay: Layout) -> list[str]:
-    line = [
-        "srun",
-        f"--nodes={lay.nodes}",
-        f"--ntasks={lay.ranks}",
-        f"--ntasks-per-node={lay.ranks_per_node}",
-        f"--cpus-per-task={lay.cores_per_rank}",
-    ]
-    if lay.gpus_per_rank:
-        line.append(f"--gpus-per-task={lay.gpus_per_rank}")
-    line.append(
-        {"none": "--cpu-bind=none", "cores": "--cpu-bind=cores", "sockets": "--cpu-bind=sockets"}[lay.bind]
-    )
-    return line
-
-
-def _jsrun(lay: Layout) -> list[str]:
-    # one resource set per rank: -a ranks/set, -c cores/set, -g GPUs/set, -r sets/node, -n sets in all
-    line = [
-        "jsrun",
-        f"--nrs={lay.ranks}",
-        "--tasks_per_rs=1",
-        f"--cpu_per_rs={lay.cores_per_rank}",
-        f"--gpu_per_rs={lay.gpus_per_rank}",
-        f"--rs_per_host={lay.ranks_per_node}",
-    ]
-    line.append(
-        {"none": "--bind=none", "cores": f"--bind=packed:{lay.cores_per_rank}", "sockets": "--bind=rs"}[
-            lay.bind
-        ]
-    )
-    return line
-
-
-def _lrun(lay: Layout) -> list[str]:
-    line = ["lrun", f"-N{lay.nodes}", f"-T{lay.ranks_per_node}"]
-    if lay.gpus_per_rank:
-        line.append(f"--gpus_per_task={lay.gpus_per_rank}")
-    return line
 
 
 def _mpirun(lay: Layout) -> list[str]:
@@ -94,13 +74,45 @@ def _mpirun(lay: Layout) -> list[str]:
     ]
 
 
-_BUILDERS = {"srun": _srun, "jsrun": _jsrun, "lrun": _lrun, "mpirun": _mpirun}
+MPIRUN = Launcher("mpirun", _mpirun, lambda hosts: ["--host", ",".join(hosts)])
+# launchers of no particular scheduler; "local" (no launcher) runs MPI programs with mpirun
+GENERIC: dict[str, Launcher] = {"local": MPIRUN, "mpirun": MPIRUN}
+
+
+def launcher_names(scheduler: str) -> list[str]:
+    """The launchers a site with `scheduler` may name (the scheduler's own, then the generic ones)."""
+    from perfscale.sched.base import scheduler_class
+
+    return [*scheduler_class(scheduler).launchers, *GENERIC]
+
+
+def check_launcher_name(scheduler: str, launcher: str) -> str:
+    """For the site model's `launcher` field: a ValueError naming the choices (the loader adds file:line)."""
+    choices = launcher_names(scheduler)
+    if launcher not in choices:
+        raise ValueError(
+            f"launcher {launcher!r} does not go with scheduler {scheduler!r}; "
+            f"choose one of {', '.join(choices)}"
+        )
+    return launcher
+
+
+def launcher_for(site: Site, name: str | None = None) -> Launcher:
+    """The site's launcher (or `name`), looked up in its scheduler's launchers and the generic ones."""
+    from perfscale.sched.base import scheduler_class
+
+    name = name or site.launcher
+    found = {**GENERIC, **scheduler_class(site.scheduler).launchers}.get(name)
+    if found is None:
+        raise SpecError(
+            f"site {site.name!r}: launcher {name!r} does not go with scheduler {site.scheduler!r}; "
+            f"choose one of {', '.join(launcher_names(site.scheduler))}"
+        )
+    return found
 
 
 def launch_line(site: Site, layout: Layout, launcher: str | None = None) -> list[str]:
     """The launcher's argument list for `layout` on `site` (append the program and its arguments)."""
-    name = launcher or site.launcher
-    if name == "local":
-        name = "mpirun"
+    found = launcher_for(site, launcher)
     check_layout(layout, site)
-    return _BUILDERS[name](layout)
+    return found.line(layout)

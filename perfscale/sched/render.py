@@ -10,6 +10,9 @@ parameters.
 The walltime warning (`--signal=B:USR1@120`, `-wa USR1 -wt 2`) is asked for only when the element's walltime
 is at least WARNING_MIN_WALLTIME_S: Slurm delivers it up to a minute early, so on short elements it would
 arrive near the start and turn every element into a timeout.
+
+The template, the log file name and any values only one scheduler uses come from the site's `Scheduler`
+(perfscale.sched.base); nothing here branches on a scheduler's name.
 """
 
 from __future__ import annotations
@@ -24,15 +27,15 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from perfscale.errors import SpecError
 from perfscale.sched.arrays import ArrayJob
+from perfscale.sched.base import Scheduler, scheduler_class
+from perfscale.sched.lsf import lsf_walltime  # noqa: F401  (kept importable from here for older callers)
 from perfscale.sched.mpi import Layout, launch_line
-from perfscale.spec.common import format_walltime
+from perfscale.spec.common import export_lines, format_walltime
 from perfscale.spec.site import Site
 
 LAUNCHERS = Path(__file__).resolve().parents[2] / "launchers"
-TEMPLATES = {"slurm": "slurm_array.sh.j2", "lsf": "lsf_array.sh.j2"}
 SIGNAL_LEAD_S = 120  # SIGUSR1 this long before the walltime, so a task can checkpoint and requeue
 WARNING_MIN_WALLTIME_S = 5 * SIGNAL_LEAD_S
-REQUEUE_EXIT = 75  # LSF: `#BSUB -Q 75` requeues an element that exits with it (EX_TEMPFAIL)
 
 
 @dataclass(frozen=True)
@@ -53,19 +56,22 @@ def _env() -> Environment:
     return env
 
 
-def directive_value(value: object) -> str:
-    """A value for a `#SBATCH`/`#BSUB` line, shell-quoted; a newline is refused (it would start shell code)"""
-    text = str(value)
+def _one_line(text: str) -> str:
     if "\n" in text or "\r" in text:
         raise SpecError(f"{text!r} cannot go in a job script directive: it holds a newline")
-    return shlex.quote(text)
+    return text
+
+
+def directive_value(value: object) -> str:
+    """A value for a `#SBATCH`/`#BSUB` line, shell-quoted; a newline is refused (it would start shell code)"""
+    return shlex.quote(_one_line(str(value)))
 
 
 def task_command(site: Site, plan_path: Path, cores: int, gpus: int) -> str:
     """The command an element runs per task, wrapped in the site launcher where the batch script does not run
-    on the compute node (LSF's launch node on Lassen-like machines)."""
+    on the compute node (`Scheduler.wraps_tasks`: LSF's launch node on Lassen-like machines)."""
     argv = [sys.executable, "-m", "perfscale.cli", "task", "run", str(plan_path.resolve())]
-    if site.scheduler == "lsf":
+    if scheduler_class(site.scheduler).wraps_tasks:
         argv = [*launch_line(site, Layout(cores_per_rank=cores, gpus_per_rank=gpus, bind="none")), *argv]
     return shlex.join(argv)
 
@@ -75,33 +81,40 @@ def requeue_check(plan_path: Path) -> str:
     return shlex.join([sys.executable, "-m", "perfscale.sched.requeue", str(plan_path.resolve())])
 
 
-def lsf_walltime(seconds: float) -> str:
-    """LSF -W takes [hours:]minutes, rounded up."""
-    minutes = math.ceil(seconds / 60)
-    return f"{minutes // 60}:{minutes % 60:02d}"
+def batch_scheduler(site: Site) -> type[Scheduler]:
+    """The site's scheduler class; a site without a batch scheduler is an error naming the choices."""
+    sched = scheduler_class(site.scheduler)
+    if not sched.batch:
+        from perfscale.sched.base import SCHEDULERS
+
+        choices = ", ".join(n for n in sorted(SCHEDULERS) if scheduler_class(n).batch)
+        raise SpecError(
+            f"site {site.name!r} has scheduler {site.scheduler!r}; array mode needs a batch scheduler "
+            f"({choices}); use `perfscale run` for this site"
+        )
+    return sched
 
 
 def render_array(job: ArrayJob, site: Site, run_root: Path) -> Rendered:
-    if site.scheduler not in TEMPLATES:
-        raise SpecError(f"site {site.name!r} has scheduler {site.scheduler!r}; array mode needs slurm or lsf")
-    logs = run_root.resolve() / "logs"
-    pattern = f"{job.name}-%A_%a.out" if site.scheduler == "slurm" else f"{job.name}-%J_%I.out"
+    sched = batch_scheduler(site)()
+    run_root = run_root.resolve()
     values = {
         "job": job,
         "mem_mb": math.ceil(job.memory_gb * 1024),
         "walltime": format_walltime(job.walltime_s),
-        "walltime_lsf": lsf_walltime(job.walltime_s),
-        "log_pattern": str(logs / pattern),
+        "log_pattern": str(run_root / "logs" / sched.log_name(job)),
         "walltime_s": math.ceil(job.walltime_s),
         "signal_lead_s": SIGNAL_LEAD_S if job.walltime_s >= WARNING_MIN_WALLTIME_S else 0,
         "signal_lead_min": max(1, SIGNAL_LEAD_S // 60),
-        "requeue_exit": REQUEUE_EXIT,
         "requeue_check": requeue_check(run_root / "plan.parquet"),
         "setup": site.setup,
-        "env": sorted(site.env.items()),
+        "exports": export_lines(site.env),
+        "directives": [_one_line(d) for d in site.directives],
         "index_file": str(run_root.resolve() / "arrays" / f"{job.name}.idx"),
+        "script_file": str(run_root.resolve() / "arrays" / f"{job.name}.sh"),
         "task_command": task_command(site, run_root / "plan.parquet", job.cores, job.gpus),
+        **sched.template_values(job, site, run_root),
     }
-    script = _env().get_template(TEMPLATES[site.scheduler]).render(**values)
+    script = _env().get_template(sched.template).render(**values)
     index_lines = "".join(" ".join(map(str, e.indices)) + "\n" for e in job.elements)
     return Rendered(script, index_lines)

@@ -1,35 +1,72 @@
-"""Slurm back end: sbatch submit, one sacct (or squeue) call per poll, scancel, and their output parsers."""
+"""Slurm: sbatch submit, one sacct (or squeue) call per poll, scancel, their parsers, srun, and the pilots'
+SlurmProvider / SLURMCluster.
+
+Checked against a real Slurm 22.05 (tests/test_slurm_real.py, docs/clusters.md).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from perfscale.errors import FailureKind
-from perfscale.sched.client import CommandClient
-from perfscale.sched.states import SLURM_ACTIVE, slurm_failure
+from perfscale.sched.base import ElementState, Scheduler, States
+from perfscale.sched.client import CommandClient, run_logged
+from perfscale.sched.mpi import Launcher, Layout
+from perfscale.spec.common import format_walltime
+
+if TYPE_CHECKING:
+    from perfscale.spec.site import Site
+
+__all__ = ["ElementState", "Slurm"]  # ElementState: re-exported for callers of its old home
+
+# Slurm job states (sacct/squeue long names); None: not a failure (pending, running or done)
+SLURM_STATES: dict[str, FailureKind | None] = {
+    "PENDING": None,
+    "CONFIGURING": None,
+    "RUNNING": None,
+    "COMPLETING": None,
+    "REQUEUED": None,
+    "RESIZING": None,
+    "SUSPENDED": None,
+    "STAGE_OUT": None,
+    "SIGNALING": None,
+    "COMPLETED": None,
+    "FAILED": FailureKind.APP_ERROR,
+    "TIMEOUT": FailureKind.TIMEOUT,
+    "DEADLINE": FailureKind.TIMEOUT,
+    "OUT_OF_MEMORY": FailureKind.OOM,
+    "NODE_FAIL": FailureKind.NODE_LOST,
+    "BOOT_FAIL": FailureKind.NODE_LOST,
+    "PREEMPTED": FailureKind.PREEMPTED,
+    "CANCELLED": FailureKind.CANCELLED,
+    "REVOKED": FailureKind.CANCELLED,
+}
+
+SLURM_ACTIVE = {
+    "PENDING",
+    "CONFIGURING",
+    "RUNNING",
+    "COMPLETING",
+    "REQUEUED",
+    "RESIZING",
+    "SUSPENDED",
+    "STAGE_OUT",
+    "SIGNALING",
+}
+
+
+def slurm_failure(state: str) -> FailureKind | None:
+    """Failure kind of a Slurm state ("CANCELLED by 1234" reads as CANCELLED; unknown states: app errors)."""
+    base = state.split()[0].rstrip("+").upper() if state else ""
+    return SLURM_STATES.get(base, FailureKind.APP_ERROR)
+
 
 # pending reasons after which a job never starts by itself (Slurm keeps it queued unless the site sets
 # DependencyParameters=kill_invalid_depend)
 NEVER_RUNS = {"DependencyNeverSatisfied"}
-
-
-@dataclass(frozen=True)
-class ElementState:
-    """One array element as the scheduler reports it. `active`: queued or running (and able to run)."""
-
-    job_id: str  # the array's job id
-    element: int  # array index (Slurm: from 0; LSF: from 1)
-    state: str
-    active: bool
-    failure: FailureKind | None
-    exit_code: int | None = None
-    reason: str | None = None
-
-    @property
-    def blocked(self) -> bool:
-        """Pending on a dependency that can never be satisfied (an upstream element failed)."""
-        return self.state == "PENDING" and (self.reason or "") in NEVER_RUNS
 
 
 def dependency_arg(after_ok: list[str], after_any: list[str] | None = None) -> str | None:
@@ -90,7 +127,7 @@ def _split_job_id(job_id: str) -> tuple[str, list[int]] | None:
     return base, elements
 
 
-def parse_sacct_poll(out: str) -> dict[tuple[str, int], ElementState]:
+def parse_sacct_poll(out: str) -> States:
     """Latest state per (array job id, element); with --duplicates a requeued element keeps its last line.
 
     Real sacct (22.05) lines: `7_1|FAILED|1:0|None`, `6_[0-999%100]|PENDING|0:0|JobHeldUser` for elements
@@ -98,7 +135,7 @@ def parse_sacct_poll(out: str) -> dict[tuple[str, int], ElementState]:
     stale (e.g. JobArrayTaskLimit) and only read for pending ones. A new job is missing for a few seconds
     (slurmdbd lags the controller): see perfscale.sched.submit.poll.
     """
-    states: dict[tuple[str, int], ElementState] = {}
+    states: States = {}
     for line in out.splitlines():
         fields = line.split("|")
         if len(fields) < 3 or not (split := _split_job_id(fields[0])):
@@ -117,6 +154,7 @@ def parse_sacct_poll(out: str) -> dict[tuple[str, int], ElementState]:
                 slurm_failure(fields[1]),
                 int(code) if code.isdigit() else None,
                 reason,
+                blocked,
             )
     return states
 
@@ -126,8 +164,8 @@ def squeue_poll_argv(job_ids: list[str]) -> list[str]:
     return ["squeue", "--noheader", "--array", "--format=%i|%T|%r", "--jobs=" + ",".join(job_ids)]
 
 
-def parse_squeue_poll(out: str) -> dict[tuple[str, int], ElementState]:
-    states: dict[tuple[str, int], ElementState] = {}
+def parse_squeue_poll(out: str) -> States:
+    states: States = {}
     for line in out.splitlines():
         fields = line.strip().split("|")
         if len(fields) < 3 or not (split := _split_job_id(fields[0])):
@@ -138,25 +176,61 @@ def parse_squeue_poll(out: str) -> dict[tuple[str, int], ElementState]:
     return states
 
 
-class Slurm:
+def srun_line(lay: Layout) -> list[str]:
+    line = [
+        "srun",
+        f"--nodes={lay.nodes}",
+        f"--ntasks={lay.ranks}",
+        f"--ntasks-per-node={lay.ranks_per_node}",
+        f"--cpus-per-task={lay.cores_per_rank}",
+    ]
+    if lay.gpus_per_rank:
+        line.append(f"--gpus-per-task={lay.gpus_per_rank}")
+    line.append(
+        {"none": "--cpu-bind=none", "cores": "--cpu-bind=cores", "sockets": "--cpu-bind=sockets"}[lay.bind]
+    )
+    return line
+
+
+def srun_pin(hosts: list[str]) -> list[str]:
+    # --overlap: a task may still start its own job steps (MPI runs) on nodes Ray occupies
+    return ["--overlap", f"--nodelist={','.join(hosts)}"]
+
+
+class Slurm(Scheduler):
     name = "slurm"
     first_index = 0
+    template = "slurm_array.sh.j2"
+    log_pattern = "{name}-%A_%a.out"
+    job_id_env = "SLURM_JOB_ID"
+    nodelist_env = "SLURM_JOB_NODELIST"
+    index_env = "SLURM_ARRAY_TASK_ID"
+    commands = ("sbatch", "squeue", "sacct")
+    launchers = {"srun": Launcher("srun", srun_line, srun_pin)}
+    states = SLURM_STATES
+    dask_cluster_class = "SLURMCluster"
 
-    def __init__(self, client: CommandClient | None = None, use_sacct: bool = True):
-        self.client = client or CommandClient()
+    def __init__(
+        self, client: CommandClient | None = None, state_dir: Path | None = None, use_sacct: bool = True
+    ):
+        super().__init__(client, state_dir)
         self.use_sacct = use_sacct
 
     @property
-    def lags(self) -> bool:
+    def lags(self) -> bool:  # type: ignore[override]
         """sacct reads slurmdbd, which learns of a new job seconds after the controller."""
         return self.use_sacct
+
+    @classmethod
+    def failure(cls, state: str, reason: str | None = None) -> FailureKind | None:
+        return slurm_failure(state)
 
     def submit(
         self, script: Path, depends_on: list[str], hold: bool = False, after_any: list[str] | None = None
     ) -> str:
         return parse_sbatch(self.client.run(sbatch_argv(script, depends_on, hold, after_any)))
 
-    def poll(self, job_ids: list[str]) -> dict[tuple[str, int], ElementState]:
+    def poll(self, job_ids: list[str]) -> States:
         """ONE scheduler call, whatever the number of arrays and elements."""
         if not job_ids:
             return {}
@@ -172,3 +246,47 @@ class Slurm:
     @staticmethod
     def element_id(job_id: str, element: int) -> str:
         return f"{job_id}_{element}"
+
+    def allocation(self, site: Site) -> tuple[str, list[str]] | None:
+        job_id = os.environ.get(self.job_id_env)
+        if not job_id:
+            return None
+        nodelist = os.environ.get(self.nodelist_env) or os.environ["SLURM_NODELIST"]
+        done = run_logged(["scontrol", "show", "hostnames", nodelist])
+        done.check_returncode()
+        return job_id, done.stdout.split()
+
+    def parsl_provider(
+        self, site: Site, common: dict[str, Any], partition: str | None, account: str | None
+    ) -> Any:
+        from parsl.launchers import SrunLauncher
+        from parsl.providers import SlurmProvider
+
+        cores = None if site.cores_per_node == "auto" else int(site.cores_per_node)
+        return SlurmProvider(
+            partition=partition,
+            account=account,
+            cores_per_node=cores,
+            exclusive=False,
+            launcher=SrunLauncher(),
+            cmd_timeout=60,
+            **common,
+        )
+
+    def dask_options(
+        self, site: Site, config: dict[str, Any], account: str | None, walltime_s: float
+    ) -> dict[str, Any]:
+        extra = [f"--gpus-per-node={site.gpus_per_node}"] if site.gpus_per_node else []
+        return {
+            **config,
+            "account": account,
+            "walltime": format_walltime(walltime_s),
+            "python": sys.executable,
+            "job_extra_directives": extra,
+        }
+
+    def queues_argv(self) -> list[str] | None:
+        return ["sinfo", "--noheader", "--format=%P"]
+
+    def parse_queues(self, out: str) -> list[str]:
+        return [p.rstrip("*") for p in out.split()]

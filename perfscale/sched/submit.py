@@ -17,12 +17,11 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
-from perfscale.errors import FailureKind, SpecError
+from perfscale.errors import FailureKind
 from perfscale.sched.arrays import stage_arrays
+from perfscale.sched.base import ElementState, Scheduler
 from perfscale.sched.client import CommandClient
-from perfscale.sched.lsf import LSF
-from perfscale.sched.render import render_array
-from perfscale.sched.slurm import ElementState, Slurm
+from perfscale.sched.render import batch_scheduler, render_array
 from perfscale.store.atomic import atomic_write_text
 from perfscale.store.run import RunStore, utcnow
 
@@ -32,17 +31,14 @@ class SubmittedArray:
     name: str
     stage: str
     job_id: str
-    first_index: int  # 0 for Slurm, 1 for LSF
+    first_index: int  # the scheduler's array index base (0 for Slurm, 1 for LSF)
     elements: list[list[int]]  # task indices of each element
     submitted_at: str
 
 
-def backend(site, client: CommandClient | None = None) -> Slurm | LSF:
-    if site.scheduler == "slurm":
-        return Slurm(client)
-    if site.scheduler == "lsf":
-        return LSF(client)
-    raise SpecError(f"site {site.name!r} has no batch scheduler; use `perfscale run` for local sites")
+def backend(store: RunStore, client: CommandClient | None = None) -> Scheduler:
+    """The run's scheduler (its state folder is RUN/arrays/); an error for sites without one."""
+    return batch_scheduler(store.site)(client, store.root / "arrays")
 
 
 def _jobs_path(store: RunStore) -> Path:
@@ -79,7 +75,7 @@ def poll_elements(
     arrays = submitted(store)
     if not arrays:
         return arrays, {}
-    sched = backend(store.site, client)
+    sched = backend(store, client)
     states = dict(sched.poll(sorted({a.job_id for a in arrays})))
     if not sched.lags:
         return arrays, states
@@ -113,7 +109,7 @@ def poll(store: RunStore, client: CommandClient | None = None) -> dict[int, Elem
 
 
 def _superseded(
-    sched: Slurm | LSF,
+    sched: Scheduler,
     arrays: list[SubmittedArray],
     states: dict[tuple[str, int], ElementState],
     todo: set[int],
@@ -169,7 +165,7 @@ def submit_run(
     (`sbatch --hold`, `bsub -H`): nothing runs until released.
     """
     site, plan = store.site, store.plan
-    sched = backend(site, client)
+    sched = backend(store, client)
     previous, states = poll_elements(store, client) if submitted(store) else ([], {})
     busy = {i for i, st in _by_task(previous, states).items() if st.active}
     round_ = len({a.submitted_at for a in previous})
@@ -296,5 +292,5 @@ def failed_or_missing(store: RunStore, states: dict[int, ElementState]) -> set[i
 
 def cancel(store: RunStore, client: CommandClient | None = None) -> list[str]:
     ids = sorted({a.job_id for a in submitted(store)})
-    backend(store.site, client).cancel(ids)
+    backend(store, client).cancel(ids)
     return ids

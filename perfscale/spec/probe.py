@@ -9,21 +9,24 @@ raises: a missing tool is a finding.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from perfscale.spec.site import Site
 
-SCHEDULER_COMMANDS = {"slurm": ["sbatch", "squeue", "sacct"], "lsf": ["bsub", "bjobs"]}
 # nominal node memory (the site file) vs MemTotal: firmware and the kernel keep a few percent
 MEMORY_TOLERANCE = 0.10
 _ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64", "ppc64el": "ppc64le"}
 _TIMEOUT_S = 30
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -38,10 +41,13 @@ def _run(argv: list[str], with_stderr: bool = False) -> str | None:
     """stdout (and stderr if asked) of a command; None when it is missing, fails, or times out."""
     if shutil.which(argv[0]) is None:
         return None
+    started = time.monotonic()
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired):
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        logger.warning("%s: %s", shlex.join(argv), exc)
         return None
+    logger.info("%s: rc %d in %.2f s", shlex.join(argv), done.returncode, time.monotonic() - started)
     if done.returncode != 0:
         return None
     return done.stdout + (done.stderr if with_stderr else "")
@@ -54,29 +60,28 @@ def check_arch(site: Site) -> Check:
 
 
 def check_scheduler(site: Site) -> Check:
-    if site.scheduler == "none":
-        return Check("scheduler", "none", "not needed", True)
-    commands = SCHEDULER_COMMANDS[site.scheduler]
+    from perfscale.sched.base import scheduler_class
+
+    commands = scheduler_class(site.scheduler).commands
+    if not commands:
+        return Check("scheduler", site.scheduler, "not needed", True)
     missing = [c for c in commands if shutil.which(c) is None]
     found = "all on PATH" if not missing else f"missing: {' '.join(missing)}"
     return Check(f"scheduler ({site.scheduler})", " ".join(commands), found, not missing)
 
 
-def _partitions_here(scheduler: str) -> list[str] | None:
-    if scheduler == "slurm":
-        out = _run(["sinfo", "--noheader", "--format=%P"])
-        return None if out is None else [p.rstrip("*") for p in out.split()]
-    out = _run(["bqueues", "-o", "queue_name", "-noheader"])
-    return None if out is None else out.split()
-
-
 def check_partitions(site: Site) -> Check | None:
-    if site.scheduler == "none" or not site.partitions:
+    from perfscale.sched.base import scheduler_class
+
+    sched = scheduler_class(site.scheduler)()
+    argv = sched.queues_argv()
+    if argv is None or not site.partitions:
         return None
     expected = sorted(site.partitions)
-    here = _partitions_here(site.scheduler)
+    out = _run(argv)
+    here = None if out is None else sched.parse_queues(out)
     if here is None:
-        command = "sinfo" if site.scheduler == "slurm" else "bqueues"
+        command = argv[0]
         return Check("partitions", " ".join(expected), f"cannot query the scheduler ({command})", False)
     missing = [p for p in expected if p not in here]
     found = " ".join(sorted(here)) + (f" (missing: {' '.join(missing)})" if missing else "")

@@ -9,10 +9,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from perfscale.errors import SpecError
-from perfscale.spec.common import Strict, Walltime
+from perfscale.spec.common import AutoCount, AutoSize, EnvName, SafeName, Strict, Walltime
 from perfscale.spec.loader import load_model
 
 
@@ -48,18 +48,18 @@ class Counters(Strict):
 
 
 class Site(Strict):
-    name: str
+    name: SafeName
     description: str = ""
-    scheduler: Literal["none", "slurm", "lsf"] = "none"
-    launcher: Literal["local", "mpirun", "srun", "jsrun", "lrun"] = "local"
+    scheduler: str = Field("none", description="a name in perfscale.sched.base.SCHEDULERS")
+    launcher: str = Field("local", description="local, mpirun, or a launcher of the site's scheduler")
     engine: Literal["local", "parsl", "ray", "dask"] = "parsl"
-    cores_per_node: int | Literal["auto"] = "auto"
-    memory_gb_per_node: float | Literal["auto"] = "auto"
+    cores_per_node: AutoCount = "auto"
+    memory_gb_per_node: AutoSize = "auto"
     gpus_per_node: int = Field(0, ge=0)
     gpu_model: str | None = None
     cpu_model: str | None = None
     arch: Literal["x86_64", "ppc64le", "aarch64"] = "x86_64"
-    max_workers: int | Literal["auto"] = Field("auto", description="concurrent tasks per node in pilot mode")
+    max_workers: AutoCount = Field("auto", description="concurrent tasks per node in pilot mode")
     accounts: list[str] = Field(default_factory=list)
     partitions: dict[str, Partition] = Field(default_factory=dict)
     limits: Limits = Field(default_factory=Limits)
@@ -71,7 +71,27 @@ class Site(Strict):
         "the same again right after a restart stops the run with a named error",
     )
     setup: list[str] = Field(default_factory=list, description="shell lines run before each task (modules)")
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[EnvName, str] = Field(default_factory=dict, description="exported before each task")
+    directives: list[str] = Field(
+        default_factory=list,
+        description="extra job script directives, written after the scheduler's prefix (#SBATCH, #BSUB, "
+        "#PBS, # flux:), e.g. '-l filesystems=home:eagle' on ALCF machines",
+    )
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, name: str) -> str:
+        from perfscale.sched.base import check_scheduler_name
+
+        return check_scheduler_name(name)
+
+    @field_validator("launcher")
+    @classmethod
+    def _launcher_of_scheduler(cls, name: str, info: ValidationInfo) -> str:
+        from perfscale.sched.mpi import check_launcher_name
+
+        scheduler = info.data.get("scheduler")
+        return name if scheduler is None else check_launcher_name(scheduler, name)
 
     @model_validator(mode="after")
     def _one_default_partition(self) -> Site:

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, JsonValue, field_validator, model_validator
 
-from perfscale.errors import FailureKind
-from perfscale.spec.common import Strict, Walltime
+from perfscale.spec.common import SafeName, Seed, Strict, Walltime
 from perfscale.spec.loader import load_model
 
 Scalar = str | int | float | bool | None
-# grid values may be any JSON value: a whole hyperparameter mapping can be one point of a grid
-Value = Scalar | dict[str, Any] | list[Any]
+# grid values may be any JSON value: a whole hyperparameter mapping can be one point of a grid. Values are
+# hashed into task keys as JSON: YAML's dates, non-string keys and .inf / .nan are refused at load
+Value = JsonValue
 
 
 class Resources(Strict):
@@ -38,9 +37,6 @@ class RetryPolicy(Strict):
     bad_input: int = Field(0, ge=0, le=0, description="bad input never gets better by retrying")
     preempted: int = Field(3, ge=0)
     cancelled: int = Field(0, ge=0)
-
-    def retries_for(self, kind: FailureKind | str) -> int:
-        return int(getattr(self, FailureKind(kind).value))
 
 
 class Grid(Strict):
@@ -79,14 +75,23 @@ class Stage(Strict):
     kind: str = Field(
         description="registered stage kind: profile, split, train, sample, evaluate, function..."
     )
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, JsonValue] = Field(default_factory=dict)
     grid: Grid = Field(default_factory=Grid)
     repetitions: int = Field(1, ge=1)
-    seeds: list[int] | None = None
+    seeds: list[Seed] | None = None
     inputs: list[str] = Field(default_factory=list, description="stages whose whole output this stage reads")
     foreach: str | None = Field(None, description="one task per task of this upstream stage")
     resources: Resources | None = None
     retry: RetryPolicy | None = None
+
+    @field_validator("seeds")
+    @classmethod
+    def _some_seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        if seeds is not None and not seeds:
+            raise ValueError(
+                "an empty list gives the stage no tasks; give at least one seed, or remove seeds"
+            )
+        return seeds
 
     @model_validator(mode="after")
     def _no_clash(self) -> Stage:
@@ -103,12 +108,12 @@ class Stage(Strict):
 
 
 class Study(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: SafeName
     description: str = ""
-    seed: int = 0
+    seed: Seed = 0
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     resources: Resources = Field(default_factory=Resources, description="defaults for every stage")
-    stages: dict[str, Stage]
+    stages: dict[SafeName, Stage]
 
     @field_validator("stages")
     @classmethod

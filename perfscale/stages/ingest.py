@@ -13,6 +13,11 @@ from perfscale.stages.base import StageContext, StageParams, stage_kind
 class IngestParams(StageParams):
     kind: str = Field(description="importer: caliper, sacct, csv, parquet, ... (`perfscale ingest --help`)")
     source: str = Field(description="file or folder (searched recursively); relative to the study's folder")
+    keep_provenance: bool = Field(
+        False,
+        description="make the importer's provenance columns (`_source_file`...) data columns "
+        "(`source_file`); by default they are kept in the shard but hidden from downstream stages",
+    )
 
 
 @stage_kind("ingest", IngestParams)
@@ -22,4 +27,5 @@ def ingest(ctx: StageContext, params: IngestParams) -> pa.Table:
     from perfscale.ingest.registry import is_named_source
 
     named = is_named_source(params.kind, params.source)  # DEFAULT or a named data set, not a path
-    return read_source(params.kind, params.source if named else ctx.store.study_dir / Path(params.source))
+    source = params.source if named else ctx.store.study_dir / Path(params.source)
+    return read_source(params.kind, source, keep_provenance=params.keep_provenance)

@@ -2,7 +2,9 @@
 
 * `predict-by-generation`: hide a target column of the real holdout, fill it with `Generator.impute`
   conditioned on the other columns, and score the predictions against the truth (MSE, MAE and R^2 for a
-  numeric target, accuracy for a categorical one);
+  numeric target, accuracy for a categorical one). A row whose other columns the model generates too
+  rarely is predicted by a relaxed match (`method` = fallback, see perfscale.generators.conditional)
+  instead of failing the task; `fallback_share` is the share of such rows;
 * `recommend`: the configurations a model generates under conditions (e.g. "wall_time_s < 0.5"), most
   frequent first: PERFGEN's decision-making question "which settings meet this runtime bound?".
 
@@ -11,6 +13,7 @@ Both are `foreach: <train stage>`: one task per trained model.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -20,6 +23,8 @@ from pydantic import Field
 from perfscale.errors import BadInput
 from perfscale.stages.base import StageContext, StageParams, stage_kind
 from perfscale.stages.generate import load_upstream_generator, real_table
+
+log = logging.getLogger(__name__)
 
 
 class PredictParams(StageParams):
@@ -31,7 +36,8 @@ class PredictParams(StageParams):
 
 @stage_kind("predict-by-generation", PredictParams)
 def predict_by_generation(ctx: StageContext, params: PredictParams) -> pd.DataFrame:
-    """Rows: generator, target, row, truth and prediction, plus the task's scores (accuracy or mse/mae/r2)."""
+    """Rows: generator, target, row, truth and prediction, method (generation | fallback), plus the task's
+    scores (accuracy or mse/mae/r2, over all rows) and fallback_share."""
     generator, name = load_upstream_generator(ctx)
     holdout = real_table(ctx, params.source, "holdout")
     if params.target not in holdout.columns:
@@ -44,8 +50,20 @@ def predict_by_generation(ctx: StageContext, params: PredictParams) -> pd.DataFr
         holdout = holdout.iloc[picked].reset_index(drop=True)
     masked = holdout.copy()
     masked[params.target] = None
-    filled = generator.impute(masked, seed=ctx.seed, draws=params.draws)
+    # a value the model never saw (a rare category that the split put in the holdout only) falls back too
+    filled = generator.impute(masked, seed=ctx.seed, draws=params.draws, relax_unseen=True)
     truth, prediction = holdout[params.target], filled[params.target]
+    fallback = np.zeros(len(holdout), dtype=bool)
+    if generator.last_imputation is not None:
+        fallback[list(generator.last_imputation.fallback_rows)] = True
+    if fallback.any():
+        log.warning(
+            "%s: %d of %d holdout rows predicted by a relaxed match (their other columns are too rare for "
+            "the model, or never seen in training)",
+            name,
+            int(fallback.sum()),
+            len(holdout),
+        )
     column_type = generator.meta.columns[params.target].type
     scores = prediction_scores(truth, prediction, column_type)
     # numeric targets in truth/prediction (float), categorical ones in truth_label/prediction_label (text),
@@ -54,8 +72,9 @@ def predict_by_generation(ctx: StageContext, params: PredictParams) -> pd.DataFr
         values = {"truth_label": truth.astype(str), "prediction_label": prediction.astype(str)}
     else:
         values = {"truth": truth.astype(float), "prediction": prediction.astype(float)}
-    out = pd.DataFrame({"row": np.arange(len(holdout)), **values})
-    return out.assign(generator=name, target=params.target, **scores)
+    method = np.where(fallback, "fallback", "generation")
+    out = pd.DataFrame({"row": np.arange(len(holdout)), **values, "method": method})
+    return out.assign(generator=name, target=params.target, fallback_share=float(fallback.mean()), **scores)
 
 
 def prediction_scores(truth: pd.Series, prediction: pd.Series, column_type: str) -> dict[str, float]:

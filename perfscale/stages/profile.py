@@ -33,16 +33,26 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import os
 import shlex
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails
 
 from perfscale.collect import papi, perf
 from perfscale.collect.command import (
@@ -61,7 +71,7 @@ from perfscale.collect.kernels import build_kernels
 from perfscale.collect.machine import MACHINE_COLUMNS, captured_env, check_env_patterns, machine_metadata
 from perfscale.errors import BadInput, FailureKind, PerfscaleError, TaskFailure
 from perfscale.spec.site import Site
-from perfscale.stages.base import StageContext, StageParams, stage_kind
+from perfscale.stages.base import Problems, StageContext, StageParams, checked_once, freeze, stage_kind
 from perfscale.store.run import PROVENANCE_COLUMNS
 
 #: placeholders perfscale fills itself; variables may not use these names
@@ -135,69 +145,111 @@ class ProfileParams(StageParams):
             raise ValueError(f"collectors: each collector once, got {collectors}")
         return collectors
 
-    @model_validator(mode="after")
-    def _check(self, info: ValidationInfo) -> ProfileParams:
-        site = (info.context or {}).get("site")  # the planner passes the site the study will run on
+    @model_validator(mode="wrap")
+    @classmethod
+    def _check(
+        cls, data: Any, handler: ModelWrapValidatorHandler[ProfileParams], info: ValidationInfo
+    ) -> Any:
+        """Every problem at once, each at its field: the variables' (read from the raw input, so they are
+        reported with the fields' own errors), then those that need valid fields."""
+        problems = Problems()
+        fields = cls.model_fields
+        if isinstance(data, Mapping):
+            _check_variables({k: v for k, v in data.items() if k not in fields}, problems)
         try:
-            _check_variables(self.variables)
-            _check_env_names(self.env)
-            _check_foms(self.fom, self.variables)
-            _check_events(self, site)
+            params = handler(data)
+        except ValidationError as exc:
+            problems.raise_all(cls, exc)
+            raise
+
+        if isinstance(data, Mapping):  # the planner's case: keyed by what _field_problems reads, the fields
+            # as given (cheaper than a dump) and the variables' names, not their values
+
+            def key() -> Hashable:
+                return freeze({k: v for k, v in data.items() if k in fields}), tuple(sorted(params.variables))
+
+            problems.extend(checked_once(info, key, lambda: params._field_problems(info)))
+        else:
+            problems.extend(params._field_problems(info))
+        problems.raise_all(cls)
+        return params
+
+    def _field_problems(self, info: ValidationInfo) -> list[InitErrorDetails]:
+        """Problems that need valid fields: env names, FOMs, events (against the site), templates."""
+        site = (info.context or {}).get("site")  # the planner passes the site the study will run on
+        problems = Problems()
+        for name in self.env:
+            if not name or "=" in name or "\0" in name:
+                problems.add(("env", name), "not a valid environment variable name", name)
+        _check_foms(self.fom, self.variables, problems)
+        with problems.check("perf_events"):
+            _check_perf_events(self)
+        with problems.check("papi_events"):
+            _check_papi_events(self, site)
+        with problems.check("env_capture"):
             check_env_patterns(self.env_capture)
-            known = set(self.variables) | set(BUILTIN_NAMES)
-            for where, text in self.templates().items():
+        known = set(self.variables) | set(BUILTIN_NAMES)
+        for where, text in self.templates().items():
+            loc = tuple(where.split(".", 1))
+            with problems.check(*loc, value=text):
                 unknown = [n for n in placeholders(text, where) if n not in known]
                 if unknown:
                     names = ", ".join(sorted(known))
-                    raise ValueError(f"{where}: unknown placeholder {{{unknown[0]}}}; known names: {names}")
-        except BadInput as exc:  # pydantic reports ValueErrors as validation errors
-            raise ValueError(str(exc)) from None
-        return self
+                    raise ValueError(f"unknown placeholder {{{unknown[0]}}}; known names: {names}")
+        return problems.found
 
 
-def _check_variables(variables: dict[str, Any]) -> None:
-    fields = list(ProfileParams.model_fields)
+@functools.lru_cache(maxsize=4096)
+def _variable_name_problem(name: str) -> str | None:
+    """What is wrong with a variable's name (a pure function of it: planning asks once per name)."""
+    if not name.isidentifier():
+        return "not a valid variable name; use letters, digits and underscores"
+    typo = difflib.get_close_matches(name, list(ProfileParams.model_fields), n=1, cutoff=0.8)
+    if typo:
+        return f"unknown field; did you mean {typo[0]!r}? (rename it if it is a variable)"
+    if name in BUILTIN_NAMES or name in _RESERVED_COLUMNS or name.startswith(RESERVED_PREFIXES):
+        return f"variable {name!r}: the name is reserved by perfscale; rename it"
+    return None
+
+
+def _check_variables(variables: Mapping[str, Any], problems: Problems) -> None:
     for name, value in variables.items():
-        if not name.isidentifier():
-            raise ValueError(f"variable {name!r}: not a valid name; use letters, digits and underscores")
-        typo = difflib.get_close_matches(name, fields, n=1, cutoff=0.8)
-        if typo:
-            raise ValueError(
-                f"{name!r}: unknown field; did you mean {typo[0]!r}? (rename it if it is a variable)"
-            )
-        if name in BUILTIN_NAMES or name in _RESERVED_COLUMNS or name.startswith(RESERVED_PREFIXES):
-            raise ValueError(f"variable {name!r}: the name is reserved by perfscale; rename it")
-        if not isinstance(value, _SCALAR):
+        problem = _variable_name_problem(name) if isinstance(name, str) else "not a valid variable name"
+        if problem is not None:
+            problems.add((name,), problem)
+        elif not isinstance(value, _SCALAR):
             kind = type(value).__name__
-            raise ValueError(f"variable {name!r}: must be a string, number or boolean, not a {kind}")
-
-
-def _check_env_names(env: dict[str, str]) -> None:
-    for name in env:
-        if not name or "=" in name or "\0" in name:
-            raise ValueError(f"env.{name}: not a valid environment variable name")
-
-
-def _check_foms(foms: dict[str, str], variables: dict[str, Any]) -> None:
-    for name in foms:
-        if not name.isidentifier():
-            raise ValueError(f"fom.{name}: not a valid column name; use letters, digits and underscores")
-        if name in variables or name in _RESERVED_COLUMNS or name.startswith(RESERVED_PREFIXES):
-            raise ValueError(
-                f"fom.{name}: the column name is already taken by a variable or perfscale; rename it"
+            problems.add(
+                (name,), f"variable {name!r}: must be a string, number or boolean, not a {kind}", value
             )
-    compile_foms(foms)
 
 
-def _check_events(params: ProfileParams, site: Site | None) -> None:
-    """Event names, before anything runs. Names are always checked for form; where the perf collector is on
-    and this machine has perf, names it does not know are rejected too. Native PAPI names are checked
-    against the site (papi_native_check), never against a planning host that will not run the tasks."""
+def _check_foms(foms: dict[str, str], variables: dict[str, Any], problems: Problems) -> None:
+    for name, pattern in foms.items():
+        if not name.isidentifier():
+            problems.add(("fom", name), "not a valid column name; use letters, digits and underscores")
+        elif name in variables or name in _RESERVED_COLUMNS or name.startswith(RESERVED_PREFIXES):
+            problems.add(
+                ("fom", name), "the column name is already taken by a variable or perfscale; rename it"
+            )
+        else:
+            with problems.check("fom", name, value=pattern):
+                compile_foms({name: pattern})
+
+
+def _check_perf_events(params: ProfileParams) -> None:
+    """perf event names, before anything runs: always checked for form; where the perf collector is on and
+    this machine has perf, names it does not know are rejected too."""
     perf_here = perf.find_perf(os.environ) if "perf" in params.collectors else None
     perf.check_perf_events(params.perf_events, "perf_events", perf_here)
     taken = sorted(set(perf.perf_columns(params.perf_events)) & set(MACHINE_COLUMNS))
     if taken:
         raise BadInput(f"perf_events: column {taken[0]} is taken by the machine description; drop that event")
+
+
+def _check_papi_events(params: ProfileParams, site: Site | None) -> None:
+    """PAPI event names: native ones are checked against the site (papi_native_check), never against a
+    planning host that will not run the tasks."""
     native = papi_native_check(params, site) if "papi" in params.collectors else None
     papi.check_papi_events(params.papi_events, "papi_events", native)
 

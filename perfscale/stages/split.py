@@ -26,8 +26,15 @@ def split(ctx: StageContext, params: SplitParams) -> pd.DataFrame:
     if params.columns is not None:
         missing = [c for c in params.columns if c not in table.columns]
         if missing:
+            hint = (
+                "; columns starting with `_` are provenance, hidden from stages (the ingest stage's "
+                "keep_provenance: true makes an importer's ones data)"
+                if any(c.startswith("_") for c in missing)
+                else ""
+            )
             raise BadInput(
                 f"split.columns names {missing}, not in {params.source!r}; available: {sorted(table.columns)}"
+                + hint
             )
         table = table[params.columns]
     if SPLIT_COLUMN in table.columns:

@@ -11,9 +11,10 @@ import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+if TYPE_CHECKING:  # pyarrow loads on first table write, so text writers stay light to import
+    import pyarrow as pa
 
 _FSYNC = os.environ.get("PERFSCALE_FSYNC", "0") == "1"
 
@@ -42,6 +43,9 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
 
 
 def _write_parquet(table: pa.Table, tmp: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     with pa.OSFile(str(tmp), "wb") as sink:  # an explicit OSFile skips filesystem inference (~20% faster)
         pq.write_table(table, sink)
 
@@ -51,4 +55,4 @@ def atomic_write_table(table: pa.Table, path: Path) -> Path:
 
 
 def atomic_write_text(text: str, path: Path) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

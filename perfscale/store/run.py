@@ -4,9 +4,11 @@ RUN/
   manifest.json            run metadata (study, site, host, created, perfscale version)
   study.yaml  site.yaml    the exact inputs the run was started from
   plan.parquet             one row per task (see perfscale.plan)
-  stages/<stage>/<key>.parquet     one shard per finished task: the only completion marker
+  stages/<stage>/<key>.parquet     one shard per finished task: the only completion marker (its footer
+                                   says which task, how many rows and which artifacts; see store/shards.py)
   artifacts/<stage>/<key>/         files a task leaves besides its shard (trained models, logs)
   attempts/*.parquet               attempts table, appended in batches
+  quarantine/                      damaged files moved out of the way (see store/recover.py)
   report/index.html
 """
 
@@ -27,13 +29,15 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 import perfscale
 from perfscale.errors import PerfscaleError
 from perfscale.plan.planner import Plan
 from perfscale.spec.site import Site
+from perfscale.store import recover
 from perfscale.store.atomic import atomic_write_table, atomic_write_text
+from perfscale.store.lock import LOCK_NAME
+from perfscale.store.shards import check_shard, list_artifacts, shard_metadata
 
 # provenance columns added to every shard row; the leading underscore keeps them apart from the data's own
 # columns (a job trace has its own duration_s, a profile its own host)
@@ -138,6 +142,7 @@ class RunStore:
     ) -> RunStore:
         """Create or re-open a run; the plan is rewritten, shards of unchanged tasks are kept."""
         store = cls(root)
+        store.refuse_foreign(plan.study)
         store.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(study_text, store.root / "study.yaml")
         atomic_write_text(json.dumps(site.model_dump(mode="json"), indent=2), store.root / "site.json")
@@ -158,8 +163,31 @@ class RunStore:
         atomic_write_text(json.dumps(manifest, indent=2), store.manifest_path)
         return store
 
+    def refuse_foreign(self, study: str) -> None:
+        """Raise unless the run folder is new, empty, or a run of `study`: a run never writes into a folder
+        that holds something else (it would overwrite its study.yaml and merge into its manifest.json)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise PerfscaleError(f"run folder {self.root} is a file, not a folder; give another --run-dir")
+        if not self.root.exists() or all(p.name == LOCK_NAME for p in self.root.iterdir()):
+            return  # new, empty, or left with only the lock file of a run that stopped before writing
+        if not self.manifest_path.exists():
+            raise PerfscaleError(
+                f"run folder {self.root} is not empty and is not a perfscale run (no manifest.json); "
+                "give a new or empty --run-dir"
+            )
+        try:
+            theirs = json.loads(self.manifest_path.read_text()).get("study")
+        except (OSError, ValueError, AttributeError):
+            return  # a run whose manifest is damaged: not a foreign folder
+        if theirs != study:
+            raise PerfscaleError(
+                f"run folder {self.root} holds a run of study {theirs!r}, not {study!r}; give another "
+                "--run-dir (or remove that run)"
+            )
+
     def manifest(self) -> dict[str, Any]:
-        return json.loads(self.manifest_path.read_text())
+        """manifest.json; rebuilt with a warning when it is unreadable (see store/recover.py)."""
+        return recover.read_manifest(self)
 
     def check(self) -> RunStore:
         if not self.plan_path.exists():
@@ -169,7 +197,13 @@ class RunStore:
     @cached_property
     def study_dir(self) -> Path:
         """Where the study file was: relative paths in stage parameters are resolved against it."""
-        return Path(self.manifest().get("study_dir", "."))
+        manifest = self.manifest()
+        if "study_dir" not in manifest and "rebuilt_at" in manifest:
+            raise PerfscaleError(
+                f"{self.manifest_path}: was rebuilt and does not know the study's folder (study_dir): "
+                f"run `perfscale run STUDY --run-dir {self.root}` once to record it"
+            )
+        return Path(manifest.get("study_dir", "."))
 
     @cached_property
     def plan(self) -> Plan:
@@ -177,24 +211,75 @@ class RunStore:
 
     @cached_property
     def site(self) -> Site:
-        return Site.model_validate_json((self.root / "site.json").read_text())
+        """site.json; rebuilt with a warning when it is unreadable (see store/recover.py)."""
+        return recover.read_site(self)
+
+    @cached_property
+    def plan_keys(self) -> dict[str, dict[str, int]]:
+        """{stage: {task key: task index}} of the plan, in plan order."""
+        keys: dict[str, dict[str, int]] = {}
+        for t in self.plan.tasks:
+            keys.setdefault(t.stage, {})[t.key] = t.index
+        return keys
 
     # ---- shards -------------------------------------------------------------------------------------
-    def done_keys(self, stage: str) -> set[str]:
-        """Keys with a shard, from one directory listing (temp files are hidden: they start with a dot)."""
+    def listed_keys(self, stage: str) -> set[str]:
+        """Keys with a file at their shard path, from one directory listing, unchecked (temp files are
+        hidden: they start with a dot)."""
         try:
             names = os.listdir(self.stage_dir(stage))
         except FileNotFoundError:
             return set()
         return {n[: -len(".parquet")] for n in names if n.endswith(".parquet") and not n.startswith(".")}
 
-    def write_shard(self, stage: str, key: str, data: pa.Table | pd.DataFrame, prov: Provenance) -> Path:
+    def done_keys(self, stage: str, keys: Iterable[str] | None = None) -> set[str]:
+        """The plan's tasks of `stage` (or `keys`) that are done: their shard's footer names the task, holds
+        its row count, and every artifact it lists is there (store/shards.py). A shard that fails is moved to
+        RUN/quarantine/ with a `corrupt_output` attempt row, and its task is not done."""
+        shards, artifacts = str(self.stage_dir(stage)), str(self.root / "artifacts" / stage)
+        good, bad = set(), {}
+        for key in self._present(stage, keys):  # string paths: pathlib costs ~10 us a shard here
+            path, artifact_dir = f"{shards}/{key}.parquet", f"{artifacts}/{key}"
+            footer, problem = check_shard(path, key, artifact_dir)
+            if problem is not None:
+                bad[key] = problem
+            elif footer is not None:
+                good.add(key)
+        if bad:
+            recover.quarantine_shards(self, stage, bad)
+        return good
+
+    def shard_done(self, stage: str, key: str) -> bool:
+        """Is this one task done? (The check of `done_keys`, for one shard.)"""
+        return key in self.done_keys(stage, [key])
+
+    def _present(self, stage: str, keys: Iterable[str] | None) -> Iterable[str]:
+        """The plan's keys of `stage` that have a file, from one listing; given `keys` are not listed: each
+        is opened, and a missing file costs one failed open (a stage folder may hold 100k shards)."""
+        if keys is None:
+            listed = self.listed_keys(stage)
+            return [k for k in self.plan_keys.get(stage, {}) if k in listed]  # plan order
+        return keys
+
+    def write_shard(
+        self,
+        stage: str,
+        key: str,
+        data: pa.Table | pd.DataFrame,
+        prov: Provenance,
+        attempt: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Write the task's shard; its footer records the key, row count, the task's artifacts (files and
+        sizes) and `attempt`, the record of the attempt writing it."""
         table = to_arrow(data)
         clash = set(table.column_names) & set(PROVENANCE_COLUMNS)
         if clash:
             raise ValueError(f"stage {stage!r} output uses reserved provenance column names {sorted(clash)}")
         for name, column in prov.columns(table.num_rows).items():
             table = table.append_column(name, column)
+        artifacts = list_artifacts(self.artifact_dir(stage, key))
+        meta = shard_metadata(key, table.num_rows, artifacts, attempt)
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
         return atomic_write_table(table, self.shard_path(stage, key))
 
     def read_stage(
@@ -208,17 +293,35 @@ class RunStore:
 
         Shards from different tasks may have different columns; the schemas are unified (missing columns
         become nulls, int64/float64 promote to float64). Shards of keys not in the plan are ignored.
+        `provenance=False` leaves out every `_`-prefixed column: the store's own (PROVENANCE_COLUMNS) and
+        an importer's (`_source_file`), which say where rows came from and are never data.
+        A shard that cannot be read is quarantined (its task runs again at the next `perfscale run`) and
+        raises CorruptFile naming it.
         """
-        wanted = [t.key for t in self.plan.of_stage(stage)] if keys is None else list(keys)
-        done = self.done_keys(stage)
-        files = [str(self.shard_path(stage, k)) for k in wanted if k in done]
+        folder = str(self.stage_dir(stage))
+        files, schemas, bad = [], [], {}
+        for key in self._present(stage, keys):
+            path = f"{folder}/{key}.parquet"
+            footer, problem = check_shard(path, key, None)
+            if problem is not None:
+                bad[key] = problem
+            elif footer is not None:
+                files.append(path)
+                schemas.append(footer.schema)
+        if bad:
+            raise recover.corrupt_shards_error(self, stage, bad)
         if not files:
             return pa.table({})
-        schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
-        schema = schema.remove_metadata()
+        schema = pa.unify_schemas(schemas, promote_options="permissive").remove_metadata()
         dataset = ds.dataset(files, schema=schema, format="parquet")
-        columns = None if provenance else [n for n in schema.names if n not in PROVENANCE_COLUMNS]
-        return dataset.to_table(columns=columns, filter=filter)
+        columns = None if provenance else [n for n in schema.names if not n.startswith("_")]
+        try:
+            return dataset.to_table(columns=columns, filter=filter)
+        except (pa.ArrowException, OSError):
+            bad = recover.unreadable_shards(self, stage, files)  # footers parsed, a data page did not
+            if bad:
+                raise recover.corrupt_shards_error(self, stage, bad) from None
+            raise
 
     # ---- attempts -----------------------------------------------------------------------------------
     def append_attempts(self, records: list[Mapping[str, Any]]) -> None:
@@ -228,11 +331,17 @@ class RunStore:
             atomic_write_table(table, self.root / "attempts" / name)
 
     def attempts(self) -> pd.DataFrame:
+        """Every attempt row. An unreadable attempts file is quarantined with a warning and skipped; a done
+        task without an `ok` row gets the row its shard's footer recorded (store/recover.py)."""
         folder = self.root / "attempts"
         files = sorted(str(p) for p in folder.glob("*.parquet")) if folder.exists() else []
-        if not files:
-            return ATTEMPT_SCHEMA.empty_table().to_pandas()
-        return ds.dataset(files, schema=ATTEMPT_SCHEMA, format="parquet").to_table().to_pandas()
+        table = (
+            recover.read_attempt_files(self, files, ATTEMPT_SCHEMA) if files else ATTEMPT_SCHEMA.empty_table()
+        )
+        recovered = recover.recovered_attempts(self, table)
+        if recovered:
+            table = pa.concat_tables([table, pa.Table.from_pylist(recovered, schema=ATTEMPT_SCHEMA)])
+        return table.to_pandas()
 
     def clear_artifacts(self, stage: str, key: str) -> Path:
         """A fresh, empty artifact folder for a task attempt (leftovers of a killed attempt are removed)."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from perfscale.errors import BadInput
 from perfscale.generators.tabddpm.config import TabDDPMConfig
 from perfscale.generators.tabddpm.diffusion import Diffusion
 from perfscale.generators.tabddpm.model import Denoiser, build_denoiser
+from perfscale.store.atomic import atomic_write
 
 LOSS_NAMES = ("gaussian", "multinomial", "total")
 CHECKPOINT_GLOB = "checkpoint-*.safetensors"
@@ -199,9 +199,7 @@ class Checkpointer:
             "param_groups": json.dumps(optim["param_groups"]),
         }
         path = self.folder / f"checkpoint-{state.step:09d}.safetensors"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
         for old in self.folder.glob(CHECKPOINT_GLOB):
             if old != path:
                 old.unlink(missing_ok=True)
