@@ -241,6 +241,26 @@ def _recommend_section(store: RunStore, stage: str) -> Section | None:
     return section
 
 
+def _fit_predict_section(store: RunStore, stage: str) -> Section | None:
+    """Scores of `fit-predict` models, ROC curves and confusion matrices (perfscale.report.fit_predict)."""
+    from perfscale.report import fit_predict as fp
+
+    df = store.read_stage(stage, provenance=False).to_pandas()
+    if df.empty:
+        return None
+    section = Section(
+        f"Model predictions: {stage}",
+        "Scores on the test rows of each split (mean over folds); resampling touches training rows only.",
+    )
+    section.tables.append(_table(fp.score_table(df)))
+    if "truth_label" in df:
+        section.images.append(_img(fp.roc_curves(df)))
+        section.tables.append(_table(fp.confusion_table(df)))
+    else:
+        section.images.append(_img(fp.predicted_vs_true(df)))
+    return section
+
+
 SECTIONS = {
     "profile": _profile_section,
     "train": _training_section,
@@ -250,6 +270,7 @@ SECTIONS = {
     "metric_study": _metric_study_section,
     "predict-by-generation": _predict_section,
     "recommend": _recommend_section,
+    "fit-predict": _fit_predict_section,
 }
 
 TEMPLATE = """<!doctype html>

@@ -3,6 +3,7 @@
 from perfscale.stages import (  # noqa: F401
     corrupt,
     evaluate,
+    fit_predict,
     function,
     generate,
     ingest,

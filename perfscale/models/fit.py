@@ -1,0 +1,159 @@
+"""Run one model over one split: build the features, split, resample the training rows, fit, predict the
+test rows and score them. The `fit-predict` stage is this function plus the run store."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from perfscale.errors import BadInput
+from perfscale.models.base import is_categorical
+from perfscale.models.features import (
+    apply_nan_rule,
+    calendar_features,
+    check_classes,
+    check_submit_time,
+    history_features,
+)
+from perfscale.models.registry import build_model
+from perfscale.models.resample import Resample, resample_training
+from perfscale.models.scoring import class_scores, regression_scores
+from perfscale.models.splits import SplitKind, make_splits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitSpec:
+    targets: list[str]
+    features: list[str]
+    model: str
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    split: SplitKind = "random"
+    test_fraction: float = 0.25
+    folds: int = 5
+    group_column: str | None = None
+    time_column: str | None = None
+    calendar: bool = False
+    history_by: list[str] = field(default_factory=list)
+    history_outcome: str | None = None
+    end_columns: list[str] | None = None
+    resample: Resample = "none"
+    allow_post_submit_features: bool = False
+    post_submit_columns: list[str] = field(default_factory=list)
+    nan: Literal["error", "drop"] = "error"
+    rows: int | None = None
+
+
+def prepare(table: pd.DataFrame, spec: FitSpec, seed: int) -> tuple[pd.DataFrame, list[str]]:
+    """The table with derived features added and the full feature list; checks inputs first."""
+    check_submit_time(spec.features, spec.allow_post_submit_features, spec.post_submit_columns)
+    missing = [c for c in spec.targets if c not in table.columns]
+    if missing:
+        raise BadInput(f"target columns {missing} are not in the input; columns: {sorted(table.columns)}")
+    missing = [c for c in spec.features if c not in table.columns]
+    if missing:
+        raise BadInput(f"feature columns {missing} are not in the input; columns: {sorted(table.columns)}")
+    overlap = sorted(set(spec.targets) & set(spec.features))
+    if overlap:
+        raise BadInput(f"columns {overlap} are both target and feature")
+    table = table.reset_index(drop=True).assign(_row=np.arange(len(table)))
+    features = list(spec.features)
+    # history is computed on the whole trace before any subsampling: a job's history is every earlier job
+    if spec.history_by:
+        if spec.time_column is None:
+            raise BadInput("history_by needs time_column (the submit time)")
+        hist = history_features(
+            table, spec.history_by, spec.time_column, spec.end_columns, spec.history_outcome
+        )
+        table = pd.concat([table, hist], axis=1)
+        features += list(hist.columns)
+    if spec.calendar:
+        if spec.time_column is None:
+            raise BadInput("calendar: true needs time_column (the submit time, Unix seconds)")
+        cal = calendar_features(table[spec.time_column])
+        table = pd.concat([table, cal], axis=1)
+        features += list(cal.columns)
+    table, dropped = apply_nan_rule(table, features, spec.nan)
+    if dropped:
+        log.warning("dropped %d rows with NaN features (nan: drop)", dropped)
+    if spec.rows is not None and spec.rows < len(table):
+        keep = np.sort(np.random.default_rng([seed, 7]).choice(len(table), spec.rows, replace=False))
+        table = table.iloc[keep]
+    return table.reset_index(drop=True), features
+
+
+def fit_predict(table: pd.DataFrame, spec: FitSpec, seed: int, model_dir: Path | None = None) -> pd.DataFrame:
+    """One row per tested row (every fold's test rows): `row` (position in the input), `fold`, truth and
+    prediction (`truth_label`/`prediction_label` and `prob_<class>` for classes, `truth_<t>`/`pred_<t>` for
+    regression), the training size before and after resampling, and the fold's scores."""
+    table, features = prepare(table, spec, seed)
+    classify = len(spec.targets) == 1 and is_categorical(table[spec.targets[0]])
+    if classify:
+        check_classes(table[spec.targets[0]], spec.targets[0])
+    elif spec.resample != "none":
+        raise BadInput(f"resample {spec.resample!r} is for class targets; {spec.targets} are numeric")
+    folds = make_splits(
+        table,
+        spec.split,
+        seed=seed,
+        test_fraction=spec.test_fraction,
+        k=spec.folds,
+        stratify=spec.targets[0] if classify else None,
+        group_column=spec.group_column,
+        time_column=spec.time_column,
+    )
+    parts = []
+    for i, (train_idx, test_idx) in enumerate(folds):
+        train, test = table.iloc[train_idx], table.iloc[test_idx]
+        model = build_model(spec.model, spec.hyperparameters, seed=seed)
+        if classify:
+            target = spec.targets[0]
+            classes = sorted(table[target].astype(str).unique())
+            y = train[target].astype(str).map({c: j for j, c in enumerate(classes)}).to_numpy(np.int64)
+            if len(np.unique(y)) < len(classes):
+                raise BadInput(f"split {spec.split!r} fold {i}: a class is missing from the training rows")
+            x, y = resample_training(train[features].to_numpy(np.float64), y, spec.resample, seed + i)
+            fit_table = pd.DataFrame(x, columns=features).assign(**{target: np.asarray(classes)[y]})
+            model.fit(fit_table, [target], features, task="classification")
+            proba = model.predict_proba(test)
+            truth = test[target].astype(str).map({c: j for j, c in enumerate(model.classes)}).to_numpy()
+            scores: dict[str, Any] = class_scores(truth, proba, model.classes)
+            out = pd.DataFrame(
+                {
+                    "truth_label": test[target].astype(str).to_numpy(),
+                    "prediction_label": np.asarray(model.classes, dtype=object)[proba.argmax(axis=1)],
+                    **{f"prob_{c}": proba[:, j] for j, c in enumerate(model.classes)},
+                }
+            )
+        else:
+            model.fit(train, spec.targets, features, task="regression")
+            pred = model.predict(test)
+            truth = test[spec.targets].to_numpy(np.float64)
+            scores = regression_scores(truth, pred.to_numpy(np.float64), spec.targets)
+            out = pd.DataFrame(
+                {
+                    **{f"truth_{t}": truth[:, j] for j, t in enumerate(spec.targets)},
+                    **{f"pred_{t}": pred[t].to_numpy(np.float64) for t in spec.targets},
+                }
+            )
+        if model_dir is not None and i == len(folds) - 1:
+            model.save(model_dir)
+        parts.append(
+            out.assign(
+                row=test["_row"].to_numpy(),
+                fold=i,
+                train_rows=len(train),
+                train_rows_fitted=len(x) if classify else len(train),
+                test_rows=len(test),
+                **scores,
+            )
+        )
+    return pd.concat(parts, ignore_index=True).assign(
+        model=spec.model, split=spec.split, resample=spec.resample, features=",".join(features)
+    )

@@ -1,0 +1,50 @@
+"""Scores of predictions: macro one-vs-rest AUC-ROC, per-class F1, accuracy and the confusion matrix for
+classes; MAE, RMSE and R^2 per target for regression. ROC curve points for the report."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def class_scores(truth: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> dict[str, float | str]:
+    """truth: class indices; proba: (n, classes). A class absent from the test rows gets no AUC term."""
+    from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
+
+    predicted = proba.argmax(axis=1)
+    labels = list(range(len(classes)))
+    present = [i for i in labels if (truth == i).any() and (truth != i).any()]
+    aucs = [roc_auc_score(truth == i, proba[:, i]) for i in present]
+    f1 = f1_score(truth, predicted, labels=labels, average=None, zero_division=0)
+    scores: dict[str, float | str] = {
+        "auc_macro": float(np.mean(aucs)) if aucs else float("nan"),
+        "accuracy": float((predicted == truth).mean()),
+        "f1_macro": float(np.mean(f1)),
+    }
+    for i, c in enumerate(classes):
+        scores[f"f1_{c}"] = float(f1[i])
+    matrix = confusion_matrix(truth, predicted, labels=labels)
+    scores["confusion"] = json.dumps({"classes": list(classes), "matrix": matrix.tolist()})
+    return scores
+
+
+def regression_scores(truth: np.ndarray, prediction: np.ndarray, targets: Sequence[str]) -> dict[str, float]:
+    truth, prediction = truth.reshape(len(truth), -1), prediction.reshape(len(prediction), -1)
+    scores: dict[str, float] = {}
+    for j, t in enumerate(targets):
+        err = truth[:, j] - prediction[:, j]
+        var = float(np.var(truth[:, j]))
+        scores[f"mae_{t}"] = float(np.mean(np.abs(err)))
+        scores[f"rmse_{t}"] = float(np.sqrt(np.mean(err**2)))
+        scores[f"r2_{t}"] = 1 - float(np.mean(err**2)) / var if var else 0.0
+    return scores
+
+
+def roc_points(truth: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False and true positive rates of one class against the rest."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(truth, score)
+    return fpr, tpr

@@ -1,0 +1,73 @@
+"""Train/test splits as lists of (train rows, test rows) index arrays (positions into the table).
+
+* `holdout` / `random`: one seeded shuffle, `test_fraction` of the rows tested (stratified by class when the
+  target is a class, so each class is on both sides);
+* `kfold`: k seeded folds (stratified for classes); every row is tested once;
+* `group`: leave one group out (one fold per distinct value of `group_column`: a user, a kernel, a machine);
+* `time`: time-ordered: train on the earliest rows, test on the latest `test_fraction` by `time_column`;
+  rows that share the cut's time all go to the test side, so no test row is earlier than a training row.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from perfscale.errors import BadInput
+
+SplitKind = Literal["holdout", "random", "kfold", "group", "time"]
+Fold = tuple[np.ndarray, np.ndarray]
+
+
+def make_splits(
+    table: pd.DataFrame,
+    kind: SplitKind,
+    *,
+    seed: int = 0,
+    test_fraction: float = 0.25,
+    k: int = 5,
+    stratify: str | None = None,
+    group_column: str | None = None,
+    time_column: str | None = None,
+) -> list[Fold]:
+    n = len(table)
+    if kind in ("holdout", "random"):
+        from sklearn.model_selection import train_test_split
+
+        labels = table[stratify].astype(str).to_numpy() if stratify else None
+        train, test = train_test_split(
+            np.arange(n), test_size=test_fraction, random_state=seed, stratify=labels
+        )
+        return [(np.sort(train), np.sort(test))]
+    if kind == "kfold":
+        from sklearn.model_selection import KFold, StratifiedKFold
+
+        if stratify:
+            folds = StratifiedKFold(k, shuffle=True, random_state=seed).split(
+                np.zeros(n), table[stratify].astype(str)
+            )
+        else:
+            folds = KFold(k, shuffle=True, random_state=seed).split(np.zeros(n))
+        return [(np.asarray(a), np.asarray(b)) for a, b in folds]
+    if kind == "group":
+        if group_column is None or group_column not in table.columns:
+            raise BadInput(f"split 'group' needs group_column naming a column; got {group_column!r}")
+        groups = table[group_column].astype(str).to_numpy()
+        values = np.unique(groups)
+        if len(values) < 2:
+            raise BadInput(f"split 'group': column {group_column!r} has one value; leave-one-out needs two")
+        return [(np.flatnonzero(groups != g), np.flatnonzero(groups == g)) for g in values]
+    if kind == "time":
+        if time_column is None or time_column not in table.columns:
+            raise BadInput(f"split 'time' needs time_column naming a column; got {time_column!r}")
+        t = table[time_column].to_numpy(np.float64)
+        if not np.isfinite(t).all():
+            raise BadInput(f"split 'time': column {time_column!r} has missing times; drop those rows first")
+        cut = np.sort(t)[int(np.floor(n * (1 - test_fraction)))]
+        train, test = np.flatnonzero(t < cut), np.flatnonzero(t >= cut)
+        if len(train) == 0:
+            raise BadInput(f"split 'time': every row has the cut's time {cut}; nothing earlier to train on")
+        return [(train, test)]
+    raise BadInput(f"unknown split {kind!r}; choose holdout, random, kfold, group or time")
