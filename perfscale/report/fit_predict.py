@@ -36,15 +36,23 @@ def roc_curves(df: pd.DataFrame) -> bytes:
     classes = sorted(c[len("prob_") :] for c in df.columns if c.startswith("prob_"))
     fig, axes = _grid(len(classes), cols=3, size=4.0)
     df = df.assign(_label=label(df))
+    models = sorted(df["model"].unique())
     for ax, cls in zip(axes.flat, classes, strict=False):
         for name, part in df.groupby("_label"):
+            # colour: the model; line: solid random, dashed time-ordered; thin with resampling
+            first = part.iloc[0]
+            style = {
+                "color": f"C{models.index(first['model']) % 10}",
+                "ls": "--" if first["split"] == "time" else "-",
+                "lw": 0.7 if first["resample"] != "none" else 1.3,
+            }
             probs = part[f"prob_{cls}"]
             keep = probs.notna()
             truth = (part["truth_label"] == cls)[keep]
             if truth.all() or not truth.any():
                 continue
             fpr, tpr = roc_points(truth.to_numpy(), probs[keep].to_numpy())
-            ax.plot(fpr, tpr, lw=1, label=str(name))
+            ax.plot(fpr, tpr, label=str(name), **style)
         ax.plot([0, 1], [0, 1], color="#999", lw=0.6, ls="--")
         ax.set_title(f"{cls} vs rest")
         ax.set_xlabel("false positive rate")
