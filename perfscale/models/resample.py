@@ -5,6 +5,8 @@ Resampling is applied to the training rows of each split only, after the split. 
 with near copies of themselves (and of their neighbours) in the training set, and Tomek-link cleaning
 removes hard border rows from what becomes the test set: the test set is then neither real nor unseen,
 and the scores are optimistic.
+
+The resampling runs on one thread, so its result does not depend on the machine (see below).
 """
 
 from __future__ import annotations
@@ -37,7 +39,13 @@ def resample_training(
     if smallest < 2:
         raise BadInput(f"resample: a training class has {smallest} row; SMOTE needs two or more")
     k = min(k_neighbors, smallest - 1)
+    from threadpoolctl import threadpool_limits
+
     sampler = SMOTETomek(smote=SMOTE(k_neighbors=k, random_state=seed), random_state=seed)
-    xr, yr = sampler.fit_resample(x, y)
+    # one thread: with several, the neighbour search breaks distance ties (repeated rows are common in job
+    # traces) in a thread-dependent order, and Tomek cleaning removes different rows (34,098 vs 34,102
+    # training rows on Mira with 2 threads vs 1)
+    with threadpool_limits(1):
+        xr, yr = sampler.fit_resample(x, y)
     log.info("SMOTETomek: %d training rows -> %d", len(y), len(yr))
     return np.asarray(xr, dtype=np.float64), np.asarray(yr, dtype=np.int64)
