@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from perfscale.errors import BadInput, SpecError
@@ -21,7 +22,7 @@ from perfscale.models.fit import FitSpec, fit_predict
 from perfscale.models.resample import resample_training
 from perfscale.models.splits import make_splits
 from perfscale.report import build_report
-from perfscale.runner import prepare_run
+from perfscale.runner import prepare_run, run_plan
 from perfscale.spec import load_site
 from perfscale.stages.fit_predict import FitPredictParams
 
@@ -251,3 +252,22 @@ def test_stage_and_report(write_study, tmp_path: Path) -> None:
     page = build_report(store).read_text()
     assert "Model predictions: fit" in page and "auc_macro" in page and "data:image/png" in page
     assert "section not drawn" not in page
+
+
+@pytest.mark.slow
+def test_endstate_workflow_reduced(tmp_path: Path) -> None:
+    """workflows/endstate.yaml through the local engine on 1,500 Mira jobs, two models."""
+    study = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflows" / "endstate.yaml").read_text())
+    study["stages"]["trace"]["params"]["source"] = str(MIRA)
+    fit = study["stages"]["fit"]
+    fit["params"]["rows"] = 1500
+    fit["grid"]["product"]["model"] = ["mean", "xgboost"]
+    path = tmp_path / "endstate-small.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    store = prepare_run(path, load_site("local"), tmp_path / "run")
+    summary = run_plan(store, "local", workers=2, progress=False)
+    assert {s: (v.done, v.failed) for s, v in summary.items()} == {"trace": (1, 0), "fit": (6, 0)}
+    scores = store.read_stage("fit", provenance=False).to_pandas().groupby(["model", "split", "resample"])
+    auc = scores["auc_macro"].first()
+    assert (auc.loc["mean"] == 0.5).all() and (auc.loc["xgboost"] > 0.7).all(), auc
+    assert "Model predictions: fit" in build_report(store).read_text()
