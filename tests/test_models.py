@@ -271,3 +271,23 @@ def test_endstate_workflow_reduced(tmp_path: Path) -> None:
     auc = scores["auc_macro"].first()
     assert (auc.loc["mean"] == 0.5).all() and (auc.loc["xgboost"] > 0.7).all(), auc
     assert "Model predictions: fit" in build_report(store).read_text()
+
+
+def test_sacct_end_states() -> None:
+    """Real sacct output (tests/data/sacct): timestamps as times, sacct's post-submit columns refused."""
+    from perfscale.ingest.sacct import read_sacct
+
+    data = Path(__file__).parent / "data" / "sacct"
+    jobs = read_sacct([data / "cluster-jobs-allocations.txt", data / "cgroup-oom-nodefail-requeue.txt"])
+    table = jobs.to_pandas().dropna(subset=["submit", "end"]).reset_index(drop=True)
+    hist = history_features(table, ["account"], "submit", ["end"], "state")
+    submit = table["submit"].map(lambda t: t.timestamp())
+    end = table["end"].map(lambda t: t.timestamp())
+    for i in range(len(table)):
+        same = table["account"] == table["account"][i]
+        assert hist["account_prior_jobs"][i] == (same & (submit < submit[i])).sum()
+        assert hist["account_prior_ended"][i] == (same & (end < submit[i])).sum()
+    assert hist["account_prior_ended"].max() > 0
+    for column in ("elapsed_s", "queue_wait_s", "exit_code", "max_rss_bytes", "alloc_cpus"):
+        with pytest.raises(ValidationError, match=f"{column}.*known only after"):
+            FitPredictParams(source="t", targets=["state"], features=["req_cpus", column], model="mean")

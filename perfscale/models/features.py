@@ -30,6 +30,11 @@ POST_SUBMIT_COLUMNS = frozenset(
         "run_time", "runtime", "elapsed", "elapsed_s", "duration_s", "wait_time", "wait_s", "queue_time",
         "state", "exit_code", "exitcode", "status", "new_status", "end_time", "end", "start_time", "start",
         "node_hour", "node_hours", "cpu_time", "total_cpu", "max_rss", "consumed_energy", "derived_exit_code",
+        # sacct (perfscale.ingest.sacct): what the job used or got, and why it ended
+        "queue_wait_s", "exit_signal", "derived_exit_signal", "cancelled_by", "reason", "alloc_cpus",
+        "alloc_nodes", "alloc_mem_bytes", "alloc_gpus", "alloc_tres", "nodelist", "max_rss_bytes",
+        "ave_rss_bytes", "max_vmsize_bytes", "ave_cpu_s", "total_cpu_s", "user_cpu_s", "system_cpu_s",
+        "cpu_time_s", "n_steps",
     }
 )  # fmt: skip
 
@@ -59,9 +64,17 @@ def check_submit_time(features: Sequence[str], allow: bool, extra: Sequence[str]
 CALENDAR = ("submit_hour", "submit_day_of_week", "submit_day_of_month")
 
 
+def unix_seconds(column: pd.Series) -> np.ndarray:
+    """Times as float Unix seconds: numbers as they are (Mira), timestamps converted (sacct); NaT -> NaN."""
+    if pd.api.types.is_datetime64_any_dtype(column):
+        t = pd.to_datetime(column, utc=True)
+        return np.where(t.isna(), np.nan, (t - pd.Timestamp(0, tz="UTC")).dt.total_seconds())
+    return column.to_numpy(np.float64)
+
+
 def calendar_features(times: pd.Series) -> pd.DataFrame:
-    """Hour, day of week (Monday 0) and day of month of Unix-second submit times, in UTC."""
-    t = pd.to_datetime(times.to_numpy(np.float64), unit="s", utc=True)
+    """Hour, day of week (Monday 0) and day of month of submit times (Unix seconds or timestamps), in UTC."""
+    t = pd.to_datetime(unix_seconds(times), unit="s", utc=True)
     return pd.DataFrame(
         {CALENDAR[0]: t.hour, CALENDAR[1]: t.dayofweek, CALENDAR[2]: t.day}, index=times.index
     ).astype(np.float64)
@@ -78,13 +91,14 @@ def history_features(
     """History features of each row's group (see the module docstring), in the table's row order.
 
     `end_columns` are summed into the end time (Mira: submit_time + wait_time + run_time; sacct: end).
+    Times are Unix seconds or timestamps.
     """
     for c in [*by, time_column, *(end_columns or ()), *([outcome] if outcome else [])]:
         if c not in table.columns:
             raise BadInput(
                 f"history features: column {c!r} is not in the table; columns: {list(table.columns)}"
             )
-    submit = table[time_column].to_numpy(np.float64)
+    submit = unix_seconds(table[time_column])
     if not np.isfinite(submit).all():
         raise FutureHistory(f"history features: {time_column!r} has missing times, so 'earlier' is undefined")
     end = None
@@ -94,7 +108,7 @@ def history_features(
                 f"history of {outcome!r} needs end_columns (when each job ended): counting outcomes by "
                 "submit time would let a job see the end state of earlier jobs still queued or running"
             )
-        end = table[list(end_columns)].to_numpy(np.float64).sum(axis=1)
+        end = np.sum([unix_seconds(table[c]) for c in end_columns], axis=0)
         if not np.isfinite(end).all() or (end < submit).any():
             raise FutureHistory(
                 f"history of {outcome!r}: end time ({' + '.join(end_columns)}) is missing or before the "

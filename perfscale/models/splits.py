@@ -62,7 +62,9 @@ def make_splits(
     if kind == "time":
         if time_column is None or time_column not in table.columns:
             raise BadInput(f"split 'time' needs time_column naming a column; got {time_column!r}")
-        t = table[time_column].to_numpy(np.float64)
+        from perfscale.models.features import unix_seconds
+
+        t = unix_seconds(table[time_column])
         if not np.isfinite(t).all():
             raise BadInput(f"split 'time': column {time_column!r} has missing times; drop those rows first")
         cut = np.sort(t)[int(np.floor(n * (1 - test_fraction)))]
