@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from perfscale.store.run import TASK_KEY_COLUMN
+from perfscale.tabular.columns import TASK_KEY_COLUMN
 
 if TYPE_CHECKING:
     from perfscale.plan.planner import Plan, Task
@@ -195,8 +195,8 @@ def _class_param(plan: Plan, task: Task) -> str | None:
 
 def stage_projections(store: RunStore, stage: str) -> list[Projection]:
     """One projection per task (synthetic set) of a `sample` or `corrupt` stage, in plan order."""
-    from perfscale.stages.rank_study import describe_task, unique_labels
-    from perfscale.stages.split import SPLIT_COLUMN, split_part
+    from perfscale.results.labels import describe_task, unique_labels
+    from perfscale.tabular.columns import SPLIT_COLUMN, split_part
 
     plan = store.plan
     tasks = plan.of_stage(stage)
