@@ -47,12 +47,19 @@ class Engine(ABC):
         self.shutdown()
         self.start()
 
+    def abort(self) -> None:
+        """Stop now, tasks in flight included (after an interrupt or an error); by default, `shutdown`."""
+        self.shutdown()
+
     def __enter__(self) -> Engine:
         self.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.shutdown()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is None:
+            self.shutdown()
+        else:
+            self.abort()
 
 
 class EngineStalled(PerfscaleError):
