@@ -32,6 +32,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,8 @@ from pydantic import ValidationError
 from perfscale.errors import FailureKind, TaskFailure
 from perfscale.plan.planner import Task
 from perfscale.stages import StageContext, get_stage_kind
-from perfscale.store.run import Provenance, RunStore, utcnow
+from perfscale.store.attempt import Attempt, utcnow
+from perfscale.store.run import Provenance, RunStore
 from perfscale.store.space import is_disk_full
 
 _HOST = socket.gethostname()
@@ -106,7 +108,7 @@ class Outcome:
     disk_full: bool = False  # an attempt failed because the disk is full: the run must stop
     failure_kind: str | None = None
     message: str | None = None
-    attempts: list[dict[str, Any]] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
 
 
 def classify(exc: BaseException) -> tuple[FailureKind, int | None]:
@@ -148,28 +150,29 @@ def open_store(root: str | Path) -> RunStore:
 def _attempt_record(
     task: Task,
     attempt: int,
-    started,
+    started: datetime,
     duration: float,
     ok: bool,
     kind: FailureKind | None = None,
     exit_status: int | None = None,
     message: str | None = None,
-) -> dict[str, Any]:
-    return {
-        "task_key": task.key,
-        "stage": task.stage,
-        "index": task.index,
-        "attempt": attempt,
-        "host": _HOST,
-        "pid": os.getpid(),
-        "started_at": started,
-        "ended_at": utcnow(),
-        "duration_s": duration,
-        "ok": ok,
-        "exit_status": 0 if ok else exit_status,
-        "failure_kind": kind.value if kind else None,
-        "message": message,
-    }
+) -> Attempt:
+    """The task's own record of one attempt (this host and process)."""
+    return Attempt(
+        task_key=task.key,
+        stage=task.stage,
+        index=task.index,
+        attempt=attempt,
+        host=_HOST,
+        pid=os.getpid(),
+        started_at=started,
+        ended_at=utcnow(),
+        duration_s=duration,
+        ok=ok,
+        exit_status=0 if ok else exit_status,
+        failure_kind=kind.value if kind else None,
+        message=message,
+    )
 
 
 def execute_task(root: str | Path, index: int, first_attempt: int = 1) -> Outcome:

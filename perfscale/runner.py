@@ -25,8 +25,9 @@ from perfscale.plan.planner import Plan, Task, build_plan
 from perfscale.spec.site import Site
 from perfscale.spec.study import load_study
 from perfscale.store import space
+from perfscale.store.attempt import Attempt
 from perfscale.store.lock import run_lock
-from perfscale.store.run import RunStore, utcnow
+from perfscale.store.run import RunStore
 from perfscale.store.space import DiskFull, disk_full_named, is_disk_full
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class AttemptLog:
     def __init__(self, store: RunStore, every_s: float = 2.0):
         self.store, self.every_s, self.buffer, self.last = store, every_s, [], time.monotonic()
 
-    def add(self, records: list[dict]) -> None:
+    def add(self, records: list[Attempt]) -> None:
         self.buffer.extend(records)
         if time.monotonic() - self.last > self.every_s:
             self.flush()
@@ -186,23 +187,8 @@ def run_plan(
     return summary
 
 
-def _lost_record(t: Task, attempt: int, message: str, kind: FailureKind = FailureKind.NODE_LOST) -> dict:
-    now = utcnow()
-    return {
-        "task_key": t.key,
-        "stage": t.stage,
-        "index": t.index,
-        "attempt": attempt,
-        "host": None,
-        "pid": None,
-        "started_at": now,
-        "ended_at": now,
-        "duration_s": None,
-        "ok": False,
-        "exit_status": None,
-        "failure_kind": kind.value,
-        "message": message,
-    }
+def _lost_record(t: Task, attempt: int, message: str, kind: FailureKind = FailureKind.NODE_LOST) -> Attempt:
+    return Attempt.recorded(t.key, t.stage, t.index, attempt, kind, message)
 
 
 class Watchdog:

@@ -401,7 +401,7 @@ def test_profile_stage_failures_are_classified(profile_run) -> None:
         assert (outcomes[stage].ok, outcomes[stage].failure_kind) == (False, kind), outcomes[stage].message
     fails = outcomes["fails"]
     assert "status 3" in fails.message and "boom" in fails.message
-    assert fails.attempts[-1]["exit_status"] == 3
+    assert fails.attempts[-1].exit_status == 3
 
 
 def test_profile_errors_surface_at_planning(tmp_path: Path) -> None:

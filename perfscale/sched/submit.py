@@ -23,7 +23,8 @@ from perfscale.sched.base import ElementState, Scheduler
 from perfscale.sched.client import CommandClient
 from perfscale.sched.render import batch_scheduler, render_array
 from perfscale.store.atomic import atomic_write_text
-from perfscale.store.run import RunStore, utcnow
+from perfscale.store.attempt import Attempt, utcnow
+from perfscale.store.run import RunStore
 
 
 @dataclass
@@ -242,23 +243,9 @@ def record_scheduler_failures(store: RunStore, states: dict[int, ElementState]) 
         ]
         if message in seen or len(own):
             continue
-        now = utcnow()
+        attempt = int(mine["attempt"].max()) + 1 if len(mine) else 1
         records.append(
-            {
-                "task_key": task.key,
-                "stage": task.stage,
-                "index": index,
-                "attempt": int(mine["attempt"].max()) + 1 if len(mine) else 1,
-                "host": None,
-                "pid": None,
-                "started_at": now,
-                "ended_at": now,
-                "duration_s": None,
-                "ok": False,
-                "exit_status": st.exit_code,
-                "failure_kind": st.failure.value,
-                "message": message,
-            }
+            Attempt.recorded(task.key, task.stage, index, attempt, st.failure, message, st.exit_code)
         )
     store.append_attempts(records)
     return len(records)
