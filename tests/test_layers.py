@@ -46,6 +46,13 @@ def test_plan_and_store_import_light(module: str):
     assert "pandas" not in modules or module == "perfscale.store.run"
 
 
+def test_the_sacct_importer_loads_no_array_mode():
+    sched = sorted(
+        m for m in loaded_after("import perfscale.ingest.sacct") if m.startswith("perfscale.sched")
+    )
+    assert sched == ["perfscale.sched", "perfscale.sched.slurm_fields"]
+
+
 def test_planning_loads_only_the_kinds_a_study_names(tmp_path: Path):
     (tmp_path / "study.yaml").write_text(
         "name: light\nstages:\n  a:\n    kind: noop\n    grid: {product: {x: [1, 2]}}\n"
