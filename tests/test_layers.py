@@ -39,11 +39,19 @@ def heavy(modules: set[str]) -> list[str]:
     return sorted(m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY))
 
 
-@pytest.mark.parametrize("module", ["perfscale.plan", "perfscale.store", "perfscale.store.run"])
+@pytest.mark.parametrize(
+    "module",
+    ["perfscale.plan", "perfscale.store", "perfscale.store.run", "perfscale.spec"],
+)
 def test_plan_and_store_import_light(module: str):
     modules = loaded_after(f"import {module}")
     assert heavy(modules) == []
-    assert "pandas" not in modules or module == "perfscale.store.run"
+    assert "pandas" not in modules  # pyarrow.dataset imports it: the store imports that where it reads
+
+
+def test_the_stages_package_loads_no_stage_module():
+    modules = loaded_after("import perfscale.stages")
+    assert sorted(m for m in heavy(modules)) == ["perfscale.stages", "perfscale.stages.base"]
 
 
 def test_the_sacct_importer_loads_no_array_mode():

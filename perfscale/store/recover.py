@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
@@ -113,6 +112,8 @@ def unreadable_shards(store: RunStore, stage: str, paths: list[str]) -> dict[str
 
 def read_attempt_files(store: RunStore, files: list[str], schema: pa.Schema) -> pa.Table:
     """All rows of the attempts files; an unreadable file is quarantined with a warning and skipped."""
+    import pyarrow.dataset as ds  # here: importing it imports pandas
+
     try:
         return ds.dataset(files, schema=schema, format="parquet").to_table()
     except (pa.ArrowException, OSError):

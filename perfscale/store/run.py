@@ -24,11 +24,9 @@ from dataclasses import astuple, dataclass
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as ds
 
 import perfscale
 from perfscale.errors import PerfscaleError
@@ -39,7 +37,12 @@ from perfscale.store.atomic import atomic_write_table, atomic_write_text
 from perfscale.store.attempt import ATTEMPT_SCHEMA, Attempt, utcnow
 from perfscale.store.lock import LOCK_NAME
 from perfscale.store.shards import check_shard, list_artifacts, shard_metadata
+from perfscale.tabular.arrow import to_arrow
 from perfscale.tabular.columns import PROVENANCE_COLUMNS
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow.dataset as ds
 
 
 @dataclass(frozen=True)
@@ -70,12 +73,6 @@ _TYPES = (
     pa.int64(),
     pa.string(),
 )
-
-
-def to_arrow(data: pa.Table | pd.DataFrame) -> pa.Table:
-    if isinstance(data, pd.DataFrame):
-        return pa.Table.from_pandas(data, preserve_index=False).replace_schema_metadata(None)
-    return data
 
 
 class RunStore:
@@ -288,6 +285,8 @@ class RunStore:
         if not files:
             return pa.table({})
         schema = pa.unify_schemas(schemas, promote_options="permissive").remove_metadata()
+        import pyarrow.dataset as ds  # here: importing it imports pandas, which the store needs only to read
+
         dataset = ds.dataset(files, schema=schema, format="parquet")
         columns = None if provenance else [n for n in schema.names if not n.startswith("_")]
         try:
