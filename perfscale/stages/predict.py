@@ -22,7 +22,8 @@ from pydantic import Field
 
 from perfscale.errors import BadInput
 from perfscale.stages.base import StageContext, StageParams, stage_kind
-from perfscale.stages.generate import load_upstream_generator, real_table
+from perfscale.stages.sample import load_upstream_generator
+from perfscale.stages.train import real_table
 
 log = logging.getLogger(__name__)
 
