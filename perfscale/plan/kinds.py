@@ -52,7 +52,7 @@ KINDS: dict[str, str] = {
     "predict-by-generation": "perfscale.stages.predict:predict_by_generation",
     "recommend": "perfscale.stages.predict:recommend",
     "corrupt": "perfscale.stages.corrupt:corrupt",
-    "metric_study": "perfscale.stages.rank_study:metric_study",
+    "metric_study": "perfscale.stages.metric_study:metric_study",
     "function": "perfscale.stages.function:function",
     "noop": "perfscale.stages.function:noop",
 }
