@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from perfscale.collect.builtin_kernels import BUILD_INFO, KERNEL_FOMS, KERNELS, build_kernels
 from perfscale.collect.command import (
     USAGE_COLUMNS,
     compile_foms,
@@ -25,7 +26,6 @@ from perfscale.collect.command import (
     render_text,
     run_command,
 )
-from perfscale.collect.kernels import BUILD_INFO, KERNEL_FOMS, KERNELS, build_kernels
 from perfscale.collect.machine import MACHINE_COLUMNS, machine_metadata
 from perfscale.errors import BadInput, PerfscaleError, SpecError
 from perfscale.execute import execute_task
