@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import warnings
 from pathlib import Path
+from typing import TextIO
 
 from rich.console import Console
 from rich.table import Table
@@ -374,8 +376,28 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _show_deprecation(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """perfscale's own deprecations (old spellings in a study) as one line; others as Python shows them."""
+    if issubclass(category, DeprecationWarning) and "/perfscale/" in filename.replace("\\", "/"):
+        print(f"perfscale: warning: {message}", file=sys.stderr)
+    else:
+        _SHOW_WARNING(message, category, filename, lineno, file, line)
+
+
+_SHOW_WARNING = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    warnings.filterwarnings("default", category=DeprecationWarning, module=r"perfscale\.")
+    warnings.showwarning = _show_deprecation
     try:
         return args.fn(args)
     except PerfscaleError as exc:

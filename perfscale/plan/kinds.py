@@ -49,7 +49,7 @@ KINDS: dict[str, str] = {
     "train": "perfscale.stages.train:train",
     "sample": "perfscale.stages.sample:sample",
     "evaluate": "perfscale.stages.evaluate:evaluate",
-    "predict-by-generation": "perfscale.stages.predict:predict_by_generation",
+    "predict_by_generation": "perfscale.stages.predict:predict_by_generation",
     "recommend": "perfscale.stages.predict:recommend",
     "corrupt": "perfscale.stages.corrupt:corrupt",
     "metric_study": "perfscale.stages.metric_study:metric_study",
@@ -58,7 +58,7 @@ KINDS: dict[str, str] = {
 }
 
 # old spelling -> today's name (accepted with a DeprecationWarning)
-RENAMED: dict[str, str] = {}
+RENAMED: dict[str, str] = {"predict-by-generation": "predict_by_generation"}
 
 _REGISTRY: dict[str, StageKind[Any]] = {}
 
