@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-import perfscale.stages.profile  # noqa: F401  (registers the kind until builtin imports it)
 from perfscale.collect.command import (
     USAGE_COLUMNS,
     compile_foms,

@@ -347,8 +347,8 @@ def _encode_rows(table: pd.DataFrame, meta: TableMeta) -> _Rows:
     import numpy as np
     import pandas as pd
 
-    from perfscale.generators._tables import json_value
     from perfscale.metrics.columns import float_values
+    from perfscale.tabular.values import json_value
 
     columns = list(table.columns)
     kinds = {c: meta.columns[c].type for c in columns}

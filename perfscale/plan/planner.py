@@ -13,8 +13,10 @@ from pydantic import BaseModel, ValidationError
 
 import perfscale
 from perfscale.errors import SpecError
+from perfscale.plan.checks import CHECK_CACHE, CheckCache
 from perfscale.plan.grid import expand_grid
 from perfscale.plan.keys import stage_digest, task_key
+from perfscale.plan.kinds import canonical_kind, get_stage_kind
 from perfscale.spec.loader import Loc, format_validation_error, line_prefix, read_yaml
 from perfscale.spec.site import Site
 from perfscale.spec.study import Stage, Study
@@ -164,16 +166,12 @@ class _StudyLines:
 def _validation_context(site: Site | None) -> dict[str, Any]:
     """What stage params models see while a plan is built: the site, and one CheckCache for the whole plan
     (checks that read only fields a grid leaves alone run once, not at every grid point)."""
-    from perfscale.stages.base import CHECK_CACHE, CheckCache
-
     return {"site": site, CHECK_CACHE: CheckCache(site)}
 
 
 def build_plan(study: Study, source: str = "<study>", site: Site | None = None) -> Plan:
     """Expand every stage's grid x repetitions x seeds (x upstream tasks for foreach stages). With `site`,
     what depends on where tasks run (counter events) is checked against it."""
-    from perfscale.stages import get_stage_kind
-
     tasks: list[Task] = []
     keys_by_stage: dict[str, list[str]] = {}
     lines = _StudyLines(source)
@@ -185,7 +183,8 @@ def build_plan(study: Study, source: str = "<study>", site: Site | None = None) 
         upstream_keys: list[str | None] = list(keys_by_stage[spec.foreach]) if spec.foreach else [None]
         seeds = spec.seeds if spec.seeds is not None else [study.seed]
         keys: list[str] = []
-        params_model = get_stage_kind(spec.kind, where=f"{source}: stages.{name}.kind").params
+        kind = canonical_kind(spec.kind, where=lines.where(("stages", name, "kind")))
+        params_model = get_stage_kind(kind, where=f"{source}: stages.{name}.kind").params
         points = expand_grid(spec.grid)
         if not points:
             loc = ("stages", name, "grid", "exclude")
@@ -198,15 +197,13 @@ def build_plan(study: Study, source: str = "<study>", site: Site | None = None) 
             for upstream in upstream_keys:
                 for seed in seeds:
                     for rep in range(spec.repetitions):
-                        key = task_key(
-                            name, spec.kind, {**params, "rep": rep, "seed": seed}, inputs, upstream
-                        )
+                        key = task_key(name, kind, {**params, "rep": rep, "seed": seed}, inputs, upstream)
                         keys.append(key)
                         tasks.append(
                             Task(
                                 index=len(tasks),
                                 stage=name,
-                                kind=spec.kind,
+                                kind=kind,
                                 key=key,
                                 params=params,
                                 rep=rep,
