@@ -133,7 +133,7 @@ def load_dataset(name: str, quick: bool) -> Dataset:
                 f"{PROFILES} is missing: run `perfscale run workflows/perfgen.yaml --site local`, then "
                 f"`benchmarks/generators.py --refresh-profiles runs/perfgen-local`"
             )
-        from perfscale.stages.split import split_part
+        from perfscale.tabular.columns import split_part
 
         table = pd.read_parquet(PROFILES)
         train, holdout = split_part(table, "train"), split_part(table, "holdout")

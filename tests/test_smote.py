@@ -14,7 +14,7 @@ from perfscale.errors import BadInput
 from perfscale.generators import GENERATOR_JSON, get_generator, list_generators, load_generator
 from perfscale.generators.conditions import Conditions
 from perfscale.generators.smote import ARRAYS_FILE, SmoteGenerator
-from perfscale.metrics.dcr import encode
+from perfscale.tabular.encode import encode
 from perfscale.tabular.meta import TableMeta, infer_meta
 from tests.tables import assert_shaped_like, iris_table
 

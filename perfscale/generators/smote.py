@@ -4,11 +4,12 @@ As in the BNL job-record study, SMOTE is used here as a generator of whole table
 oversampler: it works without labels and on regression tables.
 
 Fit (no training, no randomness): every training row is put into one numeric space, the encoding of
-`perfscale.metrics.dcr.encode` (numeric/datetime columns standardised with the train mean and std, a missing
-value at the mean plus a 0/1 missing-indicator axis; categorical/boolean columns one-hot, scaled so that one
-category mismatch costs as much as one std), and its `k_neighbors` nearest other rows in that space are found
-(exact, scipy cKDTree; ties broken by row order). Standardisation (not ranks) keeps the distances of the DCR
-metric, so "how close are synthetic rows to real ones" is measured in the space the neighbours come from.
+`perfscale.tabular.encode.encode` (numeric/datetime columns standardised with the train mean and std, a
+missing value at the mean plus a 0/1 missing-indicator axis; categorical/boolean columns one-hot, scaled so
+that one category mismatch costs as much as one std), and its `k_neighbors` nearest other rows in that space
+are found (exact, scipy cKDTree; ties broken by row order). Standardisation (not ranks) keeps the distances of
+the DCR metric, so "how close are synthetic rows to real ones" is measured in the space the neighbours come
+from.
 
 Sample: a base row is drawn uniformly (label mode with `balance: true`: a class uniformly, then a row of it),
 one of its neighbours uniformly, u ~ U(0, 1) and w ~ U(0, 1); the row's "picked endpoint" is the neighbour
@@ -340,7 +341,7 @@ def _encode_rows(table: pd.DataFrame, meta: TableMeta) -> _Rows:
     import numpy as np
     import pandas as pd
 
-    from perfscale.metrics.columns import float_values
+    from perfscale.tabular.encode import float_values
     from perfscale.tabular.values import json_value
 
     columns = list(table.columns)
@@ -369,7 +370,7 @@ def _encode_like(table: pd.DataFrame, rows: _Rows) -> _Rows:
     """`table` in the codes of the training `rows`; an unseen category gets a code past the known ones."""
     import numpy as np
 
-    from perfscale.metrics.columns import float_values
+    from perfscale.tabular.encode import float_values
 
     values = [
         float_values(table[c], "datetime" if rows.kinds[c] == "datetime" else "numerical")
@@ -412,7 +413,7 @@ def _frame(rows: _Rows, columns: list[str]) -> tuple[pd.DataFrame, TableMeta]:
 
 def _points(rows: _Rows, columns: list[str] | None = None, queries: _Rows | None = None) -> Any:
     """The dcr encoding of the training rows (and of `queries`, scaled by the training rows) on `columns`."""
-    from perfscale.metrics.dcr import encode
+    from perfscale.tabular.encode import encode
 
     columns = rows.columns if columns is None else columns
     train, meta = _frame(rows, columns)
@@ -460,7 +461,7 @@ def _matching(rows: _Rows, equal: dict[str, Any]) -> np.ndarray:
     import numpy as np
     import pandas as pd
 
-    from perfscale.metrics.columns import float_values
+    from perfscale.tabular.encode import float_values
 
     keep = np.ones(len(rows), dtype=bool)
     for name, value in equal.items():

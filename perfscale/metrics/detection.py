@@ -49,9 +49,9 @@ import pandas as pd
 from scipy import sparse
 
 from perfscale.errors import BadInput
-from perfscale.metrics.columns import CONTINUOUS_TYPES, category_codes, float_values, is_int
-from perfscale.metrics.dcr import _continuous_blocks
+from perfscale.metrics.columns import is_int
 from perfscale.metrics.registry import metric
+from perfscale.tabular.encode import CONTINUOUS_TYPES, category_codes, continuous_blocks, float_values
 from perfscale.tabular.meta import TableMeta
 
 Model = Literal["logistic", "gradient_boosting", "random_forest"]
@@ -106,7 +106,7 @@ def encode_features(tables: list[pd.DataFrame], meta: TableMeta) -> list[Feature
     n_categories = []
     for name, col in meta.columns.items():
         if col.type in CONTINUOUS_TYPES:
-            blocks = _continuous_blocks([float_values(t[name], col.type) for t in tables])
+            blocks = continuous_blocks([float_values(t[name], col.type) for t in tables])
             for acc, block in zip(continuous, blocks, strict=True):
                 acc.append(block)
         else:

@@ -3,7 +3,7 @@ tables, weighted by the real eigenvalues, combined with a KL divergence between 
 
 The paper leaves several steps open; the exact choices made here (also in docs/metrics.md):
 
-1. Encoding: `perfscale.metrics.dcr.encode` fitted on the real table and applied to both: numeric/datetime
+1. Encoding: `perfscale.tabular.encode.encode` fitted on the real table and applied to both: numeric/datetime
    columns standardised with the real mean/std (std 0 -> 1), a missing value put at the real mean plus a 0/1
    missing-indicator column when any table has a missing value there; categorical/boolean columns one-hot over
    the union of categories (missing is a category), scaled by 1/sqrt(2). Encoded columns that take a single
@@ -40,9 +40,9 @@ from scipy.linalg import cho_factor, cho_solve, subspace_angles
 
 from perfscale.errors import BadInput
 from perfscale.metrics.columns import is_int
-from perfscale.metrics.dcr import encode
 from perfscale.metrics.divergence import kl_divergence
 from perfscale.metrics.registry import metric
+from perfscale.tabular.encode import encode
 from perfscale.tabular.meta import TableMeta
 
 DEFAULT_VARIANCE = 0.9

@@ -29,15 +29,14 @@ from scipy.stats import wasserstein_distance
 
 from perfscale.errors import BadInput
 from perfscale.metrics.columns import (
-    CONTINUOUS_TYPES,
     category_counts,
     continuous_columns,
     discrete_columns,
-    float_values,
     is_int,
     with_aggregate,
 )
 from perfscale.metrics.registry import metric
+from perfscale.tabular.encode import CONTINUOUS_TYPES, float_values
 from perfscale.tabular.meta import ColumnType, TableMeta
 
 DEFAULT_BINS = 20

@@ -6,7 +6,7 @@ Rules (also in docs/metrics.md):
 * Task: classification when the target column is categorical/boolean or an integer column with a discrete
   set of values (`allowed` in its metadata), regression for other numeric columns; ``task=`` overrides. A
   datetime target is refused (convert it to a number first).
-* Rows whose target is missing are dropped (train and holdout). Features: `perfscale.metrics.dcr.encode` of
+* Rows whose target is missing are dropped (train and holdout). Features: `perfscale.tabular.encode.encode` of
   [train, holdout], fitted on that train table (the synthetic one, or the real one for the reference):
   numeric/datetime standardised with the train mean/std, missing -> train mean + a missing indicator;
   categorical/boolean one-hot over the union of the train and holdout categories (missing is a category).
@@ -43,9 +43,9 @@ import pandas as pd
 from scipy.stats import rankdata
 
 from perfscale.errors import BadInput
-from perfscale.metrics.columns import category_codes, check_tables, float_values, is_int
-from perfscale.metrics.dcr import encode
+from perfscale.metrics.columns import check_tables, is_int
 from perfscale.metrics.registry import metric
+from perfscale.tabular.encode import category_codes, encode, float_values
 from perfscale.tabular.meta import TableMeta
 
 Model = Literal["linear", "decision_tree", "random_forest", "xgboost"]

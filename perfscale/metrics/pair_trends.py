@@ -57,14 +57,9 @@ import pandas as pd
 from scipy.stats import rankdata
 
 from perfscale.errors import BadInput
-from perfscale.metrics.columns import (
-    CONTINUOUS_TYPES,
-    category_codes,
-    float_values,
-    is_int,
-    with_aggregate,
-)
+from perfscale.metrics.columns import is_int, with_aggregate
 from perfscale.metrics.registry import metric
+from perfscale.tabular.encode import CONTINUOUS_TYPES, category_codes, float_values
 from perfscale.tabular.meta import TableMeta
 
 CORRELATION_THRESHOLD = 0.5  # sdmetrics.reports.utils.DEFAULT_REAL_CORRELATION_THRESHOLD

@@ -59,14 +59,7 @@ import pandas as pd
 
 from perfscale.errors import BadInput
 from perfscale.metrics.associations import association_matrix
-from perfscale.metrics.columns import (
-    CONTINUOUS_TYPES,
-    category_codes,
-    continuous_columns,
-    discrete_columns,
-    float_values,
-    is_int,
-)
+from perfscale.metrics.columns import continuous_columns, discrete_columns, is_int
 from perfscale.metrics.detection import (
     Features,
     canonical_codes,
@@ -79,6 +72,7 @@ from perfscale.metrics.detection import (
 )
 from perfscale.metrics.ml_efficacy import infer_task
 from perfscale.metrics.registry import metric
+from perfscale.tabular.encode import CONTINUOUS_TYPES, category_codes, float_values
 from perfscale.tabular.meta import TableMeta
 
 EPSILON = 1e-6  # the reference's guard in relative errors

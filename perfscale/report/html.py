@@ -13,10 +13,10 @@ from markupsafe import Markup
 
 import perfscale
 from perfscale.report import plots
-from perfscale.stages.split import SPLIT_COLUMN, split_part
 from perfscale.status import run_status
 from perfscale.store.atomic import atomic_write_text
 from perfscale.store.run import RunStore, utcnow
+from perfscale.tabular.columns import SPLIT_COLUMN, split_part
 
 PROFILE_FIELDS = {"command", "env", "cwd", "timeout_s", "warmup", "fom"}
 
@@ -143,7 +143,7 @@ def _metrics_section(store: RunStore, stage: str) -> Section | None:
 def _headline_rows(summary: pd.DataFrame) -> pd.DataFrame:
     """One bar per metric (its headline component; ML efficacy: its mean synthetic and real scores), so
     the plot stays readable when a metric has dozens of summary components."""
-    from perfscale.stages.rank_study import headline_of
+    from perfscale.results.metric_study import headline_of
 
     keep: set[tuple[str, str]] = set()
     for metric, components in summary.groupby("metric")["component"]:
@@ -179,7 +179,7 @@ def _umap_section(store: RunStore, stage: str) -> Section | None:
 
 def _metric_study_section(store: RunStore, stage: str) -> Section | None:
     """Rank agreement of each metric with ML efficacy: the rho table, a bar plot and metric-vs-reference."""
-    from perfscale.stages.rank_study import MetricStudyParams, collect_sets, source_stages, study_points
+    from perfscale.results.metric_study import MetricStudyParams, collect_sets, source_stages, study_points
 
     result = store.read_stage(stage, provenance=False).to_pandas()
     if result.empty:

@@ -2,7 +2,7 @@
 
 For each synthetic set: the real train table and the set are each subsampled to at most MAX_ROWS (2000) rows
 (seeded, the same real rows for every set), encoded together with the DCR encoding
-(`perfscale.metrics.dcr.encode`, fitted on the real rows: numeric columns standardised, categorical ones
+(`perfscale.tabular.encode.encode`, fitted on the real rows: numeric columns standardised, categorical ones
 one-hot), and embedded in 2-D by one UMAP fit on the union (n_neighbors 15, 200 epochs, fixed random_state).
 Real and synthetic are drawn side by side on the same axes, coloured by class when there is a class column
 (the `corrupt` stage's `target`, else the evaluate stage's ml_efficacy target, else a column named `target`,
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from perfscale.store.run import TASK_KEY_COLUMN
+from perfscale.tabular.columns import TASK_KEY_COLUMN
 
 if TYPE_CHECKING:
     from perfscale.plan.planner import Plan, Task
@@ -79,7 +79,7 @@ def class_column(real: pd.DataFrame, wanted: str | None) -> str | None:
 
 def encoded(real: pd.DataFrame, synth: pd.DataFrame) -> np.ndarray:
     """Both tables in one standardised / one-hot space (fitted on `real`), stacked real first."""
-    from perfscale.metrics.dcr import encode
+    from perfscale.tabular.encode import encode
     from perfscale.tabular.meta import infer_meta
 
     meta = infer_meta(real)
@@ -195,8 +195,8 @@ def _class_param(plan: Plan, task: Task) -> str | None:
 
 def stage_projections(store: RunStore, stage: str) -> list[Projection]:
     """One projection per task (synthetic set) of a `sample` or `corrupt` stage, in plan order."""
-    from perfscale.stages.rank_study import describe_task, unique_labels
-    from perfscale.stages.split import SPLIT_COLUMN, split_part
+    from perfscale.results.labels import describe_task, unique_labels
+    from perfscale.tabular.columns import SPLIT_COLUMN, split_part
 
     plan = store.plan
     tasks = plan.of_stage(stage)

@@ -19,7 +19,7 @@ replacement when there are enough). Corruptions (`level` >= 0; fractions must be
 * ``mode_collapse``: only max(1, round((1 - `level`) x K)) of the K classes, drawn at random, are kept, and
   the rows are training rows of those classes (the pool shuffled and cycled to the row count). Classes are
   the values of the `target` column when it is categorical/boolean or a discrete integer, else `clusters`
-  k-means clusters of the DCR encoding (`perfscale.metrics.dcr.encode`) of the train table.
+  k-means clusters of the DCR encoding (`perfscale.tabular.encode.encode`) of the train table.
 * ``copy``: round(`level` x rows) rows, drawn at random, are exact training rows; the others get ``noise`` at
   level `jitter` (so ``copy@1`` is ``identity``). At least that many rows are exact copies (a jittered row of
   discrete columns may snap back onto its original).
@@ -136,7 +136,7 @@ def class_labels(
             return table[target].astype(str).to_numpy()
     from sklearn.cluster import KMeans
 
-    from perfscale.metrics.dcr import encode
+    from perfscale.tabular.encode import encode
 
     x = encode([table], meta)[0]
     k = min(clusters, len(table))

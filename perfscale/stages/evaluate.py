@@ -30,7 +30,7 @@ from pydantic import Field, model_validator
 from perfscale.errors import BadInput
 from perfscale.plan.keys import task_key
 from perfscale.stages.base import StageContext, StageParams, stage_kind
-from perfscale.stages.split import SPLIT_COLUMN, split_part
+from perfscale.tabular.columns import SPLIT_COLUMN, split_part
 
 if TYPE_CHECKING:
     from perfscale.metrics import MetricSpec

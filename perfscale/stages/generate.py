@@ -9,7 +9,7 @@ import pandas as pd
 from pydantic import Field
 
 from perfscale.stages.base import StageContext, StageParams, stage_kind
-from perfscale.stages.split import SPLIT_COLUMN, split_part
+from perfscale.tabular.columns import SPLIT_COLUMN, split_part
 
 if TYPE_CHECKING:
     from perfscale.generators import Generator

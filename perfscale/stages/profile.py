@@ -72,7 +72,7 @@ from perfscale.collect.machine import MACHINE_COLUMNS, captured_env, check_env_p
 from perfscale.errors import BadInput, FailureKind, PerfscaleError, TaskFailure
 from perfscale.spec.site import Site
 from perfscale.stages.base import Problems, StageContext, StageParams, checked_once, freeze, stage_kind
-from perfscale.store.run import PROVENANCE_COLUMNS
+from perfscale.tabular.columns import PROVENANCE_COLUMNS
 
 #: placeholders perfscale fills itself; variables may not use these names
 BUILTIN_NAMES = ("kernels", "rep", "seed", "artifacts")

@@ -8,8 +8,7 @@ from pydantic import Field
 
 from perfscale.errors import BadInput
 from perfscale.stages.base import StageContext, StageParams, stage_kind
-
-SPLIT_COLUMN = "split"
+from perfscale.tabular.columns import SPLIT_COLUMN
 
 
 class SplitParams(StageParams):
@@ -51,7 +50,3 @@ def split(ctx: StageContext, params: SplitParams) -> pd.DataFrame:
     labels = np.full(len(table), "train", dtype=object)
     labels[order[:n_holdout]] = "holdout"
     return table.assign(**{SPLIT_COLUMN: labels})
-
-
-def split_part(table: pd.DataFrame, part: str) -> pd.DataFrame:
-    return table[table[SPLIT_COLUMN] == part].drop(columns=SPLIT_COLUMN).reset_index(drop=True)

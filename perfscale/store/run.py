@@ -20,7 +20,7 @@ import shutil
 import socket
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
@@ -38,19 +38,7 @@ from perfscale.store import recover
 from perfscale.store.atomic import atomic_write_table, atomic_write_text
 from perfscale.store.lock import LOCK_NAME
 from perfscale.store.shards import check_shard, list_artifacts, shard_metadata
-
-# provenance columns added to every shard row; the leading underscore keeps them apart from the data's own
-# columns (a job trace has its own duration_s, a profile its own host)
-PROVENANCE_COLUMNS = (
-    "_task_key",
-    "_site",
-    "_host",
-    "_started_at",
-    "_duration_s",
-    "_attempt",
-    "_perfscale_version",
-)
-TASK_KEY_COLUMN = "_task_key"
+from perfscale.tabular.columns import PROVENANCE_COLUMNS
 
 ATTEMPT_SCHEMA = pa.schema(
     [
@@ -86,15 +74,23 @@ class Provenance:
     perfscale_version: str = perfscale.__version__
 
     def columns(self, n: int) -> dict[str, pa.Array]:
+        """The provenance columns (PROVENANCE_COLUMNS: each field's name with a leading `_`) of `n` rows."""
+        values = astuple(self)
         return {
-            "_task_key": pa.array([self.task_key] * n, pa.string()),
-            "_site": pa.array([self.site] * n, pa.string()),
-            "_host": pa.array([self.host] * n, pa.string()),
-            "_started_at": pa.array([self.started_at] * n, pa.timestamp("us", tz="UTC")),
-            "_duration_s": pa.array([self.duration_s] * n, pa.float64()),
-            "_attempt": pa.array([self.attempt] * n, pa.int64()),
-            "_perfscale_version": pa.array([self.perfscale_version] * n, pa.string()),
+            name: pa.array([v] * n, t) for name, v, t in zip(PROVENANCE_COLUMNS, values, _TYPES, strict=True)
         }
+
+
+# the Arrow type of each provenance column, in field order
+_TYPES = (
+    pa.string(),
+    pa.string(),
+    pa.string(),
+    pa.timestamp("us", tz="UTC"),
+    pa.float64(),
+    pa.int64(),
+    pa.string(),
+)
 
 
 def to_arrow(data: pa.Table | pd.DataFrame) -> pa.Table:
