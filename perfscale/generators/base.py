@@ -6,7 +6,7 @@ input checks, timing and memory telemetry, post-processing of samples (columns, 
 the `generator.json` manifest.
 
 Hyperparameters: each generator declares them as a pydantic model (`hyperparameters_model`, a subclass of
-`perfscale.spec.options.OptionsModel`: names, types, bounds and choices), which `__init__` validates into
+`perfscale.options.OptionsModel`: names, types, bounds and choices), which `__init__` validates into
 `self.params`; the planner checks a study's hyperparameters against the same model before anything runs.
 
 This module imports only the standard library and pydantic at import time (pandas, numpy and the model
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from perfscale import __version__
 from perfscale.errors import BadInput
-from perfscale.spec.options import OptionsModel, validated_options
+from perfscale.options import OptionsModel, validated_options
 from perfscale.store.atomic import atomic_write_text
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from perfscale.errors import BadInput, SpecError
 from perfscale.generators.base import GENERATOR_JSON, Generator, read_manifest
-from perfscale.spec.options import OptionsModel, Problem, option_problems
+from perfscale.options import OptionsModel, Problem, option_problems
 
 _REGISTRY: dict[str, type[Generator]] = {}
 

@@ -48,7 +48,7 @@ from perfscale.errors import BadInput
 from perfscale.generators._seeding import seeded
 from perfscale.generators.base import Generator, model_file
 from perfscale.generators.registry import register_generator
-from perfscale.spec.options import OptionsModel
+from perfscale.options import OptionsModel
 
 if TYPE_CHECKING:
     import pandas as pd

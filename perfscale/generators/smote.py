@@ -60,7 +60,7 @@ from pydantic import Field, PositiveInt, model_validator
 from perfscale.errors import BadInput
 from perfscale.generators.base import Generator, model_file
 from perfscale.generators.registry import register_generator
-from perfscale.spec.options import OptionsModel
+from perfscale.options import OptionsModel
 from perfscale.tabular.values import is_missing
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, NonNegativeInt, PositiveFloat, PositiveInt
 
-from perfscale.spec.options import OptionsModel
+from perfscale.options import OptionsModel
 
 DEVICES = ("cpu", "cuda", "auto")
 TINY_LR, PRETRAINED_LR = 1e-3, 5e-5

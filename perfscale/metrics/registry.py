@@ -42,7 +42,7 @@ from pydantic import ConfigDict, create_model
 
 from perfscale.errors import BadInput, FailureKind, TaskFailure
 from perfscale.metrics.columns import check_tables, is_int
-from perfscale.spec.options import OptionsModel, Problem, option_problems, validated_options
+from perfscale.options import OptionsModel, Problem, option_problems, validated_options
 from perfscale.tabular.meta import TableMeta
 
 MetricFn = Callable[..., dict[str, float]]

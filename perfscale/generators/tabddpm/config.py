@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, NonNegativeFloat, PositiveFloat, PositiveInt, field_validator
 
-from perfscale.spec.options import OptionsModel
+from perfscale.options import OptionsModel
 
 # hyperparameters that change neither the model nor the samples: left out of the checkpoint fingerprint
 NOT_IN_FINGERPRINT = (
