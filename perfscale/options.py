@@ -63,10 +63,11 @@ def _validate(model: type[M], values: Any, kind: str, owner: str) -> tuple[M | N
     if not isinstance(values, dict):
         what = type(values).__name__
         return None, [Problem((), f"must be a mapping of {kind} names to values, not {what}")]
+    plain = {name: _plain(value) for name, value in values.items()}
     try:
-        return model.model_validate({name: _plain(value) for name, value in values.items()}), []
+        return model.model_validate(plain), []
     except ValidationError as exc:
-        return None, [_problem(error, model, kind, owner) for error in exc.errors()]
+        return None, _merged([_problem(error, plain, model, kind, owner) for error in exc.errors()])
 
 
 def _plain(value: Any) -> Any:
@@ -78,11 +79,42 @@ def _plain(value: Any) -> Any:
         return value
 
 
-def _problem(error: Any, model: type[BaseModel], kind: str, owner: str) -> Problem:
-    loc = tuple(error["loc"])
+def _problem(error: Any, values: dict[str, Any], model: type[BaseModel], kind: str, owner: str) -> Problem:
+    loc = _in_values(tuple(error["loc"]), values)
     if error["type"] == "extra_forbidden" and len(loc) == 1:
         if not model.model_fields:
             return Problem(loc, f"unknown {kind}: {owner} takes no {kind}s; remove it")
         return Problem(loc, f"unknown {kind} for {owner}; choose one of {', '.join(field_names(model))}")
     message = str(error["msg"]).removeprefix("Value error, ")
     return Problem(loc, message, error.get("input") if error["type"] != "missing" else None)
+
+
+def _in_values(loc: Loc, values: Any) -> Loc:
+    """`loc` without the parts pydantic adds for union members (`str`, `list[str]`...): only keys and
+    indexes that exist in `values`, and the last part (a missing or unknown field)."""
+    kept: Loc = ()
+    for i, part in enumerate(loc):
+        inside = (isinstance(values, dict) and part in values) or (
+            isinstance(values, list) and isinstance(part, int) and 0 <= part < len(values)
+        )
+        if inside:
+            kept, values = (*kept, part), values[part]  # type: ignore[index]
+        elif i == len(loc) - 1 and isinstance(values, dict):  # a missing (required) field
+            kept = (*kept, part)
+    return kept
+
+
+def _merged(problems: list[Problem]) -> list[Problem]:
+    """One problem per place: a value every member of a union rejects is one problem naming them all
+    ("Input should be a valid string or a valid list")."""
+    by_loc: dict[Loc, list[Problem]] = {}
+    for problem in problems:
+        by_loc.setdefault(problem.loc, []).append(problem)
+    out = []
+    for loc, found in by_loc.items():
+        messages = list(dict.fromkeys(p.message for p in found))
+        prefix = "Input should be "
+        if len(messages) > 1 and all(m.startswith(prefix) for m in messages):
+            messages = [prefix + " or ".join(m.removeprefix(prefix) for m in messages)]
+        out.append(Problem(loc, "; ".join(messages), found[0].value))
+    return out

@@ -13,6 +13,7 @@ from perfscale.tabular.columns import SPLIT_COLUMN, split_part
 
 if TYPE_CHECKING:
     from perfscale.generators import Generator
+    from perfscale.plan.named import PlanCheck
 
 MODEL_FOLDER = "model"
 SAMPLING_JSON = "sampling.json"
@@ -23,6 +24,10 @@ class TrainParams(StageParams):
     source: str = Field(description="stage with the real table (a `split` stage: its train part is used)")
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     columns: dict[str, dict[str, Any]] = Field(default_factory=dict, description="column metadata overrides")
+
+    def plan_check(self, check: PlanCheck) -> None:
+        check.source("source", self.source)
+        check.generator("generator", self.generator, "hyperparameters", self.hyperparameters)
 
 
 def real_table(ctx: StageContext, source: str, part: str = "train") -> pd.DataFrame:
@@ -61,6 +66,10 @@ class SampleParams(StageParams):
         None, description="e.g. 'threads in [4, 8] and 5 <= wall_time_s <= 10' (see docs/generators.md)"
     )
     max_draws: int | None = Field(None, gt=0, description="rejection-sampling budget (default 100 x rows)")
+
+    def plan_check(self, check: PlanCheck) -> None:
+        check.upstream("train")
+        check.conditions("conditions", self.conditions)
 
 
 def load_upstream_generator(ctx: StageContext) -> tuple[Generator, str]:
