@@ -106,6 +106,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "leaves",
         (
             "perfscale.tabular",
+            "perfscale.options",
             "perfscale.store.atomic",
             "perfscale.store.attempt",
             "perfscale.store.space",

@@ -12,13 +12,22 @@ from perfscale.generators import sdv_models as _sdv_models  # noqa: F401
 from perfscale.generators import smote as _smote  # noqa: F401
 from perfscale.generators import tabddpm as _tabddpm  # noqa: F401
 from perfscale.generators.base import GENERATOR_JSON, Generator, TrainingLog
-from perfscale.generators.registry import get_generator, list_generators, load_generator, register_generator
+from perfscale.generators.registry import (
+    get_generator,
+    hyperparameter_problems,
+    hyperparameters_model,
+    list_generators,
+    load_generator,
+    register_generator,
+)
 
 __all__ = [
     "GENERATOR_JSON",
     "Generator",
     "TrainingLog",
     "get_generator",
+    "hyperparameter_problems",
+    "hyperparameters_model",
     "list_generators",
     "load_generator",
     "register_generator",

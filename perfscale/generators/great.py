@@ -60,10 +60,11 @@ class GReaTGenerator(Generator):
 
     name = "great"
     pickled_files = ()
+    hyperparameters_model = Params
+    params: Params
 
     def __init__(self, **hyperparameters: Any) -> None:
         super().__init__(**hyperparameters)
-        self.params = Params.parse(self.hyperparameters, self.name)
         self.last_valid_rate: float | None = None
         self.last_invalid: dict[str, int] = {}
         self._lm: LanguageModel | None = None

@@ -42,7 +42,7 @@ import contextlib
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -54,7 +54,8 @@ from perfscale.metrics.registry import metric
 from perfscale.tabular.encode import CONTINUOUS_TYPES, category_codes, continuous_blocks, float_values
 from perfscale.tabular.meta import TableMeta
 
-MODELS = ("logistic", "gradient_boosting", "random_forest")
+Model = Literal["logistic", "gradient_boosting", "random_forest"]
+MODELS: tuple[str, ...] = get_args(Model)
 DEFAULT_FOLDS = 3  # SDMetrics' DetectionMetric uses StratifiedKFold(n_splits=3)
 HGB_MAX_CATEGORIES = 255  # HistGradientBoostingClassifier's limit for a categorical feature
 LOGISTIC_MAX_ITER = 1000
@@ -260,7 +261,7 @@ def detection_auc(
     synth: pd.DataFrame,
     meta: TableMeta,
     *,
-    model: str = "logistic",
+    model: Model = "logistic",
     folds: int = DEFAULT_FOLDS,
     max_rows: int | None = None,
     seed: int = 0,

@@ -32,6 +32,7 @@ angle_1 .. angle_<d*>.
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -46,7 +47,8 @@ from perfscale.tabular.meta import TableMeta
 
 DEFAULT_VARIANCE = 0.9
 RIDGE = 1e-6  # relative to the mean real eigenvalue of the kept components
-KL_KINDS = ("gaussian", "columns")
+KL = Literal["gaussian", "columns"]
+KL_KINDS: tuple[str, ...] = get_args(KL)
 
 
 def informative(real: np.ndarray, synth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -124,7 +126,7 @@ def dissimilarity(
     *,
     variance: float = DEFAULT_VARIANCE,
     dims: int | None = None,
-    kl: str = "gaussian",
+    kl: KL = "gaussian",
 ) -> dict[str, float]:
     _check_options(variance, dims, kl)
     for label, table in (("real", real), ("synthetic", synth)):

@@ -20,6 +20,8 @@ Rules (all deterministic, none can produce NaN/inf on inputs that pass `check_ta
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import numpy as np
 import pandas as pd
 from scipy.special import rel_entr
@@ -39,7 +41,8 @@ from perfscale.tabular.meta import ColumnType, TableMeta
 
 DEFAULT_BINS = 20
 DEFAULT_EPSILON = 1e-6
-BINNINGS = ("quantile", "uniform")
+Binning = Literal["quantile", "uniform"]
+BINNINGS: tuple[str, ...] = get_args(Binning)
 
 
 def interior_edges(real: np.ndarray, synth: np.ndarray, bins: int, binning: str) -> np.ndarray:
@@ -109,7 +112,7 @@ def kl_divergence(
     meta: TableMeta,
     *,
     bins: int = DEFAULT_BINS,
-    binning: str = "quantile",
+    binning: Binning = "quantile",
     epsilon: float = DEFAULT_EPSILON,
 ) -> dict[str, float]:
     _check_kl_options(bins, binning, epsilon)

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -48,8 +48,10 @@ from perfscale.metrics.registry import metric
 from perfscale.tabular.encode import category_codes, encode, float_values
 from perfscale.tabular.meta import TableMeta
 
-MODELS = ("linear", "decision_tree", "random_forest", "xgboost")
-TASKS = ("classification", "regression")
+Model = Literal["linear", "decision_tree", "random_forest", "xgboost"]
+Task = Literal["classification", "regression"]
+MODELS: tuple[str, ...] = get_args(Model)
+TASKS: tuple[str, ...] = get_args(Task)
 SCORES = {"classification": ("accuracy", "macro_f1", "roc_auc"), "regression": ("mse", "mae", "r2")}
 LOWER_IS_BETTER = frozenset({"mse", "mae"})
 RATIO_SCORES = frozenset({"accuracy", "macro_f1", "roc_auc", "mse", "mae"})
@@ -264,8 +266,8 @@ def ml_efficacy(
     *,
     target: str | None = None,
     holdout: pd.DataFrame | None = None,
-    task: str | None = None,
-    models: list[str] | None = None,
+    task: Task | None = None,
+    models: list[Model] | None = None,
     repeats: int = 1,
     seed: int = 0,
     n_estimators: int = DEFAULT_N_ESTIMATORS,

@@ -52,7 +52,7 @@ the random forest.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -83,7 +83,8 @@ DEFAULT_BINS = 20
 MLE_MODELS = ("linear", "random_forest")
 MLE_TREES = 20
 MLE_DEPTH = 5
-TASKS = ("classification", "regression")
+Task = Literal["classification", "regression"]
+TASKS: tuple[str, ...] = get_args(Task)
 
 
 def relative_errors(real: np.ndarray, synth: np.ndarray) -> np.ndarray:
@@ -285,7 +286,7 @@ def tabsyndex(
     meta: TableMeta,
     *,
     target: str | None = None,
-    task: str | None = None,
+    task: Task | None = None,
     bins: int = DEFAULT_BINS,
     max_rows: int | None = None,
     seed: int = 0,

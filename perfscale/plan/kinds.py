@@ -17,17 +17,25 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import import_module
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 from perfscale.errors import SpecError
+
+if TYPE_CHECKING:
+    from perfscale.plan.named import PlanCheck
 
 
 class StageParams(BaseModel):
     """Base of every stage's params model: unknown fields are errors, numbers are finite."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    def plan_check(self, check: PlanCheck) -> None:
+        """Check what these params name against the rest of the study (stages read, generators, metrics and
+        their options; see perfscale.plan.named), adding problems to `check`. The planner calls it once per
+        distinct params of a stage; a kind that names nothing keeps this no-op."""
 
 
 P = TypeVar("P", bound=BaseModel)

@@ -59,6 +59,7 @@ from perfscale.results.labels import describe_task, unique_labels
 from perfscale.tabular.columns import PROVENANCE_COLUMNS, TASK_KEY_COLUMN
 
 if TYPE_CHECKING:
+    from perfscale.plan.named import PlanCheck
     from perfscale.plan.planner import Plan
 
 DEFAULT_REFERENCE = "ml_efficacy/synthetic/accuracy"
@@ -106,6 +107,18 @@ class MetricStudyParams(StageParams):
         None, description="metrics to rank (default: every metric in the tables but the reference's)"
     )
     headline: dict[str, Headline] = Field(default_factory=dict, description="overrides of HEADLINES")
+
+    def plan_check(self, check: PlanCheck) -> None:
+        if self.sources is None:
+            check.reads_some("evaluate")
+        else:
+            check.sources("sources", self.sources)
+        try:
+            check.metric_name("reference", split_reference(self.reference)[0])
+        except BadInput as exc:
+            check.problem(str(exc), "reference")
+        check.metric_names("metrics", self.metrics or [])
+        check.metric_names("headline", self.headline)
 
 
 def split_reference(reference: str) -> tuple[str, str]:

@@ -30,7 +30,7 @@ then gets a ``_features`` suffix). Every random draw comes from the task's seed,
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
@@ -40,6 +40,9 @@ from perfscale.errors import BadInput
 from perfscale.stages.base import StageContext, StageParams, stage_kind
 from perfscale.stages.train import real_table
 from perfscale.tabular.meta import TableMeta
+
+if TYPE_CHECKING:
+    from perfscale.plan.named import PlanCheck
 
 Corruption = Literal["identity", "noise", "shuffle", "mode_collapse", "copy"]
 FRACTIONS = ("shuffle", "mode_collapse", "copy")  # corruptions whose level is a fraction in [0, 1]
@@ -63,6 +66,9 @@ class CorruptParams(StageParams):
         if self.corruption in FRACTIONS and self.level > 1:
             raise ValueError(f"level {self.level} of corruption {self.corruption!r} is a fraction: use 0..1")
         return self
+
+    def plan_check(self, check: PlanCheck) -> None:
+        check.source("source", self.source)
 
     def default_label(self) -> str:
         if self.corruption == "identity":

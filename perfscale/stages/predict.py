@@ -14,7 +14,7 @@ Both are `foreach: <train stage>`: one task per trained model.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,9 @@ from perfscale.stages.base import StageContext, StageParams, stage_kind
 from perfscale.stages.sample import load_upstream_generator
 from perfscale.stages.train import real_table
 
+if TYPE_CHECKING:
+    from perfscale.plan.named import PlanCheck
+
 log = logging.getLogger(__name__)
 
 
@@ -33,6 +36,10 @@ class PredictParams(StageParams):
     target: str = Field(description="the column to hide and predict (grid over it for several)")
     draws: int = Field(10, ge=1, description="conditional draws averaged (numeric) or voted (categorical)")
     rows: int | None = Field(None, gt=0, description="predict at most this many holdout rows (seeded choice)")
+
+    def plan_check(self, check: PlanCheck) -> None:
+        check.source("source", self.source)
+        check.upstream("train")
 
 
 @stage_kind("predict_by_generation", PredictParams)
@@ -93,6 +100,10 @@ class RecommendParams(StageParams):
     columns: list[str] = Field(min_length=1, description="the configuration columns to recommend")
     rows: int = Field(2000, gt=0, description="rows drawn under the conditions")
     max_draws: int | None = Field(None, gt=0, description="rejection-sampling budget (default 100 x rows)")
+
+    def plan_check(self, check: PlanCheck) -> None:
+        check.upstream("train")
+        check.conditions("conditions", self.conditions)
 
 
 @stage_kind("recommend", RecommendParams)

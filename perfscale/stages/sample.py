@@ -13,6 +13,7 @@ from perfscale.stages.train import MODEL_FOLDER
 
 if TYPE_CHECKING:
     from perfscale.generators import Generator
+    from perfscale.plan.named import PlanCheck
 
 SAMPLING_JSON = "sampling.json"
 
@@ -23,6 +24,10 @@ class SampleParams(StageParams):
         None, description="e.g. 'threads in [4, 8] and 5 <= wall_time_s <= 10' (see docs/generators.md)"
     )
     max_draws: int | None = Field(None, gt=0, description="rejection-sampling budget (default 100 x rows)")
+
+    def plan_check(self, check: PlanCheck) -> None:
+        check.upstream("train")
+        check.conditions("conditions", self.conditions)
 
 
 def load_upstream_generator(ctx: StageContext) -> tuple[Generator, str]:

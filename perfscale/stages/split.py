@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 from pydantic import Field
@@ -10,12 +12,18 @@ from perfscale.errors import BadInput
 from perfscale.stages.base import StageContext, StageParams, stage_kind
 from perfscale.tabular.columns import SPLIT_COLUMN
 
+if TYPE_CHECKING:
+    from perfscale.plan.named import PlanCheck
+
 
 class SplitParams(StageParams):
     source: str = Field(description="the stage whose output is split (must be listed in `inputs`)")
     columns: list[str] | None = Field(None, description="columns to keep (default: all but provenance)")
     holdout_fraction: float = Field(0.25, gt=0, lt=1)
     rows: int | None = Field(None, ge=4, description="keep a seeded random subset of this many rows first")
+
+    def plan_check(self, check: PlanCheck) -> None:
+        check.source("source", self.source)
 
 
 @stage_kind("split", SplitParams)

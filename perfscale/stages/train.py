@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from pydantic import Field
 
 from perfscale.stages.base import StageContext, StageParams, stage_kind
 from perfscale.tabular.columns import SPLIT_COLUMN, split_part
+
+if TYPE_CHECKING:
+    from perfscale.plan.named import PlanCheck
 
 MODEL_FOLDER = "model"
 
@@ -20,6 +23,10 @@ class TrainParams(StageParams):
     source: str = Field(description="stage with the real table (a `split` stage: its train part is used)")
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     columns: dict[str, dict[str, Any]] = Field(default_factory=dict, description="column metadata overrides")
+
+    def plan_check(self, check: PlanCheck) -> None:
+        check.source("source", self.source)
+        check.generator("generator", self.generator, "hyperparameters", self.hyperparameters)
 
 
 def real_table(ctx: StageContext, source: str, part: str = "train") -> pd.DataFrame:
