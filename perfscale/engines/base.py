@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from perfscale.errors import PerfscaleError, SpecError
+from perfscale.extras import require
 from perfscale.spec.site import Site
 
 
@@ -66,10 +67,14 @@ ENGINES: dict[str, str] = {
     "dask": "perfscale.engines.dask_engine:DaskEngine",
     "ray": "perfscale.engines.ray_engine:RayEngine",
 }
+# what an engine needs from perfscale[engines]; `local` needs nothing more than the core
+ENGINE_MODULES: dict[str, str] = {"parsl": "parsl", "dask": "distributed", "ray": "ray"}
 
 
 def make_engine(name: str, site: Site, run_root: Path, workers: int | None = None) -> Engine:
     if name not in ENGINES:
         raise SpecError(f"engine {name!r} is not available; choose one of {', '.join(sorted(ENGINES))}")
+    if name in ENGINE_MODULES:
+        require("engines", ENGINE_MODULES[name], f"the {name} engine", hint=" (or use --engine local)")
     module, cls = ENGINES[name].split(":")
     return getattr(import_module(module), cls)(site, run_root, workers)

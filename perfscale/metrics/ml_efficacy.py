@@ -43,6 +43,7 @@ import pandas as pd
 from scipy.stats import rankdata
 
 from perfscale.errors import BadInput
+from perfscale.extras import require
 from perfscale.metrics.columns import category_codes, check_tables, float_values, is_int
 from perfscale.metrics.dcr import encode
 from perfscale.metrics.registry import metric
@@ -81,9 +82,8 @@ def make_model(name: str, task: str, seed: int, n_estimators: int, n_jobs: int) 
 
         cls = RandomForestClassifier if classify else RandomForestRegressor
         return cls(n_estimators=n_estimators, random_state=seed, n_jobs=n_jobs)
-    from xgboost import XGBClassifier, XGBRegressor
-
-    cls = XGBClassifier if classify else XGBRegressor
+    xgboost = require("synth", "xgboost", "ml_efficacy's xgboost model")
+    cls = xgboost.XGBClassifier if classify else xgboost.XGBRegressor
     return cls(n_estimators=n_estimators, random_state=seed, n_jobs=n_jobs, tree_method="hist", verbosity=0)
 
 

@@ -1,0 +1,172 @@
+"""perfscale as a library: optional extras and their named errors, the Campaign API (from Python and from a
+Parsl app) and `--set` overrides.
+
+A missing extra is simulated the way Python itself refuses a module: `sys.modules[name] = None` (the import
+then raises ModuleNotFoundError), set in a fresh interpreter so this process keeps its modules.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import pickle
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import tomllib
+
+from perfscale.errors import BadInput, FailureKind
+from perfscale.extras import MissingExtra, require
+
+ROOT = Path(__file__).resolve().parents[1]
+# every module an extra brings (and the ones it pulls in that perfscale imports itself)
+OPTIONAL = [
+    *("parsl", "distributed", "dask", "dask_jobqueue", "ray"),
+    *("sdv", "torch", "safetensors", "xgboost", "umap"),
+    *("transformers", "tokenizers", "gguf", "accelerate", "deepspeed", "mpi4py"),
+]
+
+NOOP = """\
+name: tiny
+stages:
+  touch:
+    kind: noop
+    grid:
+      product: {x: [1, 2, 3]}
+"""
+
+
+def python_without(modules: list[str], code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run `code` in a fresh interpreter (this checkout on its path) in which `modules` cannot be imported."""
+    prelude = f"import sys\nfor _m in {modules!r}:\n    sys.modules[_m] = None\n"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(code)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_require_returns_the_module_or_names_the_extra() -> None:
+    assert require("profile", "json").dumps([1]) == "[1]"
+    with pytest.raises(MissingExtra) as info:
+        require("synth", "perfscale_no_such_module", "the test generator")
+    exc = info.value
+    assert str(exc) == (
+        "the test generator needs perfscale[synth] (module perfscale_no_such_module is not installed): "
+        "pip install 'perfscale[synth]'"
+    )
+    assert isinstance(exc, ImportError) and isinstance(exc, BadInput)
+    assert exc.kind is FailureKind.BAD_INPUT  # a task fails with it once: a retry cannot install a package
+    again = pickle.loads(pickle.dumps(exc))  # engines send exceptions back from their workers
+    assert (type(again), str(again), again.extra, again.name) == (MissingExtra, str(exc), "synth", exc.name)
+    with pytest.raises(ValueError, match="unknown extra 'gpu'"):
+        require("gpu", "json")
+
+
+def test_a_broken_install_is_not_reported_as_a_missing_extra(tmp_path: Path) -> None:
+    """An ImportError other than a missing module (a broken install) is shown as it is."""
+    (tmp_path / "perfscale_broken_mod.py").write_text("from json import no_such_name\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        with pytest.raises(ImportError) as info:
+            require("synth", "perfscale_broken_mod")
+        assert not isinstance(info.value, MissingExtra)
+        assert "no_such_name" in str(info.value)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("perfscale_broken_mod", None)
+
+
+def _require_calls() -> list[tuple[str, str, str]]:
+    """(file, extra, module) of every `require("extra", "module"...)` in the package, and of the engines."""
+    from perfscale.engines.base import ENGINE_MODULES
+
+    calls = [("perfscale/engines/base.py", "engines", m) for m in ENGINE_MODULES.values()]
+    for path in sorted((ROOT / "perfscale").rglob("*.py")):
+        for extra, module in re.findall(r'require\(\s*"(\w+)",\s*"([\w.]+)"', path.read_text()):
+            calls.append((str(path.relative_to(ROOT)), extra, module))
+    return calls
+
+
+def test_every_require_names_an_extra_that_declares_the_module() -> None:
+    """The extra a MissingExtra tells the user to install does bring the missing module."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    declared = {
+        name: {re.split(r"[\[<>=!~; ]", r, maxsplit=1)[0].lower() for r in requirements}
+        for name, requirements in extras.items()
+    }
+    dists = importlib.metadata.packages_distributions()
+    calls = _require_calls()
+    assert {m.split(".")[0] for _, _, m in calls} >= {"parsl", "distributed", "sdv", "torch", "transformers"}
+    for where, extra, module in calls:
+        names = {d.lower() for d in dists.get(module.split(".")[0], [])}
+        assert names & declared[extra], f"{where}: {module} ({names}) is not in perfscale[{extra}]"
+    everything = set().union(*(declared[e] for e in ("engines", "synth", "llm", "mpi")))
+    assert {"threadpoolctl", "caliper-reader"}.isdisjoint(everything)  # core, not optional
+    assert extras["all"] == ["perfscale[engines,synth,llm,mpi]"]
+
+
+def test_the_core_runs_a_study_and_its_report_without_any_extra(tmp_path: Path) -> None:
+    (tmp_path / "tiny.yaml").write_text(NOOP)
+    code = f"""
+    from perfscale.cli import main
+    rc = main(["run", "tiny.yaml", "--engine", "local", "--workers", "1", "--run-dir", "run", "--quiet"])
+    loaded = [m for m in {OPTIONAL!r} if sys.modules.get(m) is not None]
+    print("rc", rc, "loaded", loaded)
+    """
+    done = python_without(OPTIONAL, code, tmp_path)
+    assert "rc 0 loaded []" in done.stdout, done.stdout + done.stderr
+    assert len(list((tmp_path / "run" / "stages" / "touch").glob("*.parquet"))) == 3
+    assert (tmp_path / "run" / "report" / "index.html").is_file()
+
+
+def test_a_missing_engine_extra_is_a_one_line_cli_error(tmp_path: Path) -> None:
+    (tmp_path / "tiny.yaml").write_text(NOOP)
+    code = """
+    from perfscale.cli import main
+    sys.exit(main(["run", "tiny.yaml", "--engine", "parsl", "--run-dir", "run", "--quiet"]))
+    """
+    done = python_without(["parsl"], code, tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (
+        "perfscale: error: the parsl engine needs perfscale[engines] (module parsl is not installed): "
+        "pip install 'perfscale[engines]' (or use --engine local)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("blocked", "generator", "extra"),
+    [
+        ("sdv", "gaussian_copula", "synth"),
+        ("torch", "tabddpm", "synth"),
+        ("transformers", "great", "llm"),
+    ],
+)
+def test_a_missing_generator_extra_names_the_pip_command(
+    tmp_path: Path, blocked: str, generator: str, extra: str
+) -> None:
+    code = f"""
+    import pandas as pd
+    from perfscale.extras import MissingExtra
+    from perfscale.generators import get_generator
+    from perfscale.tabular.meta import infer_meta
+    table = pd.DataFrame({{"a": [1.0, 2.0, 3.0, 4.0], "b": ["x", "y", "x", "y"]}})
+    try:
+        get_generator({generator!r})().fit(table, infer_meta(table), seed=1)
+    except MissingExtra as exc:
+        print("MissingExtra:", exc)
+    """
+    done = python_without([blocked], code, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        f"MissingExtra: the {generator} generator needs perfscale[{extra}] (module {blocked} is not "
+        f"installed): pip install 'perfscale[{extra}]'"
+    )
