@@ -9,8 +9,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from perfscale import __version__
 from perfscale.engines.base import ENGINES
 from perfscale.errors import PerfscaleError
+from perfscale.logs import LEVEL_ENV, LEVELS, configure, default_level
 
 # written out so that `--help` need not import every importer (pandas, pyarrow); a test keeps it complete
 IMPORTER_NAMES = "caliper, sacct, sacct-steps, alibaba, alibaba-instances, sklearn, csv, parquet"
@@ -283,8 +285,20 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_log_level(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument(
+        "--log-level",
+        choices=LEVELS,
+        default=argparse.SUPPRESS if default is None else default,
+        help=f"log records shown on stderr (default: ${LEVEL_ENV} or warning); runs also log to "
+        "RUN/perfscale.log",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="perfscale", description=__doc__)
+    p.add_argument("--version", action="version", version=f"perfscale {__version__}")
+    _add_log_level(p, default_level())
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="plan a study and run its missing tasks")
@@ -357,11 +371,14 @@ def parser() -> argparse.ArgumentParser:
     si.add_argument("action", choices=["list", "show", "probe"])
     si.add_argument("name", nargs="?", help="site name or YAML path (probe: default local)")
     si.set_defaults(fn=cmd_sites)
+    for command in [*sub.choices.values(), *tsub.choices.values()]:  # also after the command name
+        _add_log_level(command, None)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    configure(args.log_level)
     try:
         return args.fn(args)
     except PerfscaleError as exc:

@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from perfscale.engines import Engine, EngineStalled, make_engine
 from perfscale.errors import FailureKind
 from perfscale.execute import Outcome, execute_task
+from perfscale.logs import run_log
 from perfscale.plan.planner import Plan, Task, build_plan
 from perfscale.spec.site import Site
 from perfscale.spec.study import load_study
@@ -81,7 +82,12 @@ def open_run(
     plan, root = _planned(study_path, site, run_dir)
     RunStore(root).refuse_foreign(plan.study)  # before the lock file is made in a folder that is not ours
     with run_lock(root, wait=wait_lock):
-        yield RunStore.create(root, study_path.read_text(), site, plan, study_dir=study_path.parent)
+        store = RunStore.create(root, study_path.read_text(), site, plan, study_dir=study_path.parent)
+        with run_log(store.root):
+            log.info(
+                "run %s: study %s, site %s, %d tasks", store.root, study_path, site.name, len(plan.tasks)
+            )
+            yield store
 
 
 def _ready(store: RunStore, task: Task, done: dict[str, set[str]]) -> bool:
@@ -125,7 +131,7 @@ def run_plan(
     summary: dict[str, StageSummary] = {}
     done = {s: store.done_keys(s) for s in plan.stages}  # checks every shard's footer; bad ones quarantined
     next_attempt = _next_attempts(store)
-    log = AttemptLog(store)
+    attempt_log = AttemptLog(store)
     owned = not isinstance(engine, Engine)
     if owned:
         engine = make_engine(engine or store.site.engine, store.site, store.root, workers)
@@ -141,9 +147,18 @@ def run_plan(
                 ready = [t for t in todo if _ready(store, t, done)]
                 s.blocked = len(todo) - len(ready)
                 s.done = len(tasks) - len(todo)
+                log.info(
+                    "stage %s: %d tasks, %d done, %d to run, %d blocked",
+                    stage,
+                    s.total,
+                    s.done,
+                    len(ready),
+                    s.blocked,
+                )
                 bar = bars.add_task(stage, total=len(tasks), completed=s.done, failed="")
                 for outcome in _run_tasks(engine, store, ready, next_attempt):
-                    log.add(outcome.attempts)
+                    attempt_log.add(outcome.attempts)
+                    _log_outcome(outcome)
                     if outcome.retrying:
                         continue
                     if outcome.ok:
@@ -155,8 +170,34 @@ def run_plan(
                         s.failure_kinds[outcome.failure_kind or "?"] += 1
                     bars.update(bar, advance=1, failed=f"[red]{s.failed} failed" if s.failed else "")
     finally:
-        log.flush()
+        attempt_log.flush()
     return summary
+
+
+def _log_outcome(outcome: Outcome) -> None:
+    """The retry decisions `execute_task` took in its worker (each failed attempt before the last was
+    retried there), and the task's end when it failed."""
+    records = outcome.attempts
+    for r in records[:-1] if not outcome.retrying else []:
+        if not r["ok"]:
+            log.info(
+                "task %d (%s %s) attempt %d: %s; retried (retry policy)",
+                outcome.index,
+                outcome.stage,
+                outcome.key,
+                r["attempt"],
+                r["failure_kind"],
+            )
+    if not outcome.ok and not outcome.retrying:
+        attempt = records[-1]["attempt"] if records else "?"
+        log.warning(
+            "task %d (%s %s) failed at attempt %s: %s; no retry left for it",
+            outcome.index,
+            outcome.stage,
+            outcome.key,
+            attempt,
+            outcome.failure_kind,
+        )
 
 
 def _lost_record(t: Task, attempt: int, message: str) -> dict:
@@ -246,7 +287,17 @@ def _run_tasks(
     def lose(t: Task, message: str, rerun: bool = True) -> Outcome:
         record = _lost_record(t, next_attempt.get(t.key, 1) + lost[t.key], message)
         lost[t.key] += 1
-        if rerun and lost[t.key] <= t.retry.get(FailureKind.NODE_LOST.value, 0):
+        budget = t.retry.get(FailureKind.NODE_LOST.value, 0)
+        if rerun and lost[t.key] <= budget:
+            log.info(
+                "task %d (%s %s): %s; rerun alone (node_lost retry %d of %d)",
+                t.index,
+                t.stage,
+                t.key,
+                message,
+                lost[t.key],
+                budget,
+            )
             suspects.append(t)
             return Outcome(t.index, t.key, t.stage, ok=False, retrying=True, attempts=[record])
         return Outcome(

@@ -9,6 +9,8 @@ shards or retries: that all lives in perfscale.execute, so every engine behaves 
 
 from __future__ import annotations
 
+import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -19,6 +21,8 @@ from typing import Any, ClassVar
 from perfscale.errors import PerfscaleError, SpecError
 from perfscale.extras import require
 from perfscale.spec.site import Site
+
+log = logging.getLogger(__name__)
 
 
 class Engine(ABC):
@@ -45,15 +49,27 @@ class Engine(ABC):
 
     def restart(self) -> None:
         """Throw the workers away and start afresh (the watchdog's remedy); futures in flight are lost."""
-        self.shutdown()
-        self.start()
+        log.info("%s engine: restarting (run %s)", self.name, self.run_root)
+        self.__exit__()
+        self.__enter__()
 
     def __enter__(self) -> Engine:
+        log.info(
+            "%s engine: starting %d workers on site %s (run %s)",
+            self.name,
+            self.workers,
+            self.site.name,
+            self.run_root,
+        )
+        started = time.monotonic()
         self.start()
+        log.info("%s engine: started in %.2f s", self.name, time.monotonic() - started)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        started = time.monotonic()
         self.shutdown()
+        log.info("%s engine: stopped in %.2f s", self.name, time.monotonic() - started)
 
 
 class EngineStalled(PerfscaleError):

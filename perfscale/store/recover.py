@@ -67,9 +67,9 @@ def _moved(dest: Path | None) -> str:
     return f"moved to {dest}" if dest else "already moved to quarantine by another process"
 
 
-def quarantine_shards(store: RunStore, stage: str, bad: dict[str, str]) -> list[str]:
+def quarantine_shards(store: RunStore, stage: str, bad: dict[str, str], warn: bool = True) -> list[str]:
     """Quarantine the shards of `bad` ({key: why}), record a `corrupt_output` attempt for each, and return
-    one message per shard naming the file, what is wrong and where it went."""
+    one message per shard naming the file, what is wrong and where it went (logged unless `warn` is off)."""
     attempts = store.attempts()  # read before moving: a shard's own (recovered) record counts
     last = attempts.groupby("task_key")["attempt"].max() if len(attempts) else {}
     index = store.plan_keys.get(stage, {})
@@ -78,7 +78,8 @@ def quarantine_shards(store: RunStore, stage: str, bad: dict[str, str]) -> list[
         path = store.shard_path(stage, key)
         dest = quarantine(store, path)
         message = f"{path}: {why}; {_moved(dest)}; `perfscale run` runs its task again"
-        logger.warning("corrupt shard: %s", message)
+        if warn:
+            logger.warning("corrupt shard: %s", message)
         messages.append(message)
         if dest is None:
             continue
@@ -105,7 +106,9 @@ def quarantine_shards(store: RunStore, stage: str, bad: dict[str, str]) -> list[
 
 
 def corrupt_shards_error(store: RunStore, stage: str, bad: dict[str, str]) -> CorruptFile:
-    messages = quarantine_shards(store, stage, bad)
+    messages = quarantine_shards(store, stage, bad, warn=False)
+    for message in messages[1:]:  # the error names the first
+        logger.warning("corrupt shard: %s", message)
     more = f" (and {len(messages) - 1} more bad shards of stage {stage!r})" if len(messages) > 1 else ""
     return CorruptFile(messages[0] + more)
 
