@@ -40,9 +40,9 @@ def _positive_int(text: str) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from perfscale.plan import build_plan
-    from perfscale.spec import load_study
+    from perfscale.spec.overrides import load_study_text
 
-    study = load_study(args.study)
+    study, _ = load_study_text(args.study, args.set)
     plan = build_plan(study, str(args.study), _site(args))
     out = Path(args.out or f"{study.name}.plan.parquet")
     if out.is_dir():
@@ -112,7 +112,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from perfscale.runner import prepare_run
     from perfscale.sched.submit import submit_run
 
-    store = prepare_run(Path(args.study), _site(args), Path(args.run_dir) if args.run_dir else None)
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    store = prepare_run(Path(args.study), _site(args), run_dir, overrides=args.set)
     arrays = submit_run(store, partition=args.partition, account=args.account, throttle=args.throttle)
     _print_arrays(store, arrays)
     return 0
@@ -157,7 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from perfscale.runner import open_run, run_plan
 
     run_dir = Path(args.run_dir) if args.run_dir else None
-    with open_run(Path(args.study), _site(args), run_dir, wait_lock=args.wait_lock) as store:
+    with open_run(Path(args.study), _site(args), run_dir, args.wait_lock, args.set) as store:
         console.print(
             f"run folder: [bold]{store.root}[/] ({len(store.plan.tasks)} tasks, engine "
             f"{args.engine or store.site.engine})"
@@ -371,6 +372,14 @@ def parser() -> argparse.ArgumentParser:
     si.add_argument("action", choices=["list", "show", "probe"])
     si.add_argument("name", nargs="?", help="site name or YAML path (probe: default local)")
     si.set_defaults(fn=cmd_sites)
+    for command in (r, pl, sb):
+        command.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="stages.NAME.params.KEY=VALUE",
+            help="override a stage parameter (VALUE is YAML: 5, 0.5, true, a.csv, [1, 2]); repeatable",
+        )
     for command in [*sub.choices.values(), *tsub.choices.values()]:  # also after the command name
         _add_log_level(command, None)
     return p

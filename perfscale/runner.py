@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -23,8 +23,8 @@ from perfscale.errors import FailureKind
 from perfscale.execute import Outcome, execute_task
 from perfscale.logs import run_log
 from perfscale.plan.planner import Plan, Task, build_plan
+from perfscale.spec.overrides import load_study_text
 from perfscale.spec.site import Site
-from perfscale.spec.study import load_study
 from perfscale.store.lock import run_lock
 from perfscale.store.run import RunStore, utcnow
 
@@ -61,28 +61,37 @@ def default_run_dir(study_name: str, site: Site) -> Path:
     return Path("runs") / f"{study_name}-{site.name}"
 
 
-def _planned(study_path: Path, site: Site, run_dir: Path | None) -> tuple[Plan, Path]:
-    study = load_study(study_path)
-    return build_plan(study, str(study_path), site), run_dir or default_run_dir(study.name, site)
+def _planned(
+    study_path: Path, site: Site, run_dir: Path | None, overrides: Sequence[str] = ()
+) -> tuple[Plan, Path, str]:
+    """The plan, the run folder and the study text to record (overridden by `--set`s, see spec.overrides)."""
+    study, text = load_study_text(study_path, overrides)
+    return build_plan(study, str(study_path), site), run_dir or default_run_dir(study.name, site), text
 
 
-def prepare_run(study_path: Path, site: Site, run_dir: Path | None = None) -> RunStore:
+def prepare_run(
+    study_path: Path, site: Site, run_dir: Path | None = None, overrides: Sequence[str] = ()
+) -> RunStore:
     """Validate the study, expand its plan, and create (or re-open) its run folder. Nothing runs."""
-    plan, root = _planned(study_path, site, run_dir)
-    return RunStore.create(root, study_path.read_text(), site, plan, study_dir=study_path.parent)
+    plan, root, text = _planned(study_path, site, run_dir, overrides)
+    return RunStore.create(root, text, site, plan, study_dir=study_path.parent)
 
 
 @contextmanager
 def open_run(
-    study_path: Path, site: Site, run_dir: Path | None = None, wait_lock: bool = False
+    study_path: Path,
+    site: Site,
+    run_dir: Path | None = None,
+    wait_lock: bool = False,
+    overrides: Sequence[str] = (),
 ) -> Iterator[RunStore]:
     """`prepare_run` under the run folder's lock (RUN/.lock), held until the block ends: one run per folder.
 
     The study is checked and planned before the lock; the folder is written only once the lock is held."""
-    plan, root = _planned(study_path, site, run_dir)
+    plan, root, text = _planned(study_path, site, run_dir, overrides)
     RunStore(root).refuse_foreign(plan.study)  # before the lock file is made in a folder that is not ours
     with run_lock(root, wait=wait_lock):
-        store = RunStore.create(root, study_path.read_text(), site, plan, study_dir=study_path.parent)
+        store = RunStore.create(root, text, site, plan, study_dir=study_path.parent)
         with run_log(store.root):
             log.info(
                 "run %s: study %s, site %s, %d tasks", store.root, study_path, site.name, len(plan.tasks)
@@ -344,6 +353,7 @@ def run_study(
     engine: str | None = None,
     workers: int | None = None,
     progress: bool = True,
+    overrides: Sequence[str] = (),
 ) -> tuple[RunStore, dict[str, StageSummary]]:
-    with open_run(study_path, site, run_dir) as store:
+    with open_run(study_path, site, run_dir, overrides=overrides) as store:
         return store, run_plan(store, engine, workers, progress=progress)

@@ -170,3 +170,112 @@ def test_a_missing_generator_extra_names_the_pip_command(
         f"MissingExtra: the {generator} generator needs perfscale[{extra}] (module {blocked} is not "
         f"installed): pip install 'perfscale[{extra}]'"
     )
+
+
+# ---- --set overrides ---------------------------------------------------------------------------------------
+
+DATASETS = """\
+name: datasets
+stages:
+  data:
+    kind: ingest
+    params: {kind: csv, source: small.csv}
+  sq: &square
+    kind: function
+    params: {callable: "fns.py:square", x: 2}
+  copy: *square
+"""
+
+
+def _main_err(capsys, argv: list[str]) -> str:
+    from perfscale.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("perfscale: error: --set "), err
+    return err
+
+
+def test_one_study_file_serves_two_data_sets(write_study, study_dir: Path, capsys) -> None:
+    from perfscale.cli import main
+    from perfscale.plan import build_plan
+    from perfscale.spec import load_site, load_study
+    from perfscale.store import RunStore
+
+    study = write_study(DATASETS)
+    (study_dir / "small.csv").write_text("a,b\n1,x\n2,y\n")
+    (study_dir / "large.csv").write_text("a,b\n" + "".join(f"{i},z\n" for i in range(7)))
+    base = ["run", str(study), "--engine", "local", "--workers", "1", "--quiet", "--no-report"]
+    assert main([*base, "--run-dir", str(study_dir / "small")]) == 0
+    sets = ["--set", "stages.data.params.source=large.csv", "--set", "stages.sq.params.x=5"]
+    assert main([*base, "--run-dir", str(study_dir / "large"), *sets]) == 0
+    small, large = RunStore(study_dir / "small"), RunStore(study_dir / "large")
+    assert (small.read_stage("data").num_rows, large.read_stage("data").num_rows) == (2, 7)
+    assert large.read_stage("sq").column("y").to_pylist() == [25]
+    assert large.read_stage("copy").column("y").to_pylist() == [4]  # the stage aliasing sq keeps its x
+    # the unchanged study is recorded as written; the overridden one as a study that replans the same
+    assert (small.root / "study.yaml").read_text() == DATASETS
+    recorded = (large.root / "study.yaml").read_text()
+    assert recorded.splitlines()[0] == (
+        f"# {study} with --set stages.data.params.source=large.csv --set stages.sq.params.x=5"
+    )
+    replanned = build_plan(load_study(large.root / "study.yaml"), "", load_site("local"))
+    assert [t.key for t in replanned.tasks] == [t.key for t in large.plan.tasks]
+    assert [t.key for t in large.plan.tasks] != [t.key for t in small.plan.tasks]
+
+
+def test_set_values_are_yaml_scalars(write_study) -> None:
+    from perfscale.spec.overrides import load_study_text
+
+    study = write_study(DATASETS)
+    sets = {
+        "x": "5",
+        "f": "0.5",
+        "flag": "true",
+        "items": "[1, two]",
+        "text": "'5'",
+        "none": "",
+        "d": "{k: 1}",
+    }
+    loaded, _ = load_study_text(study, [f"stages.sq.params.{k}={v}" for k, v in sets.items()])
+    params = loaded.stages["sq"].params
+    assert params == {
+        "callable": "fns.py:square",
+        "x": 5,
+        "f": 0.5,
+        "flag": True,
+        "items": [1, "two"],
+        "text": "5",
+        "none": "",
+        "d": {"k": 1},
+    }
+    nested, _ = load_study_text(study, ["stages.sq.params.d.k=2", "stages.sq.params.d.j=3"])
+    assert nested.stages["sq"].params["d"] == {"k": 2, "j": 3}
+
+
+def test_a_bad_set_is_a_one_line_error_naming_the_flag_and_the_choices(write_study, capsys) -> None:
+    study = str(
+        write_study(DATASETS + "  s:\n    kind: split\n    inputs: [data]\n    params: {source: data}\n")
+    )
+    plan = ["plan", study, "--out", str(Path(study).with_suffix(".parquet"))]
+    err = _main_err(capsys, [*plan, "--set", "stages.nope.params.x=1"])
+    assert err.endswith(
+        "'stages.nope.params.x=1': " + f"{study} has no stage 'nope'; its stages: data, sq, copy, s"
+    )
+    err = _main_err(capsys, [*plan, "--set", "stages.s.params.holdout=0.5"])
+    assert err.endswith(
+        "stage 's' (kind split) has no parameter 'holdout'; its parameters: columns, holdout_fraction, "
+        "rows, source"
+    )
+    for flag in ("stages.s.resources.cores=2", "stages.s.params.", "stages.s.params.x", "name=other"):
+        err = _main_err(capsys, [*plan, "--set", flag])
+        assert err.endswith(
+            f"--set {flag!r}: give stages.NAME.params.KEY=VALUE (only stage parameters can be set)"
+        )
+    err = _main_err(capsys, ["run", study, "--set", "stages.sq.params.x=[1"])
+    assert "VALUE is not a YAML value" in err
+    grid = write_study(
+        "name: g\nstages:\n  n:\n    kind: noop\n    grid:\n      product: {y: [1, 2]}\n", "g.yaml"
+    )
+    err = _main_err(capsys, ["plan", str(grid), "--set", "stages.n.params.y=3"])
+    assert "'y' is a grid parameter of stage 'n' (grid.product)" in err
