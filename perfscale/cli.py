@@ -110,13 +110,25 @@ def _print_status(store) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     """Array mode: plan, render job scripts, submit them with dependencies between stages."""
     from perfscale.runner import prepare_run
-    from perfscale.sched.submit import submit_run
+    from perfscale.sched.submit import dry_run, submit_run
 
     run_dir = Path(args.run_dir) if args.run_dir else None
     store = prepare_run(Path(args.study), _site(args), run_dir, overrides=args.set)
+    if args.dry_run:
+        _print_scripts(store, dry_run(store, args.partition, args.account, args.throttle))
+        return 0
     arrays = submit_run(store, partition=args.partition, account=args.account, throttle=args.throttle)
     _print_arrays(store, arrays)
     return 0
+
+
+def _print_scripts(store, rendered) -> None:
+    title = f"dry run for {store.root}: rendered, nothing submitted"
+    table = Table("array", "stage", "elements", "tasks", "script", title=title)
+    for job, script in rendered:
+        tasks = sum(len(e.indices) for e in job.elements)
+        table.add_row(job.name, job.stage, str(len(job.elements)), str(tasks), str(script))
+    console.print(table if rendered else "nothing to submit: every task has its shard")
 
 
 def _print_arrays(store, arrays) -> None:
@@ -319,6 +331,11 @@ def parser() -> argparse.ArgumentParser:
     sb.add_argument("study", type=Path)
     sb.add_argument("--site", required=True, help="a site with a batch scheduler (`perfscale sites list`)")
     sb.add_argument("--run-dir", help="run folder (default: runs/<study>-<site>)")
+    sb.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="render the job scripts into RUN/arrays/ and stop: no scheduler command runs",
+    )
     rs = sub.add_parser("resubmit", help="array mode: resubmit only failed or missing tasks")
     rs.add_argument("run", type=Path)
     rs.add_argument("--failed", action="store_true", required=True, help="failed or missing tasks (required)")

@@ -23,6 +23,8 @@ SITE_FILES = sorted(p.stem for p in (ROOT / "site_configs").glob("*.yaml"))
 # what the wheel is built from: the package, its build files and the two data folders
 SOURCES = ("perfscale", "site_configs", "launchers", "pyproject.toml", "setup.py", "MANIFEST.in", "README.md")
 
+pytestmark = pytest.mark.slow  # ~20 s: a wheel build, a venv, and the CLI started a dozen times
+
 NOOP = """\
 name: tiny
 stages:
@@ -105,3 +107,53 @@ def test_a_small_local_study_from_the_wheel(wheel_venv) -> None:
     _run([*argv, "--run-dir", run, "--quiet", "--no-report"], work, env)
     assert len(list((run / "stages" / "touch").glob("*.parquet"))) == 3
     assert yaml.safe_load((run / "site.json").read_text())["name"] == "local"
+
+
+SCHEDULER_COMMANDS = [
+    "sbatch",
+    "squeue",
+    "sacct",
+    "scancel",
+    "scontrol",
+    "bsub",
+    "bjobs",
+    "bkill",
+    "qsub",
+    "qstat",
+    "qdel",
+    "flux",
+]
+
+
+def test_submit_dry_run_renders_every_site_without_a_scheduler_call(wheel_venv, tmp_path: Path) -> None:
+    """`perfscale submit --dry-run` for every site file: the scripts are rendered from the wheel's templates
+    and name the wheel's interpreter; no scheduler command runs (each is a stand-in that leaves a mark)."""
+    bin_dir, env, work = wheel_venv
+    fakes, marks = tmp_path / "fakes", tmp_path / "marks"
+    fakes.mkdir()
+    marks.mkdir()
+    for name in SCHEDULER_COMMANDS:
+        fake = fakes / name
+        fake.write_text(f"#!/bin/sh\ntouch {marks / name}\nexit 1\n")
+        fake.chmod(0o755)
+    env = {**env, "PATH": f"{fakes}{os.pathsep}{env['PATH']}", "COLUMNS": "200"}
+    (work / "tiny.yaml").write_text(NOOP)
+    python = str(bin_dir / "python")
+    for site in SITE_FILES:
+        run = work / "dry" / site
+        argv = [bin_dir / "perfscale", "submit", "tiny.yaml", "--site", site, "--dry-run", "--run-dir", run]
+        if site == "local":  # no batch scheduler: array mode says so
+            done = subprocess.run([str(a) for a in argv], cwd=work, env=env, capture_output=True, text=True)
+            assert done.returncode == 2 and "array mode needs a batch scheduler" in done.stderr, done.stderr
+            continue
+        out = _run([*argv, "--set", "stages.touch.params.note=dry"], work, env)
+        assert "nothing submitted" in out
+        scripts = sorted((run / "arrays").glob("*.sh"))
+        assert [s.name for s in scripts] == ["tiny-touch-0.sh"], site
+        text = scripts[0].read_text()
+        assert f"{python} -m perfscale.cli task run {run / 'plan.parquet'}" in text, site
+        indices = (run / "arrays" / "tiny-touch-0.idx").read_text().split()  # one line per element
+        assert sorted(map(int, indices)) == [0, 1, 2], site
+        assert not (run / "arrays" / "jobs.json").exists()
+        assert "note: dry" in (run / "study.yaml").read_text()
+    assert sorted(p.name for p in marks.iterdir()) == []
