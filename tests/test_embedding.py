@@ -11,6 +11,7 @@ import importlib.metadata
 import os
 import pickle
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -279,3 +280,147 @@ def test_a_bad_set_is_a_one_line_error_naming_the_flag_and_the_choices(write_stu
     )
     err = _main_err(capsys, ["plan", str(grid), "--set", "stages.n.params.y=3"])
     assert "'y' is a grid parameter of stage 'n' (grid.product)" in err
+
+
+# ---- the Campaign API --------------------------------------------------------------------------------------
+
+EXAMPLES = ROOT / "examples" / "embedding"
+
+
+def test_campaign_plans_runs_reads_and_renders_from_python(write_study, tmp_path: Path) -> None:
+    import perfscale
+    from perfscale.campaign import Campaign
+    from perfscale.errors import PerfscaleError, SpecError
+    from tests.studies import STUDY
+
+    assert perfscale.Campaign is Campaign
+    study, run = write_study(STUDY), tmp_path / "run"
+    c = Campaign(study, run_dir=run)
+    assert [t.stage for t in c.plan().tasks] == ["square"] * 5 + ["total"]
+    assert not run.exists()  # planning writes nothing
+    with pytest.raises(PerfscaleError, match="is not a perfscale run"):
+        c.status()
+    summary = c.run(engine="local", workers=1)
+    assert {s: (x.total, x.done, x.ran, x.failed) for s, x in summary.items()} == {
+        "square": (5, 5, 5, 0),
+        "total": (1, 1, 1, 0),
+    }
+    assert [(s.stage, s.done, s.failed, s.missing) for s in c.status()] == [
+        ("square", 5, 0, 0),
+        ("total", 1, 0, 0),
+    ]
+    table = c.read("total")
+    assert table.to_pylist() == [{"n": 5, "sum_y": 55}]
+    assert "_task_key" in c.read("total", provenance=True).column_names
+    assert c.run(engine="local", workers=1)["square"].ran == 0  # nothing left to run
+    with pytest.raises(PerfscaleError, match="has no stage 'nope'; stages: square, total"):
+        c.read("nope")
+    rendered = Campaign(study, site="quartz", run_dir=tmp_path / "q").submit(dry_run=True)
+    assert [job.stage for job, _ in rendered] == ["square", "total"]
+    assert all(script.is_file() and script.parent == tmp_path / "q" / "arrays" for _, script in rendered)
+    with pytest.raises(SpecError, match="has no stage 'sq'"):
+        Campaign(study, overrides=["stages.sq.params.x=1"])
+    sets = ["stages.total.params.note=x"]
+    assert repr(Campaign(study, run_dir=run, overrides=sets)) == (
+        f"Campaign({str(study)!r}, site='local', run_dir={str(run)!r}, overrides={sets!r})"
+    )
+
+
+def test_import_perfscale_does_not_load_the_campaign(tmp_path: Path) -> None:
+    code = "import perfscale; print(sorted(m for m in sys.modules if m.startswith('perfscale')))"
+    done = python_without([], code, tmp_path)
+    assert done.stdout.strip() == "['perfscale']", done.stderr
+
+
+def test_a_campaign_runs_inside_parsl_apps(tmp_path: Path) -> None:
+    """examples/embedding/parsl_step.py: one Parsl app per data set runs a Campaign, a summary app reads
+    every run's `split` stage as Arrow."""
+    out = tmp_path / "runs"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "parsl_step.py"), "--executor", "threads", "--out", str(out)],
+        cwd=EXAMPLES,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line.split() for line in done.stdout.strip().splitlines()]
+    assert rows == [
+        ["dataset", "split", "rows"],
+        ["large", "holdout", "6"],
+        ["large", "train", "18"],
+        ["small", "holdout", "2"],
+        ["small", "train", "6"],
+    ]
+    for name in ("small", "large"):
+        assert (
+            "--set stages.data.params.source=data/" + name + ".csv" in (out / name / "study.yaml").read_text()
+        )
+        assert "local engine: stopped" in (out / name / "perfscale.log").read_text()
+
+
+def _perfscale_on_path(tmp_path: Path) -> dict[str, str]:
+    """An environment whose `perfscale` command is this checkout's CLI."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shim = bin_dir / "perfscale"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m perfscale.cli "$@"\n')
+    shim.chmod(0o755)
+    return {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+
+def _bash(script: str, cwd: Path, env: dict[str, str]) -> None:
+    done = subprocess.run(
+        ["bash", "-ec", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, f"{script}\n{done.stdout}\n{done.stderr}"
+
+
+def _split_rows(path: Path) -> dict[str, int]:
+    import pandas as pd
+
+    return pd.read_csv(path)["split"].value_counts().to_dict()
+
+
+def test_the_snakemake_rule_runs_its_campaign(tmp_path: Path) -> None:
+    """The `campaign` rule's shell command, its placeholders filled in as Snakemake would (Snakemake itself
+    is not installed here)."""
+    text = (EXAMPLES / "Snakefile").read_text()
+    block = text.split("rule campaign:")[1].split("shell:")[1].split("\n\n")[0]
+    command = "".join(re.findall(r'"([^"]*)"', block))
+    work = tmp_path / "embedding"
+    shutil.copytree(EXAMPLES, work, ignore=shutil.ignore_patterns("runs", "__pycache__"))
+    filled = {
+        "{input.study}": "study.yaml",
+        "{input.data}": "data/large.csv",
+        "{wildcards.dataset}": "large",
+        "{output}": "runs/large/split.csv",
+    }
+    for placeholder, value in filled.items():
+        command = command.replace(placeholder, value)
+    assert "{" not in command, command
+    _bash(command, work, _perfscale_on_path(tmp_path))
+    assert _split_rows(work / "runs" / "large" / "split.csv") == {"train": 18, "holdout": 6}
+
+
+def test_the_maestro_step_runs_its_campaign(tmp_path: Path) -> None:
+    """The `campaign` step's command of maestro.yaml, with Maestro's tokens filled in (Maestro itself is not
+    installed here)."""
+    import yaml
+
+    spec = yaml.safe_load((EXAMPLES / "maestro.yaml").read_text())
+    step = next(s for s in spec["study"] if s["name"] == "campaign")
+    assert spec["global.parameters"]["DATASET"]["values"] == ["small", "large"]
+    summary = next(s for s in spec["study"] if s["name"] == "summary")
+    assert summary["run"]["depends"] == ["campaign_*"]
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    tokens = {"$(SPECROOT)": str(EXAMPLES), "$(WORKSPACE)": str(workspace), "$(DATASET)": "small"}
+    command = step["run"]["cmd"]
+    for token, value in tokens.items():
+        command = command.replace(token, value)
+    assert "$(" not in command, command
+    _bash(command, tmp_path, _perfscale_on_path(tmp_path))
+    assert _split_rows(workspace / "split.csv") == {"train": 6, "holdout": 2}
