@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -166,8 +167,19 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like SIGINT: the run stops cleanly (attempts recorded, workers stopped)."""
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only the first counts: a second must not cut the cleanup
+    raise Terminated
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from perfscale.runner import open_run, run_plan
+
+    signal.signal(signal.SIGTERM, _terminate)
 
     run_dir = Path(args.run_dir) if args.run_dir else None
     with open_run(Path(args.study), _site(args), run_dir, args.wait_lock, args.set) as store:
@@ -194,6 +206,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_task_run(args: argparse.Namespace) -> int:
     """One task, as a job-array element runs it: attempts are appended to the run's attempts table."""
     from perfscale.execute import execute_task, open_store
+    from perfscale.store.space import disk_full_named
 
     if not args.plan.is_file():
         raise PerfscaleError(
@@ -206,7 +219,8 @@ def cmd_task_run(args: argparse.Namespace) -> int:
     attempts = store.attempts()
     previous = attempts.loc[attempts.task_key == store.plan.tasks[args.index].key, "attempt"]
     outcome = execute_task(store.root, args.index, int(previous.max()) + 1 if len(previous) else 1)
-    store.append_attempts(outcome.attempts)
+    with disk_full_named(store.root):
+        store.append_attempts(outcome.attempts)
     if outcome.ok:
         console.print(
             f"task {args.index} ({outcome.stage} {outcome.key}): "
@@ -410,6 +424,13 @@ def main(argv: list[str] | None = None) -> int:
     except PerfscaleError as exc:
         print(f"perfscale: error: {exc}", file=sys.stderr)  # argparse's form for usage errors
         return 2
+    except KeyboardInterrupt as exc:
+        name = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
+        print(
+            f"perfscale: interrupted by {name}: attempts so far are recorded; run again to resume",
+            file=sys.stderr,
+        )
+        return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
 
 
 if __name__ == "__main__":

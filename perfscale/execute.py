@@ -43,6 +43,7 @@ from perfscale.errors import FailureKind, TaskFailure
 from perfscale.plan.planner import Task
 from perfscale.stages import StageContext, get_stage_kind
 from perfscale.store.run import Provenance, RunStore, utcnow
+from perfscale.store.space import is_disk_full
 
 _HOST = socket.gethostname()
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ class Outcome:
     ok: bool
     skipped: bool = False  # the shard already existed
     retrying: bool = False  # the worker was lost and the task has been resubmitted
+    disk_full: bool = False  # an attempt failed because the disk is full: the run must stop
     failure_kind: str | None = None
     message: str | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
@@ -218,6 +220,9 @@ def _attempts(store: RunStore, task: Task, outcome: Outcome, first_attempt: int)
             )
             if isinstance(exc, Interrupted):  # the element is ending: record, never retry here
                 outcome.failure_kind, outcome.message = failure.value, msg
+                return outcome
+            if is_disk_full(exc):  # retrying cannot help, and every other task would fail the same way
+                outcome.failure_kind, outcome.message, outcome.disk_full = failure.value, msg, True
                 return outcome
             if failure is FailureKind.CANCELLED:
                 raise

@@ -12,7 +12,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,10 +25,13 @@ from perfscale.logs import run_log
 from perfscale.plan.planner import Plan, Task, build_plan
 from perfscale.spec.overrides import load_study_text
 from perfscale.spec.site import Site
+from perfscale.store import space
 from perfscale.store.lock import run_lock
 from perfscale.store.run import RunStore, utcnow
+from perfscale.store.space import DiskFull, disk_full_named, is_disk_full
 
 log = logging.getLogger(__name__)
+CANCELLED = FailureKind.CANCELLED
 
 
 @dataclass
@@ -53,7 +56,22 @@ class AttemptLog:
             self.flush()
 
     def flush(self) -> None:
-        self.store.append_attempts(self.buffer)
+        """Append the buffer. A full disk: free the run's reserve, write the buffer there, raise DiskFull."""
+        try:
+            self.store.append_attempts(self.buffer)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            if space.release(self.store.root):
+                log.info(
+                    "disk full in %s: its reserve freed to record %d attempts",
+                    self.store.root,
+                    len(self.buffer),
+                )
+                with suppress(OSError):
+                    self.store.append_attempts(self.buffer)
+                    self.buffer = []
+            raise DiskFull(self.store.root, exc) from exc
         self.buffer, self.last = [], time.monotonic()
 
 
@@ -90,7 +108,7 @@ def open_run(
     The study is checked and planned before the lock; the folder is written only once the lock is held."""
     plan, root, text = _planned(study_path, site, run_dir, overrides)
     RunStore(root).refuse_foreign(plan.study)  # before the lock file is made in a folder that is not ours
-    with run_lock(root, wait=wait_lock):
+    with disk_full_named(root), run_lock(root, wait=wait_lock):
         store = RunStore.create(root, text, site, plan, study_dir=study_path.parent)
         with run_log(store.root):
             log.info(
@@ -144,8 +162,13 @@ def run_plan(
     owned = not isinstance(engine, Engine)
     if owned:
         engine = make_engine(engine or store.site.engine, store.site, store.root, workers)
+    space.reserve(store.root)
     try:
-        with engine if owned else nullcontext(engine), _progress(progress) as bars:
+        with (
+            disk_full_named(store.root),
+            engine if owned else nullcontext(engine),
+            _progress(progress) as bars,
+        ):
             for stage in plan.stages:
                 tasks = plan.of_stage(stage)
                 s = summary[stage] = StageSummary(total=len(tasks))
@@ -179,7 +202,11 @@ def run_plan(
                         s.failure_kinds[outcome.failure_kind or "?"] += 1
                     bars.update(bar, advance=1, failed=f"[red]{s.failed} failed" if s.failed else "")
     finally:
-        attempt_log.flush()
+        try:
+            with disk_full_named(store.root):
+                attempt_log.flush()
+        finally:
+            space.release(store.root)
     return summary
 
 
@@ -209,7 +236,7 @@ def _log_outcome(outcome: Outcome) -> None:
         )
 
 
-def _lost_record(t: Task, attempt: int, message: str) -> dict:
+def _lost_record(t: Task, attempt: int, message: str, kind: FailureKind = FailureKind.NODE_LOST) -> dict:
     now = utcnow()
     return {
         "task_key": t.key,
@@ -223,7 +250,7 @@ def _lost_record(t: Task, attempt: int, message: str) -> dict:
         "duration_s": None,
         "ok": False,
         "exit_status": None,
-        "failure_kind": FailureKind.NODE_LOST.value,
+        "failure_kind": kind.value,
         "message": message,
     }
 
@@ -319,6 +346,12 @@ def _run_tasks(
             attempts=[record],
         )
 
+    def cancel_pending(why: str) -> Iterator[Outcome]:
+        """The run stops: a `cancelled` attempt for every task in flight."""
+        for t in pending.values():
+            record = _lost_record(t, next_attempt.get(t.key, 1) + lost[t.key], why, CANCELLED)
+            yield Outcome(t.index, t.key, t.stage, False, failure_kind=CANCELLED.value, attempts=[record])
+
     while queue or suspects or pending:
         if suspects:
             if not pending:
@@ -326,7 +359,11 @@ def _run_tasks(
         else:
             while queue and len(pending) < window:
                 submit(queue.popleft())
-        fut = _next_done(pending, watchdog)
+        try:
+            fut = _next_done(pending, watchdog)
+        except KeyboardInterrupt:  # SIGINT, or SIGTERM turned into one: record the tasks in flight, stop
+            yield from cancel_pending("run interrupted (SIGINT or SIGTERM)")
+            raise
         if fut is None:  # stalled: every task in flight is lost; restart once, then stop
             stuck, stop = list(pending.values()), watchdog.restarted
             pending.clear()
@@ -344,6 +381,9 @@ def _run_tasks(
         except Exception as exc:  # the worker process died: the task never reported back
             outcome = lose(t, f"worker lost: {type(exc).__name__}: {exc}")
         yield outcome
+        if outcome.disk_full:  # every other task would fail the same way
+            yield from cancel_pending("run stopped: disk full")
+            raise DiskFull(store.root, outcome.message.splitlines()[0] if outcome.message else "")
 
 
 def run_study(

@@ -73,3 +73,33 @@ def break_pool(x: int) -> dict:
             os.kill(p.pid, signal.SIGKILL)
     os.kill(me, signal.SIGKILL)
     return {"x": x}
+
+
+def sleep_marked(x: int, seconds: float, ctx) -> dict:
+    """Leaves RUN/started-<x> (holding its pid), then sleeps: a long task a test can wait for and kill."""
+    (Path(ctx.store.root) / f"started-{x}").write_text(str(os.getpid()))
+    time.sleep(seconds)
+    return {"x": x}
+
+
+def gated(x: int, ctx) -> dict:
+    """Leaves RUN/started-<x>, then waits for RUN/go-<x> or RUN/go-all (at most 120 s): a test decides when
+    the task may end."""
+    root = Path(ctx.store.root)
+    (root / f"started-{x}").write_text(str(os.getpid()))
+    deadline = time.monotonic() + 120
+    while not ((root / f"go-{x}").exists() or (root / "go-all").exists()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no go for x={x}")
+        time.sleep(0.02)
+    return {"x": x}
+
+
+def held(x: int, hold: str) -> dict:
+    """Waits while the file `hold` exists (at most 120 s): a test decides when the task writes its shard."""
+    deadline = time.monotonic() + 120
+    while Path(hold).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{hold} still there")
+        time.sleep(0.02)
+    return {"x": x}

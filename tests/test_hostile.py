@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from perfscale.errors import SpecError
-from perfscale.spec import load_study
+from perfscale.plan import build_plan
+from perfscale.spec import Site, Study, load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 MEMORY_CAP = 3 * 2**30  # address space of a CLI subprocess: a runaway expansion dies instead of the machine
@@ -360,3 +361,40 @@ def test_stage_params_errors_are_all_shown_with_their_lines(tmp_path):
     assert "study.yaml:10: stages.p.params.fom.bad name: not a valid column name" in err
     assert "study.yaml:6: stages.p.params.command: unknown placeholder {missing}" in err
     assert not (tmp_path / "p.parquet").exists()
+
+
+# ---- planning cost ---------------------------------------------------------------------------------------
+def _profile_study(events: list[list[str]], sizes: int) -> Study:
+    grid = {"size": list(range(sizes)), "papi_events": events}
+    stage = {"kind": "profile", "params": {"command": "true {size}", "collectors": ["papi"]}}
+    return Study.model_validate({"name": "p", "stages": {"p": {**stage, "grid": {"product": grid}}}})
+
+
+def _site(**counters: object) -> Site:
+    return Site.model_validate(
+        {"name": "nodes", "scheduler": "slurm", "counters": {"papi": True, **counters}}
+    )
+
+
+def test_event_checks_run_once_per_distinct_event_set_and_site(monkeypatch):
+    from perfscale.stages import profile
+
+    calls: list[tuple[str, ...]] = []
+    real = profile._check_papi_events
+
+    def counted(params: profile.ProfileParams, site: Site | None) -> None:
+        calls.append(tuple(params.papi_events))
+        real(params, site)
+
+    monkeypatch.setattr(profile, "_check_papi_events", counted)
+    lists = [["PAPI_TOT_INS"], ["PAPI_TOT_CYC", "perf::TASK-CLOCK"]]
+    listed = _site(papi_native_events=["perf::*"])
+    plan = build_plan(_profile_study(lists, 50), "study.yaml", listed)
+    assert len(plan.tasks) == 100
+    assert sorted(calls) == sorted(map(tuple, lists))  # once per distinct list, not at each of 100 points
+    # the same study against a site whose nodes do not know perf::TASK-CLOCK: checked again, and refused
+    with pytest.raises(SpecError, match=r"'perf::TASK-CLOCK' is not among the events site 'nodes' lists"):
+        build_plan(_profile_study(lists, 50), "study.yaml", _site(papi_native_events=["skx::*"]))
+    # a bad list late in a grid is still found
+    with pytest.raises(SpecError, match=r"papi_events: .*'PAPI_NOPE' is not a PAPI preset"):
+        build_plan(_profile_study([*lists, ["PAPI_NOPE"]], 50), "study.yaml", listed)

@@ -53,6 +53,10 @@ class Engine(ABC):
         self.__exit__()
         self.__enter__()
 
+    def abort(self) -> None:
+        """Stop now, tasks in flight included (after an interrupt or an error); by default, `shutdown`."""
+        self.shutdown()
+
     def __enter__(self) -> Engine:
         log.info(
             "%s engine: starting %d workers on site %s (run %s)",
@@ -66,10 +70,14 @@ class Engine(ABC):
         log.info("%s engine: started in %.2f s", self.name, time.monotonic() - started)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None = None, *exc: object) -> None:
         started = time.monotonic()
-        self.shutdown()
-        log.info("%s engine: stopped in %.2f s", self.name, time.monotonic() - started)
+        if exc_type is None:
+            self.shutdown()
+        else:
+            self.abort()
+        how = "stopped" if exc_type is None else f"aborted ({exc_type.__name__})"
+        log.info("%s engine: %s in %.2f s", self.name, how, time.monotonic() - started)
 
 
 class EngineStalled(PerfscaleError):

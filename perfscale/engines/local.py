@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
 from perfscale.engines.base import Engine
+from perfscale.orphans import guard_worker
 
 
 class LocalEngine(Engine):
@@ -19,7 +21,10 @@ class LocalEngine(Engine):
         # perfscale so each task pays no import cost
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(["perfscale.execute"])
-        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+        # workers end with this process, even when it is SIGKILLed (see perfscale.orphans)
+        self._pool = ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=ctx, initializer=guard_worker, initargs=(os.getpid(),)
+        )
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         assert self._pool is not None, "engine not started"
@@ -32,5 +37,13 @@ class LocalEngine(Engine):
 
     def shutdown(self) -> None:
         if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def abort(self) -> None:
+        """Kill the workers (tasks in flight included) instead of waiting for them."""
+        if self._pool is not None:
+            for process in list(self._pool._processes.values()):  # no public handle on the workers
+                process.kill()
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None

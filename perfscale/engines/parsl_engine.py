@@ -77,7 +77,9 @@ def make_provider(
     """The Parsl execution provider for `site` (see the module docstring for the field mapping)."""
     sched = scheduler_class(site.scheduler)()
     if not sched.batch:
-        return sched.parsl_provider(site, {"worker_init": worker_init(site)}, None, None)
+        # a local block is detached from this process (LocalProvider): a watcher ends it with the run
+        watch = f"{shlex.quote(sys.executable)} -m perfscale.orphans watch {os.getpid()} &"
+        return sched.parsl_provider(site, {"worker_init": f"{worker_init(site)}\n{watch}"}, None, None)
     site.check_request(nodes_per_block, walltime_s or 0, 0, partition)
     pname, limit = _limit(site, partition)
     account = account or (site.accounts[0] if site.accounts else None)
@@ -119,6 +121,15 @@ def parsl_config(
         max_workers_per_node=workers,
         cores_per_worker=1,
         provider=provider,
+        # the interchange dies with this process, even by SIGKILL (see perfscale.orphans)
+        interchange_launch_cmd=[
+            sys.executable,
+            "-m",
+            "perfscale.orphans",
+            "exec",
+            str(os.getpid()),
+            "interchange.py",
+        ],
     )
     return Config(
         executors=[executor],
@@ -135,8 +146,11 @@ MAINTAIN_S = 5.0  # how often the engine checks its log sizes
 
 
 def _call(heartbeat_dir: str, beat_s: float, fn: Callable[..., Any], *args: Any) -> Any:
+    """What a Parsl worker runs: it beats for the watchdog and dies with its pool (no orphans)."""
     from perfscale.engines.guard import start_heartbeat
+    from perfscale.orphans import die_with_parent
 
+    die_with_parent()
     start_heartbeat(heartbeat_dir, beat_s)
     return fn(*args)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 import perfscale
 from perfscale.errors import SpecError
@@ -116,15 +116,17 @@ def _params_loc(spec: Stage, stage: str, loc: Loc) -> Loc:
 
 
 def _validated_params(
-    study: Study, stage: str, point: dict[str, Any], source: str, site: Site | None, lines: _StudyLines
+    spec: Stage,
+    stage: str,
+    params_model: type[BaseModel],
+    point: dict[str, Any],
+    source: str,
+    context: dict[str, Any],
+    lines: _StudyLines,
 ) -> dict[str, Any]:
-    from perfscale.stages import get_stage_kind
-
-    spec = study.stages[stage]
-    kind = get_stage_kind(spec.kind, where=f"{source}: stages.{stage}.kind")
     merged = {**spec.params, **point}
     try:
-        model = kind.params.model_validate(merged, context={"site": site})
+        model = params_model.model_validate(merged, context=context)
     except ValidationError as exc:
         msg = format_validation_error(
             source,
@@ -159,12 +161,23 @@ class _StudyLines:
         return line_prefix(self.source, self.lines, loc)
 
 
+def _validation_context(site: Site | None) -> dict[str, Any]:
+    """What stage params models see while a plan is built: the site, and one CheckCache for the whole plan
+    (checks that read only fields a grid leaves alone run once, not at every grid point)."""
+    from perfscale.stages.base import CHECK_CACHE, CheckCache
+
+    return {"site": site, CHECK_CACHE: CheckCache(site)}
+
+
 def build_plan(study: Study, source: str = "<study>", site: Site | None = None) -> Plan:
     """Expand every stage's grid x repetitions x seeds (x upstream tasks for foreach stages). With `site`,
     what depends on where tasks run (counter events) is checked against it."""
+    from perfscale.stages import get_stage_kind
+
     tasks: list[Task] = []
     keys_by_stage: dict[str, list[str]] = {}
     lines = _StudyLines(source)
+    context = _validation_context(site)
     for name, spec in study.stages.items():
         resources = study.resources_of(name)
         retry = study.retry_of(name).model_dump()
@@ -172,6 +185,7 @@ def build_plan(study: Study, source: str = "<study>", site: Site | None = None) 
         upstream_keys: list[str | None] = list(keys_by_stage[spec.foreach]) if spec.foreach else [None]
         seeds = spec.seeds if spec.seeds is not None else [study.seed]
         keys: list[str] = []
+        params_model = get_stage_kind(spec.kind, where=f"{source}: stages.{name}.kind").params
         points = expand_grid(spec.grid)
         if not points:
             loc = ("stages", name, "grid", "exclude")
@@ -180,7 +194,7 @@ def build_plan(study: Study, source: str = "<study>", site: Site | None = None) 
                 "no tasks; loosen or remove them"
             )
         for point in points:
-            params = _validated_params(study, name, point, source, site, lines)
+            params = _validated_params(spec, name, params_model, point, source, context, lines)
             for upstream in upstream_keys:
                 for seed in seeds:
                     for rep in range(spec.repetitions):

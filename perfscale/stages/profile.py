@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import os
 import shlex
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,6 +52,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails
 
 from perfscale.collect import papi, perf
 from perfscale.collect.command import (
@@ -69,7 +71,7 @@ from perfscale.collect.kernels import build_kernels
 from perfscale.collect.machine import MACHINE_COLUMNS, captured_env, check_env_patterns, machine_metadata
 from perfscale.errors import BadInput, FailureKind, PerfscaleError, TaskFailure
 from perfscale.spec.site import Site
-from perfscale.stages.base import Problems, StageContext, StageParams, stage_kind
+from perfscale.stages.base import Problems, StageContext, StageParams, checked_once, freeze, stage_kind
 from perfscale.store.run import PROVENANCE_COLUMNS
 
 #: placeholders perfscale fills itself; variables may not use these names
@@ -151,19 +153,31 @@ class ProfileParams(StageParams):
         """Every problem at once, each at its field: the variables' (read from the raw input, so they are
         reported with the fields' own errors), then those that need valid fields."""
         problems = Problems()
+        fields = cls.model_fields
         if isinstance(data, Mapping):
-            _check_variables({k: v for k, v in data.items() if k not in cls.model_fields}, problems)
+            _check_variables({k: v for k, v in data.items() if k not in fields}, problems)
         try:
             params = handler(data)
         except ValidationError as exc:
             problems.raise_all(cls, exc)
             raise
-        site = (info.context or {}).get("site")  # the planner passes the site the study will run on
-        params._check_fields(problems, site)
+
+        if isinstance(data, Mapping):  # the planner's case: keyed by what _field_problems reads, the fields
+            # as given (cheaper than a dump) and the variables' names, not their values
+
+            def key() -> Hashable:
+                return freeze({k: v for k, v in data.items() if k in fields}), tuple(sorted(params.variables))
+
+            problems.extend(checked_once(info, key, lambda: params._field_problems(info)))
+        else:
+            problems.extend(params._field_problems(info))
         problems.raise_all(cls)
         return params
 
-    def _check_fields(self, problems: Problems, site: Site | None) -> None:
+    def _field_problems(self, info: ValidationInfo) -> list[InitErrorDetails]:
+        """Problems that need valid fields: env names, FOMs, events (against the site), templates."""
+        site = (info.context or {}).get("site")  # the planner passes the site the study will run on
+        problems = Problems()
         for name in self.env:
             if not name or "=" in name or "\0" in name:
                 problems.add(("env", name), "not a valid environment variable name", name)
@@ -182,19 +196,27 @@ class ProfileParams(StageParams):
                 if unknown:
                     names = ", ".join(sorted(known))
                     raise ValueError(f"unknown placeholder {{{unknown[0]}}}; known names: {names}")
+        return problems.found
+
+
+@functools.lru_cache(maxsize=4096)
+def _variable_name_problem(name: str) -> str | None:
+    """What is wrong with a variable's name (a pure function of it: planning asks once per name)."""
+    if not name.isidentifier():
+        return "not a valid variable name; use letters, digits and underscores"
+    typo = difflib.get_close_matches(name, list(ProfileParams.model_fields), n=1, cutoff=0.8)
+    if typo:
+        return f"unknown field; did you mean {typo[0]!r}? (rename it if it is a variable)"
+    if name in BUILTIN_NAMES or name in _RESERVED_COLUMNS or name.startswith(RESERVED_PREFIXES):
+        return f"variable {name!r}: the name is reserved by perfscale; rename it"
+    return None
 
 
 def _check_variables(variables: Mapping[str, Any], problems: Problems) -> None:
-    fields = list(ProfileParams.model_fields)
     for name, value in variables.items():
-        if not isinstance(name, str) or not name.isidentifier():
-            problems.add((name,), "not a valid variable name; use letters, digits and underscores", value)
-            continue
-        typo = difflib.get_close_matches(name, fields, n=1, cutoff=0.8)
-        if typo:
-            problems.add((name,), f"unknown field; did you mean {typo[0]!r}? (rename it if it is a variable)")
-        elif name in BUILTIN_NAMES or name in _RESERVED_COLUMNS or name.startswith(RESERVED_PREFIXES):
-            problems.add((name,), f"variable {name!r}: the name is reserved by perfscale; rename it")
+        problem = _variable_name_problem(name) if isinstance(name, str) else "not a valid variable name"
+        if problem is not None:
+            problems.add((name,), problem)
         elif not isinstance(value, _SCALAR):
             kind = type(value).__name__
             problems.add(

@@ -64,7 +64,7 @@ def run_lock(root: Path, wait: bool = False) -> Iterator[None]:
                     f"{root} is in use by another perfscale run ({holder}, lock {path}); "
                     "wait for it to end, or pass --wait-lock to queue behind it"
                 )
-            log.info("waiting for %s, held by %s", path, holder)
+            log.warning("waiting for %s, held by %s", path, holder)
             fcntl.flock(fd, fcntl.LOCK_EX)
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": utcnow().isoformat()}
         os.ftruncate(fd, 0)

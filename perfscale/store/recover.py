@@ -69,7 +69,7 @@ def _moved(dest: Path | None) -> str:
 
 def quarantine_shards(store: RunStore, stage: str, bad: dict[str, str], warn: bool = True) -> list[str]:
     """Quarantine the shards of `bad` ({key: why}), record a `corrupt_output` attempt for each, and return
-    one message per shard naming the file, what is wrong and where it went (logged unless `warn` is off)."""
+    one message per shard naming the file, what is wrong and where it went (logged as warnings if `warn`)."""
     attempts = store.attempts()  # read before moving: a shard's own (recovered) record counts
     last = attempts.groupby("task_key")["attempt"].max() if len(attempts) else {}
     index = store.plan_keys.get(stage, {})
@@ -106,9 +106,8 @@ def quarantine_shards(store: RunStore, stage: str, bad: dict[str, str], warn: bo
 
 
 def corrupt_shards_error(store: RunStore, stage: str, bad: dict[str, str]) -> CorruptFile:
+    """Quarantine `bad` and return the error that names it (no warning as well: the error is the message)."""
     messages = quarantine_shards(store, stage, bad, warn=False)
-    for message in messages[1:]:  # the error names the first
-        logger.warning("corrupt shard: %s", message)
     more = f" (and {len(messages) - 1} more bad shards of stage {stage!r})" if len(messages) > 1 else ""
     return CorruptFile(messages[0] + more)
 
