@@ -22,6 +22,7 @@ batch shell forwards what the process also received) are ignored.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -47,6 +48,7 @@ from perfscale.store.run import Provenance, RunStore
 from perfscale.store.space import is_disk_full
 
 _HOST = socket.gethostname()
+log = logging.getLogger(__name__)
 
 ELEMENT_ENV = "PERFSCALE_ELEMENT"  # e.g. "slurm job 123[4]": set by the array templates
 DEADLINE_ENV = "PERFSCALE_ELEMENT_DEADLINE"  # epoch seconds at which the element's walltime ends
@@ -227,10 +229,30 @@ def _attempts(store: RunStore, task: Task, outcome: Outcome, first_attempt: int)
                 return outcome
             if failure is FailureKind.CANCELLED:
                 raise
-            if retries[failure] < task.retry.get(failure.value, 0):
+            budget = task.retry.get(failure.value, 0)
+            if retries[failure] < budget:
                 retries[failure] += 1
+                log.info(
+                    "task %d (%s %s) attempt %d: %s; retrying (%s retry %d of %d)",
+                    task.index,
+                    task.stage,
+                    task.key,
+                    attempt,
+                    failure.value,
+                    failure.value,
+                    retries[failure],
+                    budget,
+                )
                 attempt += 1
                 continue
+            log.info(
+                "task %d (%s %s) attempt %d: %s; no retry left",
+                task.index,
+                task.stage,
+                task.key,
+                attempt,
+                failure.value,
+            )
             outcome.failure_kind, outcome.message = failure.value, msg
             return outcome
         outcome.attempts.append(record)
