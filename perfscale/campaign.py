@@ -51,8 +51,8 @@ class Campaign:
         run_dir: str | Path | None = None,
         overrides: Sequence[str] = (),
     ) -> None:
+        from perfscale.plan.overrides import load_study_text
         from perfscale.runner import default_run_dir
-        from perfscale.spec.overrides import load_study_text
         from perfscale.spec.site import Site, load_site
 
         self.study_path = Path(study)

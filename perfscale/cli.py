@@ -12,10 +12,10 @@ from typing import TextIO
 from rich.console import Console
 from rich.table import Table
 
-from perfscale import __version__
 from perfscale.engines.base import ENGINES
 from perfscale.errors import PerfscaleError
 from perfscale.logs import LEVEL_ENV, LEVELS, configure, default_level
+from perfscale.version import __version__
 
 # written out so that `--help` need not import every importer (pandas, pyarrow); a test keeps it complete
 IMPORTER_NAMES = "caliper, sacct, sacct-steps, alibaba, alibaba-instances, sklearn, csv, parquet"
@@ -43,7 +43,7 @@ def _positive_int(text: str) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from perfscale.plan import build_plan
-    from perfscale.spec.overrides import load_study_text
+    from perfscale.plan.overrides import load_study_text
 
     study, _ = load_study_text(args.study, args.set)
     plan = build_plan(study, str(args.study), _site(args))

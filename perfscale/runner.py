@@ -22,8 +22,8 @@ from perfscale.engines import Engine, EngineStalled, make_engine
 from perfscale.errors import FailureKind
 from perfscale.execute import Outcome, execute_task
 from perfscale.logs import run_log
+from perfscale.plan.overrides import load_study_text
 from perfscale.plan.planner import Plan, Task, build_plan
-from perfscale.spec.overrides import load_study_text
 from perfscale.spec.site import Site
 from perfscale.store import space
 from perfscale.store.attempt import Attempt
@@ -83,7 +83,7 @@ def default_run_dir(study_name: str, site: Site) -> Path:
 def _planned(
     study_path: Path, site: Site, run_dir: Path | None, overrides: Sequence[str] = ()
 ) -> tuple[Plan, Path, str]:
-    """The plan, the run folder and the study text to record (overridden by `--set`s, see spec.overrides)."""
+    """The plan, the run folder and the study text to record (overridden by `--set`s, see plan.overrides)."""
     study, text = load_study_text(study_path, overrides)
     return build_plan(study, str(study_path), site), run_dir or default_run_dir(study.name, site), text
 

@@ -101,7 +101,7 @@ def test_unknown_kind_names_the_known_ones():
 # plan.kinds.KINDS, engines.base.ENGINES, sched.base.SCHEDULERS) are not edges: they are how a lower layer
 # finds what registers itself above it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("perfscale", "perfscale.errors")),
+    ("base", ("perfscale.version", "perfscale.errors")),
     (
         "leaves",
         (
@@ -113,6 +113,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "perfscale.sched.slurm_fields",
             "perfscale.resources",
             "perfscale.orphans",
+            "perfscale.extras",
+            "perfscale.logs",
         ),
     ),
     # the scheduler table the site model checks `scheduler:` and `launcher:` against
@@ -133,6 +135,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("engines", ("perfscale.engines",)),
     ("runner", ("perfscale.runner",)),
     ("entry points", ("perfscale.cli", "perfscale.campaign")),
+    # the package's __init__: the public façade (`perfscale.Campaign`, loaded on use); every other module
+    # imports the version from perfscale.version
+    ("façade", ("perfscale",)),
 ]
 PACKAGE = ROOT / "perfscale"
 
@@ -237,8 +242,10 @@ OLD_NAME = """\
 name: spelled
 stages:
   data: {kind: noop}
+  train: {kind: train, inputs: [data], params: {source: data, generator: smote}}
   predict:
     kind: predict-by-generation
+    foreach: train
     inputs: [data]
     params: {source: data, target: y}
 """
@@ -254,12 +261,10 @@ def test_an_old_kind_name_plans_with_a_deprecation_warning(write_study):
     from perfscale.spec import load_study
 
     old = write_study(OLD_NAME)
-    with pytest.warns(
-        DeprecationWarning, match=r"study.yaml:5: .*'predict-by-generation' is now spelled 'pre"
-    ):
+    with pytest.warns(DeprecationWarning, match=r"study.yaml:6: .*'predict-by-generation' is now spelled"):
         plan = build_plan(load_study(old), str(old))
     new = write_study(OLD_NAME.replace("predict-by-generation", "predict_by_generation"), "new.yaml")
-    assert [t.kind for t in plan.tasks] == ["noop", "predict_by_generation"]
+    assert [t.kind for t in plan.tasks] == ["noop", "train", "predict_by_generation"]
     assert [t.key for t in plan.tasks] == [t.key for t in build_plan(load_study(new), str(new)).tasks]
 
 
@@ -268,4 +273,4 @@ def test_the_cli_names_an_old_kind_in_one_line(write_study, tmp_path: Path, caps
 
     assert main(["plan", str(write_study(OLD_NAME)), "--out", str(tmp_path / "p.parquet")]) == 0
     warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
-    assert len(warned) == 1 and warned[0].startswith("perfscale: warning: ") and "study.yaml:5" in warned[0]
+    assert len(warned) == 1 and warned[0].startswith("perfscale: warning: ") and "study.yaml:6" in warned[0]

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from perfscale import __version__
 from perfscale.errors import BadInput
 from perfscale.options import OptionsModel, validated_options
 from perfscale.store.atomic import atomic_write_text
+from perfscale.version import __version__
 
 if TYPE_CHECKING:
     import pandas as pd

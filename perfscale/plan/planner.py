@@ -11,7 +11,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ValidationError
 
-import perfscale
 from perfscale.errors import SpecError
 from perfscale.plan.checks import CHECK_CACHE, CheckCache, Problems
 from perfscale.plan.grid import expand_grid
@@ -21,6 +20,7 @@ from perfscale.plan.named import PARAMS, PlanCheck
 from perfscale.spec.loader import Loc, format_validation_error, line_prefix, read_yaml
 from perfscale.spec.site import Site
 from perfscale.spec.study import Stage, Study
+from perfscale.version import __version__
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ _JSON_FIELDS = ("params", "inputs", "retry")
 class Plan:
     study: str
     tasks: list[Task]
-    version: str = perfscale.__version__
+    version: str = __version__
 
     @property
     def stages(self) -> list[str]:

@@ -11,13 +11,13 @@ import pandas as pd
 from jinja2 import Environment, select_autoescape
 from markupsafe import Markup
 
-import perfscale
 from perfscale.plan.kinds import RENAMED
 from perfscale.report import plots
 from perfscale.status import run_status
 from perfscale.store.atomic import atomic_write_text
 from perfscale.store.run import RunStore, utcnow
 from perfscale.tabular.columns import SPLIT_COLUMN, split_part
+from perfscale.version import __version__
 
 PROFILE_FIELDS = {"command", "env", "cwd", "timeout_s", "warmup", "fom"}
 
@@ -293,7 +293,7 @@ def build_report(store: RunStore) -> Path:
         site=manifest["site"],
         host=manifest["host"],
         tasks=len(store.plan.tasks),
-        version=perfscale.__version__,
+        version=__version__,
         written=utcnow().strftime("%Y-%m-%d %H:%M UTC"),
         root=store.root.resolve(),
         sections=sections,

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-import perfscale
 from perfscale.errors import PerfscaleError
 from perfscale.plan.planner import Plan
 from perfscale.spec.site import Site
@@ -39,6 +38,7 @@ from perfscale.store.lock import LOCK_NAME
 from perfscale.store.shards import check_shard, list_artifacts, shard_metadata
 from perfscale.tabular.arrow import to_arrow
 from perfscale.tabular.columns import PROVENANCE_COLUMNS
+from perfscale.version import __version__
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -53,7 +53,7 @@ class Provenance:
     started_at: datetime
     duration_s: float
     attempt: int
-    perfscale_version: str = perfscale.__version__
+    perfscale_version: str = __version__
 
     def columns(self, n: int) -> dict[str, pa.Array]:
         """The provenance columns (PROVENANCE_COLUMNS: each field's name with a leading `_`) of `n` rows."""
@@ -124,7 +124,7 @@ class RunStore:
             {
                 "study": plan.study,
                 "site": site.name,
-                "perfscale_version": perfscale.__version__,
+                "perfscale_version": __version__,
                 "host": socket.gethostname(),
                 "updated_at": utcnow().isoformat(),
                 "stages": plan.stages,

@@ -68,10 +68,11 @@ def _check_parameter(o: Override, stage: dict[str, Any]) -> None:
                 f"{FLAG} {o.text!r}: {o.key[0]!r} is a grid parameter of stage {o.stage!r} (grid.{part}); "
                 "a --set replaces params only: edit the grid, or make it a parameter in the study"
             )
-    from perfscale.stages import get_stage_kind
+    from perfscale.plan.kinds import RENAMED, get_stage_kind
 
     try:
-        model = get_stage_kind(str(stage.get("kind"))).params
+        kind = str(stage.get("kind"))
+        model = get_stage_kind(RENAMED.get(kind, kind)).params  # the planner warns of an old name
     except SpecError:
         return  # an unknown kind is reported by the study's own validation
     fields = set(model.model_fields) | {f.alias for f in model.model_fields.values() if f.alias}
