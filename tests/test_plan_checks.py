@@ -9,6 +9,7 @@ covered as soon as it is registered.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -356,6 +357,47 @@ def test_plan_check_runs_once_per_distinct_params(tmp_path: Path):
     plan = build_plan(load_study(tmp_path / "study.yaml"), "study.yaml")
     assert len(plan.tasks) == 3 * 4 * 2
     assert seen == [{"x": 1, "y": "b"}, {"x": 2, "y": "b"}, {"x": 3, "y": "b"}]
+
+
+# ---------------------------------------------------------------------------------------- the docs
+
+
+def _section(text: str, heading: str) -> str:
+    start = text.index(heading + "\n")
+    end = text.find("\n## ", start + len(heading))
+    return text[start : end if end >= 0 else len(text)]
+
+
+def _rows(table: str) -> list[list[str]]:
+    cells = [re.split(r"(?<!\\)\|", line.strip().strip("|")) for line in table.splitlines()]
+    rows = [[c.strip() for c in row] for row in cells]
+    return [r for r in rows if r and not set(r[0]) <= {"-"}]
+
+
+def test_the_generator_docs_list_every_hyperparameter():
+    """docs/generators.md: one table per generator (or family), a row per field; in a family's table a
+    column per generator marks (✓) the fields it takes."""
+    section = _section((ROOT / "docs" / "generators.md").read_text(), "## Hyperparameters")
+    documented: dict[str, set[str]] = {}
+    for part in section.split("\n### ")[1:]:
+        heading, _, body = part.partition("\n")
+        names = [n for n in heading.split("`")[1::2] if n in list_generators()]
+        lines = [line for line in body.splitlines() if line.startswith("|")]
+        header, *rows = _rows("\n".join(lines))
+        marks = {name: header.index(name) for name in names if name in header}
+        for row in rows:
+            field = row[0].strip("`")
+            for name in names:
+                if name not in marks or row[marks[name]] == "✓":
+                    documented.setdefault(name, set()).add(field)
+    assert documented == {g: set(hyperparameters_model(g).model_fields) for g in list_generators()}
+
+
+def test_the_metric_docs_list_every_option():
+    section = _section((ROOT / "docs" / "metrics.md").read_text(), "## Options")
+    table = "\n".join(line for line in section.splitlines() if line.startswith("| "))
+    documented = {row[0]: set(re.findall(r"`(\w+)` \(", row[1])) for row in _rows(table)[1:]}
+    assert documented == {m.name: set(m.options) for m in list_metrics()}
 
 
 def test_the_cli_refuses_a_typo_in_one_line_form(tmp_path: Path):
