@@ -39,11 +39,26 @@ def heavy(modules: set[str]) -> list[str]:
     return sorted(m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY))
 
 
-@pytest.mark.parametrize("module", ["perfscale.plan", "perfscale.store", "perfscale.store.run"])
+@pytest.mark.parametrize(
+    "module",
+    ["perfscale.plan", "perfscale.store", "perfscale.store.run", "perfscale.spec"],
+)
 def test_plan_and_store_import_light(module: str):
     modules = loaded_after(f"import {module}")
     assert heavy(modules) == []
-    assert "pandas" not in modules or module == "perfscale.store.run"
+    assert "pandas" not in modules  # pyarrow.dataset imports it: the store imports that where it reads
+
+
+def test_the_stages_package_loads_no_stage_module():
+    modules = loaded_after("import perfscale.stages")
+    assert sorted(m for m in heavy(modules)) == ["perfscale.stages", "perfscale.stages.base"]
+
+
+def test_the_sacct_importer_loads_no_array_mode():
+    sched = sorted(
+        m for m in loaded_after("import perfscale.ingest.sacct") if m.startswith("perfscale.sched")
+    )
+    assert sched == ["perfscale.sched", "perfscale.sched.slurm_fields"]
 
 
 def test_planning_loads_only_the_kinds_a_study_names(tmp_path: Path):
@@ -215,3 +230,42 @@ def test_the_checker_sees_lazy_imports_and_skips_type_checking(tmp_path: Path):
     )
     found = imports_of("perfscale.probe", source, module_names())
     assert found == [("perfscale.report.html", 5), ("perfscale.cli", 6)]
+
+
+# ------------------------------------------------------------------------------------ kind spelling
+OLD_NAME = """\
+name: spelled
+stages:
+  data: {kind: noop}
+  predict:
+    kind: predict-by-generation
+    inputs: [data]
+    params: {source: data, target: y}
+"""
+
+
+def test_kind_names_are_snake_case():
+    assert all(name == name.lower() and "-" not in name for name in kinds.KINDS)
+    assert all(new in kinds.KINDS and old not in kinds.KINDS for old, new in kinds.RENAMED.items())
+
+
+def test_an_old_kind_name_plans_with_a_deprecation_warning(write_study):
+    from perfscale.plan import build_plan
+    from perfscale.spec import load_study
+
+    old = write_study(OLD_NAME)
+    with pytest.warns(
+        DeprecationWarning, match=r"study.yaml:5: .*'predict-by-generation' is now spelled 'pre"
+    ):
+        plan = build_plan(load_study(old), str(old))
+    new = write_study(OLD_NAME.replace("predict-by-generation", "predict_by_generation"), "new.yaml")
+    assert [t.kind for t in plan.tasks] == ["noop", "predict_by_generation"]
+    assert [t.key for t in plan.tasks] == [t.key for t in build_plan(load_study(new), str(new)).tasks]
+
+
+def test_the_cli_names_an_old_kind_in_one_line(write_study, tmp_path: Path, capsys):
+    from perfscale.cli import main
+
+    assert main(["plan", str(write_study(OLD_NAME)), "--out", str(tmp_path / "p.parquet")]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warned) == 1 and warned[0].startswith("perfscale: warning: ") and "study.yaml:5" in warned[0]

@@ -57,7 +57,7 @@ stages:
       metrics: METRICS
       options: OPTIONS
   predict:
-    kind: predict-by-generation
+    kind: predict_by_generation
     foreach: train
     inputs: [split]
     params: {source: split, target: species}

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from perfscale.errors import BadInput
+from perfscale.extras import require
 from perfscale.generators._seeding import seeded, torch_threads
 from perfscale.generators.base import Generator, model_file
 from perfscale.generators.registry import register_generator
@@ -52,6 +53,11 @@ if TYPE_CHECKING:
     from perfscale.tabular.meta import TableMeta
 
 LM_FOLDER = "lm"  # the sub-folder of a saved generator holding the model and tokenizer files
+
+
+def _require_llm() -> None:
+    require("llm", "transformers", "the great generator")
+    require("llm", "torch", "the great generator")
 
 
 @register_generator
@@ -111,6 +117,7 @@ class GReaTGenerator(Generator):
         from perfscale.llm import context, training
         from perfscale.llm.serialize import RowCodec
 
+        _require_llm()
         params = self.params
         codec = RowCodec.from_table(table, meta, params.float_digits)
         texts = codec.texts(table, params.permutations, np.random.default_rng(seed))
@@ -307,6 +314,7 @@ class GReaTGenerator(Generator):
     def _load_model(self, folder: Path) -> None:
         from perfscale.llm import training
 
+        _require_llm()
         lm_dir = folder / LM_FOLDER
         for name in training.LM_FILES:
             model_file(lm_dir, name)

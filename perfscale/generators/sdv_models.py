@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
 from perfscale.errors import BadInput
+from perfscale.extras import require
 from perfscale.generators._seeding import seeded
 from perfscale.generators.base import Generator, model_file
 from perfscale.generators.registry import register_generator
@@ -205,9 +206,8 @@ class SDVGenerator(Generator):
 
     @classmethod
     def synthesizer_class(cls) -> type:
-        import sdv.single_table
-
-        return getattr(sdv.single_table, cls.synthesizer)
+        single_table = require("synth", "sdv.single_table", f"the {cls.name} generator")
+        return getattr(single_table, cls.synthesizer)
 
     def _effective_hyperparameters(self, rows: int) -> dict[str, Any]:
         """The keyword arguments given to the synthesizer for a table of `rows` rows: those the study set."""

@@ -43,6 +43,7 @@ import pandas as pd
 from scipy.stats import rankdata
 
 from perfscale.errors import BadInput
+from perfscale.extras import require
 from perfscale.metrics.columns import check_tables, is_int
 from perfscale.metrics.registry import metric
 from perfscale.tabular.encode import category_codes, encode, float_values
@@ -83,9 +84,8 @@ def make_model(name: str, task: str, seed: int, n_estimators: int, n_jobs: int) 
 
         cls = RandomForestClassifier if classify else RandomForestRegressor
         return cls(n_estimators=n_estimators, random_state=seed, n_jobs=n_jobs)
-    from xgboost import XGBClassifier, XGBRegressor
-
-    cls = XGBClassifier if classify else XGBRegressor
+    xgboost = require("synth", "xgboost", "ml_efficacy's xgboost model")
+    cls = xgboost.XGBClassifier if classify else xgboost.XGBRegressor
     return cls(n_estimators=n_estimators, random_state=seed, n_jobs=n_jobs, tree_method="hist", verbosity=0)
 
 

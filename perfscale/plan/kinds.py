@@ -54,19 +54,19 @@ KINDS: dict[str, str] = {
     "ingest": "perfscale.stages.ingest:ingest",
     "profile": "perfscale.stages.profile:profile",
     "split": "perfscale.stages.split:split",
-    "train": "perfscale.stages.generate:train",
-    "sample": "perfscale.stages.generate:sample",
+    "train": "perfscale.stages.train:train",
+    "sample": "perfscale.stages.sample:sample",
     "evaluate": "perfscale.stages.evaluate:evaluate",
-    "predict-by-generation": "perfscale.stages.predict:predict_by_generation",
+    "predict_by_generation": "perfscale.stages.predict:predict_by_generation",
     "recommend": "perfscale.stages.predict:recommend",
     "corrupt": "perfscale.stages.corrupt:corrupt",
-    "metric_study": "perfscale.stages.rank_study:metric_study",
+    "metric_study": "perfscale.stages.metric_study:metric_study",
     "function": "perfscale.stages.function:function",
     "noop": "perfscale.stages.function:noop",
 }
 
 # old spelling -> today's name (accepted with a DeprecationWarning)
-RENAMED: dict[str, str] = {}
+RENAMED: dict[str, str] = {"predict-by-generation": "predict_by_generation"}
 
 _REGISTRY: dict[str, StageKind[Any]] = {}
 

@@ -12,6 +12,7 @@ from jinja2 import Environment, select_autoescape
 from markupsafe import Markup
 
 import perfscale
+from perfscale.plan.kinds import RENAMED
 from perfscale.report import plots
 from perfscale.status import run_status
 from perfscale.store.atomic import atomic_write_text
@@ -248,7 +249,7 @@ SECTIONS = {
     "corrupt": _umap_section,
     "evaluate": _metrics_section,
     "metric_study": _metric_study_section,
-    "predict-by-generation": _predict_section,
+    "predict_by_generation": _predict_section,
     "recommend": _recommend_section,
 }
 
@@ -276,7 +277,8 @@ def build_report(store: RunStore) -> Path:
     """Write RUN/report/index.html from whatever the run holds now (a partial run gives a partial report)."""
     sections = [_status_section(store)]
     for stage in store.plan.stages:
-        builders = SECTIONS.get(store.plan.of_stage(stage)[0].kind, ())  # one builder or a tuple of them
+        kind = store.plan.of_stage(stage)[0].kind
+        builders = SECTIONS.get(RENAMED.get(kind, kind), ())  # one builder or a tuple (old plans: old names)
         for builder in builders if isinstance(builders, tuple) else (builders,):
             try:
                 section = builder(store, stage)

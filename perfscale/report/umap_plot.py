@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from perfscale.extras import require
 from perfscale.tabular.columns import TASK_KEY_COLUMN
 
 if TYPE_CHECKING:
@@ -88,10 +89,15 @@ def encoded(real: pd.DataFrame, synth: pd.DataFrame) -> np.ndarray:
 
 
 def _cache_key(x: np.ndarray, n_neighbors: int, seed: int) -> str:
-    from importlib.metadata import version  # not `umap.__version__`: a cache hit must not import umap
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:  # not `umap.__version__`: a cache hit must not import umap
+        umap_version = version("umap-learn")
+    except PackageNotFoundError:
+        require("synth", "umap", "the report's UMAP plots")
+        raise
     digest = hashlib.sha256(np.ascontiguousarray(x, dtype="float64").tobytes())
-    digest.update(f"{x.shape}|{n_neighbors}|{N_EPOCHS}|{seed}|{version('umap-learn')}".encode())
+    digest.update(f"{x.shape}|{n_neighbors}|{N_EPOCHS}|{seed}|{umap_version}".encode())
     return digest.hexdigest()[:32]
 
 
@@ -102,7 +108,7 @@ def embed(
     path = cache / f"{_cache_key(x, n_neighbors, seed)}.npy" if cache is not None else None
     if path is not None and path.exists():
         return np.load(path)
-    import umap  # slow to import (numba): only when something is embedded
+    umap = require("synth", "umap", "the report's UMAP plots")  # slow to import (numba): only when needed
     from sklearn.neighbors import NearestNeighbors
 
     k = min(n_neighbors, len(x) - 1)

@@ -1,7 +1,7 @@
 """The metric study: does each fidelity metric rank synthetic sets the way ML efficacy does?
 
-The `metric_study` stage (perfscale.stages.rank_study) writes `study_points`' result table; the report reruns
-`study_points` on the same inputs for its scatter plots.
+The `metric_study` stage (perfscale.stages.metric_study) writes `study_points`' result table; the report
+reruns `study_points` on the same inputs for its scatter plots.
 
 PERFGEN (RQ2/RQ3) shows that common metrics can stay near-perfect while a model trained on the synthetic data
 collapses. This stage takes the long tables of one or more `evaluate` stages (one synthetic set = one

@@ -38,7 +38,7 @@ from pydantic import Field, model_validator
 
 from perfscale.errors import BadInput
 from perfscale.stages.base import StageContext, StageParams, stage_kind
-from perfscale.stages.generate import real_table
+from perfscale.stages.train import real_table
 from perfscale.tabular.meta import TableMeta
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """Using a trained generator to answer questions (PERFGEN use case II).
 
-* `predict-by-generation`: hide a target column of the real holdout, fill it with `Generator.impute`
+* `predict_by_generation`: hide a target column of the real holdout, fill it with `Generator.impute`
   conditioned on the other columns, and score the predictions against the truth (MSE, MAE and R^2 for a
   numeric target, accuracy for a categorical one). A row whose other columns the model generates too
   rarely is predicted by a relaxed match (`method` = fallback, see perfscale.generators.conditional)
@@ -22,7 +22,8 @@ from pydantic import Field
 
 from perfscale.errors import BadInput
 from perfscale.stages.base import StageContext, StageParams, stage_kind
-from perfscale.stages.generate import load_upstream_generator, real_table
+from perfscale.stages.sample import load_upstream_generator
+from perfscale.stages.train import real_table
 
 if TYPE_CHECKING:
     from perfscale.plan.named import PlanCheck
@@ -41,7 +42,7 @@ class PredictParams(StageParams):
         check.upstream("train")
 
 
-@stage_kind("predict-by-generation", PredictParams)
+@stage_kind("predict_by_generation", PredictParams)
 def predict_by_generation(ctx: StageContext, params: PredictParams) -> pd.DataFrame:
     """Rows: generator, target, row, truth and prediction, method (generation | fallback), plus the task's
     scores (accuracy or mse/mae/r2, over all rows) and fallback_share."""
@@ -49,7 +50,7 @@ def predict_by_generation(ctx: StageContext, params: PredictParams) -> pd.DataFr
     holdout = real_table(ctx, params.source, "holdout")
     if params.target not in holdout.columns:
         raise BadInput(
-            f"predict-by-generation.target {params.target!r} is not a column of {params.source!r}; "
+            f"predict_by_generation.target {params.target!r} is not a column of {params.source!r}; "
             f"columns: {sorted(holdout.columns)}"
         )
     if params.rows is not None and params.rows < len(holdout):

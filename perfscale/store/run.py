@@ -19,16 +19,14 @@ import os
 import shutil
 import socket
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import astuple, dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as ds
 
 import perfscale
 from perfscale.errors import PerfscaleError
@@ -36,31 +34,15 @@ from perfscale.plan.planner import Plan
 from perfscale.spec.site import Site
 from perfscale.store import recover
 from perfscale.store.atomic import atomic_write_table, atomic_write_text
+from perfscale.store.attempt import ATTEMPT_SCHEMA, Attempt, utcnow
 from perfscale.store.lock import LOCK_NAME
 from perfscale.store.shards import check_shard, list_artifacts, shard_metadata
+from perfscale.tabular.arrow import to_arrow
 from perfscale.tabular.columns import PROVENANCE_COLUMNS
 
-ATTEMPT_SCHEMA = pa.schema(
-    [
-        ("task_key", pa.string()),
-        ("stage", pa.string()),
-        ("index", pa.int64()),
-        ("attempt", pa.int64()),
-        ("host", pa.string()),
-        ("pid", pa.int64()),
-        ("started_at", pa.timestamp("us", tz="UTC")),
-        ("ended_at", pa.timestamp("us", tz="UTC")),
-        ("duration_s", pa.float64()),
-        ("ok", pa.bool_()),
-        ("exit_status", pa.int64()),
-        ("failure_kind", pa.string()),
-        ("message", pa.string()),
-    ]
-)
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow.dataset as ds
 
 
 @dataclass(frozen=True)
@@ -91,12 +73,6 @@ _TYPES = (
     pa.int64(),
     pa.string(),
 )
-
-
-def to_arrow(data: pa.Table | pd.DataFrame) -> pa.Table:
-    if isinstance(data, pd.DataFrame):
-        return pa.Table.from_pandas(data, preserve_index=False).replace_schema_metadata(None)
-    return data
 
 
 class RunStore:
@@ -263,7 +239,7 @@ class RunStore:
         key: str,
         data: pa.Table | pd.DataFrame,
         prov: Provenance,
-        attempt: Mapping[str, Any] | None = None,
+        attempt: Attempt | None = None,
     ) -> Path:
         """Write the task's shard; its footer records the key, row count, the task's artifacts (files and
         sizes) and `attempt`, the record of the attempt writing it."""
@@ -309,6 +285,8 @@ class RunStore:
         if not files:
             return pa.table({})
         schema = pa.unify_schemas(schemas, promote_options="permissive").remove_metadata()
+        import pyarrow.dataset as ds  # here: importing it imports pandas, which the store needs only to read
+
         dataset = ds.dataset(files, schema=schema, format="parquet")
         columns = None if provenance else [n for n in schema.names if not n.startswith("_")]
         try:
@@ -320,9 +298,10 @@ class RunStore:
             raise
 
     # ---- attempts -----------------------------------------------------------------------------------
-    def append_attempts(self, records: list[Mapping[str, Any]]) -> None:
-        if records:
-            table = pa.Table.from_pylist([dict(r) for r in records], schema=ATTEMPT_SCHEMA)
+    def append_attempts(self, records: Iterable[Attempt]) -> None:
+        rows = [r.row() for r in records]
+        if rows:
+            table = pa.Table.from_pylist(rows, schema=ATTEMPT_SCHEMA)
             name = f"{utcnow():%Y%m%dT%H%M%S}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
             atomic_write_table(table, self.root / "attempts" / name)
 
@@ -336,7 +315,8 @@ class RunStore:
         )
         recovered = recover.recovered_attempts(self, table)
         if recovered:
-            table = pa.concat_tables([table, pa.Table.from_pylist(recovered, schema=ATTEMPT_SCHEMA)])
+            rows = [r.row() for r in recovered]
+            table = pa.concat_tables([table, pa.Table.from_pylist(rows, schema=ATTEMPT_SCHEMA)])
         return table.to_pandas()
 
     def clear_artifacts(self, stage: str, key: str) -> Path:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from perfscale.errors import BadInput
+from perfscale.extras import require
 from perfscale.generators.base import Generator, model_file
 from perfscale.generators.registry import register_generator
 from perfscale.generators.tabddpm.config import TabDDPMConfig
@@ -59,8 +60,8 @@ class TabDDPMGenerator(Generator):
     # ---- fit ---------------------------------------------------------------------------------------------
 
     def _fit(self, table: pd.DataFrame, meta: TableMeta, seed: int) -> pd.DataFrame | None:
+        torch = require("synth", "torch", "the tabddpm generator")
         import pandas as pd
-        import torch
 
         from perfscale.generators._seeding import torch_threads
         from perfscale.generators.tabddpm.train import TrainData, fit_diffusion, telemetry_rows
@@ -150,6 +151,7 @@ class TabDDPMGenerator(Generator):
         (folder / ENCODING_FILE).write_text(json.dumps(encoding, indent=2) + "\n", encoding="utf-8")
 
     def _load_model(self, folder: Path) -> None:
+        require("synth", "torch", "the tabddpm generator")
         from safetensors.torch import load_file
 
         from perfscale.generators.tabddpm.diffusion import Diffusion
