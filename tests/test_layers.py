@@ -107,6 +107,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "perfscale.tabular",
             "perfscale.options",
+            "perfscale.extras",
+            "perfscale.logs",
             "perfscale.store.atomic",
             "perfscale.store.attempt",
             "perfscale.store.space",
@@ -237,8 +239,10 @@ OLD_NAME = """\
 name: spelled
 stages:
   data: {kind: noop}
+  train: {kind: train, inputs: [data], params: {source: data, generator: smote}}
   predict:
     kind: predict-by-generation
+    foreach: train
     inputs: [data]
     params: {source: data, target: y}
 """
@@ -255,11 +259,11 @@ def test_an_old_kind_name_plans_with_a_deprecation_warning(write_study):
 
     old = write_study(OLD_NAME)
     with pytest.warns(
-        DeprecationWarning, match=r"study.yaml:5: .*'predict-by-generation' is now spelled 'pre"
+        DeprecationWarning, match=r"study.yaml:6: .*'predict-by-generation' is now spelled 'pre"
     ):
         plan = build_plan(load_study(old), str(old))
     new = write_study(OLD_NAME.replace("predict-by-generation", "predict_by_generation"), "new.yaml")
-    assert [t.kind for t in plan.tasks] == ["noop", "predict_by_generation"]
+    assert [t.kind for t in plan.tasks] == ["noop", "train", "predict_by_generation"]
     assert [t.key for t in plan.tasks] == [t.key for t in build_plan(load_study(new), str(new)).tasks]
 
 
@@ -268,4 +272,4 @@ def test_the_cli_names_an_old_kind_in_one_line(write_study, tmp_path: Path, caps
 
     assert main(["plan", str(write_study(OLD_NAME)), "--out", str(tmp_path / "p.parquet")]) == 0
     warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
-    assert len(warned) == 1 and warned[0].startswith("perfscale: warning: ") and "study.yaml:5" in warned[0]
+    assert len(warned) == 1 and warned[0].startswith("perfscale: warning: ") and "study.yaml:6" in warned[0]
