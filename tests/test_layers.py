@@ -107,6 +107,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "perfscale.tabular",
             "perfscale.options",
+            "perfscale.extras",
+            "perfscale.logs",
             "perfscale.store.atomic",
             "perfscale.store.attempt",
             "perfscale.store.space",

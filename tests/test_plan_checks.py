@@ -9,6 +9,7 @@ covered as soon as it is registered.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,13 +19,16 @@ import pytest
 from pydantic import Field
 
 from perfscale.cli import main
-from perfscale.generators import hyperparameters_model, list_generators
+from perfscale.generators import get_generator, hyperparameters_model, list_generators
 from perfscale.metrics import list_metrics
 from perfscale.options import option_problems
 from perfscale.plan import build_plan
 from perfscale.spec import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
+# the registered generators and metrics of perfscale itself (other test modules register their own)
+GENERATORS = [g for g in list_generators() if get_generator(g).__module__.startswith("perfscale.")]
+METRICS = [m for m in list_metrics() if m.fn.__module__.startswith("perfscale.")]
 
 STUDY = """\
 name: checks
@@ -111,7 +115,7 @@ def rejected_value(model: Any, field: str) -> Any:
 
 
 def test_a_good_study_plans_with_every_generator(tmp_path: Path):
-    for name in list_generators():
+    for name in GENERATORS:
         (tmp_path / "study.yaml").write_text(study_text(GENERATOR=name))
         plan = build_plan(load_study(tmp_path / "study.yaml"), str(tmp_path / "study.yaml"))
         assert plan.of_stage("train")[0].params["generator"] == name
@@ -127,7 +131,7 @@ def test_every_workflow_plans(workflow: str, tmp_path: Path):
 # ---------------------------------------------------------------------------------------- generators
 
 
-@pytest.mark.parametrize("generator", list_generators())
+@pytest.mark.parametrize("generator", GENERATORS)
 def test_a_misspelt_hyperparameter_fails_the_plan(generator: str, tmp_path: Path, capsys):
     text = study_text(GENERATOR=generator, HYPERPARAMETERS={"epocs": 3})
     err = plan_error(tmp_path, capsys, text)
@@ -139,7 +143,7 @@ def test_a_misspelt_hyperparameter_fails_the_plan(generator: str, tmp_path: Path
     )
 
 
-@pytest.mark.parametrize("generator", list_generators())
+@pytest.mark.parametrize("generator", GENERATORS)
 def test_a_bad_value_of_every_hyperparameter_fails_the_plan(generator: str, tmp_path: Path, capsys):
     model = hyperparameters_model(generator)
     assert model.model_fields, f"{generator} declares no hyperparameters"
@@ -179,8 +183,9 @@ def test_an_unknown_generator_fails_the_plan(tmp_path: Path, capsys):
 
 
 def test_hyperparameter_models_load_no_model_library():
-    """The registry answers the planner without torch, sdv or transformers: checked in a fresh interpreter,
-    which also plans a study that trains every generator."""
+    """The registries answer the planner without torch, sdv or transformers (nor scipy or scikit-learn, which
+    metrics import when they run): checked in a fresh interpreter, which also plans a study that trains a
+    generator and evaluates metrics."""
     code = f"""
 import json, sys
 from pathlib import Path
@@ -194,7 +199,8 @@ import tempfile
 folder = Path(tempfile.mkdtemp())
 (folder / "study.yaml").write_text({study_text(GENERATOR="tabddpm")!r})
 build_plan(load_study(folder / "study.yaml"), "study.yaml")
-print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "sdv", "transformers"))))
+heavy = ("torch", "sdv", "transformers", "scipy", "sklearn")
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in heavy)))
 """
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
@@ -204,7 +210,7 @@ print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "
 # ---------------------------------------------------------------------------------------- metrics
 
 
-@pytest.mark.parametrize("metric", [m.name for m in list_metrics()])
+@pytest.mark.parametrize("metric", [m.name for m in METRICS])
 def test_an_unknown_metric_option_fails_the_plan(metric: str, tmp_path: Path, capsys):
     text = study_text(METRICS=[metric], OPTIONS={metric: {"bogus": 1}})
     err = plan_error(tmp_path, capsys, text)
@@ -215,7 +221,7 @@ def test_an_unknown_metric_option_fails_the_plan(metric: str, tmp_path: Path, ca
     assert choices in err
 
 
-@pytest.mark.parametrize("metric", [m.name for m in list_metrics() if m.options])
+@pytest.mark.parametrize("metric", [m.name for m in METRICS if m.options])
 def test_a_bad_value_of_every_metric_option_fails_the_plan(metric: str, tmp_path: Path, capsys):
     model = next(m for m in list_metrics() if m.name == metric).options_model
     bad = {field: rejected_value(model, field) for field in model.model_fields}
@@ -356,6 +362,47 @@ def test_plan_check_runs_once_per_distinct_params(tmp_path: Path):
     plan = build_plan(load_study(tmp_path / "study.yaml"), "study.yaml")
     assert len(plan.tasks) == 3 * 4 * 2
     assert seen == [{"x": 1, "y": "b"}, {"x": 2, "y": "b"}, {"x": 3, "y": "b"}]
+
+
+# ---------------------------------------------------------------------------------------- the docs
+
+
+def _section(text: str, heading: str) -> str:
+    start = text.index(heading + "\n")
+    end = text.find("\n## ", start + len(heading))
+    return text[start : end if end >= 0 else len(text)]
+
+
+def _rows(table: str) -> list[list[str]]:
+    cells = [re.split(r"(?<!\\)\|", line.strip().strip("|")) for line in table.splitlines()]
+    rows = [[c.strip() for c in row] for row in cells]
+    return [r for r in rows if r and not set(r[0]) <= {"-"}]
+
+
+def test_the_generator_docs_list_every_hyperparameter():
+    """docs/generators.md: one table per generator (or family), a row per field; in a family's table a
+    column per generator marks (✓) the fields it takes."""
+    section = _section((ROOT / "docs" / "generators.md").read_text(), "## Hyperparameters")
+    documented: dict[str, set[str]] = {}
+    for part in section.split("\n### ")[1:]:
+        heading, _, body = part.partition("\n")
+        names = [n for n in heading.split("`")[1::2] if n in GENERATORS]
+        lines = [line for line in body.splitlines() if line.startswith("|")]
+        header, *rows = _rows("\n".join(lines))
+        marks = {name: header.index(name) for name in names if name in header}
+        for row in rows:
+            field = row[0].strip("`")
+            for name in names:
+                if name not in marks or row[marks[name]] == "✓":
+                    documented.setdefault(name, set()).add(field)
+    assert documented == {g: set(hyperparameters_model(g).model_fields) for g in GENERATORS}
+
+
+def test_the_metric_docs_list_every_option():
+    section = _section((ROOT / "docs" / "metrics.md").read_text(), "## Options")
+    table = "\n".join(line for line in section.splitlines() if line.startswith("| "))
+    documented = {row[0]: set(re.findall(r"`(\w+)` \(", row[1])) for row in _rows(table)[1:]}
+    assert documented == {m.name: set(m.options) for m in METRICS}
 
 
 def test_the_cli_refuses_a_typo_in_one_line_form(tmp_path: Path):

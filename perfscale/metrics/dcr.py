@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy.spatial import cKDTree
 
 from perfscale.errors import BadInput
 from perfscale.metrics.columns import check_tables, is_int
@@ -26,6 +25,8 @@ def nearest_distances(
     reference: np.ndarray, queries: np.ndarray, chunk_size: int, workers: int = 1
 ) -> np.ndarray:
     """Euclidean distance from each query row to its nearest reference row, `chunk_size` queries at a time."""
+    from scipy.spatial import cKDTree  # scipy is imported where a metric runs, not when a study is planned
+
     tree = cKDTree(reference)
     parts = [
         tree.query(queries[i : i + chunk_size], k=1, workers=workers)[0]

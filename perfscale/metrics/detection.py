@@ -42,17 +42,19 @@ import contextlib
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
 
 from perfscale.errors import BadInput
 from perfscale.metrics.columns import is_int
 from perfscale.metrics.registry import metric
 from perfscale.tabular.encode import CONTINUOUS_TYPES, category_codes, continuous_blocks, float_values
 from perfscale.tabular.meta import TableMeta
+
+if TYPE_CHECKING:
+    from scipy import sparse
 
 Model = Literal["logistic", "gradient_boosting", "random_forest"]
 MODELS: tuple[str, ...] = get_args(Model)
@@ -77,6 +79,8 @@ class Features:
 
     def one_hot(self) -> sparse.csr_matrix:
         """Continuous block followed by the one-hot blocks, as one sparse matrix (for linear models)."""
+        from scipy import sparse  # scipy is imported where a metric runs, not when a study is planned
+
         n = len(self)
         blocks = [sparse.csr_matrix(self.continuous)]
         for j, k in enumerate(self.n_categories):

@@ -36,7 +36,6 @@ from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
-from scipy.linalg import cho_factor, cho_solve, subspace_angles
 
 from perfscale.errors import BadInput
 from perfscale.metrics.columns import is_int
@@ -79,6 +78,10 @@ def choose_dims(eigen: np.ndarray, cap: int, variance: float, dims: int | None) 
 def principal_angles(real_axes: np.ndarray, synth_axes: np.ndarray, d: int) -> np.ndarray:
     """d ascending angles between the spans of the rows of real_axes (d rows) and synth_axes (<= d rows);
     directions missing from the synthetic span are orthogonal (pi/2)."""
+    from scipy.linalg import (
+        subspace_angles,  # scipy is imported where a metric runs, not when a study is planned
+    )
+
     angles = np.full(d, math.pi / 2)
     if len(synth_axes):
         found = np.sort(subspace_angles(real_axes.T, synth_axes.T))
@@ -92,6 +95,11 @@ def gaussian_symmetric_kl(a: np.ndarray, b: np.ndarray, ridge: float) -> float:
     The log-determinants cancel in the symmetric sum: 0.25 * (tr(B^-1 A) + tr(A^-1 B) + dm' (A^-1 + B^-1) dm
     - 2d).
     """
+    from scipy.linalg import (  # scipy is imported where a metric runs, not when a study is planned
+        cho_factor,
+        cho_solve,
+    )
+
     d = a.shape[1]
     cov_a = np.atleast_2d(np.cov(a, rowvar=False)) + ridge * np.eye(d)
     cov_b = np.atleast_2d(np.cov(b, rowvar=False)) + ridge * np.eye(d)

@@ -40,7 +40,6 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
 from perfscale.errors import BadInput
 from perfscale.extras import require
@@ -111,6 +110,8 @@ def one_vs_rest_auc(y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray) 
     with average ranks (equal to scikit-learn's roc_auc_score per class). Every class must have positives
     and negatives in y_true.
     """
+    from scipy.stats import rankdata  # scipy is imported where a metric runs, not when a study is planned
+
     ranks = rankdata(proba[:, classes], axis=0)
     positive = y_true[:, None] == classes[None, :]
     n_pos = positive.sum(axis=0)

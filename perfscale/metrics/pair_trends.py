@@ -54,7 +54,6 @@ from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
 from perfscale.errors import BadInput
 from perfscale.metrics.columns import is_int, with_aggregate
@@ -77,6 +76,8 @@ def correlation_matrix(x: np.ndarray, coefficient: str = "pearson") -> np.ndarra
     if np.isnan(x).any():
         return pd.DataFrame(x).corr(method=coefficient, min_periods=2).to_numpy()
     if coefficient == "spearman":
+        from scipy.stats import rankdata  # scipy is imported where a metric runs, not when a study is planned
+
         x = rankdata(x, axis=0)
     centred = x - x.mean(axis=0)
     norms = np.sqrt(np.einsum("ij,ij->j", centred, centred))
