@@ -1,5 +1,5 @@
 """perfscale.models on slices of the real Mira trace (../shared/data/jobs/mira): save/load round trips,
-submit-time features and their leakage checks, SMOTETomek on training rows only, splits, the fit-predict
+submit-time features and their leakage checks, SMOTETomek on training rows only, splits, the fit_predict
 stage and its report section."""
 
 from __future__ import annotations
@@ -220,7 +220,7 @@ def _study(model_line: str, rows: int = 10_000, grid: str = "{}") -> str:
         stages:
           trace: {{kind: ingest, params: {{kind: csv, source: {MIRA}}}}}
           fit:
-            kind: fit-predict
+            kind: fit_predict
             inputs: [trace]
             grid: {grid}
             params:

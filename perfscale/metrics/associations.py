@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
 
 from perfscale.errors import BadInput
-from perfscale.metrics.columns import category_codes, continuous_columns, discrete_columns, float_values
+from perfscale.metrics.columns import continuous_columns, discrete_columns
 from perfscale.metrics.registry import metric
+from perfscale.tabular.encode import category_codes, float_values
 from perfscale.tabular.meta import TableMeta
 
 AGGREGATES = ("score", "mean_column_l2", "max_abs_diff")
@@ -57,6 +57,8 @@ def correlation_ratios(codes: np.ndarray, k: int, x: np.ndarray) -> np.ndarray:
     eta^2 = sum_c n_c (mean_c - mean)^2 / sum_i (x_i - mean)^2 over the rows where x is present; 0 when the
     denominator is 0 (a constant numeric column) or no value is present.
     """
+    from scipy import sparse  # scipy is imported where a metric runs, not when a study is planned
+
     present = ~np.isnan(x)
     values = np.where(present, x, 0.0)
     onehot = sparse.csr_matrix((np.ones(codes.size), (codes, np.arange(codes.size))), shape=(k, codes.size))

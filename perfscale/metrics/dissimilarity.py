@@ -3,7 +3,7 @@ tables, weighted by the real eigenvalues, combined with a KL divergence between 
 
 The paper leaves several steps open; the exact choices made here (also in docs/metrics.md):
 
-1. Encoding: `perfscale.metrics.dcr.encode` fitted on the real table and applied to both: numeric/datetime
+1. Encoding: `perfscale.tabular.encode.encode` fitted on the real table and applied to both: numeric/datetime
    columns standardised with the real mean/std (std 0 -> 1), a missing value put at the real mean plus a 0/1
    missing-indicator column when any table has a missing value there; categorical/boolean columns one-hot over
    the union of categories (missing is a category), scaled by 1/sqrt(2). Encoded columns that take a single
@@ -32,21 +32,22 @@ angle_1 .. angle_<d*>.
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
-from scipy.linalg import cho_factor, cho_solve, subspace_angles
 
 from perfscale.errors import BadInput
 from perfscale.metrics.columns import is_int
-from perfscale.metrics.dcr import encode
 from perfscale.metrics.divergence import kl_divergence
 from perfscale.metrics.registry import metric
+from perfscale.tabular.encode import encode
 from perfscale.tabular.meta import TableMeta
 
 DEFAULT_VARIANCE = 0.9
 RIDGE = 1e-6  # relative to the mean real eigenvalue of the kept components
-KL_KINDS = ("gaussian", "columns")
+KL = Literal["gaussian", "columns"]
+KL_KINDS: tuple[str, ...] = get_args(KL)
 
 
 def informative(real: np.ndarray, synth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -77,6 +78,10 @@ def choose_dims(eigen: np.ndarray, cap: int, variance: float, dims: int | None) 
 def principal_angles(real_axes: np.ndarray, synth_axes: np.ndarray, d: int) -> np.ndarray:
     """d ascending angles between the spans of the rows of real_axes (d rows) and synth_axes (<= d rows);
     directions missing from the synthetic span are orthogonal (pi/2)."""
+    from scipy.linalg import (
+        subspace_angles,  # scipy is imported where a metric runs, not when a study is planned
+    )
+
     angles = np.full(d, math.pi / 2)
     if len(synth_axes):
         found = np.sort(subspace_angles(real_axes.T, synth_axes.T))
@@ -90,6 +95,11 @@ def gaussian_symmetric_kl(a: np.ndarray, b: np.ndarray, ridge: float) -> float:
     The log-determinants cancel in the symmetric sum: 0.25 * (tr(B^-1 A) + tr(A^-1 B) + dm' (A^-1 + B^-1) dm
     - 2d).
     """
+    from scipy.linalg import (  # scipy is imported where a metric runs, not when a study is planned
+        cho_factor,
+        cho_solve,
+    )
+
     d = a.shape[1]
     cov_a = np.atleast_2d(np.cov(a, rowvar=False)) + ridge * np.eye(d)
     cov_b = np.atleast_2d(np.cov(b, rowvar=False)) + ridge * np.eye(d)
@@ -124,7 +134,7 @@ def dissimilarity(
     *,
     variance: float = DEFAULT_VARIANCE,
     dims: int | None = None,
-    kl: str = "gaussian",
+    kl: KL = "gaussian",
 ) -> dict[str, float]:
     _check_options(variance, dims, kl)
     for label, table in (("real", real), ("synthetic", synth)):

@@ -20,27 +20,27 @@ Rules (all deterministic, none can produce NaN/inf on inputs that pass `check_ta
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import numpy as np
 import pandas as pd
-from scipy.special import rel_entr
-from scipy.stats import wasserstein_distance
 
 from perfscale.errors import BadInput
 from perfscale.metrics.columns import (
-    CONTINUOUS_TYPES,
     category_counts,
     continuous_columns,
     discrete_columns,
-    float_values,
     is_int,
     with_aggregate,
 )
 from perfscale.metrics.registry import metric
+from perfscale.tabular.encode import CONTINUOUS_TYPES, float_values
 from perfscale.tabular.meta import ColumnType, TableMeta
 
 DEFAULT_BINS = 20
 DEFAULT_EPSILON = 1e-6
-BINNINGS = ("quantile", "uniform")
+Binning = Literal["quantile", "uniform"]
+BINNINGS: tuple[str, ...] = get_args(Binning)
 
 
 def interior_edges(real: np.ndarray, synth: np.ndarray, bins: int, binning: str) -> np.ndarray:
@@ -76,12 +76,16 @@ def smoothed(counts: np.ndarray, epsilon: float) -> np.ndarray:
 
 def symmetric_kl(real_counts: np.ndarray, synth_counts: np.ndarray, epsilon: float) -> float:
     """0.5 * (KL(P||Q) + KL(Q||P)) in nats of additively smoothed frequencies."""
+    from scipy.special import rel_entr  # scipy is imported where a metric runs, not when a study is planned
+
     p, q = smoothed(real_counts, epsilon), smoothed(synth_counts, epsilon)
     return 0.5 * float(rel_entr(p, q).sum() + rel_entr(q, p).sum())
 
 
 def js_divergence(real_counts: np.ndarray, synth_counts: np.ndarray) -> float:
     """Jensen-Shannon divergence, base 2 (= scipy.spatial.distance.jensenshannon(p, q, base=2) ** 2)."""
+    from scipy.special import rel_entr  # scipy is imported where a metric runs, not when a study is planned
+
     p, q = real_counts / real_counts.sum(), synth_counts / synth_counts.sum()
     m = 0.5 * (p + q)
     return min(1.0, 0.5 * float(rel_entr(p, m).sum() + rel_entr(q, m).sum()) / np.log(2.0))
@@ -110,7 +114,7 @@ def kl_divergence(
     meta: TableMeta,
     *,
     bins: int = DEFAULT_BINS,
-    binning: str = "quantile",
+    binning: Binning = "quantile",
     epsilon: float = DEFAULT_EPSILON,
 ) -> dict[str, float]:
     _check_kl_options(bins, binning, epsilon)
@@ -127,6 +131,10 @@ def kl_divergence(
 
 def standardised_wasserstein(real: np.ndarray, synth: np.ndarray) -> float | None:
     """W1 of non-missing values in real-std units (std 0/undefined: 1); None if a side has no value."""
+    from scipy.stats import (
+        wasserstein_distance,  # scipy is imported where a metric runs, not when a study is planned
+    )
+
     real, synth = real[~np.isnan(real)], synth[~np.isnan(synth)]
     if not (real.size and synth.size):
         return None

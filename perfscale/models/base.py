@@ -8,7 +8,7 @@ Nothing is pickled, so loading a model folder never runs code from it.
 
 Targets are either one categorical column (classification: the classes are the column's sorted distinct
 values, stored in `model.json`) or one or more numeric columns (regression, multi-output where the model
-allows). Features must be numeric and finite: the caller decides what to do with NaN (the `fit-predict`
+allows). Features must be numeric and finite: the caller decides what to do with NaN (the `fit_predict`
 stage refuses them by default, see perfscale.models.features).
 """
 

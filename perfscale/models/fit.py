@@ -1,5 +1,5 @@
 """Run one model over one split: build the features, split, resample the training rows, fit, predict the
-test rows and score them. The `fit-predict` stage is this function plus the run store."""
+test rows and score them. The `fit_predict` stage is this function plus the run store."""
 
 from __future__ import annotations
 

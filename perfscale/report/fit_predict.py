@@ -1,4 +1,4 @@
-"""Report section of `fit-predict` stages: scores per model, split and resampling, one-vs-rest ROC curves
+"""Report section of `fit_predict` stages: scores per model, split and resampling, one-vs-rest ROC curves
 per class, and confusion matrices (classes); MAE and R^2 per target (regression)."""
 
 from __future__ import annotations

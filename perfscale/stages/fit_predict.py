@@ -1,4 +1,4 @@
-"""The `fit-predict` stage: one model over one split of an upstream table (perfscale.models.fit).
+"""The `fit_predict` stage: one model over one split of an upstream table (perfscale.models.fit).
 
 Checked at plan time: the model name and its typed hyperparameters, the split's columns, and that no
 feature is known only after a job ends (unless `allow_post_submit_features: true`). The shard holds one row
@@ -7,7 +7,7 @@ per tested row with the fold's scores; the last fold's model is saved in the tas
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 from pydantic import Field, model_validator
@@ -18,6 +18,9 @@ from perfscale.models.registry import check_hyperparameters
 from perfscale.models.resample import Resample
 from perfscale.models.splits import SplitKind
 from perfscale.stages.base import StageContext, StageParams, stage_kind
+
+if TYPE_CHECKING:
+    from perfscale.plan.named import PlanCheck
 
 MODEL_FOLDER = "model"
 
@@ -61,12 +64,15 @@ class FitPredictParams(StageParams):
             raise ValueError("history_outcome needs history_by (the user or project column)")
         return self
 
+    def plan_check(self, check: PlanCheck) -> None:
+        check.source("source", self.source)
+
     def spec(self) -> FitSpec:
         fields = self.model_dump(exclude={"source", "save_model"})
         return FitSpec(**fields)
 
 
-@stage_kind("fit-predict", FitPredictParams)
+@stage_kind("fit_predict", FitPredictParams)
 def fit_predict_stage(ctx: StageContext, params: FitPredictParams) -> pd.DataFrame:
     """One row per tested row: truth, prediction, class probabilities, fold and the fold's scores."""
     table = ctx.input(params.source)
