@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
+from perfscale.extras import require
 from perfscale.models.base import Hyperparameters, Predictor
 
 NATIVE_FILE = "mlp.safetensors"
@@ -30,7 +31,7 @@ class MLPModel(Predictor):
     hp: MLPHyper
 
     def _network(self, n_in: int) -> Any:
-        import torch
+        torch = require("synth", "torch", "the mlp model")
 
         layers: list[Any] = []
         for width in self.hp.hidden:
@@ -40,7 +41,7 @@ class MLPModel(Predictor):
         return torch.nn.Sequential(*layers)
 
     def _fit(self, x: np.ndarray, y: np.ndarray) -> None:
-        import torch
+        torch = require("synth", "torch", "the mlp model")
 
         torch.set_num_threads(self.hp.threads)
         torch.manual_seed(self.seed)

@@ -17,6 +17,7 @@ from typing import Literal
 import numpy as np
 
 from perfscale.errors import BadInput
+from perfscale.extras import require
 
 log = logging.getLogger(__name__)
 Resample = Literal["none", "smotetomek"]
@@ -30,18 +31,16 @@ def resample_training(
         return x, y
     if method != "smotetomek":
         raise BadInput(f"unknown resampling {method!r}; choose none or smotetomek")
-    try:
-        from imblearn.combine import SMOTETomek
-        from imblearn.over_sampling import SMOTE
-    except ImportError:
-        raise BadInput("resample: smotetomek needs imbalanced-learn: pip install imbalanced-learn") from None
+    combine = require("synth", "imblearn.combine", "resample: smotetomek (imbalanced-learn)")
+    from imblearn.over_sampling import SMOTE
+
     smallest = int(np.bincount(y).min())
     if smallest < 2:
         raise BadInput(f"resample: a training class has {smallest} row; SMOTE needs two or more")
     k = min(k_neighbors, smallest - 1)
     from threadpoolctl import threadpool_limits
 
-    sampler = SMOTETomek(smote=SMOTE(k_neighbors=k, random_state=seed), random_state=seed)
+    sampler = combine.SMOTETomek(smote=SMOTE(k_neighbors=k, random_state=seed), random_state=seed)
     # one thread: with several, the neighbour search breaks distance ties (repeated rows are common in job
     # traces) in a thread-dependent order, and Tomek cleaning removes different rows (34,098 vs 34,102
     # training rows on Mira with 2 threads vs 1)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
+from perfscale.extras import require
 from perfscale.models.base import Hyperparameters, Predictor
 
 NATIVE_FILE = "xgboost.json"
@@ -71,8 +72,7 @@ class XGBoostModel(_XGBBase):
     hp: XGBoostHyper
 
     def _estimator(self) -> Any:
-        import xgboost as xgb
-
+        xgb = require("synth", "xgboost", "the xgboost model")
         common = {**self.hp.model_dump(), "random_state": self.seed, "tree_method": "hist"}
         if self.task == "classification":
             return xgb.XGBClassifier(**common)
@@ -87,8 +87,7 @@ class RandomForestModel(_XGBBase):
     hp: RandomForestHyper
 
     def _estimator(self) -> Any:
-        import xgboost as xgb
-
+        xgb = require("synth", "xgboost", "the random_forest model (XGBoost's random-forest mode)")
         common = {**self.hp.model_dump(), "random_state": self.seed, "tree_method": "hist"}
         if self.task == "classification":
             return xgb.XGBRFClassifier(**common)
