@@ -9,6 +9,8 @@ one-vs-rest AUC on the test rows:
   raw-LR      logistic regression on unscaled features (the models here standardise them).
 
   PERFSCALE_SHARED_DATA=../shared/data python benchmarks/endstate.py
+
+Results: benchmarks/results/endstate.json with the machine description.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import describe, write_results
 
 from perfscale.models import build_model
 from perfscale.models.fit import FitSpec, fit_predict, prepare
@@ -91,6 +96,14 @@ def main() -> None:
     rows.append(("linear", "raw-LR", "random", "none", raw_logistic(table), 0.0))
     out = pd.DataFrame(rows, columns=["model", "setting", "split", "resample", "auc_macro", "seconds"])
     out.to_csv(sys.stdout, sep="\t", index=False, float_format="%.3f")
+    result = {
+        "data": "ALCF Mira, 22,508 jobs (../shared/data/jobs/mira/data_mira.csv)",
+        "seed": SEED,
+        "test_fraction": 0.25,
+        "rows": out.round({"auc_macro": 4, "seconds": 2}).to_dict(orient="records"),
+        "machine": describe(),
+    }
+    print(write_results(Path(__file__).parent / "results" / "endstate.json", result))
 
 
 if __name__ == "__main__":
