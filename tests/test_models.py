@@ -291,3 +291,24 @@ def test_sacct_end_states() -> None:
     for column in ("elapsed_s", "queue_wait_s", "exit_code", "max_rss_bytes", "alloc_cpus"):
         with pytest.raises(ValidationError, match=f"{column}.*known only after"):
             FitPredictParams(source="t", targets=["state"], features=["req_cpus", column], model="mean")
+
+
+def test_kfold_regression_and_its_report_parts(block: pd.DataFrame) -> None:
+    """Multi-output regression over 3 folds: every row tested once; the report's table and plot draw."""
+    from perfscale.report import fit_predict as fp
+
+    table = block.iloc[:600]
+    spec = FitSpec(
+        targets=["run_time", "wait_time"],
+        features=FEATURES,
+        model="xgboost",
+        hyperparameters=SMALL["xgboost"],
+        split="kfold",
+        folds=3,
+    )
+    out = fit_predict(table, spec, seed=2)
+    assert sorted(out["row"]) == list(range(600)) and set(out["fold"]) == {0, 1, 2}
+    np.testing.assert_array_equal(out.sort_values("row")["truth_run_time"], table["run_time"])
+    scores = fp.score_table(out)
+    assert len(scores) == 1 and {"mae_run_time", "r2_wait_time"} <= set(scores.columns)
+    assert fp.predicted_vs_true(out)[:4] == b"\x89PNG"
