@@ -312,3 +312,15 @@ def test_kfold_regression_and_its_report_parts(block: pd.DataFrame) -> None:
     scores = fp.score_table(out)
     assert len(scores) == 1 and {"mae_run_time", "r2_wait_time"} <= set(scores.columns)
     assert fp.predicted_vs_true(out)[:4] == b"\x89PNG"
+
+
+def test_docs_list_every_hyperparameter() -> None:
+    """docs/models.md's table names each model's hyperparameters, and nothing else."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
+    for name, model in MODELS.items():
+        # the hyperparameter table's rows have two cells (the model table above it has four)
+        (row,) = [ln for ln in text.splitlines() if ln.startswith(f"| `{name}` | ") and ln.count("|") == 3]
+        documented = set(re.findall(r"`(\w+)` ", row.split("|")[2]))
+        assert documented == set(model.Hyper.model_fields), (name, documented)
