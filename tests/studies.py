@@ -31,3 +31,12 @@ stages:
     grid:
       product: {x: [1, 2]}
 """
+
+NOOP = """\
+name: tiny
+stages:
+  touch:
+    kind: noop
+    grid:
+      product: {x: [1, 2, 3]}
+"""
