@@ -117,6 +117,8 @@ def classify(exc: BaseException) -> tuple[FailureKind, int | None]:
         return exc.kind, 128 + exc.signum
     if isinstance(exc, ValidationError):
         return FailureKind.BAD_INPUT, None
+    if _lost_peer(exc):
+        return FailureKind.NODE_LOST, None
     if isinstance(exc, MemoryError):
         return FailureKind.OOM, None
     if isinstance(exc, TimeoutError):
@@ -124,6 +126,14 @@ def classify(exc: BaseException) -> tuple[FailureKind, int | None]:
     if isinstance(exc, KeyboardInterrupt):
         return FailureKind.CANCELLED, None
     return FailureKind.APP_ERROR, None
+
+
+def _lost_peer(exc: BaseException) -> bool:
+    """A torch.distributed collective failed: a peer rank died or stopped answering (gloo/NCCL error)."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    return dist is not None and isinstance(exc, getattr(dist, "DistError", ()))
 
 
 def _message(exc: BaseException) -> str:
@@ -180,6 +190,10 @@ def execute_task(root: str | Path, index: int, first_attempt: int = 1) -> Outcom
     if store.shard_done(task.stage, task.key):  # a bad shard is quarantined here and the task runs again
         outcome.ok = outcome.skipped = True
         return outcome
+    if task.ranks > 1:  # an MPI job: every rank runs `perfscale task run`, started by the site's launcher
+        from perfscale.distributed.task import launch
+
+        return launch(store, task, outcome, first_attempt)
     try:
         with scheduler_signals():
             return _attempts(store, task, outcome, first_attempt)
@@ -194,7 +208,9 @@ def execute_task(root: str | Path, index: int, first_attempt: int = 1) -> Outcom
         return outcome
 
 
-def _attempts(store: RunStore, task: Task, outcome: Outcome, first_attempt: int) -> Outcome:
+def _attempts(store: RunStore, task: Task, outcome: Outcome, first_attempt: int, rank: int = 0) -> Outcome:
+    """Attempts of `task` until one succeeds or the retry budget is spent. `rank` > 0 (a rank of a multi-rank
+    task other than 0) runs the stage but writes no shard."""
     kind = get_stage_kind(task.kind)
     retries: Counter[FailureKind] = Counter()
     attempt = first_attempt
@@ -203,11 +219,12 @@ def _attempts(store: RunStore, task: Task, outcome: Outcome, first_attempt: int)
         try:
             params = kind.params.model_validate(task.params)
             with _thread_limit(task.cores):
-                result = kind.run(StageContext(store, task, attempt), params)
+                result = kind.run(StageContext(store, task, attempt, rank), params)
             duration = time.perf_counter() - t0
             prov = Provenance(task.key, store.site.name, _HOST, started, duration, attempt)
             record = _attempt_record(task, attempt, started, duration, True)
-            store.write_shard(task.stage, task.key, result, prov, attempt=record)  # the footer keeps it too
+            if rank == 0:
+                store.write_shard(task.stage, task.key, result, prov, attempt=record)  # the footer keeps it
         except BaseException as exc:  # a task failure is data: record it, never crash the worker
             failure, exit_status = classify(exc)
             msg = _message(exc)
