@@ -227,7 +227,9 @@ def cmd_task_run(args: argparse.Namespace) -> int:
         )
         return 0
     err_console.print(
-        f"task {args.index} ({outcome.stage} {outcome.key}) failed: {outcome.failure_kind}\n{outcome.message}"
+        f"task {args.index} ({outcome.stage} {outcome.key}) failed: {outcome.failure_kind}\n"
+        f"{outcome.message}",
+        markup=False,  # the message is the task's: "[...]" in it is not rich markup
     )
     return 1
 

@@ -129,11 +129,17 @@ def classify(exc: BaseException) -> tuple[FailureKind, int | None]:
 
 
 def _lost_peer(exc: BaseException) -> bool:
-    """A torch.distributed collective failed: a peer rank died or stopped answering (gloo/NCCL error)."""
+    """A torch.distributed collective failed: a peer rank died or stopped answering. torch raises DistError
+    for some; gloo's transport errors ("Read error ... Connection reset by peer") are plain RuntimeErrors."""
     import sys
 
     dist = sys.modules.get("torch.distributed")
-    return dist is not None and isinstance(exc, getattr(dist, "DistError", ()))
+    if dist is None or not isinstance(exc, RuntimeError):
+        return False
+    return isinstance(exc, getattr(dist, "DistError", ())) or any(m in str(exc) for m in _LOST_PEER)
+
+
+_LOST_PEER = ("/gloo/transport/", "NCCL communicator was aborted", "Connection closed by peer")
 
 
 def _message(exc: BaseException) -> str:

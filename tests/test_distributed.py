@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from tests.mpi_fit import fit
@@ -50,3 +53,85 @@ def test_ddp_fit_equals_one_process(reference, ranks, tmp_path) -> None:
     assert len(got["losses"]) == 12 and got["losses"].isfinite().all()
     assert_same_fit(reference, got)
     assert not list(tmp_path.glob("*.rank*"))  # rank 0 alone wrote
+
+
+# ---- a multi-rank task through `perfscale run`: a lost rank, the retry resumes ----------------------------
+
+DDP_STUDY = """\
+name: ddp
+seed: 1
+stages:
+  data: {kind: ingest, params: {kind: sklearn, source: iris}}
+  split: {kind: split, inputs: [data], params: {source: data, holdout_fraction: 0.3}}
+  train:
+    kind: train
+    inputs: [split]
+    resources: {ranks: RANKS}
+    params:
+      source: split
+      generator: tabddpm
+      hyperparameters:
+        {num_timesteps: 20, steps: 60, batch_size: 32, d_layers: [32, 32], dim_t: 16, threads: 1,
+         checkpoint_every: 5}
+"""
+
+
+def run_study(study: Path, run: Path) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "perfscale.cli", "run", str(study), "--run-dir", str(run)]
+    cmd += ["--engine", "local", "--workers", "1", "--no-report", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def rank_pid(plan: Path, rank: int) -> int | None:
+    """The process of `rank` of a task of `plan` (found by its command line and Open MPI's rank variable)."""
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"task run {plan}" in cmdline and f"OMPI_COMM_WORLD_RANK={rank}".encode() in environ:
+            return int(proc.name)
+    return None
+
+
+def model_weights(run: Path) -> dict[str, torch.Tensor]:
+    (path,) = run.glob("artifacts/train/*/model/model.safetensors")
+    return load_file(str(path))
+
+
+@needs_mpi
+def test_a_killed_rank_is_node_lost_and_the_retry_resumes_to_the_same_weights(write_study, tmp_path) -> None:
+    from perfscale.store import RunStore
+
+    run = tmp_path / "run"
+    proc = run_study(write_study(DDP_STUDY.replace("RANKS", "2")), run)
+    try:
+        while not list(run.glob("checkpoints/train/*/checkpoint-*.safetensors")):
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.01)
+        pid = rank_pid((run / "plan.parquet").resolve(), 1)
+        assert pid is not None, "rank 1 not found"
+        os.kill(pid, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=300)  # a lost rank ends the launch: nobody waits forever
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    attempts = RunStore(run).attempts()
+    train = attempts[attempts.stage == "train"].sort_values("attempt")
+    assert train.failure_kind.tolist() == ["node_lost", None], train.message.tolist()
+    # rank 0 either saw its peer's socket close (gloo) or was ended with the job before it could record
+    assert "Connection reset by peer" in train.message.iloc[0] or "rank was lost" in train.message.iloc[0]
+    logs = sorted(p.name for p in run.glob("checkpoints/train/*/mpi-attempt-*.log"))
+    assert logs == ["mpi-attempt-1.log", "mpi-attempt-2.log"]
+    # the retry resumed from the killed attempt's checkpoint and ends with the weights of an uninterrupted
+    # fit (one process: DDP equals it, test above)
+    (last,) = run.glob("checkpoints/train/*/checkpoint-*.safetensors")
+    with safe_open(str(last), framework="pt") as handle:
+        assert int(handle.metadata()["resumed_from"]) >= 5
+
+    single = tmp_path / "single"
+    reference = run_study(write_study(DDP_STUDY.replace("RANKS", "1"), "one.yaml"), single)
+    assert reference.wait(timeout=300) == 0, reference.stdout.read()
+    assert_same_fit(model_weights(single), model_weights(run))

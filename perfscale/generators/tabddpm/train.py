@@ -186,6 +186,7 @@ class Checkpointer:
 
     def __init__(self, folder: Path, every: int, fit_fingerprint: str) -> None:
         self.folder, self.every, self.fingerprint = Path(folder), every, fit_fingerprint
+        self.resumed_from = 0  # the step this process's fit started at (> 0: resumed), kept in the metadata
 
     def due(self, step: int, steps: int) -> bool:
         return step % self.every == 0 or step == steps
@@ -217,6 +218,7 @@ class Checkpointer:
         metadata = {
             "fingerprint": self.fingerprint,
             "step": str(state.step),
+            "resumed_from": str(self.resumed_from),
             "param_groups": json.dumps(optim["param_groups"]),
         }
         path = self.folder / f"checkpoint-{state.step:09d}.safetensors"
@@ -307,7 +309,7 @@ def train_loop(
             state.step += 1
             progress.update(task, advance=1, loss=f"{losses[2]:.4f}")
             if rank == 0 and checkpointer is not None and checkpointer.due(state.step, config.steps):
-                checkpointer.save(state, denoiser, optimizer, generator)
+                checkpointer.save(state, getattr(denoiser, "module", denoiser), optimizer, generator)
     return state
 
 
@@ -348,6 +350,7 @@ def fit_diffusion(
             latest = shared[0]
         if latest is not None:
             state = checkpointer.restore(latest, denoiser, optimizer, generator)
+            checkpointer.resumed_from = state.step
     batches = build_batches(data.rows, batch_size, seed, start_step=state.step)
     model: torch.nn.Module = denoiser
     if parallel:
