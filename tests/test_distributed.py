@@ -4,6 +4,7 @@ checkpoints resume on another rank count, launch lines. Tiny models (tests/mpi_f
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,6 +17,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from perfscale.errors import SpecError
+from perfscale.sched.mpi import mpi_program, task_launch_line
+from perfscale.spec import load_site
 from tests.mpi_fit import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +38,57 @@ def assert_same_fit(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> N
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5, msg=name)
+
+
+# ---- launch lines and plan-time checks (no processes) ------------------------------------------------------
+
+
+def test_launch_lines_word_by_word() -> None:
+    from perfscale.spec.study import Resources
+
+    local, quartz, lassen = load_site("local"), load_site("quartz"), load_site("lassen")
+    two = Resources(ranks=2, cores=1)
+    root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
+    assert task_launch_line(local, two) == [
+        "mpirun", *root, "--oversubscribe", "-n", "2", "--map-by", "ppr:2:node:PE=1", "--bind-to", "core"
+    ]  # fmt: skip
+    eight = Resources(ranks=8, ranks_per_node=4, cores_per_rank=2, nodes=2)
+    assert task_launch_line(quartz, eight) == [
+        "srun", "--nodes=2", "--ntasks=8", "--ntasks-per-node=4", "--cpus-per-task=2", "--cpu-bind=cores"
+    ]  # fmt: skip
+    gpus = Resources(ranks=8, ranks_per_node=4, cores_per_rank=10, gpus_per_rank=1)
+    assert task_launch_line(lassen, gpus) == [
+        "jsrun", "--nrs=8", "--tasks_per_rs=1", "--cpu_per_rs=10", "--gpu_per_rs=1", "--rs_per_host=4",
+        "--bind=packed:10",
+    ]  # fmt: skip
+    lrun = lassen.model_copy(update={"launcher": "lrun"})
+    assert task_launch_line(lrun, gpus) == ["lrun", "-N2", "-T4", "--gpus_per_task=1"]
+    assert mpi_program("/r/plan.parquet", "3")[1:] == [
+        "-m", "mpi4py", "-m", "perfscale.cli", "task", "run", "/r/plan.parquet", "3"
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("resources", "site", "message"),
+    [
+        ("{ranks: 2, ranks_per_node: 1}", "local", "resources.ranks: 2 ranks at 1 per node need 2 nodes"),
+        ("{ranks: 9999}", "local", "resources.ranks_per_node: 9999 ranks x 1 cores_per_rank exceed"),
+        ("{ranks: 2, gpus_per_rank: 1}", "local", "resources.gpus_per_rank: site 'local' has no GPUs"),
+        ("{ranks: 4, ranks_per_node: 3}", "quartz", "make ranks a multiple of ranks_per_node"),
+        ("{ranks: 2}", "no-mpirun", "mpirun is not on PATH; install Open MPI"),
+    ],
+)
+def test_ranks_the_site_cannot_hold_fail_at_plan_time(write_study, monkeypatch, resources, site, message):
+    from perfscale.plan.planner import build_plan
+    from perfscale.spec.study import load_study
+
+    if site == "no-mpirun":
+        monkeypatch.setenv("PATH", "/nonexistent")
+        site = "local"
+    study = write_study(f"name: r\nstages:\n  a:\n    kind: noop\n    resources: {resources}\n")
+    with pytest.raises(SpecError, match=re.escape(message)) as caught:
+        build_plan(load_study(study), str(study), load_site(site))
+    assert str(caught.value).startswith(f"{study}:")
 
 
 @pytest.fixture(scope="module")
