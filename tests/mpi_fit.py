@@ -20,7 +20,7 @@ from tests.tables import iris_table  # noqa: E402
 # dropout on so that the masks' slicing is exercised
 HYPERPARAMETERS = {
     "num_timesteps": 20,
-    "steps": 12,
+    "steps": 40,
     "batch_size": 64,
     "d_layers": [32, 32],
     "dim_t": 16,

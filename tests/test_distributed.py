@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from perfscale.errors import SpecError
 from perfscale.sched.mpi import mpi_program, task_launch_line
 from perfscale.spec import load_site
-from tests.mpi_fit import fit
+from tests.mpi_fit import HYPERPARAMETERS, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 MPIRUN = shutil.which("mpirun")
@@ -105,9 +105,32 @@ def test_ddp_fit_equals_one_process(reference, ranks, tmp_path) -> None:
     done = mpirun(ranks, str(ROOT / "tests" / "mpi_fit.py"), str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     got = load_file(str(out))
-    assert len(got["losses"]) == 12 and got["losses"].isfinite().all()
+    assert len(got["losses"]) == HYPERPARAMETERS["steps"] and got["losses"].isfinite().all()
     assert_same_fit(reference, got)
     assert not list(tmp_path.glob("*.rank*"))  # rank 0 alone wrote
+
+
+@needs_mpi
+def test_a_checkpoint_of_two_ranks_resumes_in_one_process(reference, tmp_path) -> None:
+    folder, out = tmp_path / "checkpoints", tmp_path / "fit.safetensors"
+    root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
+    line = [MPIRUN, *root, "--oversubscribe", "-n", "2", sys.executable, "-m", "mpi4py"]
+    line += [str(ROOT / "tests" / "mpi_fit.py"), str(out), str(folder)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(line, env=env, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        while not list(folder.glob("checkpoint-*.safetensors")):
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.005)
+        os.killpg(proc.pid, signal.SIGKILL)  # mpirun and both ranks
+    finally:
+        proc.wait()
+        proc.stderr.close()
+    (checkpoint,) = folder.glob("checkpoint-*.safetensors")
+    assert int(checkpoint.stem.split("-")[1]) < HYPERPARAMETERS["steps"]  # really mid-training
+    assert not out.exists()
+    fit(out, str(folder))  # one process resumes what two ranks checkpointed
+    assert_same_fit(reference, load_file(str(out)))
 
 
 # ---- a multi-rank task through `perfscale run`: a lost rank, the retry resumes ----------------------------
