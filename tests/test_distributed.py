@@ -213,3 +213,11 @@ def test_a_killed_rank_is_node_lost_and_the_retry_resumes_to_the_same_weights(wr
     reference = run_study(write_study(DDP_STUDY.replace("RANKS", "1"), "one.yaml"), single)
     assert reference.wait(timeout=300) == 0, reference.stdout.read()
     assert_same_fit(model_weights(single), model_weights(run))
+
+
+@needs_mpi
+def test_sites_probe_says_whether_mpi_works() -> None:
+    from perfscale.spec.probe import check_mpi
+
+    check = check_mpi(load_site("local"))
+    assert check.found.endswith("2 ranks here: works"), check.found
