@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -221,3 +222,23 @@ def test_sites_probe_says_whether_mpi_works() -> None:
 
     check = check_mpi(load_site("local"))
     assert check.found.endswith("2 ranks here: works"), check.found
+
+
+def test_an_array_element_of_a_multi_rank_stage_launches_mpi(tmp_path) -> None:
+    from perfscale.plan import build_plan
+    from perfscale.sched.arrays import stage_arrays
+    from perfscale.sched.render import render_array
+    from perfscale.spec.study import Study
+
+    res = {"ranks": 8, "ranks_per_node": 4, "cores_per_rank": 2, "walltime": "00:10:00"}
+    study = Study.model_validate({"name": "s", "stages": {"p": {"kind": "noop", "resources": res}}})
+    quartz = load_site("quartz")
+    (job,) = stage_arrays("s", "p", build_plan(study).of_stage("p"), quartz)
+    script = render_array(job, quartz, tmp_path).script
+    header = [line for line in script.splitlines() if line.startswith("#SBATCH")]
+    assert {"#SBATCH --nodes=2", "#SBATCH --ntasks=8", "#SBATCH --ntasks-per-node=4"} <= set(header)
+    assert "#SBATCH --cpus-per-task=2" in header
+    plan = str((tmp_path / "plan.parquet").resolve())
+    line = ["srun", "--nodes=2", "--ntasks=8", "--ntasks-per-node=4", "--cpus-per-task=2", "--cpu-bind=cores"]
+    task_line = shlex.join([*line, *mpi_program(plan)]) + ' "$index" &'
+    assert f"  {task_line}" in script.splitlines()

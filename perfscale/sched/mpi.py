@@ -196,8 +196,10 @@ def task_launch_line(site: Site, res: _RankResources) -> list[str]:
     """
     import os
 
+    from perfscale.sched.base import scheduler_class
+
     line = launch_line(site, task_layout(res))
-    if line[0] == "mpirun" and site.scheduler == "none":
+    if launcher_for(site) is MPIRUN and not scheduler_class(site.scheduler).batch:
         root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
         line = [line[0], *root, "--oversubscribe", *line[1:]]
     return line
