@@ -3,6 +3,7 @@ checkpoints resume on another rank count, launch lines. Tiny models (tests/mpi_f
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -242,3 +243,38 @@ def test_an_array_element_of_a_multi_rank_stage_launches_mpi(tmp_path) -> None:
     line = ["srun", "--nodes=2", "--ntasks=8", "--ntasks-per-node=4", "--cpus-per-task=2", "--cpu-bind=cores"]
     task_line = shlex.join([*line, *mpi_program(plan)]) + ' "$index" &'
     assert f"  {task_line}" in script.splitlines()
+
+
+BOOTSTRAP = """\
+import json, socket
+from perfscale.distributed.bootstrap import candidate_ports, job_id, session
+from perfscale.errors import TaskFailure
+import torch.distributed as dist
+ports = candidate_ports("k", job_id())
+busy = socket.socket()
+busy.bind(("", ports[0]))
+busy.listen()
+with session("k", 1) as s:
+    out = {"ports": ports[:2], "port": s.master_port, "addr": s.master_addr, "backend": s.backend}
+    print(json.dumps(out))
+print(json.dumps({"destroyed": not dist.is_initialized()}))
+try:
+    with session("k", 2):
+        pass
+except TaskFailure as e:
+    print(json.dumps({"kind": e.kind.value, "message": str(e)}))
+"""
+
+
+def test_bootstrap_skips_a_taken_port_and_refuses_a_singleton_of_a_two_rank_task() -> None:
+    """A process started without mpirun is an MPI singleton: what a launcher starting N singletons makes."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", BOOTSTRAP], env=env, capture_output=True, text=True, timeout=120, check=True
+    )
+    started, destroyed, refused = (json.loads(line) for line in done.stdout.splitlines())
+    assert started["port"] == started["ports"][1] != started["ports"][0]  # EADDRINUSE: the next candidate
+    assert started["addr"] == "127.0.0.1" and started["backend"] == "gloo"
+    assert destroyed == {"destroyed": True}
+    assert refused["kind"] == "bad_input"
+    assert refused["message"].startswith("the task asks for 2 ranks but MPI started 1")
