@@ -10,7 +10,10 @@ Per rank count, after one warm-up step:
 - `samples_per_s`: global rows per second of training steps (forward, backward, gradient all-reduce, AdamW);
 - `efficiency`: samples/s at R ranks / (R x samples/s at 1 rank);
 - `allreduce_share`: 1 - (step time without the gradient all-reduce (DDP `no_sync`) / step time with it):
-  the share of a step spent on the all-reduce that is not hidden behind the backward pass.
+  the share of a step spent on the all-reduce that is not hidden behind the backward pass;
+- `rank0_cpu_share`: rank 0's CPU time / wall time over the timed steps (1 = it had a core all along);
+- `efficiency_per_cpu_second`: the efficiency of samples per CPU-second received (every rank assumed to get
+  rank 0's share): what distribution costs apart from waiting for a core on a shared machine.
 
 Results go to benchmarks/results/distributed.json with the machine description. Not a timed test.
 """
@@ -72,16 +75,20 @@ def worker(steps: int, threads: int, out: Path) -> None:
         def step() -> None:
             train_step(model, diffusion, optimizer, x_num[lo:hi], x_cat[lo:hi], noise, 1e-4, part, world)  # type: ignore[arg-type]
 
+        cpu: list[float] = []
+
         def timed(sync: bool) -> float:
             quiet = contextlib.nullcontext() if sync or world == 1 else model.no_sync()  # type: ignore[operator]
             with quiet:
                 step()  # warm-up
                 torch.distributed.barrier()
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 for _ in range(steps):
                     step()
                 torch.distributed.barrier()
-                return (time.perf_counter() - t0) / steps
+                wall = time.perf_counter() - t0
+                cpu.append((time.process_time() - c0) / wall)
+                return wall / steps
 
         with_sync = timed(True)
         without = timed(False) if world > 1 else with_sync
@@ -94,10 +101,25 @@ def worker(steps: int, threads: int, out: Path) -> None:
                         "step_s_no_allreduce": without,
                         "samples_per_s": BATCH / with_sync,
                         "allreduce_share": max(0.0, 1 - without / with_sync),
+                        # rank 0's CPU time / wall time while timed: below 1, the rank waited for a core
+                        # (or for the all-reduce)
+                        "rank0_cpu_share": cpu[0],
                         "parameters": sum(p.numel() for p in denoiser.parameters()),
                     }
                 )
             )
+
+
+def derive(runs: list[dict[str, float]]) -> None:
+    """Parallel efficiency against 1 rank; the same per CPU-second each rank received (a shared machine
+    gives a process a share of a core: this part of the loss is contention, not distribution)."""
+    base = next((r for r in runs if r["ranks"] == 1), None)
+    for r in runs:
+        r["efficiency"] = r["samples_per_s"] / (r["ranks"] * base["samples_per_s"]) if base else None
+        per_cpu = r["samples_per_s"] / (r["ranks"] * r["rank0_cpu_share"])
+        r["efficiency_per_cpu_second"] = (
+            per_cpu / (base["samples_per_s"] / base["rank0_cpu_share"]) if base else None
+        )
 
 
 def main() -> None:
@@ -125,9 +147,7 @@ def main() -> None:
         runs.append(json.loads(out.read_text()))
         out.unlink()
         print(runs[-1], flush=True)
-    base = next((r["samples_per_s"] for r in runs if r["ranks"] == 1), None)
-    for r in runs:
-        r["efficiency"] = r["samples_per_s"] / (r["ranks"] * base) if base else None
+    derive(runs)
     result = {
         "benchmark": "distributed",
         "model": {"d_layers": D_LAYERS, "dim_t": DIM_T, "num_timesteps": T, "batch": BATCH},

@@ -140,7 +140,9 @@ def run_rank(store: RunStore, task: Task, attempt: int) -> tuple[int, Outcome]:
     started, t0 = utcnow(), time.perf_counter()
     try:
         with session(task.key, task.ranks, gpus=task.gpus_per_rank > 0) as s:
-            return s.rank, _attempts(store, dataclasses.replace(task, retry={}), outcome, attempt, s.rank)
+            # one attempt (the launching side retries the whole job); thread pools sized to the rank's cores
+            one = dataclasses.replace(task, retry={}, cores=task.cores_per_rank)
+            return s.rank, _attempts(store, one, outcome, attempt, s.rank)
     except TaskFailure as exc:  # the session could not start (wrong world size, no port): nothing ran
         outcome.failure_kind, outcome.message = exc.kind.value, str(exc)
         record = _attempt_record(
