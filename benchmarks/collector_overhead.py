@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from machine import describe, write_results
 
 from perfscale.collect import perf
+from perfscale.collect.builtin_kernels import build_kernels
 from perfscale.collect.command import run_command
-from perfscale.collect.kernels import build_kernels
 
 RESULTS = Path(__file__).parent / "results"
 SIZE = 4_000_000  # 3 arrays of 32 MB: out of cache, so the triad is memory-bound as meant

@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/generators.py [--quick] [--generators smote,ctgan] [--datasets digits]
     .venv/bin/python benchmarks/generators.py --refresh-profiles runs/perfgen-local   (rebuild the data file)
 
-Every registered generator (`perfscale.generators.list_generators()`, plus GReaT when perfscale.llm.great
-exists) is run on each dataset in a fresh Python process, so its peak resident memory
+Every registered generator (`perfscale.generators.list_generators()`, GReaT included) is run on each
+dataset in a fresh Python process, so its peak resident memory
 (`getrusage(RUSAGE_SELF).ru_maxrss`) is its own: interpreter, libraries and data included, which is what a
 worker process running it needs. The process loads the data, fits (timed), samples as many rows as the train
 table (timed: rows/s), reads the peak RSS, then scores the synthetic table against the real train table with
@@ -28,7 +28,6 @@ machine description, the options) and a table per dataset printed like Table I o
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
@@ -134,7 +133,7 @@ def load_dataset(name: str, quick: bool) -> Dataset:
                 f"{PROFILES} is missing: run `perfscale run workflows/perfgen.yaml --site local`, then "
                 f"`benchmarks/generators.py --refresh-profiles runs/perfgen-local`"
             )
-        from perfscale.stages.split import split_part
+        from perfscale.tabular.columns import split_part
 
         table = pd.read_parquet(PROFILES)
         train, holdout = split_part(table, "train"), split_part(table, "holdout")
@@ -163,8 +162,6 @@ def available_generators() -> list[str]:
     """Registered generators (importing perfscale.generators registers the built-in ones)."""
     from perfscale.generators import list_generators
 
-    if importlib.util.find_spec("perfscale.llm.great") is not None:  # GReaT registers itself on import
-        importlib.import_module("perfscale.llm.great")
     return list_generators()
 
 

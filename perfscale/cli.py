@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import warnings
 from pathlib import Path
+from typing import TextIO
 
 from rich.console import Console
 from rich.table import Table
 
 from perfscale.engines.base import ENGINES
 from perfscale.errors import PerfscaleError
+from perfscale.logs import LEVEL_ENV, LEVELS, configure, default_level
+from perfscale.version import __version__
 
 # written out so that `--help` need not import every importer (pandas, pyarrow); a test keeps it complete
 IMPORTER_NAMES = "caliper, sacct, sacct-steps, alibaba, alibaba-instances, sklearn, csv, parquet"
@@ -39,9 +43,9 @@ def _positive_int(text: str) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from perfscale.plan import build_plan
-    from perfscale.spec import load_study
+    from perfscale.plan.overrides import load_study_text
 
-    study = load_study(args.study)
+    study, _ = load_study_text(args.study, args.set)
     plan = build_plan(study, str(args.study), _site(args))
     out = Path(args.out or f"{study.name}.plan.parquet")
     if out.is_dir():
@@ -109,12 +113,25 @@ def _print_status(store) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     """Array mode: plan, render job scripts, submit them with dependencies between stages."""
     from perfscale.runner import prepare_run
-    from perfscale.sched.submit import submit_run
+    from perfscale.sched.submit import dry_run, submit_run
 
-    store = prepare_run(Path(args.study), _site(args), Path(args.run_dir) if args.run_dir else None)
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    store = prepare_run(Path(args.study), _site(args), run_dir, overrides=args.set)
+    if args.dry_run:
+        _print_scripts(store, dry_run(store, args.partition, args.account, args.throttle))
+        return 0
     arrays = submit_run(store, partition=args.partition, account=args.account, throttle=args.throttle)
     _print_arrays(store, arrays)
     return 0
+
+
+def _print_scripts(store, rendered) -> None:
+    title = f"dry run for {store.root}: rendered, nothing submitted"
+    table = Table("array", "stage", "elements", "tasks", "script", title=title)
+    for job, script in rendered:
+        tasks = sum(len(e.indices) for e in job.elements)
+        table.add_row(job.name, job.stage, str(len(job.elements)), str(tasks), str(script))
+    console.print(table if rendered else "nothing to submit: every task has its shard")
 
 
 def _print_arrays(store, arrays) -> None:
@@ -167,7 +184,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _terminate)
 
     run_dir = Path(args.run_dir) if args.run_dir else None
-    with open_run(Path(args.study), _site(args), run_dir, wait_lock=args.wait_lock) as store:
+    with open_run(Path(args.study), _site(args), run_dir, args.wait_lock, args.set) as store:
         console.print(
             f"run folder: [bold]{store.root}[/] ({len(store.plan.tasks)} tasks, engine "
             f"{args.engine or store.site.engine})"
@@ -313,8 +330,20 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_log_level(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument(
+        "--log-level",
+        choices=LEVELS,
+        default=argparse.SUPPRESS if default is None else default,
+        help=f"log records shown on stderr (default: ${LEVEL_ENV} or warning); runs also log to "
+        "RUN/perfscale.log",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="perfscale", description=__doc__)
+    p.add_argument("--version", action="version", version=f"perfscale {__version__}")
+    _add_log_level(p, default_level())
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="plan a study and run its missing tasks")
@@ -334,6 +363,11 @@ def parser() -> argparse.ArgumentParser:
     sb.add_argument("study", type=Path)
     sb.add_argument("--site", required=True, help="a site with a batch scheduler (`perfscale sites list`)")
     sb.add_argument("--run-dir", help="run folder (default: runs/<study>-<site>)")
+    sb.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="render the job scripts into RUN/arrays/ and stop: no scheduler command runs",
+    )
     rs = sub.add_parser("resubmit", help="array mode: resubmit only failed or missing tasks")
     rs.add_argument("run", type=Path)
     rs.add_argument("--failed", action="store_true", required=True, help="failed or missing tasks (required)")
@@ -389,11 +423,42 @@ def parser() -> argparse.ArgumentParser:
     si.add_argument("action", choices=["list", "show", "probe"])
     si.add_argument("name", nargs="?", help="site name or YAML path (probe: default local)")
     si.set_defaults(fn=cmd_sites)
+    for command in (r, pl, sb):
+        command.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="stages.NAME.params.KEY=VALUE",
+            help="override a stage parameter (VALUE is YAML: 5, 0.5, true, a.csv, [1, 2]); repeatable",
+        )
+    for command in [*sub.choices.values(), *tsub.choices.values()]:  # also after the command name
+        _add_log_level(command, None)
     return p
+
+
+def _show_deprecation(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """perfscale's own deprecations (old spellings in a study) as one line; others as Python shows them."""
+    if issubclass(category, DeprecationWarning) and "/perfscale/" in filename.replace("\\", "/"):
+        print(f"perfscale: warning: {message}", file=sys.stderr)
+    else:
+        _SHOW_WARNING(message, category, filename, lineno, file, line)
+
+
+_SHOW_WARNING = warnings.showwarning
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    warnings.filterwarnings("default", category=DeprecationWarning, module=r"perfscale\.")
+    warnings.showwarning = _show_deprecation
+    configure(args.log_level)
     try:
         return args.fn(args)
     except PerfscaleError as exc:

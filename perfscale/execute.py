@@ -22,6 +22,7 @@ batch shell forwards what the process also received) are ignored.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -32,6 +33,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -41,10 +43,12 @@ from pydantic import ValidationError
 from perfscale.errors import FailureKind, TaskFailure
 from perfscale.plan.planner import Task
 from perfscale.stages import StageContext, get_stage_kind
-from perfscale.store.run import Provenance, RunStore, utcnow
+from perfscale.store.attempt import Attempt, utcnow
+from perfscale.store.run import Provenance, RunStore
 from perfscale.store.space import is_disk_full
 
 _HOST = socket.gethostname()
+log = logging.getLogger(__name__)
 
 ELEMENT_ENV = "PERFSCALE_ELEMENT"  # e.g. "slurm job 123[4]": set by the array templates
 DEADLINE_ENV = "PERFSCALE_ELEMENT_DEADLINE"  # epoch seconds at which the element's walltime ends
@@ -106,7 +110,7 @@ class Outcome:
     disk_full: bool = False  # an attempt failed because the disk is full: the run must stop
     failure_kind: str | None = None
     message: str | None = None
-    attempts: list[dict[str, Any]] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
 
 
 def classify(exc: BaseException) -> tuple[FailureKind, int | None]:
@@ -164,28 +168,29 @@ def open_store(root: str | Path) -> RunStore:
 def _attempt_record(
     task: Task,
     attempt: int,
-    started,
+    started: datetime,
     duration: float,
     ok: bool,
     kind: FailureKind | None = None,
     exit_status: int | None = None,
     message: str | None = None,
-) -> dict[str, Any]:
-    return {
-        "task_key": task.key,
-        "stage": task.stage,
-        "index": task.index,
-        "attempt": attempt,
-        "host": _HOST,
-        "pid": os.getpid(),
-        "started_at": started,
-        "ended_at": utcnow(),
-        "duration_s": duration,
-        "ok": ok,
-        "exit_status": 0 if ok else exit_status,
-        "failure_kind": kind.value if kind else None,
-        "message": message,
-    }
+) -> Attempt:
+    """The task's own record of one attempt (this host and process)."""
+    return Attempt(
+        task_key=task.key,
+        stage=task.stage,
+        index=task.index,
+        attempt=attempt,
+        host=_HOST,
+        pid=os.getpid(),
+        started_at=started,
+        ended_at=utcnow(),
+        duration_s=duration,
+        ok=ok,
+        exit_status=0 if ok else exit_status,
+        failure_kind=kind.value if kind else None,
+        message=message,
+    )
 
 
 def execute_task(root: str | Path, index: int, first_attempt: int = 1) -> Outcome:
@@ -247,10 +252,30 @@ def _attempts(store: RunStore, task: Task, outcome: Outcome, first_attempt: int,
                 return outcome
             if failure is FailureKind.CANCELLED:
                 raise
-            if retries[failure] < task.retry.get(failure.value, 0):
+            budget = task.retry.get(failure.value, 0)
+            if retries[failure] < budget:
                 retries[failure] += 1
+                log.info(
+                    "task %d (%s %s) attempt %d: %s; retrying (%s retry %d of %d)",
+                    task.index,
+                    task.stage,
+                    task.key,
+                    attempt,
+                    failure.value,
+                    failure.value,
+                    retries[failure],
+                    budget,
+                )
                 attempt += 1
                 continue
+            log.info(
+                "task %d (%s %s) attempt %d: %s; no retry left",
+                task.index,
+                task.stage,
+                task.key,
+                attempt,
+                failure.value,
+            )
             outcome.failure_kind, outcome.message = failure.value, msg
             return outcome
         outcome.attempts.append(record)

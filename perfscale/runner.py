@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
@@ -21,12 +21,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from perfscale.engines import Engine, EngineStalled, make_engine
 from perfscale.errors import FailureKind
 from perfscale.execute import Outcome, execute_task
+from perfscale.logs import run_log
+from perfscale.plan.overrides import load_study_text
 from perfscale.plan.planner import Plan, Task, build_plan
 from perfscale.spec.site import Site
-from perfscale.spec.study import load_study
 from perfscale.store import space
+from perfscale.store.attempt import Attempt
 from perfscale.store.lock import run_lock
-from perfscale.store.run import RunStore, utcnow
+from perfscale.store.run import RunStore
 from perfscale.store.space import DiskFull, disk_full_named, is_disk_full
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ class AttemptLog:
     def __init__(self, store: RunStore, every_s: float = 2.0):
         self.store, self.every_s, self.buffer, self.last = store, every_s, [], time.monotonic()
 
-    def add(self, records: list[dict]) -> None:
+    def add(self, records: list[Attempt]) -> None:
         self.buffer.extend(records)
         if time.monotonic() - self.last > self.every_s:
             self.flush()
@@ -78,28 +80,42 @@ def default_run_dir(study_name: str, site: Site) -> Path:
     return Path("runs") / f"{study_name}-{site.name}"
 
 
-def _planned(study_path: Path, site: Site, run_dir: Path | None) -> tuple[Plan, Path]:
-    study = load_study(study_path)
-    return build_plan(study, str(study_path), site), run_dir or default_run_dir(study.name, site)
+def _planned(
+    study_path: Path, site: Site, run_dir: Path | None, overrides: Sequence[str] = ()
+) -> tuple[Plan, Path, str]:
+    """The plan, the run folder and the study text to record (overridden by `--set`s, see plan.overrides)."""
+    study, text = load_study_text(study_path, overrides)
+    return build_plan(study, str(study_path), site), run_dir or default_run_dir(study.name, site), text
 
 
-def prepare_run(study_path: Path, site: Site, run_dir: Path | None = None) -> RunStore:
+def prepare_run(
+    study_path: Path, site: Site, run_dir: Path | None = None, overrides: Sequence[str] = ()
+) -> RunStore:
     """Validate the study, expand its plan, and create (or re-open) its run folder. Nothing runs."""
-    plan, root = _planned(study_path, site, run_dir)
-    return RunStore.create(root, study_path.read_text(), site, plan, study_dir=study_path.parent)
+    plan, root, text = _planned(study_path, site, run_dir, overrides)
+    return RunStore.create(root, text, site, plan, study_dir=study_path.parent)
 
 
 @contextmanager
 def open_run(
-    study_path: Path, site: Site, run_dir: Path | None = None, wait_lock: bool = False
+    study_path: Path,
+    site: Site,
+    run_dir: Path | None = None,
+    wait_lock: bool = False,
+    overrides: Sequence[str] = (),
 ) -> Iterator[RunStore]:
     """`prepare_run` under the run folder's lock (RUN/.lock), held until the block ends: one run per folder.
 
     The study is checked and planned before the lock; the folder is written only once the lock is held."""
-    plan, root = _planned(study_path, site, run_dir)
+    plan, root, text = _planned(study_path, site, run_dir, overrides)
     RunStore(root).refuse_foreign(plan.study)  # before the lock file is made in a folder that is not ours
     with disk_full_named(root), run_lock(root, wait=wait_lock):
-        yield RunStore.create(root, study_path.read_text(), site, plan, study_dir=study_path.parent)
+        store = RunStore.create(root, text, site, plan, study_dir=study_path.parent)
+        with run_log(store.root):
+            log.info(
+                "run %s: study %s, site %s, %d tasks", store.root, study_path, site.name, len(plan.tasks)
+            )
+            yield store
 
 
 def _ready(store: RunStore, task: Task, done: dict[str, set[str]]) -> bool:
@@ -143,7 +159,7 @@ def run_plan(
     summary: dict[str, StageSummary] = {}
     done = {s: store.done_keys(s) for s in plan.stages}  # checks every shard's footer; bad ones quarantined
     next_attempt = _next_attempts(store)
-    log = AttemptLog(store)
+    attempt_log = AttemptLog(store)
     owned = not isinstance(engine, Engine)
     if owned:
         engine = make_engine(engine or store.site.engine, store.site, store.root, workers)
@@ -164,9 +180,18 @@ def run_plan(
                 ready = [t for t in todo if _ready(store, t, done)]
                 s.blocked = len(todo) - len(ready)
                 s.done = len(tasks) - len(todo)
+                log.info(
+                    "stage %s: %d tasks, %d done, %d to run, %d blocked",
+                    stage,
+                    s.total,
+                    s.done,
+                    len(ready),
+                    s.blocked,
+                )
                 bar = bars.add_task(stage, total=len(tasks), completed=s.done, failed="")
                 for outcome in _run_tasks(engine, store, ready, next_attempt):
-                    log.add(outcome.attempts)
+                    attempt_log.add(outcome.attempts)
+                    _log_outcome(outcome)
                     if outcome.retrying:
                         continue
                     if outcome.ok:
@@ -180,29 +205,40 @@ def run_plan(
     finally:
         try:
             with disk_full_named(store.root):
-                log.flush()
+                attempt_log.flush()
         finally:
             space.release(store.root)
     return summary
 
 
-def _lost_record(t: Task, attempt: int, message: str, kind: FailureKind = FailureKind.NODE_LOST) -> dict:
-    now = utcnow()
-    return {
-        "task_key": t.key,
-        "stage": t.stage,
-        "index": t.index,
-        "attempt": attempt,
-        "host": None,
-        "pid": None,
-        "started_at": now,
-        "ended_at": now,
-        "duration_s": None,
-        "ok": False,
-        "exit_status": None,
-        "failure_kind": kind.value,
-        "message": message,
-    }
+def _log_outcome(outcome: Outcome) -> None:
+    """The retry decisions `execute_task` took in its worker (each failed attempt before the last was
+    retried there), and the task's end when it failed."""
+    records = outcome.attempts
+    for r in records[:-1] if not outcome.retrying else []:
+        if not r.ok:
+            log.info(
+                "task %d (%s %s) attempt %d: %s; retried (retry policy)",
+                outcome.index,
+                outcome.stage,
+                outcome.key,
+                r.attempt,
+                r.failure_kind,
+            )
+    if not outcome.ok and not outcome.retrying:
+        attempt = records[-1].attempt if records else "?"
+        log.warning(
+            "task %d (%s %s) failed at attempt %s: %s; no retry left for it",
+            outcome.index,
+            outcome.stage,
+            outcome.key,
+            attempt,
+            outcome.failure_kind,
+        )
+
+
+def _lost_record(t: Task, attempt: int, message: str, kind: FailureKind = FailureKind.NODE_LOST) -> Attempt:
+    return Attempt.recorded(t.key, t.stage, t.index, attempt, kind, message)
 
 
 class Watchdog:
@@ -273,7 +309,17 @@ def _run_tasks(
     def lose(t: Task, message: str, rerun: bool = True) -> Outcome:
         record = _lost_record(t, next_attempt.get(t.key, 1) + lost[t.key], message)
         lost[t.key] += 1
-        if rerun and lost[t.key] <= t.retry.get(FailureKind.NODE_LOST.value, 0):
+        budget = t.retry.get(FailureKind.NODE_LOST.value, 0)
+        if rerun and lost[t.key] <= budget:
+            log.info(
+                "task %d (%s %s): %s; rerun alone (node_lost retry %d of %d)",
+                t.index,
+                t.stage,
+                t.key,
+                message,
+                lost[t.key],
+                budget,
+            )
             suspects.append(t)
             return Outcome(t.index, t.key, t.stage, ok=False, retrying=True, attempts=[record])
         return Outcome(
@@ -333,6 +379,7 @@ def run_study(
     engine: str | None = None,
     workers: int | None = None,
     progress: bool = True,
+    overrides: Sequence[str] = (),
 ) -> tuple[RunStore, dict[str, StageSummary]]:
-    with open_run(study_path, site, run_dir) as store:
+    with open_run(study_path, site, run_dir, overrides=overrides) as store:
         return store, run_plan(store, engine, workers, progress=progress)

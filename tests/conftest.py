@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from perfscale.collect.kernels import build_kernels
+from perfscale.collect.builtin_kernels import build_kernels
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent

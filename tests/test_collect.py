@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-import perfscale.stages.profile  # noqa: F401  (registers the kind until builtin imports it)
+from perfscale.collect.builtin_kernels import BUILD_INFO, KERNEL_FOMS, KERNELS, build_kernels
 from perfscale.collect.command import (
     USAGE_COLUMNS,
     compile_foms,
@@ -26,7 +26,6 @@ from perfscale.collect.command import (
     render_text,
     run_command,
 )
-from perfscale.collect.kernels import BUILD_INFO, KERNEL_FOMS, KERNELS, build_kernels
 from perfscale.collect.machine import MACHINE_COLUMNS, machine_metadata
 from perfscale.errors import BadInput, PerfscaleError, SpecError
 from perfscale.execute import execute_task
@@ -402,7 +401,7 @@ def test_profile_stage_failures_are_classified(profile_run) -> None:
         assert (outcomes[stage].ok, outcomes[stage].failure_kind) == (False, kind), outcomes[stage].message
     fails = outcomes["fails"]
     assert "status 3" in fails.message and "boom" in fails.message
-    assert fails.attempts[-1]["exit_status"] == 3
+    assert fails.attempts[-1].exit_status == 3
 
 
 def test_profile_errors_surface_at_planning(tmp_path: Path) -> None:

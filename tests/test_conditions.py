@@ -287,7 +287,7 @@ def test_prediction_falls_back_for_the_rows_it_cannot_generate(
           data: {kind: ingest, params: {kind: csv, source: data.csv}}
           train: {kind: train, inputs: [data], params: {source: data, generator: test_bootstrap}}
           predict:
-            kind: predict-by-generation
+            kind: predict_by_generation
             foreach: train
             inputs: [data]
             params: {source: data, target: petal_width, draws: 2}
@@ -363,7 +363,7 @@ def test_prediction_stages_end_to_end(
                 params: {source: split}
                 grid: {product: {generator: [gaussian_copula]}}
               predict:
-                kind: predict-by-generation
+                kind: predict_by_generation
                 foreach: train
                 inputs: [split]
                 params: {source: split, draws: 3}

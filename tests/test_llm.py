@@ -1,4 +1,5 @@
-"""The GReaT generator (perfscale.llm): row serialisation, and a tiny GPT-2 trained on a real iris table.
+"""The GReaT generator (perfscale.generators.great, perfscale.llm): row serialisation, and a tiny GPT-2
+trained on a real iris table.
 
 Nothing is mocked or downloaded: the model is a 2-layer GPT-2 built from a config with a tokenizer learnt from
 the training text, fine-tuned for 400 steps (measured: 93% of generated texts are then valid rows, 72% after
@@ -19,10 +20,10 @@ from sklearn.datasets import load_breast_cancer, load_iris
 
 from perfscale.errors import BadInput
 from perfscale.generators import get_generator, list_generators, load_generator
-from perfscale.generators._tables import json_value
-from perfscale.llm.great import LM_FOLDER, GReaTGenerator
+from perfscale.generators.great import LM_FOLDER, GReaTGenerator
 from perfscale.llm.serialize import MISSING, ColumnCodec, RowCodec, RowError, escape, split_fields
 from perfscale.tabular.meta import TableMeta, infer_meta
+from perfscale.tabular.values import json_value
 
 THREADS = [1, 2, 4, 8]
 SPECIES = ["setosa", "versicolor", "virginica"]
@@ -204,7 +205,7 @@ def test_registered() -> None:
 
 
 def test_hyperparameters_are_checked() -> None:
-    with pytest.raises(BadInput, match="unknown hyperparameters \\['epoch'\\]"):
+    with pytest.raises(BadInput, match="'epoch': unknown hyperparameter for great; choose one of"):
         GReaTGenerator(epoch=3)
     for key, value in [("temperature", 0), ("top_p", 1.5), ("max_attempts", 0), ("float_digits", 30)]:
         with pytest.raises(BadInput, match=f"'{key}'"):

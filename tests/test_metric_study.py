@@ -16,8 +16,8 @@ from pydantic import ValidationError
 from perfscale.errors import BadInput
 from perfscale.ingest import read_source
 from perfscale.ingest.sklearn_datasets import data_file
+from perfscale.results.metric_study import MetricStudyParams, collect_sets, study_points
 from perfscale.stages.corrupt import CorruptParams, corrupt_table
-from perfscale.stages.rank_study import MetricStudyParams, collect_sets, study_points
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,8 @@ from sklearn.metrics import mutual_info_score
 from perfscale.errors import BadInput
 from perfscale.metrics import evaluate, get_metric
 from perfscale.metrics.associations import association_matrix, diff_corr
-from perfscale.metrics.columns import category_codes, discrete_columns
+from perfscale.metrics.columns import discrete_columns
+from perfscale.tabular.encode import category_codes
 from perfscale.tabular.meta import TableMeta, infer_meta
 
 

@@ -261,7 +261,7 @@ FNS = '''
 import numpy as np
 from sklearn.datasets import load_wine
 
-from perfscale.stages.split import split_part
+from perfscale.tabular.columns import split_part
 
 
 def wine(seed):

@@ -227,10 +227,12 @@ def test_bad_inputs_are_rejected(small):
         run(target="target")
     with pytest.raises(BadInput, match=r"holdout table's columns differ.*missing \['pixel_2_2'\]"):
         run(**base | {"holdout": holdout.drop(columns="pixel_2_2")})
-    with pytest.raises(BadInput, match=r"unknown model\(s\) \['svm'\]"):
+    with pytest.raises(BadInput, match=r"'models.0': Input should be 'linear', .* \(got 'svm'\)"):
         run(**base | {"models": ["svm"]})
-    with pytest.raises(BadInput, match="models must be a non-empty list"):
+    with pytest.raises(BadInput, match=r"'models': Input should be a valid list \(got 'linear'\)"):
         run(**base | {"models": "linear"})
+    with pytest.raises(BadInput, match="models must be a non-empty list"):
+        run(**base | {"models": []})
     for option, value in (
         ("repeats", 0),
         ("n_estimators", 1.5),

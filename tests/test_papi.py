@@ -17,9 +17,9 @@ from pydantic import ValidationError
 
 import perfscale.stages.profile  # noqa: F401  (registers the kind)
 from perfscale.collect import papi
+from perfscale.collect.builtin_kernels import BUILD_INFO
 from perfscale.collect.command import WrapperFailed, run_command
 from perfscale.collect.derived import DERIVED_COLUMNS, derive, ratio
-from perfscale.collect.kernels import BUILD_INFO
 from perfscale.errors import BadInput
 from perfscale.execute import execute_task
 from perfscale.runner import prepare_run

@@ -11,9 +11,11 @@ from __future__ import annotations
 import pytest
 
 from perfscale.errors import FailureKind
+from perfscale.ingest.sacct import split_job_id
 from perfscale.sched.client import CommandClient, SchedulerCommandError
 from perfscale.sched.lsf import bjobs_poll_argv, bsub_argv, parse_bjobs_poll, parse_bsub
 from perfscale.sched.slurm import parse_sacct_poll, parse_sbatch, parse_squeue_poll, sacct_poll_argv
+from perfscale.sched.slurm_fields import parse_job_id, parse_state
 from perfscale.sched.states import lsf_failure, slurm_failure
 
 
@@ -79,6 +81,33 @@ def test_sacct_poll_parsing():
     assert ("102", 0) not in states  # not an array
     argv = sacct_poll_argv(["100", "101"])
     assert argv[0] == "sacct" and "--jobs=100,101" in argv and "--allocations" in argv
+
+
+@pytest.mark.parametrize(
+    ("text", "base", "elements", "step"),
+    [
+        ("9", "9", [], None),
+        ("9_2", "9", [2], None),
+        ("9_2.batch", "9", [2], "batch"),
+        ("9_[0-3%2]", "9", [0, 1, 2, 3], None),
+        ("9_[5-7,9]", "9", [5, 6, 7, 9], None),
+        ("123+1.0", "123", [], "0"),
+    ],
+)
+def test_one_slurm_job_id_parser_for_array_mode_and_the_importer(text, base, elements, step):
+    parsed = parse_job_id(text)
+    assert (parsed.base, parsed.elements, parsed.step) == (base, elements, step)
+    row = split_job_id(text)  # the sacct importer reads the same parse
+    assert row["step"] == step and row["job_id"] == parsed.job_id
+    assert row["array_task_id"] == (elements[0] if parsed.task and parsed.task.isdigit() else None)
+    with pytest.raises(ValueError, match="not a Slurm job id"):
+        parse_job_id("JobID")
+
+
+def test_states_read_alike_by_both():
+    assert parse_state("CA by 1000") == ("CANCELLED", 1000)  # squeue's short code, then sacct's "by uid"
+    assert slurm_failure("CA") is FailureKind.CANCELLED and slurm_failure("TO") is FailureKind.TIMEOUT
+    assert parse_state("Unknown") == (None, None) and slurm_failure("") is FailureKind.APP_ERROR
 
 
 def test_squeue_poll_parsing():

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_iris
 
+from perfscale.generators.great import GReaTGenerator
 from perfscale.llm import smollm2
-from perfscale.llm.great import GReaTGenerator
 from perfscale.tabular.meta import infer_meta
 
 pytestmark = pytest.mark.slow

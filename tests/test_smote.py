@@ -14,7 +14,7 @@ from perfscale.errors import BadInput
 from perfscale.generators import GENERATOR_JSON, get_generator, list_generators, load_generator
 from perfscale.generators.conditions import Conditions
 from perfscale.generators.smote import ARRAYS_FILE, SmoteGenerator
-from perfscale.metrics.dcr import encode
+from perfscale.tabular.encode import encode
 from perfscale.tabular.meta import TableMeta, infer_meta
 from tests.tables import assert_shaped_like, iris_table
 
@@ -292,9 +292,9 @@ def test_corrupted_model_file_is_bad_input(fitted, tmp_path: Path) -> None:
         ({"k_neighbors": 2.5}, "k_neighbors"),
         ({"k_neighbors": True}, "k_neighbors"),
         ({"categorical": "mode"}, "categorical"),
-        ({"balance": True}, "needs 'label'"),
+        ({"balance": True}, "balance: true needs label"),
         ({"label": 3}, "label"),
-        ({"neighbours": 5}, r"unknown hyperparameters \['neighbours'\]"),
+        ({"neighbours": 5}, r"'neighbours': unknown hyperparameter for smote; choose one of balance, "),
     ],
 )
 def test_bad_hyperparameters_are_bad_input(hyperparameters, message) -> None:

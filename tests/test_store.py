@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -10,11 +12,13 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from perfscale.errors import FailureKind
 from perfscale.plan import build_plan
 from perfscale.spec import load_site
 from perfscale.spec.study import Study
 from perfscale.store import PROVENANCE_COLUMNS, Provenance, RunStore
 from perfscale.store.atomic import atomic_write
+from perfscale.store.attempt import ATTEMPT_SCHEMA, Attempt
 
 
 def _store(tmp_path: Path, n: int = 3) -> RunStore:
@@ -104,23 +108,25 @@ def test_empty_output_is_still_a_completion_marker(tmp_path):
 def test_attempts_round_trip(tmp_path):
     store = _store(tmp_path)
     now = datetime.now(timezone.utc)
-    rec = {
-        "task_key": "k",
-        "stage": "a",
-        "index": 0,
-        "attempt": 1,
-        "host": "h",
-        "pid": os.getpid(),
-        "started_at": now,
-        "ended_at": now,
-        "duration_s": 0.1,
-        "ok": False,
-        "exit_status": 3,
-        "failure_kind": "app_error",
-        "message": "boom",
-    }
+    rec = Attempt("k", "a", 0, 1, "h", os.getpid(), now, now, 0.1, False, 3, "app_error", "boom")
     store.append_attempts([rec])
-    store.append_attempts([rec | {"attempt": 2, "ok": True, "failure_kind": None}])
+    store.append_attempts([replace(rec, attempt=2, ok=True, failure_kind=None)])
     df = store.attempts().sort_values("attempt")
     assert df["attempt"].tolist() == [1, 2]
     assert df["failure_kind"].tolist()[0] == "app_error"
+    assert Attempt(**df.iloc[0].to_dict()) == rec  # a row reads back as the record it was
+
+
+def test_attempt_schema_is_the_dataclass():
+    assert ATTEMPT_SCHEMA.names == [f.name for f in fields(Attempt)]
+    assert ATTEMPT_SCHEMA.field("started_at").type == pa.timestamp("us", tz="UTC")
+    assert ATTEMPT_SCHEMA.field("pid").type == pa.int64() and ATTEMPT_SCHEMA.field("ok").type == pa.bool_()
+    lost = Attempt.recorded("k", "a", 0, 2, FailureKind.NODE_LOST, "worker died")
+    assert (lost.host, lost.pid, lost.duration_s, lost.ok, lost.failure_kind) == (
+        None,
+        None,
+        None,
+        False,
+        "node_lost",
+    )
+    assert Attempt.from_json(json.loads(json.dumps(lost.to_json()))) == lost

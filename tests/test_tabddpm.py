@@ -278,17 +278,17 @@ def test_tables_of_one_kind_and_dropout(table, kind) -> None:
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"epochs": 3}, r"unknown hyperparameters \['epochs'\].*valid: num_timesteps"),
-        ({"steps": 0}, r"'steps' must be an integer >= 1"),
-        ({"num_timesteps": 1}, r"'num_timesteps' must be an integer >= 2"),
-        ({"d_layers": []}, r"'d_layers' must be a non-empty list"),
-        ({"d_layers": [64, "wide"]}, r"'d_layers' must be an integer"),
-        ({"lr": 0}, r"'lr' must be a positive number"),
-        ({"dropout": 1.0}, r"'dropout' must be a number in \[0, 1\)"),
-        ({"batch_size": True}, r"'batch_size' must be an integer"),
-        ({"device": "tpu"}, r"'device' must be \"cpu\", \"cuda\" or \"cuda:N\""),
-        ({"dim_t": 7}, r"'dim_t' must be an even integer"),
-        ({"checkpoint_dir": 3}, r"'checkpoint_dir' must be a folder path"),
+        ({"epochs": 3}, r"'epochs': unknown hyperparameter for tabddpm; choose one of .*num_timesteps"),
+        ({"steps": 0}, r"'steps': Input should be greater than 0 \(got 0\)"),
+        ({"num_timesteps": 1}, r"'num_timesteps': Input should be greater than or equal to 2"),
+        ({"d_layers": []}, r"'d_layers': List should have at least 1 item"),
+        ({"d_layers": [64, "wide"]}, r"'d_layers.1': Input should be a valid integer"),
+        ({"lr": 0}, r"'lr': Input should be greater than 0"),
+        ({"dropout": 1.0}, r"'dropout': Input should be less than 1"),
+        ({"batch_size": True}, r"'batch_size': Input should be a valid integer"),
+        ({"device": "tpu"}, r"'device': must be \"cpu\", \"cuda\" or \"cuda:N\""),
+        ({"dim_t": 7}, r"'dim_t': must be even"),
+        ({"checkpoint_dir": 3}, r"'checkpoint_dir': Input should be a valid string"),
     ],
 )
 def test_bad_hyperparameters_are_rejected(params, message) -> None:

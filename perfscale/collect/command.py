@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from perfscale.collect.kernels import launcher_path
+from perfscale.collect.builtin_kernels import launcher_path
 from perfscale.errors import BadInput, PerfscaleError
 
 #: The measurement columns of a CommandResult, in the order they appear in a profile row.

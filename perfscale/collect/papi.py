@@ -30,7 +30,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from perfscale.collect.kernels import helper_path
+from perfscale.collect.builtin_kernels import helper_path
 from perfscale.collect.perf import snake
 from perfscale.errors import BadInput
 

@@ -27,39 +27,36 @@ import subprocess
 import tempfile
 import time
 from collections import Counter
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from perfscale.errors import FailureKind, TaskFailure
 from perfscale.execute import Outcome, _attempt_record, _attempts, _message
 from perfscale.plan.planner import Task
 from perfscale.sched.mpi import mpi_program, task_launch_line
 from perfscale.store.atomic import atomic_write
-from perfscale.store.run import RunStore, utcnow
+from perfscale.store.attempt import Attempt, utcnow
+from perfscale.store.run import RunStore
 
 log = logging.getLogger(__name__)
 
 OUTPUT_TAIL = 3000  # characters of the launcher's output kept in a failed attempt's message
-_TIMES = ("started_at", "ended_at")
 
 
 def outcome_file(store: RunStore, task: Task, attempt: int) -> Path:
     return store.checkpoint_dir(task.stage, task.key) / f"mpi-attempt-{attempt}.json"
 
 
-def write_records(path: Path, records: list[dict[str, Any]]) -> None:
-    rows = [{k: (v.isoformat() if k in _TIMES else v) for k, v in r.items()} for r in records]
+def write_records(path: Path, records: list[Attempt]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(rows)))
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps([a.to_json() for a in records])))
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
+def read_records(path: Path) -> list[Attempt]:
     try:
         rows = json.loads(path.read_text())
     except (OSError, ValueError):
         return []
-    return [{k: (datetime.fromisoformat(v) if k in _TIMES else v) for k, v in r.items()} for r in rows]
+    return [Attempt.from_json(r) for r in rows]
 
 
 def _run_launcher(argv: list[str], log_path: Path, timeout_s: float) -> tuple[int | None, str]:
@@ -107,8 +104,8 @@ def launch(store: RunStore, task: Task, outcome: Outcome, first_attempt: int) ->
                 kind, message = FailureKind.TIMEOUT, f"the MPI launch ran past {task.walltime_s:g} s\n{tail}"
             elif records:
                 last = records[-1]
-                kind = FailureKind(last["failure_kind"]) if last["failure_kind"] else FailureKind.APP_ERROR
-                message = last["message"]
+                kind = FailureKind(last.failure_kind) if last.failure_kind else FailureKind.APP_ERROR
+                message = last.message or ""
             else:  # rank 0 ended without recording: killed with its job because a rank was lost
                 kind = FailureKind.NODE_LOST
                 message = f"rank 0 left no record (launcher exit {rc}): a rank was lost\n{tail}"
@@ -119,7 +116,7 @@ def launch(store: RunStore, task: Task, outcome: Outcome, first_attempt: int) ->
             outcome.attempts.append(
                 _attempt_record(task, attempt, started, duration, False, kind, rc, message)
             )
-        if records and records[-1]["ok"] and store.shard_done(task.stage, task.key):
+        if records and records[-1].ok and store.shard_done(task.stage, task.key):
             outcome.ok, outcome.failure_kind, outcome.message = True, None, None
             return outcome
         if retries[kind] < task.retry.get(kind.value, 0):

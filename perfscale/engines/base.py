@@ -9,6 +9,8 @@ shards or retries: that all lives in perfscale.execute, so every engine behaves 
 
 from __future__ import annotations
 
+import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -17,7 +19,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from perfscale.errors import PerfscaleError, SpecError
+from perfscale.extras import require
 from perfscale.spec.site import Site
+
+log = logging.getLogger(__name__)
 
 
 class Engine(ABC):
@@ -44,22 +49,35 @@ class Engine(ABC):
 
     def restart(self) -> None:
         """Throw the workers away and start afresh (the watchdog's remedy); futures in flight are lost."""
-        self.shutdown()
-        self.start()
+        log.info("%s engine: restarting (run %s)", self.name, self.run_root)
+        self.__exit__()
+        self.__enter__()
 
     def abort(self) -> None:
         """Stop now, tasks in flight included (after an interrupt or an error); by default, `shutdown`."""
         self.shutdown()
 
     def __enter__(self) -> Engine:
+        log.info(
+            "%s engine: starting %d workers on site %s (run %s)",
+            self.name,
+            self.workers,
+            self.site.name,
+            self.run_root,
+        )
+        started = time.monotonic()
         self.start()
+        log.info("%s engine: started in %.2f s", self.name, time.monotonic() - started)
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None = None, *exc: object) -> None:
+        started = time.monotonic()
         if exc_type is None:
             self.shutdown()
         else:
             self.abort()
+        how = "stopped" if exc_type is None else f"aborted ({exc_type.__name__})"
+        log.info("%s engine: %s in %.2f s", self.name, how, time.monotonic() - started)
 
 
 class EngineStalled(PerfscaleError):
@@ -73,10 +91,14 @@ ENGINES: dict[str, str] = {
     "dask": "perfscale.engines.dask_engine:DaskEngine",
     "ray": "perfscale.engines.ray_engine:RayEngine",
 }
+# what an engine needs from perfscale[engines]; `local` needs nothing more than the core
+ENGINE_MODULES: dict[str, str] = {"parsl": "parsl", "dask": "distributed", "ray": "ray"}
 
 
 def make_engine(name: str, site: Site, run_root: Path, workers: int | None = None) -> Engine:
     if name not in ENGINES:
         raise SpecError(f"engine {name!r} is not available; choose one of {', '.join(sorted(ENGINES))}")
+    if name in ENGINE_MODULES:
+        require("engines", ENGINE_MODULES[name], f"the {name} engine", hint=" (or use --engine local)")
     module, cls = ENGINES[name].split(":")
     return getattr(import_module(module), cls)(site, run_root, workers)

@@ -36,6 +36,7 @@ from typing import Any
 
 from perfscale.engines.base import Engine
 from perfscale.errors import SpecError
+from perfscale.extras import require
 from perfscale.sched.base import Scheduler, dask_capable, scheduler_class
 from perfscale.spec.common import export_lines
 from perfscale.spec.site import Site
@@ -116,8 +117,7 @@ def _jobqueue_scheduler(site: Site) -> Scheduler:
 def jobqueue_cluster(site: Site, **config: Any) -> Any:
     """The dask-jobqueue cluster class of the site's scheduler (`Scheduler.dask_cluster_class`) built with
     `config` (see dask_cluster_config); no job until scale()."""
-    import dask_jobqueue
-
+    dask_jobqueue = require("engines", "dask_jobqueue", "the dask engine on a batch site")
     return getattr(dask_jobqueue, str(_jobqueue_scheduler(site).dask_cluster_class))(**config)
 
 

@@ -6,7 +6,6 @@ Kept apart from `base.py` because it needs pandas/numpy at import time; `base.py
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +14,7 @@ import pandas as pd
 
 from perfscale.errors import BadInput
 from perfscale.tabular.meta import Column, TableMeta
-from perfscale.tabular.values import is_missing
+from perfscale.tabular.values import is_missing, json_value
 
 TELEMETRY_COLUMNS = ("epoch", "step", "loss", "value")
 # pd.api.types.infer_dtype results that mean "more than one kind of value in one object column"
@@ -63,19 +62,6 @@ def _check_column(series: pd.Series, name: str) -> None:
                 f"column {name!r} mixes value types {kinds} in one column; cast it to a single type "
                 "(e.g. all strings) before training"
             )
-
-
-def json_value(value: Any) -> Any:
-    """A JSON-native stand-in for one cell value (numpy scalars unwrapped, timestamps as ISO strings)."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    if isinstance(value, (pd.Timestamp, pd.Timedelta)):
-        return value.isoformat()
-    return str(value)
 
 
 @dataclass

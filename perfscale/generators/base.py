@@ -5,8 +5,13 @@ Every generator (SDV models, SMOTE, TabDDPM, an LLM...) subclasses `Generator` a
 input checks, timing and memory telemetry, post-processing of samples (columns, dtypes, allowed values) and
 the `generator.json` manifest.
 
-This module imports only the standard library at import time (pandas, numpy and the model libraries are
-imported when a generator is used), so `import perfscale.generators` stays cheap for the CLI and planner.
+Hyperparameters: each generator declares them as a pydantic model (`hyperparameters_model`, a subclass of
+`perfscale.options.OptionsModel`: names, types, bounds and choices), which `__init__` validates into
+`self.params`; the planner checks a study's hyperparameters against the same model before anything runs.
+
+This module imports only the standard library and pydantic at import time (pandas, numpy and the model
+libraries are imported when a generator is used), so `import perfscale.generators` stays cheap for the CLI
+and planner.
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from perfscale import __version__
 from perfscale.errors import BadInput
+from perfscale.options import OptionsModel, validated_options
 from perfscale.store.atomic import atomic_write_text
+from perfscale.version import __version__
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -47,6 +53,10 @@ _MANIFEST_KEYS = {
 }
 
 G = TypeVar("G", bound="Generator")
+
+
+class NoHyperparameters(OptionsModel):
+    """The hyperparameters of a generator that takes none."""
 
 
 @dataclass
@@ -83,10 +93,13 @@ class Generator(ABC):
     redrawn from the training frequencies. Constant columns (one value, no missing) are allowed: they are
     not modelled and are reproduced as that constant.
 
+    `hyperparameters_model` declares the hyperparameters (see the module doc); `__init__` validates them
+    into `self.params` (BadInput naming each bad one) and keeps them as given in `self.hyperparameters`.
     `pickled_files` names model files that are Python pickles: `load` refuses them unless `trust=True`.
     """
 
     name: ClassVar[str]
+    hyperparameters_model: ClassVar[type[OptionsModel]] = NoHyperparameters
     pickled_files: ClassVar[tuple[str, ...]] = ()
     # takes a `checkpoint_dir` hyperparameter and resumes from it: the train stage passes a folder that
     # survives failed attempts, so a retried (e.g. preempted) fit continues instead of starting over
@@ -95,6 +108,9 @@ class Generator(ABC):
     def __init__(self, **hyperparameters: Any) -> None:
         _check_json("hyperparameters", hyperparameters)
         self.hyperparameters: dict[str, Any] = dict(hyperparameters)
+        self.params = validated_options(
+            self.hyperparameters_model, self.hyperparameters, "hyperparameter", self.name
+        )
         self.seed: int | None = None
         self.training_rows: int | None = None
         self.training_log: TrainingLog | None = None

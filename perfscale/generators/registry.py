@@ -1,13 +1,18 @@
-"""Generator registry: names used in study files -> `Generator` classes."""
+"""Generator registry: names used in study files -> `Generator` classes, and their hyperparameter models.
+
+Generator classes import no model library at import time, so `hyperparameters_model` and
+`hyperparameter_problems` (what the planner checks a study with) never load torch, sdv or transformers.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from perfscale.errors import BadInput, SpecError
 from perfscale.generators.base import GENERATOR_JSON, Generator, read_manifest
+from perfscale.options import OptionsModel, Problem, option_problems
 
 _REGISTRY: dict[str, type[Generator]] = {}
 
@@ -39,6 +44,16 @@ def get_generator(name: str) -> type[Generator]:
 
 def list_generators() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def hyperparameters_model(name: str) -> type[OptionsModel]:
+    """The hyperparameters model of generator `name` (names, types, bounds, choices, defaults)."""
+    return get_generator(name).hyperparameters_model
+
+
+def hyperparameter_problems(name: str, hyperparameters: Any) -> list[Problem]:
+    """Every problem of `hyperparameters` for generator `name` (an unknown name lists the known ones)."""
+    return option_problems(hyperparameters_model(name), hyperparameters, "hyperparameter", name)
 
 
 def load_generator(folder: str | os.PathLike[str], trust: bool = False) -> Generator:

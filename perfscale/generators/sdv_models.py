@@ -7,10 +7,12 @@ Column types map to SDV sdtypes: numerical -> numerical, integer -> numerical wi
 post-processing anyway), categorical -> categorical, boolean -> boolean, datetime -> datetime.
 
 Hyperparameters are the keyword arguments of the SDV synthesizer (epochs, batch_size, pac, embedding_dim,
-enforce_min_max_values, default_distribution, ...); unknown names are rejected when the generator is built.
-`batch_size` is adjusted to the table (`_gan_batch_size` for ctgan/copulagan; tvae caps it at the row count);
-the values used are stored as `effective_hyperparameters` in generator.json. SDV's `enable_gpu` defaults to
-True: on a CUDA node the GANs and TVAE train on the GPU (pass `enable_gpu: false` to stay on the CPU).
+enforce_min_max_values, default_distribution, ...), declared with their types, bounds, choices and SDV's
+defaults by one model per synthesizer below (tests/test_generators.py checks each against the synthesizer's
+signature); only the ones a study sets are passed to SDV. `batch_size` is adjusted to the table
+(`_gan_batch_size` for ctgan/copulagan; tvae caps it at the row count); the values used are stored as
+`effective_hyperparameters` in generator.json. SDV's `enable_gpu` defaults to True: on a CUDA node the GANs
+and TVAE train on the GPU (pass `enable_gpu: false` to stay on the CPU).
 
 Determinism (on CPU; tests/test_generators.py checks it for gaussian_copula and ctgan): `fit` seeds Python's
 `random`, numpy's global generator and torch before training (ctgan draws from these globals; the Gaussian
@@ -33,18 +35,21 @@ load is kept. Progress bars stay off (SDV shows one only for batched or constrai
 from __future__ import annotations
 
 import contextlib
-import inspect
 import io
 import math
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
 from perfscale.errors import BadInput
+from perfscale.extras import require
 from perfscale.generators._seeding import seeded
 from perfscale.generators.base import Generator, model_file
 from perfscale.generators.registry import register_generator
+from perfscale.options import OptionsModel
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -62,7 +67,66 @@ _SDTYPES: dict[str, dict[str, Any]] = {
     "boolean": {"sdtype": "boolean"},
     "datetime": {"sdtype": "datetime"},
 }
-_CTGAN_DEFAULT_BATCH, _CTGAN_DEFAULT_PAC, _TVAE_DEFAULT_BATCH = 500, 10, 500
+#: the marginal distributions of SDV's Gaussian copula (GaussianCopulaSynthesizer._DISTRIBUTIONS)
+Distribution = Literal["norm", "beta", "truncnorm", "gamma", "uniform", "gaussian_kde"]
+Widths = list[PositiveInt]
+
+
+class SDVHyperparameters(OptionsModel):
+    """What every SDV synthesizer takes."""
+
+    enforce_min_max_values: bool = Field(True, description="clip numbers to the training min and max")
+    enforce_rounding: bool = Field(True, description="round numbers to the training decimal places")
+
+
+class _Locales(SDVHyperparameters):
+    locales: str | list[str] = Field(["en_US"], description="Faker locales of anonymised columns (none here)")
+
+
+class _Copula(OptionsModel):
+    numerical_distributions: dict[str, Distribution] | None = Field(
+        None, description="column -> marginal distribution (columns not named use default_distribution)"
+    )
+    default_distribution: Distribution | None = Field(None, description="marginal distribution (None: beta)")
+
+
+class GaussianCopulaHyperparameters(_Locales, _Copula):
+    """SDV GaussianCopulaSynthesizer."""
+
+
+class _Networks(OptionsModel):
+    embedding_dim: PositiveInt = Field(128, description="size of the latent / noise vector")
+    batch_size: PositiveInt = Field(500, description="rows per step (adjusted to the table, see the module)")
+    epochs: PositiveInt = Field(300, description="passes over the training table")
+    verbose: bool = Field(False, description="print SDV's progress")
+    enable_gpu: bool = Field(True, description="train on CUDA when a GPU is visible")
+
+
+class CTGANHyperparameters(_Locales, _Networks):
+    """SDV CTGANSynthesizer."""
+
+    generator_dim: Widths = Field([256, 256], min_length=1, description="generator residual layer widths")
+    discriminator_dim: Widths = Field([256, 256], min_length=1, description="discriminator layer widths")
+    generator_lr: PositiveFloat = Field(2e-4, description="generator Adam learning rate")
+    generator_decay: NonNegativeFloat = Field(1e-6, description="generator Adam weight decay")
+    discriminator_lr: PositiveFloat = Field(2e-4, description="discriminator Adam learning rate")
+    discriminator_decay: NonNegativeFloat = Field(1e-6, description="discriminator Adam weight decay")
+    discriminator_steps: PositiveInt = Field(1, description="discriminator updates per generator update")
+    log_frequency: bool = Field(True, description="sample categories by log frequency during training")
+    pac: PositiveInt = Field(10, description="rows the discriminator sees together (PacGAN)")
+
+
+class CopulaGANHyperparameters(CTGANHyperparameters, _Copula):
+    """SDV CopulaGANSynthesizer."""
+
+
+class TVAEHyperparameters(SDVHyperparameters, _Networks):
+    """SDV TVAESynthesizer."""
+
+    compress_dims: Widths = Field([128, 128], min_length=1, description="encoder layer widths")
+    decompress_dims: Widths = Field([128, 128], min_length=1, description="decoder layer widths")
+    l2scale: NonNegativeFloat = Field(1e-5, description="Adam weight decay")
+    loss_factor: PositiveFloat = Field(2, description="weight of the reconstruction error")
 
 
 @contextlib.contextmanager
@@ -133,22 +197,21 @@ class SDVGenerator(Generator):
 
     synthesizer: ClassVar[str]
     pickled_files = (SYNTHESIZER_FILE,)
+    params: SDVHyperparameters
 
     def __init__(self, **hyperparameters: Any) -> None:
         super().__init__(**hyperparameters)
-        _check_hyperparameters(self.synthesizer_class(), self.hyperparameters, self.name)
         self.effective_hyperparameters: dict[str, Any] = dict(self.hyperparameters)
         self._synthesizer: Any = None
 
     @classmethod
     def synthesizer_class(cls) -> type:
-        import sdv.single_table
-
-        return getattr(sdv.single_table, cls.synthesizer)
+        single_table = require("synth", "sdv.single_table", f"the {cls.name} generator")
+        return getattr(single_table, cls.synthesizer)
 
     def _effective_hyperparameters(self, rows: int) -> dict[str, Any]:
-        """The keyword arguments given to the synthesizer for a table of `rows` rows."""
-        return dict(self.hyperparameters)
+        """The keyword arguments given to the synthesizer for a table of `rows` rows: those the study set."""
+        return self.params.model_dump(exclude_unset=True)
 
     def _fit(self, table: pd.DataFrame, meta: TableMeta, seed: int) -> pd.DataFrame | None:
         params = self._effective_hyperparameters(len(table))
@@ -226,14 +289,11 @@ class _LossValues(SDVGenerator):
 
 
 class _GANBatch(_LossValues):
+    params: CTGANHyperparameters
+
     def _effective_hyperparameters(self, rows: int) -> dict[str, Any]:
-        params = dict(self.hyperparameters)
-        params["batch_size"] = _gan_batch_size(
-            rows,
-            _positive_int(params, "batch_size", _CTGAN_DEFAULT_BATCH, self.name),
-            _positive_int(params, "pac", _CTGAN_DEFAULT_PAC, self.name),
-        )
-        return params
+        batch_size = _gan_batch_size(rows, self.params.batch_size, self.params.pac)
+        return super()._effective_hyperparameters(rows) | {"batch_size": batch_size}
 
 
 @register_generator
@@ -242,6 +302,7 @@ class GaussianCopulaGenerator(SDVGenerator):
 
     name = "gaussian_copula"
     synthesizer = "GaussianCopulaSynthesizer"
+    hyperparameters_model = GaussianCopulaHyperparameters
 
 
 @register_generator
@@ -250,6 +311,7 @@ class CTGANGenerator(_GANBatch):
 
     name = "ctgan"
     synthesizer = "CTGANSynthesizer"
+    hyperparameters_model = CTGANHyperparameters
 
 
 @register_generator
@@ -258,6 +320,7 @@ class CopulaGANGenerator(_GANBatch):
 
     name = "copulagan"
     synthesizer = "CopulaGANSynthesizer"
+    hyperparameters_model = CopulaGANHyperparameters
 
 
 @register_generator
@@ -266,11 +329,12 @@ class TVAEGenerator(_LossValues):
 
     name = "tvae"
     synthesizer = "TVAESynthesizer"
+    hyperparameters_model = TVAEHyperparameters
+    params: TVAEHyperparameters
 
     def _effective_hyperparameters(self, rows: int) -> dict[str, Any]:
-        params = dict(self.hyperparameters)
-        params["batch_size"] = min(_positive_int(params, "batch_size", _TVAE_DEFAULT_BATCH, self.name), rows)
-        return params
+        batch_size = min(self.params.batch_size, rows)
+        return super()._effective_hyperparameters(rows) | {"batch_size": batch_size}
 
 
 def _gan_batch_size(rows: int, requested: int, pac: int) -> int:
@@ -281,23 +345,6 @@ def _gan_batch_size(rows: int, requested: int, pac: int) -> int:
     """
     unit = math.lcm(2, pac)
     return max(unit, min(requested // unit * unit, math.ceil(rows / unit) * unit))
-
-
-def _positive_int(params: dict[str, Any], key: str, default: int, generator: str) -> int:
-    value = params.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise BadInput(f"{generator} hyperparameter {key!r} must be a positive integer, got {value!r}")
-    return value
-
-
-def _check_hyperparameters(cls: type, hyperparameters: dict[str, Any], generator: str) -> None:
-    params = inspect.signature(cls.__init__).parameters
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    valid = sorted(p for p, v in params.items() if v.kind in kinds and p not in ("self", "metadata"))
-    unknown = sorted(set(hyperparameters) - set(valid))
-    if unknown:
-        valid_names = ", ".join(valid)
-        raise BadInput(f"unknown hyperparameters {unknown} for generator {generator!r}; valid: {valid_names}")
 
 
 def _sdv_call(generator: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -4,11 +4,12 @@ As in the BNL job-record study, SMOTE is used here as a generator of whole table
 oversampler: it works without labels and on regression tables.
 
 Fit (no training, no randomness): every training row is put into one numeric space, the encoding of
-`perfscale.metrics.dcr.encode` (numeric/datetime columns standardised with the train mean and std, a missing
-value at the mean plus a 0/1 missing-indicator axis; categorical/boolean columns one-hot, scaled so that one
-category mismatch costs as much as one std), and its `k_neighbors` nearest other rows in that space are found
-(exact, scipy cKDTree; ties broken by row order). Standardisation (not ranks) keeps the distances of the DCR
-metric, so "how close are synthetic rows to real ones" is measured in the space the neighbours come from.
+`perfscale.tabular.encode.encode` (numeric/datetime columns standardised with the train mean and std, a
+missing value at the mean plus a 0/1 missing-indicator axis; categorical/boolean columns one-hot, scaled so
+that one category mismatch costs as much as one std), and its `k_neighbors` nearest other rows in that space
+are found (exact, scipy cKDTree; ties broken by row order). Standardisation (not ranks) keeps the distances of
+the DCR metric, so "how close are synthetic rows to real ones" is measured in the space the neighbours come
+from.
 
 Sample: a base row is drawn uniformly (label mode with `balance: true`: a class uniformly, then a row of it),
 one of its neighbours uniformly, u ~ U(0, 1) and w ~ U(0, 1); the row's "picked endpoint" is the neighbour
@@ -27,8 +28,8 @@ classes keep their training proportions; with `balance: true` classes are drawn 
 classes oversampled). A class with k or fewer rows uses all its other rows; a class with a single row
 reproduces it. Missing label values form a class of their own.
 
-Hyperparameters: k_neighbors (default 5, capped at the rows - 1), label (default none), balance (default
-false; needs label), categorical ("neighbour" | "majority").
+Hyperparameters (`SmoteHyperparameters`): k_neighbors (default 5, capped at the rows - 1), label (default
+none), balance (default false; needs label), categorical ("neighbour" | "majority").
 
 Imputation (`_impute`): for each row, the k nearest training rows are found on the row's known columns only
 (same encoding; with `label` known, among rows of that class), two distinct of them are picked at random and
@@ -50,14 +51,16 @@ as sensitive as its training data. No pickle is used (`pickled_files` is empty).
 from __future__ import annotations
 
 import json
-import numbers
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, PositiveInt, model_validator
 
 from perfscale.errors import BadInput
 from perfscale.generators.base import Generator, model_file
 from perfscale.generators.registry import register_generator
+from perfscale.options import OptionsModel
 from perfscale.tabular.values import is_missing
 
 if TYPE_CHECKING:
@@ -70,8 +73,6 @@ if TYPE_CHECKING:
 
 ARRAYS_FILE = "smote.npz"
 COLUMNS_FILE = "smote.json"
-CATEGORICAL_MODES = ("neighbour", "majority")
-DEFAULTS: dict[str, Any] = {"k_neighbors": 5, "label": None, "balance": False, "categorical": "neighbour"}
 _CONTINUOUS = ("numerical", "integer", "datetime")
 
 
@@ -118,16 +119,36 @@ class _Rows:
         }
 
 
+class SmoteHyperparameters(OptionsModel):
+    """SMOTE's hyperparameters (see the module doc for what each does)."""
+
+    k_neighbors: PositiveInt = Field(5, description="neighbours searched per row (capped at the rows - 1)")
+    label: str | None = Field(
+        None, min_length=1, description="class column: neighbours within a class (None: all rows)"
+    )
+    balance: bool = Field(False, description="draw classes equally often (needs label)")
+    categorical: Literal["neighbour", "majority"] = Field(
+        "neighbour", description="categories from the picked endpoint, or the neighbours' majority (SMOTE-NC)"
+    )
+
+    @model_validator(mode="after")
+    def _balance_needs_label(self) -> SmoteHyperparameters:
+        if self.balance and self.label is None:
+            raise ValueError("balance: true needs label (the class column to balance); set label")
+        return self
+
+
 @register_generator
 class SmoteGenerator(Generator):
     """SMOTE interpolation between nearest training rows; see the module docstring for every rule."""
 
     name = "smote"
     pickled_files = ()
+    hyperparameters_model = SmoteHyperparameters
+    params: SmoteHyperparameters
 
     def __init__(self, **hyperparameters: Any) -> None:
         super().__init__(**hyperparameters)
-        self.params = _check_hyperparameters(self.hyperparameters)
         self._rows: _Rows | None = None
         self._neighbours: np.ndarray | None = None  # (rows, k) training positions, nearest first, -1 = none
         self._groups: np.ndarray | None = None  # (rows,) class id of each row (all 0 without label)
@@ -140,7 +161,7 @@ class SmoteGenerator(Generator):
         return self._neighbours.copy()
 
     def fit(self, table: pd.DataFrame, meta: TableMeta, seed: int) -> TrainingLog:
-        label = self.params["label"]
+        label = self.params.label
         columns = getattr(table, "columns", None)
         if label is not None and columns is not None and label not in columns:
             raise BadInput(
@@ -153,10 +174,10 @@ class SmoteGenerator(Generator):
 
     def _fit(self, table: pd.DataFrame, meta: TableMeta, seed: int) -> pd.DataFrame | None:
         rows = _encode_rows(table, meta)
-        groups = _label_groups(table, self.params["label"])
+        groups = _label_groups(table, self.params.label)
         points = _points(rows)
         self._rows, self._groups, self._points = rows, groups, points
-        self._neighbours = _neighbour_graph(points, groups, self.params["k_neighbors"])
+        self._neighbours = _neighbour_graph(points, groups, self.params.k_neighbors)
         return None
 
     def draws(self, n: int, seed: int) -> Draws:
@@ -169,7 +190,7 @@ class SmoteGenerator(Generator):
         self._require_fitted("draw from")
         pool = np.arange(len(self._rows))
         return _draw(
-            np.random.default_rng(seed), n, pool, self._groups, self._neighbours, self.params["balance"]
+            np.random.default_rng(seed), n, pool, self._groups, self._neighbours, self.params.balance
         )
 
     def _sample(self, n: int, seed: int) -> pd.DataFrame:
@@ -184,10 +205,10 @@ class SmoteGenerator(Generator):
         pool = np.flatnonzero(_matching(self._rows, equal))
         if pool.size == 0:
             return None
-        local = _neighbour_graph(self._encoded()[pool], self._groups[pool], self.params["k_neighbors"])
+        local = _neighbour_graph(self._encoded()[pool], self._groups[pool], self.params.k_neighbors)
         graph = np.full_like(self._neighbours, -1)
         graph[pool, : local.shape[1]] = np.where(local >= 0, pool[np.maximum(local, 0)], -1)
-        draws = _draw(np.random.default_rng(seed), n, pool, self._groups, graph, self.params["balance"])
+        draws = _draw(np.random.default_rng(seed), n, pool, self._groups, graph, self.params.balance)
         return self._interpolate(draws, graph)
 
     def _impute(self, known: pd.DataFrame, seed: int) -> pd.DataFrame | None:
@@ -215,7 +236,7 @@ class SmoteGenerator(Generator):
                 b[subset] = near[np.arange(subset.size), second]
         u = rng.random(m)
         draws = Draws(base=a, neighbour=b, u=u, pick=rng.random(m) < u)
-        values, codes = _interpolate(rows, draws, votes, self.params["categorical"])
+        values, codes = _interpolate(rows, draws, votes, self.params.categorical)
         cont_missing = missing[:, [rows.columns.index(c) for c in rows.continuous]]
         out = _frame_of(rows, np.where(cont_missing, values, query.values), codes)
         for name in rows.categorical:  # set categorical cells keep their own value (even an unseen one)
@@ -288,7 +309,7 @@ class SmoteGenerator(Generator):
 
     def _interpolate(self, draws: Draws, graph: np.ndarray) -> pd.DataFrame:
         """Raw rows for `draws`; the majority rule votes over the base row's neighbours in `graph`."""
-        values, codes = _interpolate(self._rows, draws, graph[draws.base], self.params["categorical"])
+        values, codes = _interpolate(self._rows, draws, graph[draws.base], self.params.categorical)
         return _frame_of(self._rows, values, codes)
 
     def _candidate_groups(
@@ -298,7 +319,7 @@ class SmoteGenerator(Generator):
         import numpy as np
 
         everyone = np.arange(len(self._rows))
-        label = self.params["label"]
+        label = self.params.label
         if label is None or label not in known_cols:
             return [(members, everyone)]
         train_class = _column(self._rows, label)
@@ -313,33 +334,6 @@ class SmoteGenerator(Generator):
         return out
 
 
-# ---- hyperparameters --------------------------------------------------------------------------------------
-
-
-def _check_hyperparameters(hyperparameters: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(hyperparameters) - set(DEFAULTS))
-    if unknown:
-        raise BadInput(
-            f"unknown hyperparameters {unknown} for generator 'smote'; valid: {', '.join(DEFAULTS)}"
-        )
-    params = DEFAULTS | hyperparameters
-    k = params["k_neighbors"]
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k <= 0:
-        raise BadInput(f"smote hyperparameter 'k_neighbors' must be a positive integer (e.g. 5), got {k!r}")
-    if params["label"] is not None and not isinstance(params["label"], str):
-        raise BadInput(f"smote hyperparameter 'label' must be a column name, got {params['label']!r}")
-    if not isinstance(params["balance"], bool):
-        raise BadInput(f"smote hyperparameter 'balance' must be true or false, got {params['balance']!r}")
-    if params["balance"] and params["label"] is None:
-        raise BadInput("smote hyperparameter 'balance: true' needs 'label' (the class column to balance)")
-    if params["categorical"] not in CATEGORICAL_MODES:
-        raise BadInput(
-            f"smote hyperparameter 'categorical' must be one of {list(CATEGORICAL_MODES)}, "
-            f"got {params['categorical']!r}"
-        )
-    return params
-
-
 # ---- encoding ---------------------------------------------------------------------------------------------
 
 
@@ -347,8 +341,8 @@ def _encode_rows(table: pd.DataFrame, meta: TableMeta) -> _Rows:
     import numpy as np
     import pandas as pd
 
-    from perfscale.generators._tables import json_value
-    from perfscale.metrics.columns import float_values
+    from perfscale.tabular.encode import float_values
+    from perfscale.tabular.values import json_value
 
     columns = list(table.columns)
     kinds = {c: meta.columns[c].type for c in columns}
@@ -376,7 +370,7 @@ def _encode_like(table: pd.DataFrame, rows: _Rows) -> _Rows:
     """`table` in the codes of the training `rows`; an unseen category gets a code past the known ones."""
     import numpy as np
 
-    from perfscale.metrics.columns import float_values
+    from perfscale.tabular.encode import float_values
 
     values = [
         float_values(table[c], "datetime" if rows.kinds[c] == "datetime" else "numerical")
@@ -419,7 +413,7 @@ def _frame(rows: _Rows, columns: list[str]) -> tuple[pd.DataFrame, TableMeta]:
 
 def _points(rows: _Rows, columns: list[str] | None = None, queries: _Rows | None = None) -> Any:
     """The dcr encoding of the training rows (and of `queries`, scaled by the training rows) on `columns`."""
-    from perfscale.metrics.dcr import encode
+    from perfscale.tabular.encode import encode
 
     columns = rows.columns if columns is None else columns
     train, meta = _frame(rows, columns)
@@ -467,7 +461,7 @@ def _matching(rows: _Rows, equal: dict[str, Any]) -> np.ndarray:
     import numpy as np
     import pandas as pd
 
-    from perfscale.metrics.columns import float_values
+    from perfscale.tabular.encode import float_values
 
     keep = np.ones(len(rows), dtype=bool)
     for name, value in equal.items():

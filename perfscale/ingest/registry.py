@@ -26,6 +26,7 @@ import pandas as pd
 import pyarrow as pa
 
 from perfscale.errors import BadInput, SpecError
+from perfscale.tabular.arrow import to_arrow
 
 IngestFn = Callable[[list[Path]], "pa.Table | pd.DataFrame"]
 
@@ -108,8 +109,7 @@ def read_source(kind: str, source: Path | str, keep_provenance: bool = False) ->
         names = ", ".join([DEFAULT_SOURCE, *sorted(spec.named_sources)])
         raise BadInput(f"{source}: no such file or folder, nor a data set of importer {kind!r} ({names})")
     result = spec.fn(source_files(Path(source), spec.patterns))
-    if isinstance(result, pd.DataFrame):
-        result = pa.Table.from_pandas(result, preserve_index=False).replace_schema_metadata(None)
+    result = to_arrow(result)
     return provenance_as_data(result, kind) if keep_provenance else result
 
 

@@ -37,6 +37,7 @@ import pyarrow as pa
 
 from perfscale.errors import BadInput
 from perfscale.ingest.registry import ingester
+from perfscale.sched.slurm_fields import NULLS, parse_job_id, parse_state
 
 SACCT_FIELDS: tuple[str, ...] = (
     "JobID", "JobIDRaw", "JobName", "User", "Account", "Partition", "QOS", "State", "ExitCode",
@@ -52,22 +53,11 @@ TZ_ENV = "PERFSCALE_SACCT_TZ"
 
 # Fields whose text is free (user-chosen): a `|` inside one of them shifts every later column.
 _FREE_TEXT = {"jobname", "comment", "admincomment", "systemcomment", "submitline", "workdir", "constraints"}
-_NULLS = {"", "Unknown", "None", "NONE", "N/A", "None assigned", "(null)", "INVALID", "NOT_SET"}
 _NO_LIMIT = {"UNLIMITED", "INFINITE", "Partition_Limit"}
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50, "E": 1 << 60}
 _MEMORY = re.compile(r"^(\d+(?:\.\d+)?)([KMGTPE]?)([nc]?)$", re.IGNORECASE)
 _DURATION = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?(?:\.(\d+))?$")
-_JOB_ID = re.compile(r"^(?P<base>\d+)(?:_(?P<task>\d+|\[[^\]]*\]))?(?:\+(?P<het>\d+))?$")
 _EXIT = re.compile(r"^(\d+):(\d+)$")
-
-STATE_ABBREVIATIONS = {
-    "BF": "BOOT_FAIL", "CA": "CANCELLED", "CD": "COMPLETED", "CF": "CONFIGURING", "CG": "COMPLETING",
-    "DL": "DEADLINE", "F": "FAILED", "NF": "NODE_FAIL", "OOM": "OUT_OF_MEMORY", "PD": "PENDING",
-    "PR": "PREEMPTED", "R": "RUNNING", "RD": "RESV_DEL_HOLD", "RF": "REQUEUE_FED", "RH": "REQUEUE_HOLD",
-    "RQ": "REQUEUED", "RS": "RESIZING", "RV": "REVOKED", "S": "SUSPENDED", "SE": "SPECIAL_EXIT",
-    "SI": "SIGNALING", "SO": "STAGE_OUT", "ST": "STOPPED", "TO": "TIMEOUT",
-}  # fmt: skip
-"""squeue's compact state codes (`%t`) -> the long names sacct prints."""
 
 _TS = pa.timestamp("us", tz="UTC")  # what Parquet keeps exactly (it has no seconds unit)
 _EPOCH_S = pa.timestamp("s", tz="UTC")
@@ -134,7 +124,7 @@ def _text(value: str | None) -> str | None:
     if value is None:
         return None
     value = value.strip()
-    return None if value in _NULLS else value
+    return None if value in NULLS else value
 
 
 def parse_int(value: str | None) -> int | None:
@@ -155,24 +145,6 @@ def parse_exit(value: str | None) -> tuple[int | None, int | None]:
     if not match:
         raise ValueError(f"not an exit code of the form code:signal: {value!r}")
     return int(match[1]), int(match[2])
-
-
-def parse_state(value: str | None) -> tuple[str | None, int | None]:
-    """Normalised state and, for "CANCELLED by 1234", the uid that cancelled.
-
-    Long names are kept, squeue's short codes are expanded, and the "+" that fixed-width output appends to
-    cut names is dropped. Names perfscale does not know are kept, upper-cased.
-    """
-    text = _text(value)
-    if text is None:
-        return None, None
-    words = text.split()
-    state = words[0].rstrip("+").upper()
-    state = STATE_ABBREVIATIONS.get(state, state)
-    by = None
-    if len(words) == 3 and words[1].lower() == "by" and words[2].isdigit():
-        by = int(words[2])
-    return state, by
 
 
 @lru_cache(maxsize=65536)  # sacct repeats the same few values (limits, zero times) on most lines
@@ -285,16 +257,12 @@ def split_job_id(value: str) -> dict[str, Any]:
     `9_[0-3]` (array elements not started yet) has no array_task_id; `123+1` (heterogeneous job component)
     keeps its text in job_id only.
     """
-    alloc, _, step = value.strip().partition(".")
-    match = _JOB_ID.match(alloc)
-    if not match:
-        raise ValueError(f"not a Slurm job id: {value!r}")
-    task = match["task"]
+    parsed = parse_job_id(value)
     return {
-        "job_id": alloc,
-        "array_job_id": int(match["base"]) if task else None,
-        "array_task_id": int(task) if task and task.isdigit() else None,
-        "step": step or None,
+        "job_id": parsed.job_id,
+        "array_job_id": int(parsed.base) if parsed.task else None,
+        "array_task_id": parsed.array_task_id,
+        "step": parsed.step,
     }
 
 

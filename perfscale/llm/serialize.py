@@ -34,9 +34,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from perfscale.generators._tables import json_value
 from perfscale.tabular.meta import TableMeta
-from perfscale.tabular.values import is_missing
+from perfscale.tabular.values import is_missing, json_value
 
 MISSING = "\\N"
 EMPTY = "\\E"

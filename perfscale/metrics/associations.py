@@ -28,8 +28,9 @@ import pandas as pd
 from scipy import sparse
 
 from perfscale.errors import BadInput
-from perfscale.metrics.columns import category_codes, continuous_columns, discrete_columns, float_values
+from perfscale.metrics.columns import continuous_columns, discrete_columns
 from perfscale.metrics.registry import metric
+from perfscale.tabular.encode import category_codes, float_values
 from perfscale.tabular.meta import TableMeta
 
 AGGREGATES = ("score", "mean_column_l2", "max_abs_diff")

@@ -1,7 +1,8 @@
 """Column values as the metrics read them, and the input checks every metric relies on.
 
-Metrics never look at raw dtypes: numeric and datetime columns go through `continuous_values` /
-`float_values`, categorical and boolean columns through `category_codes`. `check_tables` guarantees that
+Metrics never look at raw dtypes: numeric and datetime columns go through `continuous_values` (here) /
+`float_values`, categorical and boolean columns through `category_codes` (both in perfscale.tabular.encode,
+shared with generators and the report). `check_tables` guarantees that
 these conversions succeed, so metric code can stay free of input validation.
 """
 
@@ -11,10 +12,15 @@ import numpy as np
 import pandas as pd
 
 from perfscale.errors import BadInput
+from perfscale.tabular.encode import (
+    CONTINUOUS_TYPES,
+    DISCRETE_TYPES,
+    as_datetimes,
+    as_numbers,
+    category_codes,
+    float_values,
+)
 from perfscale.tabular.meta import ColumnType, TableMeta
-
-CONTINUOUS_TYPES: tuple[ColumnType, ...] = ("numerical", "integer", "datetime")
-DISCRETE_TYPES: tuple[ColumnType, ...] = ("categorical", "boolean")
 
 _EXAMPLES = 5  # offending values quoted in an error message
 
@@ -32,32 +38,6 @@ def discrete_columns(meta: TableMeta) -> list[str]:
     return meta.names(*DISCRETE_TYPES)
 
 
-def _datetimes(series: pd.Series) -> pd.Series:
-    """The column as naive datetime64 (tz-aware values converted to UTC); unparseable values become NaT."""
-    if pd.api.types.is_datetime64_any_dtype(series):
-        dt = series
-    else:
-        dt = pd.to_datetime(series, errors="coerce", utc=True, format="mixed")
-    if getattr(dt.dt, "tz", None) is not None:
-        dt = dt.dt.tz_convert("UTC").dt.tz_localize(None)
-    return dt
-
-
-def _numbers(series: pd.Series) -> pd.Series:
-    """The column as float64 (nullable NA -> NaN); non-numeric values become NaN."""
-    return pd.to_numeric(series, errors="coerce").astype("float64")
-
-
-def float_values(series: pd.Series, ctype: ColumnType) -> np.ndarray:
-    """Every value of a numeric or datetime column as float64, NaN where missing (datetime: nanoseconds)."""
-    if ctype == "datetime":
-        dt = _datetimes(series)
-        out = dt.to_numpy(dtype="datetime64[ns]").view("int64").astype("float64")
-        out[dt.isna().to_numpy()] = np.nan
-        return out
-    return _numbers(series).to_numpy()
-
-
 def continuous_values(series: pd.Series, ctype: ColumnType) -> np.ndarray:
     """The non-missing values of a numeric or datetime column.
 
@@ -65,24 +45,10 @@ def continuous_values(series: pd.Series, ctype: ColumnType) -> np.ndarray:
     resolution (~256 ns today) stay distinct, as they do in SDMetrics' KSComplement.
     """
     if ctype == "datetime":
-        dt = _datetimes(series).dropna()
+        dt = as_datetimes(series).dropna()
         return dt.to_numpy(dtype="datetime64[ns]").view("int64")
-    values = _numbers(series).to_numpy()
+    values = as_numbers(series).to_numpy()
     return values[~np.isnan(values)]
-
-
-def category_codes(*series: pd.Series, keep_missing: bool) -> tuple[list[np.ndarray], int]:
-    """Codes of each series' values in one shared set of categories (the union over all series).
-
-    Values are compared as Python objects, so 1, 1.0 and True are one category (as in SDMetrics). With
-    `keep_missing`, missing values (None, NaN, NaT) form one category of their own; otherwise their code
-    is -1.
-    Returns the codes of each series and the number of categories.
-    """
-    sizes = [len(s) for s in series]
-    both = pd.concat([s.astype(object) for s in series], ignore_index=True)
-    codes, uniques = pd.factorize(both, use_na_sentinel=not keep_missing)
-    return np.split(codes, np.cumsum(sizes)[:-1]), len(uniques)
 
 
 def category_counts(*series: pd.Series, keep_missing: bool) -> list[np.ndarray]:
@@ -107,7 +73,7 @@ def with_aggregate(per_column: dict[str, float], name: str) -> dict[str, float]:
 def _non_numeric(series: pd.Series, ctype: ColumnType) -> pd.Series:
     """The values of a numeric/datetime column that are present but cannot be read as its type."""
     present = series.notna()
-    converted = _datetimes(series) if ctype == "datetime" else _numbers(series)
+    converted = as_datetimes(series) if ctype == "datetime" else as_numbers(series)
     return series[present & converted.isna()]
 
 

@@ -22,7 +22,7 @@ import pandas as pd
 
 from perfscale.errors import BadInput
 from perfscale.metrics.registry import _REGISTRY, PART_COLUMNS, RESULT_COLUMNS
-from perfscale.store.run import PROVENANCE_COLUMNS
+from perfscale.tabular.columns import PROVENANCE_COLUMNS
 
 
 def _as_table(tables: pd.DataFrame | Iterable[pd.DataFrame]) -> pd.DataFrame:

@@ -1,13 +1,7 @@
 """DCR, distance to closest record: how near synthetic rows are to real training rows (a privacy check).
 
-Encoding (the same for train, synthetic and holdout, fitted on the real train table only):
-
-* numeric and datetime columns: (x - train mean) / train std (ddof=1; a std that is 0 or undefined is 1).
-  A missing value is put at the train mean, and if the column has a missing value in any table, a 0/1
-  missing-indicator axis is added, so missing vs. present costs 1 more (squared) than present vs. present;
-* categorical and boolean columns: one-hot over the union of categories of all tables (missing is a
-  category), scaled by 1/sqrt(2) so that two rows differing only in one categorical column are at distance
-  exactly 1, the same as a difference of one train std in one numeric column.
+Encoding: `perfscale.tabular.encode.encode` (its docstring states the rules), fitted on the real train table
+only and shared by train, synthetic and holdout.
 
 Distances are Euclidean in that space, nearest neighbours exact (scipy cKDTree), queried in chunks of
 `chunk_size` rows so memory stays bounded; the result does not depend on row order, chunking or workers.
@@ -15,58 +9,17 @@ Distances are Euclidean in that space, nearest neighbours exact (scipy cKDTree),
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
 from perfscale.errors import BadInput
-from perfscale.metrics.columns import CONTINUOUS_TYPES, category_codes, check_tables, float_values, is_int
+from perfscale.metrics.columns import check_tables, is_int
 from perfscale.metrics.registry import metric
+from perfscale.tabular.encode import encode
 from perfscale.tabular.meta import TableMeta
 
-CATEGORY_MISMATCH_COST = 1.0  # distance between rows that differ only in one categorical column
 DEFAULT_CHUNK_SIZE = 8192
-
-
-def _continuous_blocks(columns: list[np.ndarray]) -> list[np.ndarray]:
-    """Standardised (n, 1) blocks, plus a missing-indicator column when any table has a missing value."""
-    ref = columns[0][~np.isnan(columns[0])]
-    mean = float(ref.mean()) if ref.size else 0.0
-    std = float(ref.std(ddof=1)) if ref.size > 1 else 0.0
-    std = std if math.isfinite(std) and std > 0 else 1.0
-    any_missing = any(np.isnan(c).any() for c in columns)
-    blocks = []
-    for c in columns:
-        missing = np.isnan(c)
-        z = np.where(missing, 0.0, (c - mean) / std)[:, None]
-        blocks.append(np.hstack([z, missing[:, None].astype("float64")]) if any_missing else z)
-    return blocks
-
-
-def _one_hot_blocks(columns: list[pd.Series]) -> list[np.ndarray]:
-    codes, k = category_codes(*columns, keep_missing=True)
-    scale = CATEGORY_MISMATCH_COST / math.sqrt(2.0)
-    blocks = []
-    for c in codes:
-        block = np.zeros((c.size, k))
-        block[np.arange(c.size), c] = scale
-        blocks.append(block)
-    return blocks
-
-
-def encode(tables: list[pd.DataFrame], meta: TableMeta) -> list[np.ndarray]:
-    """Encode all tables into one shared numeric space; tables[0] (the real train table) fixes the scaling."""
-    per_table: list[list[np.ndarray]] = [[] for _ in tables]
-    for name, col in meta.columns.items():
-        if col.type in CONTINUOUS_TYPES:
-            blocks = _continuous_blocks([float_values(t[name], col.type) for t in tables])
-        else:
-            blocks = _one_hot_blocks([t[name] for t in tables])
-        for acc, block in zip(per_table, blocks, strict=True):
-            acc.append(block)
-    return [np.hstack(acc) for acc in per_table]
 
 
 def nearest_distances(

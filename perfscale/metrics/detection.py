@@ -42,19 +42,20 @@ import contextlib
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
 from scipy import sparse
 
 from perfscale.errors import BadInput
-from perfscale.metrics.columns import CONTINUOUS_TYPES, category_codes, float_values, is_int
-from perfscale.metrics.dcr import _continuous_blocks
+from perfscale.metrics.columns import is_int
 from perfscale.metrics.registry import metric
+from perfscale.tabular.encode import CONTINUOUS_TYPES, category_codes, continuous_blocks, float_values
 from perfscale.tabular.meta import TableMeta
 
-MODELS = ("logistic", "gradient_boosting", "random_forest")
+Model = Literal["logistic", "gradient_boosting", "random_forest"]
+MODELS: tuple[str, ...] = get_args(Model)
 DEFAULT_FOLDS = 3  # SDMetrics' DetectionMetric uses StratifiedKFold(n_splits=3)
 HGB_MAX_CATEGORIES = 255  # HistGradientBoostingClassifier's limit for a categorical feature
 LOGISTIC_MAX_ITER = 1000
@@ -105,7 +106,7 @@ def encode_features(tables: list[pd.DataFrame], meta: TableMeta) -> list[Feature
     n_categories = []
     for name, col in meta.columns.items():
         if col.type in CONTINUOUS_TYPES:
-            blocks = _continuous_blocks([float_values(t[name], col.type) for t in tables])
+            blocks = continuous_blocks([float_values(t[name], col.type) for t in tables])
             for acc, block in zip(continuous, blocks, strict=True):
                 acc.append(block)
         else:
@@ -260,7 +261,7 @@ def detection_auc(
     synth: pd.DataFrame,
     meta: TableMeta,
     *,
-    model: str = "logistic",
+    model: Model = "logistic",
     folds: int = DEFAULT_FOLDS,
     max_rows: int | None = None,
     seed: int = 0,

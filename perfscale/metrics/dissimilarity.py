@@ -3,7 +3,7 @@ tables, weighted by the real eigenvalues, combined with a KL divergence between 
 
 The paper leaves several steps open; the exact choices made here (also in docs/metrics.md):
 
-1. Encoding: `perfscale.metrics.dcr.encode` fitted on the real table and applied to both: numeric/datetime
+1. Encoding: `perfscale.tabular.encode.encode` fitted on the real table and applied to both: numeric/datetime
    columns standardised with the real mean/std (std 0 -> 1), a missing value put at the real mean plus a 0/1
    missing-indicator column when any table has a missing value there; categorical/boolean columns one-hot over
    the union of categories (missing is a category), scaled by 1/sqrt(2). Encoded columns that take a single
@@ -32,6 +32,7 @@ angle_1 .. angle_<d*>.
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -39,14 +40,15 @@ from scipy.linalg import cho_factor, cho_solve, subspace_angles
 
 from perfscale.errors import BadInput
 from perfscale.metrics.columns import is_int
-from perfscale.metrics.dcr import encode
 from perfscale.metrics.divergence import kl_divergence
 from perfscale.metrics.registry import metric
+from perfscale.tabular.encode import encode
 from perfscale.tabular.meta import TableMeta
 
 DEFAULT_VARIANCE = 0.9
 RIDGE = 1e-6  # relative to the mean real eigenvalue of the kept components
-KL_KINDS = ("gaussian", "columns")
+KL = Literal["gaussian", "columns"]
+KL_KINDS: tuple[str, ...] = get_args(KL)
 
 
 def informative(real: np.ndarray, synth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -124,7 +126,7 @@ def dissimilarity(
     *,
     variance: float = DEFAULT_VARIANCE,
     dims: int | None = None,
-    kl: str = "gaussian",
+    kl: KL = "gaussian",
 ) -> dict[str, float]:
     _check_options(variance, dims, kl)
     for label, table in (("real", real), ("synthetic", synth)):

@@ -20,6 +20,8 @@ Rules (all deterministic, none can produce NaN/inf on inputs that pass `check_ta
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import numpy as np
 import pandas as pd
 from scipy.special import rel_entr
@@ -27,20 +29,20 @@ from scipy.stats import wasserstein_distance
 
 from perfscale.errors import BadInput
 from perfscale.metrics.columns import (
-    CONTINUOUS_TYPES,
     category_counts,
     continuous_columns,
     discrete_columns,
-    float_values,
     is_int,
     with_aggregate,
 )
 from perfscale.metrics.registry import metric
+from perfscale.tabular.encode import CONTINUOUS_TYPES, float_values
 from perfscale.tabular.meta import ColumnType, TableMeta
 
 DEFAULT_BINS = 20
 DEFAULT_EPSILON = 1e-6
-BINNINGS = ("quantile", "uniform")
+Binning = Literal["quantile", "uniform"]
+BINNINGS: tuple[str, ...] = get_args(Binning)
 
 
 def interior_edges(real: np.ndarray, synth: np.ndarray, bins: int, binning: str) -> np.ndarray:
@@ -110,7 +112,7 @@ def kl_divergence(
     meta: TableMeta,
     *,
     bins: int = DEFAULT_BINS,
-    binning: str = "quantile",
+    binning: Binning = "quantile",
     epsilon: float = DEFAULT_EPSILON,
 ) -> dict[str, float]:
     _check_kl_options(bins, binning, epsilon)

@@ -6,7 +6,7 @@ Rules (also in docs/metrics.md):
 * Task: classification when the target column is categorical/boolean or an integer column with a discrete
   set of values (`allowed` in its metadata), regression for other numeric columns; ``task=`` overrides. A
   datetime target is refused (convert it to a number first).
-* Rows whose target is missing are dropped (train and holdout). Features: `perfscale.metrics.dcr.encode` of
+* Rows whose target is missing are dropped (train and holdout). Features: `perfscale.tabular.encode.encode` of
   [train, holdout], fitted on that train table (the synthetic one, or the real one for the reference):
   numeric/datetime standardised with the train mean/std, missing -> train mean + a missing indicator;
   categorical/boolean one-hot over the union of the train and holdout categories (missing is a category).
@@ -36,20 +36,23 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
 from perfscale.errors import BadInput
-from perfscale.metrics.columns import category_codes, check_tables, float_values, is_int
-from perfscale.metrics.dcr import encode
+from perfscale.extras import require
+from perfscale.metrics.columns import check_tables, is_int
 from perfscale.metrics.registry import metric
+from perfscale.tabular.encode import category_codes, encode, float_values
 from perfscale.tabular.meta import TableMeta
 
-MODELS = ("linear", "decision_tree", "random_forest", "xgboost")
-TASKS = ("classification", "regression")
+Model = Literal["linear", "decision_tree", "random_forest", "xgboost"]
+Task = Literal["classification", "regression"]
+MODELS: tuple[str, ...] = get_args(Model)
+TASKS: tuple[str, ...] = get_args(Task)
 SCORES = {"classification": ("accuracy", "macro_f1", "roc_auc"), "regression": ("mse", "mae", "r2")}
 LOWER_IS_BETTER = frozenset({"mse", "mae"})
 RATIO_SCORES = frozenset({"accuracy", "macro_f1", "roc_auc", "mse", "mae"})
@@ -81,9 +84,8 @@ def make_model(name: str, task: str, seed: int, n_estimators: int, n_jobs: int) 
 
         cls = RandomForestClassifier if classify else RandomForestRegressor
         return cls(n_estimators=n_estimators, random_state=seed, n_jobs=n_jobs)
-    from xgboost import XGBClassifier, XGBRegressor
-
-    cls = XGBClassifier if classify else XGBRegressor
+    xgboost = require("synth", "xgboost", "ml_efficacy's xgboost model")
+    cls = xgboost.XGBClassifier if classify else xgboost.XGBRegressor
     return cls(n_estimators=n_estimators, random_state=seed, n_jobs=n_jobs, tree_method="hist", verbosity=0)
 
 
@@ -264,8 +266,8 @@ def ml_efficacy(
     *,
     target: str | None = None,
     holdout: pd.DataFrame | None = None,
-    task: str | None = None,
-    models: list[str] | None = None,
+    task: Task | None = None,
+    models: list[Model] | None = None,
     repeats: int = 1,
     seed: int = 0,
     n_estimators: int = DEFAULT_N_ESTIMATORS,

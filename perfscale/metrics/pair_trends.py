@@ -50,26 +50,23 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
 from perfscale.errors import BadInput
-from perfscale.metrics.columns import (
-    CONTINUOUS_TYPES,
-    category_codes,
-    float_values,
-    is_int,
-    with_aggregate,
-)
+from perfscale.metrics.columns import is_int, with_aggregate
 from perfscale.metrics.registry import metric
+from perfscale.tabular.encode import CONTINUOUS_TYPES, category_codes, float_values
 from perfscale.tabular.meta import TableMeta
 
 CORRELATION_THRESHOLD = 0.5  # sdmetrics.reports.utils.DEFAULT_REAL_CORRELATION_THRESHOLD
 ASSOCIATION_THRESHOLD = 0.3  # sdmetrics.reports.utils.DEFAULT_REAL_ASSOCIATION_THRESHOLD
 SDMETRICS_NUM_ROWS_SUBSAMPLE = 50_000  # sdmetrics.reports.utils.DEFAULT_NUM_ROWS_SUBSAMPLE (for reference)
-COEFFICIENTS = ("pearson", "spearman")
+Coefficient = Literal["pearson", "spearman"]
+COEFFICIENTS: tuple[str, ...] = get_args(Coefficient)
 DENSE_CELLS = 2**20  # contingency tables up to max(this, 4 * rows) cells are counted with a dense bincount
 
 
@@ -268,7 +265,7 @@ def column_pair_trends(
     *,
     correlation_threshold: float = CORRELATION_THRESHOLD,
     association_threshold: float = ASSOCIATION_THRESHOLD,
-    coefficient: str = "pearson",
+    coefficient: Coefficient = "pearson",
     num_rows_subsample: int | None = None,
     seed: int = 0,
 ) -> dict[str, float]:

@@ -23,6 +23,7 @@ from perfscale.metrics.column_shapes import column_shapes
 from perfscale.metrics.pair_trends import (
     ASSOCIATION_THRESHOLD,
     CORRELATION_THRESHOLD,
+    Coefficient,
     PairOptions,
     check_pair_options,
     pair_scores,
@@ -44,7 +45,7 @@ def sdmetrics_quality(
     *,
     correlation_threshold: float = CORRELATION_THRESHOLD,
     association_threshold: float = ASSOCIATION_THRESHOLD,
-    coefficient: str = "pearson",
+    coefficient: Coefficient = "pearson",
     num_rows_subsample: int | None = None,
     seed: int = 0,
 ) -> dict[str, float]:

@@ -3,8 +3,11 @@
 A metric is a pure function ``fn(real, synth, meta, **options) -> dict[str, float]`` returning named
 components: usually one per column plus an aggregate ("score" or "mean"). Metrics are registered with
 ``@metric(name, higher_is_better=..., description=...)``; their keyword-only parameters after ``meta`` are
-the options `evaluate` accepts for them. A metric never returns NaN or inf: an undefined component is either
-handled by a documented rule or the metric raises (`evaluate` enforces this).
+the options `evaluate` accepts for them. `MetricSpec.options_model` is a pydantic model built from those
+parameters (their annotations and defaults; a `Literal` annotation gives the choices): `evaluate` validates
+options with it, and the planner checks a study's options with `metric_problems` before anything runs.
+A metric never returns NaN or inf: an undefined component is either handled by a documented rule or the
+metric raises (`evaluate` enforces this).
 
 Splitting. ``@metric(..., per="column", aggregate="score")`` declares that the metric's components are one
 per column (named like the column, or ``column:<name>`` for a column named like an aggregate) plus the
@@ -25,6 +28,7 @@ Parts leave out the aggregates; `perfscale.metrics.combine.combine_parts` recomp
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import time
@@ -34,9 +38,11 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import ConfigDict, create_model
 
 from perfscale.errors import BadInput, FailureKind, TaskFailure
 from perfscale.metrics.columns import check_tables, is_int
+from perfscale.options import OptionsModel, Problem, option_problems, validated_options
 from perfscale.tabular.meta import TableMeta
 
 MetricFn = Callable[..., dict[str, float]]
@@ -61,15 +67,68 @@ class MetricSpec:
     @property
     def options(self) -> list[str]:
         """Names of the options the metric accepts (its parameters after real, synth, meta)."""
-        return [
-            p.name
-            for p in list(inspect.signature(self.fn).parameters.values())[3:]
-            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-        ]
+        return list(self.options_model.model_fields)
 
     @property
-    def takes_any_option(self) -> bool:
-        return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(self.fn).parameters.values())
+    def options_model(self) -> type[OptionsModel]:
+        """The metric's options as a pydantic model (see the module doc)."""
+        return options_model(self.name, self.fn)
+
+
+class _MetricOptions(OptionsModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)  # tables passed by code (a holdout)
+
+
+class _AnyOptions(_MetricOptions):
+    model_config = ConfigDict(extra="allow")  # a metric taking **options
+
+
+@functools.cache
+def options_model(name: str, fn: MetricFn) -> type[OptionsModel]:
+    """A model of `fn`'s parameters after (real, synth, meta): each one's annotation (evaluated in `fn`'s
+    module) and default; a required one stays required. `**options` lets any other name through."""
+    fields: dict[str, Any] = {}
+    base = _MetricOptions
+    for param in list(inspect.signature(fn).parameters.values())[3:]:
+        if param.kind is param.VAR_KEYWORD:
+            base = _AnyOptions
+        elif param.kind is not param.VAR_POSITIONAL:
+            default = ... if param.default is param.empty else param.default
+            fields[param.name] = (_annotation(name, fn, param), default)
+    return create_model(f"{name}_options", __base__=base, **fields)
+
+
+def _annotation(name: str, fn: MetricFn, param: inspect.Parameter) -> Any:
+    annotation = param.annotation
+    if annotation is param.empty:
+        return Any
+    if not isinstance(annotation, str):
+        return annotation
+    try:
+        return eval(annotation, fn.__globals__)  # the metric's own annotation, evaluated as typing does
+    except Exception as exc:
+        raise TypeError(
+            f"metric {name!r}: the annotation {annotation!r} of option {param.name!r} cannot be evaluated in "
+            f"{fn.__module__} ({exc}); import what it names at module level"
+        ) from None
+
+
+def metric_problems(metrics: Sequence[Any], options: Any) -> list[Problem]:
+    """Every problem of a study's metric list and options: unknown metric names (at ("metrics", i) or
+    ("options", name)) and each metric's option problems (at ("options", name, option...)), with choices."""
+    known = ", ".join(sorted(_REGISTRY))
+    problems = [
+        Problem(("metrics", i), f"unknown metric {name!r}; choose one of {known}")
+        for i, name in enumerate(metrics)
+        if name not in _REGISTRY
+    ]
+    for name, opts in options.items():
+        if name not in _REGISTRY:
+            problems.append(Problem(("options", name), f"unknown metric {name!r}; choose one of {known}"))
+            continue
+        for p in option_problems(_REGISTRY[name].options_model, opts, "option", name):
+            problems.append(Problem(("options", name, *p.loc), p.message, p.value))
+    return problems
 
 
 _REGISTRY: dict[str, MetricSpec] = {}
@@ -212,12 +271,9 @@ def _columns_of(units: list[Unit], columns: Sequence[str]) -> list[str]:
 
 
 def _check_options(spec: MetricSpec, opts: Any) -> dict[str, Any]:
-    if not isinstance(opts, dict):
-        raise BadInput(f"options of metric {spec.name!r} must be a mapping, not {type(opts).__name__}")
-    unknown = sorted(set(opts) - set(spec.options))
-    if unknown and not spec.takes_any_option:
-        raise BadInput(f"metric {spec.name!r} has no option(s) {unknown}; its options are {spec.options}")
-    return opts
+    """The options set in `opts`, validated by the metric's options model (BadInput naming each problem)."""
+    checked = validated_options(spec.options_model, opts, "option", spec.name)
+    return {name: getattr(checked, name) for name in checked.model_fields_set} | (checked.model_extra or {})
 
 
 def _checked_result(spec: MetricSpec, result: Any) -> list[tuple[str, float]]:

@@ -52,21 +52,14 @@ the random forest.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
 
 from perfscale.errors import BadInput
 from perfscale.metrics.associations import association_matrix
-from perfscale.metrics.columns import (
-    CONTINUOUS_TYPES,
-    category_codes,
-    continuous_columns,
-    discrete_columns,
-    float_values,
-    is_int,
-)
+from perfscale.metrics.columns import continuous_columns, discrete_columns, is_int
 from perfscale.metrics.detection import (
     Features,
     canonical_codes,
@@ -79,6 +72,7 @@ from perfscale.metrics.detection import (
 )
 from perfscale.metrics.ml_efficacy import infer_task
 from perfscale.metrics.registry import metric
+from perfscale.tabular.encode import CONTINUOUS_TYPES, category_codes, float_values
 from perfscale.tabular.meta import TableMeta
 
 EPSILON = 1e-6  # the reference's guard in relative errors
@@ -89,7 +83,8 @@ DEFAULT_BINS = 20
 MLE_MODELS = ("linear", "random_forest")
 MLE_TREES = 20
 MLE_DEPTH = 5
-TASKS = ("classification", "regression")
+Task = Literal["classification", "regression"]
+TASKS: tuple[str, ...] = get_args(Task)
 
 
 def relative_errors(real: np.ndarray, synth: np.ndarray) -> np.ndarray:
@@ -291,7 +286,7 @@ def tabsyndex(
     meta: TableMeta,
     *,
     target: str | None = None,
-    task: str | None = None,
+    task: Task | None = None,
     bins: int = DEFAULT_BINS,
     max_rows: int | None = None,
     seed: int = 0,

@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import perfscale
+from perfscale.version import __version__
 
 KEY_LENGTH = 20  # hex digits (80 bits): collisions are negligible for any campaign size
 
@@ -23,7 +23,7 @@ def task_key(
     params: Mapping[str, Any],
     inputs: Mapping[str, str],
     upstream: str | None,
-    version: str = perfscale.__version__,
+    version: str = __version__,
 ) -> str:
     """Hash of what determines a task's output: stage, kind, parameters, input digests and code version.
 

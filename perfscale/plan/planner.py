@@ -11,13 +11,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ValidationError
 
-import perfscale
 from perfscale.errors import SpecError
+from perfscale.plan.checks import CHECK_CACHE, CheckCache, Problems
 from perfscale.plan.grid import expand_grid
 from perfscale.plan.keys import stage_digest, task_key
+from perfscale.plan.kinds import StageParams, canonical_kind, get_stage_kind
+from perfscale.plan.named import PARAMS, PlanCheck
 from perfscale.spec.loader import Loc, format_validation_error, line_prefix, read_yaml
 from perfscale.spec.site import Site
 from perfscale.spec.study import Stage, Study
+from perfscale.version import __version__
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ _JSON_FIELDS = ("params", "inputs", "retry")
 class Plan:
     study: str
     tasks: list[Task]
-    version: str = perfscale.__version__
+    version: str = __version__
 
     @property
     def stages(self) -> list[str]:
@@ -115,36 +118,70 @@ _PLAN_SCHEMA = pa.schema(
 )
 
 
-def _params_loc(spec: Stage, stage: str, loc: Loc) -> Loc:
-    """Where a parameter is set in the study file: in the stage's grid, or in its params."""
+def _params_loc(spec: Stage, stage: str, loc: Loc, point: dict[str, Any] | None = None) -> Loc:
+    """Where a parameter is set in the study file: in the stage's grid, or in its params. A location inside
+    a grid value (a field of a mapping such as `hyperparameters`) goes through the value's list entry."""
     for part in ("product", "zip"):
-        if loc and loc[0] in getattr(spec.grid, part):
-            return ("stages", stage, "grid", part, *loc)
+        values = getattr(spec.grid, part)
+        if loc and loc[0] in values:
+            where: Loc = ("stages", stage, "grid", part, loc[0])
+            if len(loc) > 1 and point is not None and point.get(loc[0]) in values[loc[0]]:
+                where = (*where, values[loc[0]].index(point[loc[0]]))
+            return (*where, *loc[1:])
     return ("stages", stage, "params", *loc)
 
 
-def _validated_params(
-    spec: Stage,
-    stage: str,
-    params_model: type[BaseModel],
-    point: dict[str, Any],
-    source: str,
-    context: dict[str, Any],
-    lines: _StudyLines,
-) -> dict[str, Any]:
-    merged = {**spec.params, **point}
-    try:
-        model = params_model.model_validate(merged, context=context)
-    except ValidationError as exc:
-        msg = format_validation_error(
-            source,
-            exc,
-            lines.lines,
-            locate=lambda loc: _params_loc(spec, stage, loc),
-            what=f": stages.{stage}.params" + (f" at grid point {point}" if point else ""),
-        )
-        raise SpecError(msg) from None
-    return model.model_dump(mode="json")
+@dataclass
+class _Checks:
+    """A stage's plan-time checks: its params at each grid point, and its kind's `plan_check` once per
+    distinct params."""
+
+    spec: Stage
+    stage: str
+    params_model: type[BaseModel]
+    named: PlanCheck
+    source: str
+    context: dict[str, Any]
+    lines: _StudyLines
+    checked: set[str] = field(default_factory=set)
+
+    def params(self, point: dict[str, Any]) -> dict[str, Any]:
+        """The params at grid `point`, validated (and, the first time these params are seen, their names
+        checked); SpecError naming every problem at its line otherwise."""
+        try:
+            model = self.params_model.model_validate({**self.spec.params, **point}, context=self.context)
+        except ValidationError as exc:
+            raise SpecError(self._message(exc, point)) from None
+        params = model.model_dump(mode="json")
+        digest = json.dumps(params, sort_keys=True)
+        if digest not in self.checked:
+            self.checked.add(digest)
+            self._plan_check(model, point)
+        return params
+
+    def _plan_check(self, model: BaseModel, point: dict[str, Any]) -> None:
+        if not isinstance(model, StageParams):  # a kind registered with a plain pydantic model
+            return
+        self.named.problems = []
+        model.plan_check(self.named)
+        problems = Problems()
+        for problem in self.named.problems:
+            problems.add(problem.loc, problem.message, problem.value)
+        try:
+            problems.raise_all(self.params_model)
+        except ValidationError as exc:
+            raise SpecError(self._message(exc, point)) from None
+
+    def _message(self, exc: ValidationError, point: dict[str, Any]) -> str:
+        def locate(loc: Loc) -> Loc:
+            if loc and loc[0] == PARAMS:  # a plan_check problem inside the params
+                return _params_loc(self.spec, self.stage, loc[1:], point)
+            if loc and loc[0] in ("foreach", "inputs"):  # ... or at a field of the stage itself
+                return ("stages", self.stage, *loc)
+            return _params_loc(self.spec, self.stage, loc, point)
+
+        what = f": stages.{self.stage}.params" + (f" at grid point {point}" if point else "")
+        return format_validation_error(self.source, exc, self.lines.lines, locate=locate, what=what)
 
 
 class _StudyLines:
@@ -172,18 +209,15 @@ class _StudyLines:
 def _validation_context(site: Site | None) -> dict[str, Any]:
     """What stage params models see while a plan is built: the site, and one CheckCache for the whole plan
     (checks that read only fields a grid leaves alone run once, not at every grid point)."""
-    from perfscale.stages.base import CHECK_CACHE, CheckCache
-
     return {"site": site, CHECK_CACHE: CheckCache(site)}
 
 
 def build_plan(study: Study, source: str = "<study>", site: Site | None = None) -> Plan:
     """Expand every stage's grid x repetitions x seeds (x upstream tasks for foreach stages). With `site`,
     what depends on where tasks run (counter events) is checked against it."""
-    from perfscale.stages import get_stage_kind
-
     tasks: list[Task] = []
     keys_by_stage: dict[str, list[str]] = {}
+    kinds_by_stage: dict[str, str] = {}
     lines = _StudyLines(source)
     context = _validation_context(site)
     for name, spec in study.stages.items():
@@ -193,7 +227,10 @@ def build_plan(study: Study, source: str = "<study>", site: Site | None = None) 
         upstream_keys: list[str | None] = list(keys_by_stage[spec.foreach]) if spec.foreach else [None]
         seeds = spec.seeds if spec.seeds is not None else [study.seed]
         keys: list[str] = []
-        params_model = get_stage_kind(spec.kind, where=f"{source}: stages.{name}.kind").params
+        kind = canonical_kind(spec.kind, where=lines.where(("stages", name, "kind")))
+        params_model = get_stage_kind(kind, where=f"{source}: stages.{name}.kind").params
+        named = PlanCheck(name, tuple(spec.inputs), spec.foreach, kinds_by_stage)
+        checks = _Checks(spec, name, params_model, named, source, context, lines)
         if site is not None and (resources.ranks > 1 or resources.gpus_per_rank):
             from perfscale.sched.mpi import check_ranks
 
@@ -206,19 +243,17 @@ def build_plan(study: Study, source: str = "<study>", site: Site | None = None) 
                 "no tasks; loosen or remove them"
             )
         for point in points:
-            params = _validated_params(spec, name, params_model, point, source, context, lines)
+            params = checks.params(point)
             for upstream in upstream_keys:
                 for seed in seeds:
                     for rep in range(spec.repetitions):
-                        key = task_key(
-                            name, spec.kind, {**params, "rep": rep, "seed": seed}, inputs, upstream
-                        )
+                        key = task_key(name, kind, {**params, "rep": rep, "seed": seed}, inputs, upstream)
                         keys.append(key)
                         tasks.append(
                             Task(
                                 index=len(tasks),
                                 stage=name,
-                                kind=spec.kind,
+                                kind=kind,
                                 key=key,
                                 params=params,
                                 rep=rep,
@@ -245,4 +280,5 @@ def build_plan(study: Study, source: str = "<study>", site: Site | None = None) 
                 f"{source}: stages.{name}: the grid yields duplicate tasks; remove repeated values"
             )
         keys_by_stage[name] = keys
+        kinds_by_stage[name] = kind
     return Plan(study=study.name, tasks=tasks)

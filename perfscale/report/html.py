@@ -11,12 +11,13 @@ import pandas as pd
 from jinja2 import Environment, select_autoescape
 from markupsafe import Markup
 
-import perfscale
+from perfscale.plan.kinds import RENAMED
 from perfscale.report import plots
-from perfscale.stages.split import SPLIT_COLUMN, split_part
 from perfscale.status import run_status
 from perfscale.store.atomic import atomic_write_text
 from perfscale.store.run import RunStore, utcnow
+from perfscale.tabular.columns import SPLIT_COLUMN, split_part
+from perfscale.version import __version__
 
 PROFILE_FIELDS = {"command", "env", "cwd", "timeout_s", "warmup", "fom"}
 
@@ -143,7 +144,7 @@ def _metrics_section(store: RunStore, stage: str) -> Section | None:
 def _headline_rows(summary: pd.DataFrame) -> pd.DataFrame:
     """One bar per metric (its headline component; ML efficacy: its mean synthetic and real scores), so
     the plot stays readable when a metric has dozens of summary components."""
-    from perfscale.stages.rank_study import headline_of
+    from perfscale.results.metric_study import headline_of
 
     keep: set[tuple[str, str]] = set()
     for metric, components in summary.groupby("metric")["component"]:
@@ -179,7 +180,7 @@ def _umap_section(store: RunStore, stage: str) -> Section | None:
 
 def _metric_study_section(store: RunStore, stage: str) -> Section | None:
     """Rank agreement of each metric with ML efficacy: the rho table, a bar plot and metric-vs-reference."""
-    from perfscale.stages.rank_study import MetricStudyParams, collect_sets, source_stages, study_points
+    from perfscale.results.metric_study import MetricStudyParams, collect_sets, source_stages, study_points
 
     result = store.read_stage(stage, provenance=False).to_pandas()
     if result.empty:
@@ -248,7 +249,7 @@ SECTIONS = {
     "corrupt": _umap_section,
     "evaluate": _metrics_section,
     "metric_study": _metric_study_section,
-    "predict-by-generation": _predict_section,
+    "predict_by_generation": _predict_section,
     "recommend": _recommend_section,
 }
 
@@ -276,7 +277,8 @@ def build_report(store: RunStore) -> Path:
     """Write RUN/report/index.html from whatever the run holds now (a partial run gives a partial report)."""
     sections = [_status_section(store)]
     for stage in store.plan.stages:
-        builders = SECTIONS.get(store.plan.of_stage(stage)[0].kind, ())  # one builder or a tuple of them
+        kind = store.plan.of_stage(stage)[0].kind
+        builders = SECTIONS.get(RENAMED.get(kind, kind), ())  # one builder or a tuple (old plans: old names)
         for builder in builders if isinstance(builders, tuple) else (builders,):
             try:
                 section = builder(store, stage)
@@ -291,7 +293,7 @@ def build_report(store: RunStore) -> Path:
         site=manifest["site"],
         host=manifest["host"],
         tasks=len(store.plan.tasks),
-        version=perfscale.__version__,
+        version=__version__,
         written=utcnow().strftime("%Y-%m-%d %H:%M UTC"),
         root=store.root.resolve(),
         sections=sections,

@@ -2,7 +2,7 @@
 
 For each synthetic set: the real train table and the set are each subsampled to at most MAX_ROWS (2000) rows
 (seeded, the same real rows for every set), encoded together with the DCR encoding
-(`perfscale.metrics.dcr.encode`, fitted on the real rows: numeric columns standardised, categorical ones
+(`perfscale.tabular.encode.encode`, fitted on the real rows: numeric columns standardised, categorical ones
 one-hot), and embedded in 2-D by one UMAP fit on the union (n_neighbors 15, 200 epochs, fixed random_state).
 Real and synthetic are drawn side by side on the same axes, coloured by class when there is a class column
 (the `corrupt` stage's `target`, else the evaluate stage's ml_efficacy target, else a column named `target`,
@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from perfscale.store.run import TASK_KEY_COLUMN
+from perfscale.extras import require
+from perfscale.tabular.columns import TASK_KEY_COLUMN
 
 if TYPE_CHECKING:
     from perfscale.plan.planner import Plan, Task
@@ -79,7 +80,7 @@ def class_column(real: pd.DataFrame, wanted: str | None) -> str | None:
 
 def encoded(real: pd.DataFrame, synth: pd.DataFrame) -> np.ndarray:
     """Both tables in one standardised / one-hot space (fitted on `real`), stacked real first."""
-    from perfscale.metrics.dcr import encode
+    from perfscale.tabular.encode import encode
     from perfscale.tabular.meta import infer_meta
 
     meta = infer_meta(real)
@@ -88,10 +89,15 @@ def encoded(real: pd.DataFrame, synth: pd.DataFrame) -> np.ndarray:
 
 
 def _cache_key(x: np.ndarray, n_neighbors: int, seed: int) -> str:
-    from importlib.metadata import version  # not `umap.__version__`: a cache hit must not import umap
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:  # not `umap.__version__`: a cache hit must not import umap
+        umap_version = version("umap-learn")
+    except PackageNotFoundError:
+        require("synth", "umap", "the report's UMAP plots")
+        raise
     digest = hashlib.sha256(np.ascontiguousarray(x, dtype="float64").tobytes())
-    digest.update(f"{x.shape}|{n_neighbors}|{N_EPOCHS}|{seed}|{version('umap-learn')}".encode())
+    digest.update(f"{x.shape}|{n_neighbors}|{N_EPOCHS}|{seed}|{umap_version}".encode())
     return digest.hexdigest()[:32]
 
 
@@ -102,7 +108,7 @@ def embed(
     path = cache / f"{_cache_key(x, n_neighbors, seed)}.npy" if cache is not None else None
     if path is not None and path.exists():
         return np.load(path)
-    import umap  # slow to import (numba): only when something is embedded
+    umap = require("synth", "umap", "the report's UMAP plots")  # slow to import (numba): only when needed
     from sklearn.neighbors import NearestNeighbors
 
     k = min(n_neighbors, len(x) - 1)
@@ -195,8 +201,8 @@ def _class_param(plan: Plan, task: Task) -> str | None:
 
 def stage_projections(store: RunStore, stage: str) -> list[Projection]:
     """One projection per task (synthetic set) of a `sample` or `corrupt` stage, in plan order."""
-    from perfscale.stages.rank_study import describe_task, unique_labels
-    from perfscale.stages.split import SPLIT_COLUMN, split_part
+    from perfscale.results.labels import describe_task, unique_labels
+    from perfscale.tabular.columns import SPLIT_COLUMN, split_part
 
     plan = store.plan
     tasks = plan.of_stage(stage)

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from perfscale.errors import SpecError
-from perfscale.spec.site import Site
+
+if TYPE_CHECKING:
+    from perfscale.spec.site import Site  # the site model validates its launcher here: no import back
 
 Binding = Literal["none", "cores", "sockets"]
 

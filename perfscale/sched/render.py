@@ -26,6 +26,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from perfscale.errors import SpecError
+from perfscale.resources import launchers_dir
 from perfscale.sched.arrays import ArrayJob
 from perfscale.sched.base import Scheduler, scheduler_class
 from perfscale.sched.lsf import lsf_walltime  # noqa: F401  (kept importable from here for older callers)
@@ -33,7 +34,6 @@ from perfscale.sched.mpi import Layout, launch_line
 from perfscale.spec.common import export_lines, format_walltime
 from perfscale.spec.site import Site
 
-LAUNCHERS = Path(__file__).resolve().parents[2] / "launchers"
 SIGNAL_LEAD_S = 120  # SIGUSR1 this long before the walltime, so a task can checkpoint and requeue
 WARNING_MIN_WALLTIME_S = 5 * SIGNAL_LEAD_S
 
@@ -46,7 +46,7 @@ class Rendered:
 
 def _env() -> Environment:
     env = Environment(
-        loader=FileSystemLoader(str(LAUNCHERS)),
+        loader=FileSystemLoader(str(launchers_dir())),
         undefined=StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,

@@ -15,54 +15,13 @@ from perfscale.errors import FailureKind
 from perfscale.sched.base import ElementState, Scheduler, States
 from perfscale.sched.client import CommandClient, run_logged
 from perfscale.sched.mpi import Launcher, Layout
+from perfscale.sched.slurm_fields import SLURM_ACTIVE, SLURM_STATES, parse_job_id, parse_state, slurm_failure
 from perfscale.spec.common import format_walltime
 
 if TYPE_CHECKING:
     from perfscale.spec.site import Site
 
 __all__ = ["ElementState", "Slurm"]  # ElementState: re-exported for callers of its old home
-
-# Slurm job states (sacct/squeue long names); None: not a failure (pending, running or done)
-SLURM_STATES: dict[str, FailureKind | None] = {
-    "PENDING": None,
-    "CONFIGURING": None,
-    "RUNNING": None,
-    "COMPLETING": None,
-    "REQUEUED": None,
-    "RESIZING": None,
-    "SUSPENDED": None,
-    "STAGE_OUT": None,
-    "SIGNALING": None,
-    "COMPLETED": None,
-    "FAILED": FailureKind.APP_ERROR,
-    "TIMEOUT": FailureKind.TIMEOUT,
-    "DEADLINE": FailureKind.TIMEOUT,
-    "OUT_OF_MEMORY": FailureKind.OOM,
-    "NODE_FAIL": FailureKind.NODE_LOST,
-    "BOOT_FAIL": FailureKind.NODE_LOST,
-    "PREEMPTED": FailureKind.PREEMPTED,
-    "CANCELLED": FailureKind.CANCELLED,
-    "REVOKED": FailureKind.CANCELLED,
-}
-
-SLURM_ACTIVE = {
-    "PENDING",
-    "CONFIGURING",
-    "RUNNING",
-    "COMPLETING",
-    "REQUEUED",
-    "RESIZING",
-    "SUSPENDED",
-    "STAGE_OUT",
-    "SIGNALING",
-}
-
-
-def slurm_failure(state: str) -> FailureKind | None:
-    """Failure kind of a Slurm state ("CANCELLED by 1234" reads as CANCELLED; unknown states: app errors)."""
-    base = state.split()[0].rstrip("+").upper() if state else ""
-    return SLURM_STATES.get(base, FailureKind.APP_ERROR)
-
 
 # pending reasons after which a job never starts by itself (Slurm keeps it queued unless the site sets
 # DependencyParameters=kill_invalid_depend)
@@ -114,17 +73,12 @@ def sacct_poll_argv(job_ids: list[str]) -> list[str]:
 
 
 def _split_job_id(job_id: str) -> tuple[str, list[int]] | None:
-    """ "123_4" -> ("123", [4]); "123_[5-7,9%2]" (pending elements) -> ("123", [5, 6, 7, 9])."""
-    if "_" not in job_id:
+    """(array job id, its elements) of an array element's id ("123_4", "123_[5-7,9%2]"); None for others."""
+    try:
+        parsed = parse_job_id(job_id)
+        return (parsed.base, parsed.elements) if parsed.task is not None else None
+    except ValueError:  # not a job id (a header, a warning line)
         return None
-    base, idx = job_id.split("_", 1)
-    if not idx.startswith("["):
-        return base, [int(idx)]
-    elements: list[int] = []
-    for part in idx.strip("[]").split("%")[0].split(","):
-        lo, _, hi = part.partition("-")
-        elements.extend(range(int(lo), int(hi or lo) + 1))
-    return base, elements
 
 
 def parse_sacct_poll(out: str) -> States:
@@ -141,7 +95,7 @@ def parse_sacct_poll(out: str) -> States:
         if len(fields) < 3 or not (split := _split_job_id(fields[0])):
             continue
         base, elements = split
-        state = fields[1].split()[0] if fields[1].strip() else "UNKNOWN"
+        state = parse_state(fields[1])[0] or "UNKNOWN"
         code = fields[2].split(":")[0]
         reason = fields[3].strip() if len(fields) > 3 and fields[3].strip() not in ("", "None") else None
         blocked = state == "PENDING" and (reason or "") in NEVER_RUNS

@@ -8,7 +8,7 @@ spends its own retry budget (a walltime kill never uses up the app_error retries
 from __future__ import annotations
 
 from perfscale.sched.lsf import LSF_ACTIVE, LSF_MESSAGES, LSF_REASONS, lsf_failure
-from perfscale.sched.slurm import SLURM_ACTIVE, SLURM_STATES, slurm_failure
+from perfscale.sched.slurm_fields import SLURM_ACTIVE, SLURM_STATES, slurm_failure
 
 __all__ = [
     "LSF_ACTIVE",

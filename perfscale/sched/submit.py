@@ -18,12 +18,13 @@ from datetime import datetime
 from pathlib import Path
 
 from perfscale.errors import FailureKind
-from perfscale.sched.arrays import stage_arrays
+from perfscale.sched.arrays import ArrayJob, stage_arrays
 from perfscale.sched.base import ElementState, Scheduler
 from perfscale.sched.client import CommandClient
-from perfscale.sched.render import batch_scheduler, render_array
+from perfscale.sched.render import Rendered, batch_scheduler, render_array
 from perfscale.store.atomic import atomic_write_text
-from perfscale.store.run import RunStore, utcnow
+from perfscale.store.attempt import Attempt, utcnow
+from perfscale.store.run import RunStore
 
 
 @dataclass
@@ -147,6 +148,56 @@ def _running_arrays(
     )
 
 
+def render_arrays(
+    store: RunStore,
+    previous: list[SubmittedArray],
+    busy: set[int],
+    indices: set[int] | None = None,
+    partition: str | None = None,
+    account: str | None = None,
+    throttle: int | None = None,
+) -> list[tuple[ArrayJob, Rendered]]:
+    """The arrays of every task without a shard (or only `indices`) that is not `busy`, stage by stage, each
+    rendered and checked against the site's limits. Names carry the submission round after `previous`."""
+    site, plan = store.site, store.plan
+    round_ = len({a.submitted_at for a in previous})
+    prefix = plan.study if round_ == 0 else f"{plan.study}-r{round_}"
+    pending = []
+    for stage in plan.stages:
+        done = store.done_keys(stage)
+        todo = [
+            t
+            for t in plan.of_stage(stage)
+            if t.key not in done and t.index not in busy and (indices is None or t.index in indices)
+        ]
+        for job in stage_arrays(prefix, stage, todo, site, partition, account, throttle):
+            pending.append((job, render_array(job, site, store.root)))
+    return pending
+
+
+def write_scripts(store: RunStore, job: ArrayJob, rendered: Rendered) -> Path:
+    """RUN/arrays/<array>.sh and .idx (and the RUN/logs/ folder the script writes to); the script's path."""
+    (store.root / "arrays").mkdir(parents=True, exist_ok=True)
+    (store.root / "logs").mkdir(parents=True, exist_ok=True)
+    script = store.root / "arrays" / f"{job.name}.sh"
+    atomic_write_text(rendered.script, script)
+    atomic_write_text(rendered.index_file, store.root / "arrays" / f"{job.name}.idx")
+    return script
+
+
+def dry_run(
+    store: RunStore,
+    partition: str | None = None,
+    account: str | None = None,
+    throttle: int | None = None,
+) -> list[tuple[ArrayJob, Path]]:
+    """What `submit_run` would submit, rendered into RUN/arrays/ as it would be, without calling the
+    scheduler at all (no poll, no submit, no cancel; jobs.json is not touched). Tasks queued or running in
+    earlier submissions cannot be told apart without a poll: every task without a shard is rendered."""
+    pending = render_arrays(store, submitted(store), set(), None, partition, account, throttle)
+    return [(job, write_scripts(store, job, rendered)) for job, rendered in pending]
+
+
 def submit_run(
     store: RunStore,
     indices: set[int] | None = None,
@@ -164,36 +215,19 @@ def submit_run(
     (afterok) and for earlier upstream arrays still running (afterany). `hold` submits held arrays
     (`sbatch --hold`, `bsub -H`): nothing runs until released.
     """
-    site, plan = store.site, store.plan
     sched = backend(store, client)
     previous, states = poll_elements(store, client) if submitted(store) else ([], {})
     busy = {i for i, st in _by_task(previous, states).items() if st.active}
-    round_ = len({a.submitted_at for a in previous})
-    prefix = plan.study if round_ == 0 else f"{plan.study}-r{round_}"
-    pending = []
-    todo_all: set[int] = set()
-    for stage in plan.stages:
-        done = store.done_keys(stage)
-        todo = [
-            t
-            for t in plan.of_stage(stage)
-            if t.key not in done and t.index not in busy and (indices is None or t.index in indices)
-        ]
-        todo_all.update(t.index for t in todo)
-        for job in stage_arrays(prefix, stage, todo, site, partition, account, throttle):
-            pending.append((job, render_array(job, site, store.root)))
+    pending = render_arrays(store, previous, busy, indices, partition, account, throttle)
+    todo_all = {i for job, _ in pending for e in job.elements for i in e.indices}
     stale = _superseded(sched, previous, states, todo_all)
     if stale and pending:
         sched.cancel(stale)
-    (store.root / "arrays").mkdir(parents=True, exist_ok=True)
-    (store.root / "logs").mkdir(parents=True, exist_ok=True)
     job_ids: dict[str, list[str]] = {}  # stage -> job ids submitted now
     now = utcnow().isoformat()
     new = []
     for job, rendered in pending:
-        script = store.root / "arrays" / f"{job.name}.sh"
-        atomic_write_text(rendered.script, script)
-        atomic_write_text(rendered.index_file, store.root / "arrays" / f"{job.name}.idx")
+        script = write_scripts(store, job, rendered)
         upstream = _upstream(store, job.stage)
         deps = [j for s in upstream for j in job_ids.get(s, [])]
         after_any = _running_arrays(previous, states, upstream)
@@ -242,23 +276,9 @@ def record_scheduler_failures(store: RunStore, states: dict[int, ElementState]) 
         ]
         if message in seen or len(own):
             continue
-        now = utcnow()
+        attempt = int(mine["attempt"].max()) + 1 if len(mine) else 1
         records.append(
-            {
-                "task_key": task.key,
-                "stage": task.stage,
-                "index": index,
-                "attempt": int(mine["attempt"].max()) + 1 if len(mine) else 1,
-                "host": None,
-                "pid": None,
-                "started_at": now,
-                "ended_at": now,
-                "duration_s": None,
-                "ok": False,
-                "exit_status": st.exit_code,
-                "failure_kind": st.failure.value,
-                "message": message,
-            }
+            Attempt.recorded(task.key, task.stage, index, attempt, st.failure, message, st.exit_code)
         )
     store.append_attempts(records)
     return len(records)

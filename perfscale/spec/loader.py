@@ -236,6 +236,13 @@ def load_model(path: Path | str, model: type[M], context: dict[str, Any] | None 
     """Load `path` into `model`, turning YAML and validation problems into one SpecError."""
     path = Path(path)
     data, lines = read_yaml(path)
+    return validate_model(path, data, lines, model, context)
+
+
+def validate_model(
+    path: Path, data: Any, lines: dict[Loc, int], model: type[M], context: dict[str, Any] | None = None
+) -> M:
+    """`data` read from `path` (`lines`: its line map) validated into `model`; problems are one SpecError."""
     if not isinstance(data, dict):
         raise SpecError(f"{path}: expected a mapping of fields at the top level, got {type(data).__name__}.")
     try:

@@ -153,12 +153,11 @@ class Site(Strict):
 
 
 def site_dirs() -> list[Path]:
-    """Where named sites are looked up: $PERFSCALE_SITE_PATH entries, then the project's site_configs/."""
+    """Where named sites are looked up: $PERFSCALE_SITE_PATH entries, then perfscale's site_configs/."""
+    from perfscale.resources import site_configs_dir
+
     dirs = [Path(p) for p in os.environ.get("PERFSCALE_SITE_PATH", "").split(os.pathsep) if p]
-    repo_sites = Path(__file__).resolve().parents[2] / "site_configs"
-    if repo_sites.is_dir():
-        dirs.append(repo_sites)
-    return dirs
+    return [*dirs, site_configs_dir()]
 
 
 def available_sites() -> dict[str, Path]:

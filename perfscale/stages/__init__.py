@@ -1,6 +1,8 @@
-"""Stage kinds. Importing this package registers the built-in kinds."""
+"""Stage kinds: one module per kind (or a pair), found by name through `perfscale.plan.kinds.KINDS`.
 
-from perfscale.stages import builtin  # noqa: F401  (registers the built-in stage kinds)
+Importing this package loads no stage module: a kind's module is imported when a plan or a task names it.
+"""
+
 from perfscale.stages.base import (
     StageContext,
     StageKind,

@@ -19,7 +19,7 @@ replacement when there are enough). Corruptions (`level` >= 0; fractions must be
 * ``mode_collapse``: only max(1, round((1 - `level`) x K)) of the K classes, drawn at random, are kept, and
   the rows are training rows of those classes (the pool shuffled and cycled to the row count). Classes are
   the values of the `target` column when it is categorical/boolean or a discrete integer, else `clusters`
-  k-means clusters of the DCR encoding (`perfscale.metrics.dcr.encode`) of the train table.
+  k-means clusters of the DCR encoding (`perfscale.tabular.encode.encode`) of the train table.
 * ``copy``: round(`level` x rows) rows, drawn at random, are exact training rows; the others get ``noise`` at
   level `jitter` (so ``copy@1`` is ``identity``). At least that many rows are exact copies (a jittered row of
   discrete columns may snap back onto its original).
@@ -30,7 +30,7 @@ then gets a ``_features`` suffix). Every random draw comes from the task's seed,
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
@@ -38,8 +38,11 @@ from pydantic import Field, model_validator
 
 from perfscale.errors import BadInput
 from perfscale.stages.base import StageContext, StageParams, stage_kind
-from perfscale.stages.generate import real_table
+from perfscale.stages.train import real_table
 from perfscale.tabular.meta import TableMeta
+
+if TYPE_CHECKING:
+    from perfscale.plan.named import PlanCheck
 
 Corruption = Literal["identity", "noise", "shuffle", "mode_collapse", "copy"]
 FRACTIONS = ("shuffle", "mode_collapse", "copy")  # corruptions whose level is a fraction in [0, 1]
@@ -63,6 +66,9 @@ class CorruptParams(StageParams):
         if self.corruption in FRACTIONS and self.level > 1:
             raise ValueError(f"level {self.level} of corruption {self.corruption!r} is a fraction: use 0..1")
         return self
+
+    def plan_check(self, check: PlanCheck) -> None:
+        check.source("source", self.source)
 
     def default_label(self) -> str:
         if self.corruption == "identity":
@@ -136,7 +142,7 @@ def class_labels(
             return table[target].astype(str).to_numpy()
     from sklearn.cluster import KMeans
 
-    from perfscale.metrics.dcr import encode
+    from perfscale.tabular.encode import encode
 
     x = encode([table], meta)[0]
     k = min(clusters, len(table))

@@ -30,10 +30,11 @@ from pydantic import Field, model_validator
 from perfscale.errors import BadInput
 from perfscale.plan.keys import task_key
 from perfscale.stages.base import StageContext, StageParams, stage_kind
-from perfscale.stages.split import SPLIT_COLUMN, split_part
+from perfscale.tabular.columns import SPLIT_COLUMN, split_part
 
 if TYPE_CHECKING:
     from perfscale.metrics import MetricSpec
+    from perfscale.plan.named import PlanCheck
 
 DEFAULT_METRICS = ["column_shapes", "kl_divergence", "wasserstein", "jsd", "dcr"]
 GENERATOR_COLUMN = "generator"
@@ -56,6 +57,11 @@ class EvaluateParams(StageParams):
                 "values in the grid (part: [0, ..., parts-1])"
             )
         return self
+
+    def plan_check(self, check: PlanCheck) -> None:
+        check.source("source", self.source)
+        check.upstream()
+        check.metrics(self.metrics, self.options, "metrics", "options")
 
 
 def metric_options(
@@ -92,10 +98,6 @@ def evaluate(ctx: StageContext, params: EvaluateParams) -> pd.DataFrame:
     from perfscale.metrics.registry import PART_COLUMNS, RESULT_COLUMNS, plan_part
     from perfscale.tabular.meta import infer_meta
 
-    if params.source not in ctx.task.inputs:
-        raise BadInput(
-            f"evaluate reads {params.source!r} (params.source) but the stage does not list it in `inputs`"
-        )
     part = Part(params.part, params.parts)
     specs = [get_metric(n) for n in dict.fromkeys(params.metrics)]
     real = ctx.store.read_stage(params.source, provenance=False)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 from pydantic import Field
 
 from perfscale.stages.base import StageContext, StageParams, stage_kind
+
+if TYPE_CHECKING:
+    from perfscale.plan.named import PlanCheck
 
 
 class IngestParams(StageParams):
@@ -18,6 +22,9 @@ class IngestParams(StageParams):
         description="make the importer's provenance columns (`_source_file`...) data columns "
         "(`source_file`); by default they are kept in the shard but hidden from downstream stages",
     )
+
+    def plan_check(self, check: PlanCheck) -> None:
+        check.importer("kind", self.kind)
 
 
 @stage_kind("ingest", IngestParams)

@@ -1,6 +1,6 @@
 """Using a trained generator to answer questions (PERFGEN use case II).
 
-* `predict-by-generation`: hide a target column of the real holdout, fill it with `Generator.impute`
+* `predict_by_generation`: hide a target column of the real holdout, fill it with `Generator.impute`
   conditioned on the other columns, and score the predictions against the truth (MSE, MAE and R^2 for a
   numeric target, accuracy for a categorical one). A row whose other columns the model generates too
   rarely is predicted by a relaxed match (`method` = fallback, see perfscale.generators.conditional)
@@ -14,7 +14,7 @@ Both are `foreach: <train stage>`: one task per trained model.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -22,7 +22,11 @@ from pydantic import Field
 
 from perfscale.errors import BadInput
 from perfscale.stages.base import StageContext, StageParams, stage_kind
-from perfscale.stages.generate import load_upstream_generator, real_table
+from perfscale.stages.sample import load_upstream_generator
+from perfscale.stages.train import real_table
+
+if TYPE_CHECKING:
+    from perfscale.plan.named import PlanCheck
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +37,12 @@ class PredictParams(StageParams):
     draws: int = Field(10, ge=1, description="conditional draws averaged (numeric) or voted (categorical)")
     rows: int | None = Field(None, gt=0, description="predict at most this many holdout rows (seeded choice)")
 
+    def plan_check(self, check: PlanCheck) -> None:
+        check.source("source", self.source)
+        check.upstream("train")
 
-@stage_kind("predict-by-generation", PredictParams)
+
+@stage_kind("predict_by_generation", PredictParams)
 def predict_by_generation(ctx: StageContext, params: PredictParams) -> pd.DataFrame:
     """Rows: generator, target, row, truth and prediction, method (generation | fallback), plus the task's
     scores (accuracy or mse/mae/r2, over all rows) and fallback_share."""
@@ -42,7 +50,7 @@ def predict_by_generation(ctx: StageContext, params: PredictParams) -> pd.DataFr
     holdout = real_table(ctx, params.source, "holdout")
     if params.target not in holdout.columns:
         raise BadInput(
-            f"predict-by-generation.target {params.target!r} is not a column of {params.source!r}; "
+            f"predict_by_generation.target {params.target!r} is not a column of {params.source!r}; "
             f"columns: {sorted(holdout.columns)}"
         )
     if params.rows is not None and params.rows < len(holdout):
@@ -92,6 +100,10 @@ class RecommendParams(StageParams):
     columns: list[str] = Field(min_length=1, description="the configuration columns to recommend")
     rows: int = Field(2000, gt=0, description="rows drawn under the conditions")
     max_draws: int | None = Field(None, gt=0, description="rejection-sampling budget (default 100 x rows)")
+
+    def plan_check(self, check: PlanCheck) -> None:
+        check.upstream("train")
+        check.conditions("conditions", self.conditions)
 
 
 @stage_kind("recommend", RecommendParams)

@@ -55,6 +55,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails
 
 from perfscale.collect import papi, perf
+from perfscale.collect.builtin_kernels import build_kernels
 from perfscale.collect.command import (
     USAGE_COLUMNS,
     CommandResult,
@@ -67,12 +68,11 @@ from perfscale.collect.command import (
     run_command,
 )
 from perfscale.collect.derived import DERIVED_COLUMNS, derive
-from perfscale.collect.kernels import build_kernels
 from perfscale.collect.machine import MACHINE_COLUMNS, captured_env, check_env_patterns, machine_metadata
 from perfscale.errors import BadInput, FailureKind, PerfscaleError, TaskFailure
 from perfscale.spec.site import Site
 from perfscale.stages.base import Problems, StageContext, StageParams, checked_once, freeze, stage_kind
-from perfscale.store.run import PROVENANCE_COLUMNS
+from perfscale.tabular.columns import PROVENANCE_COLUMNS
 
 #: placeholders perfscale fills itself; variables may not use these names
 BUILTIN_NAMES = ("kernels", "rep", "seed", "artifacts")

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 from pydantic import Field
 
 from perfscale.errors import BadInput
 from perfscale.stages.base import StageContext, StageParams, stage_kind
+from perfscale.tabular.columns import SPLIT_COLUMN
 
-SPLIT_COLUMN = "split"
+if TYPE_CHECKING:
+    from perfscale.plan.named import PlanCheck
 
 
 class SplitParams(StageParams):
@@ -17,6 +21,9 @@ class SplitParams(StageParams):
     columns: list[str] | None = Field(None, description="columns to keep (default: all but provenance)")
     holdout_fraction: float = Field(0.25, gt=0, lt=1)
     rows: int | None = Field(None, ge=4, description="keep a seeded random subset of this many rows first")
+
+    def plan_check(self, check: PlanCheck) -> None:
+        check.source("source", self.source)
 
 
 @stage_kind("split", SplitParams)
@@ -51,7 +58,3 @@ def split(ctx: StageContext, params: SplitParams) -> pd.DataFrame:
     labels = np.full(len(table), "train", dtype=object)
     labels[order[:n_holdout]] = "holdout"
     return table.assign(**{SPLIT_COLUMN: labels})
-
-
-def split_part(table: pd.DataFrame, part: str) -> pd.DataFrame:
-    return table[table[SPLIT_COLUMN] == part].drop(columns=SPLIT_COLUMN).reset_index(drop=True)

@@ -18,21 +18,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import uuid
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from perfscale.errors import CorruptFile, FailureKind, PerfscaleError
 from perfscale.spec.site import Site, load_site
 from perfscale.store.atomic import atomic_write_text
+from perfscale.store.attempt import Attempt
 from perfscale.store.shards import check_shard, one_line
 
 if TYPE_CHECKING:
@@ -83,24 +83,9 @@ def quarantine_shards(store: RunStore, stage: str, bad: dict[str, str], warn: bo
         messages.append(message)
         if dest is None:
             continue
-        now = _now()
-        records.append(
-            {
-                "task_key": key,
-                "stage": stage,
-                "index": index.get(key, -1),
-                "attempt": int(last.get(key, 0)) + 1,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "started_at": now,
-                "ended_at": now,
-                "duration_s": 0.0,
-                "ok": False,
-                "exit_status": None,
-                "failure_kind": FailureKind.CORRUPT_OUTPUT.value,
-                "message": message,
-            }
-        )
+        attempt = int(last.get(key, 0)) + 1
+        kind = FailureKind.CORRUPT_OUTPUT
+        records.append(Attempt.recorded(key, stage, index.get(key, -1), attempt, kind, message, here=True))
     store.append_attempts(records)
     return messages
 
@@ -127,6 +112,8 @@ def unreadable_shards(store: RunStore, stage: str, paths: list[str]) -> dict[str
 
 def read_attempt_files(store: RunStore, files: list[str], schema: pa.Schema) -> pa.Table:
     """All rows of the attempts files; an unreadable file is quarantined with a warning and skipped."""
+    import pyarrow.dataset as ds  # here: importing it imports pandas
+
     try:
         return ds.dataset(files, schema=schema, format="parquet").to_table()
     except (pa.ArrowException, OSError):
@@ -149,12 +136,11 @@ def read_attempt_files(store: RunStore, files: list[str], schema: pa.Schema) -> 
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
-def recovered_attempts(store: RunStore, table: pa.Table) -> list[dict[str, Any]]:
+def recovered_attempts(store: RunStore, table: pa.Table) -> list[Attempt]:
     """Attempt rows, read from their shards' footers, of finished tasks that have no `ok` row in `table`."""
     if not store.plan_path.exists():
         return []
     ok_keys = pc.filter(table.column("task_key"), table.column("ok")).unique()
-    names = table.schema.names
     rows = []
     for stage, wanted in store.plan_keys.items():
         listed = pa.array(sorted(store.listed_keys(stage) & wanted.keys()), pa.string())
@@ -162,7 +148,7 @@ def recovered_attempts(store: RunStore, table: pa.Table) -> list[dict[str, Any]]
             footer, problem = check_shard(store.shard_path(stage, key), key, None)
             record = footer.attempt() if footer is not None and problem is None else None
             if record is not None:
-                rows.append({**{n: record.get(n) for n in names}, "message": RECOVERED_MESSAGE})
+                rows.append(replace(record, message=RECOVERED_MESSAGE))
     return rows
 
 

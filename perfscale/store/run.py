@@ -19,60 +19,30 @@ import os
 import shutil
 import socket
 import uuid
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from collections.abc import Iterable
+from dataclasses import astuple, dataclass
+from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as ds
 
-import perfscale
 from perfscale.errors import PerfscaleError
 from perfscale.plan.planner import Plan
 from perfscale.spec.site import Site
 from perfscale.store import recover
 from perfscale.store.atomic import atomic_write_table, atomic_write_text
+from perfscale.store.attempt import ATTEMPT_SCHEMA, Attempt, utcnow
 from perfscale.store.lock import LOCK_NAME
 from perfscale.store.shards import check_shard, list_artifacts, shard_metadata
+from perfscale.tabular.arrow import to_arrow
+from perfscale.tabular.columns import PROVENANCE_COLUMNS
+from perfscale.version import __version__
 
-# provenance columns added to every shard row; the leading underscore keeps them apart from the data's own
-# columns (a job trace has its own duration_s, a profile its own host)
-PROVENANCE_COLUMNS = (
-    "_task_key",
-    "_site",
-    "_host",
-    "_started_at",
-    "_duration_s",
-    "_attempt",
-    "_perfscale_version",
-)
-TASK_KEY_COLUMN = "_task_key"
-
-ATTEMPT_SCHEMA = pa.schema(
-    [
-        ("task_key", pa.string()),
-        ("stage", pa.string()),
-        ("index", pa.int64()),
-        ("attempt", pa.int64()),
-        ("host", pa.string()),
-        ("pid", pa.int64()),
-        ("started_at", pa.timestamp("us", tz="UTC")),
-        ("ended_at", pa.timestamp("us", tz="UTC")),
-        ("duration_s", pa.float64()),
-        ("ok", pa.bool_()),
-        ("exit_status", pa.int64()),
-        ("failure_kind", pa.string()),
-        ("message", pa.string()),
-    ]
-)
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow.dataset as ds
 
 
 @dataclass(frozen=True)
@@ -83,24 +53,26 @@ class Provenance:
     started_at: datetime
     duration_s: float
     attempt: int
-    perfscale_version: str = perfscale.__version__
+    perfscale_version: str = __version__
 
     def columns(self, n: int) -> dict[str, pa.Array]:
+        """The provenance columns (PROVENANCE_COLUMNS: each field's name with a leading `_`) of `n` rows."""
+        values = astuple(self)
         return {
-            "_task_key": pa.array([self.task_key] * n, pa.string()),
-            "_site": pa.array([self.site] * n, pa.string()),
-            "_host": pa.array([self.host] * n, pa.string()),
-            "_started_at": pa.array([self.started_at] * n, pa.timestamp("us", tz="UTC")),
-            "_duration_s": pa.array([self.duration_s] * n, pa.float64()),
-            "_attempt": pa.array([self.attempt] * n, pa.int64()),
-            "_perfscale_version": pa.array([self.perfscale_version] * n, pa.string()),
+            name: pa.array([v] * n, t) for name, v, t in zip(PROVENANCE_COLUMNS, values, _TYPES, strict=True)
         }
 
 
-def to_arrow(data: pa.Table | pd.DataFrame) -> pa.Table:
-    if isinstance(data, pd.DataFrame):
-        return pa.Table.from_pandas(data, preserve_index=False).replace_schema_metadata(None)
-    return data
+# the Arrow type of each provenance column, in field order
+_TYPES = (
+    pa.string(),
+    pa.string(),
+    pa.string(),
+    pa.timestamp("us", tz="UTC"),
+    pa.float64(),
+    pa.int64(),
+    pa.string(),
+)
 
 
 class RunStore:
@@ -152,7 +124,7 @@ class RunStore:
             {
                 "study": plan.study,
                 "site": site.name,
-                "perfscale_version": perfscale.__version__,
+                "perfscale_version": __version__,
                 "host": socket.gethostname(),
                 "updated_at": utcnow().isoformat(),
                 "stages": plan.stages,
@@ -267,7 +239,7 @@ class RunStore:
         key: str,
         data: pa.Table | pd.DataFrame,
         prov: Provenance,
-        attempt: Mapping[str, Any] | None = None,
+        attempt: Attempt | None = None,
     ) -> Path:
         """Write the task's shard; its footer records the key, row count, the task's artifacts (files and
         sizes) and `attempt`, the record of the attempt writing it."""
@@ -313,6 +285,8 @@ class RunStore:
         if not files:
             return pa.table({})
         schema = pa.unify_schemas(schemas, promote_options="permissive").remove_metadata()
+        import pyarrow.dataset as ds  # here: importing it imports pandas, which the store needs only to read
+
         dataset = ds.dataset(files, schema=schema, format="parquet")
         columns = None if provenance else [n for n in schema.names if not n.startswith("_")]
         try:
@@ -324,9 +298,10 @@ class RunStore:
             raise
 
     # ---- attempts -----------------------------------------------------------------------------------
-    def append_attempts(self, records: list[Mapping[str, Any]]) -> None:
-        if records:
-            table = pa.Table.from_pylist([dict(r) for r in records], schema=ATTEMPT_SCHEMA)
+    def append_attempts(self, records: Iterable[Attempt]) -> None:
+        rows = [r.row() for r in records]
+        if rows:
+            table = pa.Table.from_pylist(rows, schema=ATTEMPT_SCHEMA)
             name = f"{utcnow():%Y%m%dT%H%M%S}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
             atomic_write_table(table, self.root / "attempts" / name)
 
@@ -340,7 +315,8 @@ class RunStore:
         )
         recovered = recover.recovered_attempts(self, table)
         if recovered:
-            table = pa.concat_tables([table, pa.Table.from_pylist(recovered, schema=ATTEMPT_SCHEMA)])
+            rows = [r.row() for r in recovered]
+            table = pa.concat_tables([table, pa.Table.from_pylist(rows, schema=ATTEMPT_SCHEMA)])
         return table.to_pandas()
 
     def clear_artifacts(self, stage: str, key: str) -> Path:

@@ -19,15 +19,15 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from perfscale.store.attempt import Attempt
+
 SHARD_META = b"perfscale.shard"
-_TIME_FIELDS = ("started_at", "ended_at")
 
 
 class BadShard(Exception):
@@ -49,12 +49,10 @@ class Footer:
     def schema(self) -> pa.Schema:
         return self.parquet.schema.to_arrow_schema()
 
-    def attempt(self) -> dict[str, Any] | None:
-        """The attempt record stored in the shard, with its timestamps as datetimes."""
+    def attempt(self) -> Attempt | None:
+        """The record of the attempt that wrote the shard."""
         record = (self.meta or {}).get("attempt")
-        if not record:
-            return None
-        return {k: datetime.fromisoformat(v) if k in _TIME_FIELDS and v else v for k, v in record.items()}
+        return Attempt.from_json(record) if record else None
 
 
 def list_artifacts(folder: Path) -> dict[str, int]:
@@ -68,11 +66,9 @@ def list_artifacts(folder: Path) -> dict[str, int]:
 
 
 def shard_metadata(
-    key: str, rows: int, artifacts: Mapping[str, int], attempt: Mapping[str, Any] | None
+    key: str, rows: int, artifacts: Mapping[str, int], attempt: Attempt | None
 ) -> dict[bytes, bytes]:
-    record = None
-    if attempt is not None:
-        record = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in attempt.items()}
+    record = None if attempt is None else attempt.to_json()
     meta = {"key": key, "rows": rows, "artifacts": dict(artifacts), "attempt": record}
     return {SHARD_META: json.dumps(meta, sort_keys=True).encode()}
 

@@ -1,8 +1,12 @@
-"""Single-value tests shared by generators, conditions and the LLM serializer."""
+"""Single values: the missing-value test and the JSON stand-in of a cell, shared by generators, conditions
+and the LLM serializer."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+import numpy as np
 
 
 def is_missing(value: Any) -> bool:
@@ -15,3 +19,18 @@ def is_missing(value: Any) -> bool:
         return bool(pd.isna(value))
     except (TypeError, ValueError):  # array-likes are not missing scalars
         return False
+
+
+def json_value(value: Any) -> Any:
+    """A JSON-native stand-in for one cell value (numpy scalars unwrapped, timestamps as ISO strings)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    import pandas as pd  # only for values that are none of the above (see is_missing)
+
+    if isinstance(value, (pd.Timestamp, pd.Timedelta)):
+        return value.isoformat()
+    return str(value)

@@ -1,13 +1,12 @@
-"""TabDDPM hyperparameters: names, defaults and checks (standard library only: registering stays light)."""
+"""TabDDPM hyperparameters: names, types, bounds and defaults (pydantic only: registering stays light)."""
 
 from __future__ import annotations
 
-import dataclasses
-import numbers
-from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Annotated, Any
 
-from perfscale.errors import BadInput
+from pydantic import AfterValidator, Field, NonNegativeFloat, PositiveFloat, PositiveInt, field_validator
+
+from perfscale.options import OptionsModel
 
 # hyperparameters that change neither the model nor the samples: left out of the checkpoint fingerprint
 NOT_IN_FINGERPRINT = (
@@ -19,8 +18,16 @@ NOT_IN_FINGERPRINT = (
 )
 
 
-@dataclass(frozen=True)
-class TabDDPMConfig:
+def _device(value: str) -> str:
+    if value in ("cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+        return value
+    raise ValueError('must be "cpu", "cuda" or "cuda:N"')
+
+
+Device = Annotated[str, AfterValidator(_device)]
+
+
+class TabDDPMConfig(OptionsModel):
     """The hyperparameters of a TabDDPM generator (all JSON values).
 
     num_timesteps: diffusion steps T (the paper uses 1000; tiny tests use ~50).
@@ -47,89 +54,29 @@ class TabDDPMConfig:
         slow every step down; results are repeatable for a given thread count.
     """
 
-    num_timesteps: int = 1000
-    steps: int = 2000
-    batch_size: int = 1024
-    lr: float = 0.002
-    weight_decay: float = 1e-4
-    d_layers: list[int] = field(default_factory=lambda: [256, 256])
-    dim_t: int = 128
-    dropout: float = 0.0
-    checkpoint_dir: str | None = None
-    checkpoint_every: int = 500
-    device: str = "cpu"
+    num_timesteps: int = Field(1000, ge=2)
+    steps: PositiveInt = 2000
+    batch_size: PositiveInt = 1024
+    lr: PositiveFloat = 0.002
+    weight_decay: NonNegativeFloat = 1e-4
+    d_layers: list[PositiveInt] = Field(default_factory=lambda: [256, 256], min_length=1)
+    dim_t: PositiveInt = 128
+    dropout: float = Field(0.0, ge=0, lt=1)
+    checkpoint_dir: str | None = Field(None, min_length=1)
+    checkpoint_every: PositiveInt = 500
+    device: Device = "cpu"
     discrete_as_categories: bool = True
-    repaint_resample: int = 10
-    sample_batch_size: int = 8192
-    threads: int | None = None
+    repaint_resample: PositiveInt = 10
+    sample_batch_size: PositiveInt = 8192
+    threads: PositiveInt | None = None
 
+    @field_validator("dim_t")
     @classmethod
-    def from_hyperparameters(cls, hyperparameters: dict[str, Any]) -> TabDDPMConfig:
-        """Check the user's hyperparameters; BadInput names the bad one and what it must be."""
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(hyperparameters) - set(valid))
-        if unknown:
-            raise BadInput(
-                f"unknown hyperparameters {unknown} for generator 'tabddpm'; valid: {', '.join(valid)}"
-            )
-        params = dict(hyperparameters)
-        for name in (
-            "num_timesteps",
-            "steps",
-            "batch_size",
-            "dim_t",
-            "checkpoint_every",
-            "sample_batch_size",
-            "repaint_resample",
-        ):
-            if name in params:
-                params[name] = _int(name, params[name], low=2 if name == "num_timesteps" else 1)
-        if not isinstance(params.get("discrete_as_categories", True), bool):
-            _bad("discrete_as_categories", params["discrete_as_categories"], "true or false")
-        if params.get("threads") is not None:
-            params["threads"] = _int("threads", params["threads"], low=1)
-        for name in ("lr", "weight_decay", "dropout"):
-            if name in params:
-                params[name] = _float(name, params[name])
-        if "lr" in params and params["lr"] <= 0:
-            _bad("lr", params["lr"], "a positive number")
-        if "dropout" in params and not 0 <= params["dropout"] < 1:
-            _bad("dropout", params["dropout"], "a number in [0, 1)")
-        if "d_layers" in params:
-            layers = params["d_layers"]
-            if not isinstance(layers, list) or not layers:
-                _bad("d_layers", layers, "a non-empty list of positive integers (hidden layer widths)")
-            params["d_layers"] = [_int("d_layers", v, low=1) for v in layers]
-        if "dim_t" in params and params["dim_t"] % 2:
-            _bad("dim_t", params["dim_t"], "an even integer (half cosines, half sines)")
-        if params.get("checkpoint_dir") is not None and not (
-            isinstance(params["checkpoint_dir"], str) and params["checkpoint_dir"]
-        ):
-            _bad("checkpoint_dir", params["checkpoint_dir"], "a folder path (string) or null")
-        device = params.get("device", "cpu")
-        if not isinstance(device, str) or not (
-            device in ("cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
-        ):
-            _bad("device", device, '"cpu", "cuda" or "cuda:N"')
-        return cls(**params)
+    def _even(cls, value: int) -> int:
+        if value % 2:
+            raise ValueError("must be even (half cosines, half sines)")
+        return value
 
     def fingerprint_fields(self) -> dict[str, Any]:
         """The values a checkpoint must agree on to be resumed."""
-        data = dataclasses.asdict(self)
-        return {k: v for k, v in data.items() if k not in NOT_IN_FINGERPRINT}
-
-
-def _bad(name: str, value: Any, what: str) -> NoReturn:
-    raise BadInput(f"tabddpm hyperparameter {name!r} must be {what}, got {value!r}")
-
-
-def _int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        _bad(name, value, f"an integer >= {low}")
-    return int(value)
-
-
-def _float(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
-        _bad(name, value, "a non-negative number")
-    return float(value)
+        return self.model_dump(exclude=set(NOT_IN_FINGERPRINT))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from perfscale.errors import BadInput
+from perfscale.extras import require
 from perfscale.generators.base import Generator, model_file
 from perfscale.generators.registry import register_generator
 from perfscale.generators.tabddpm.config import TabDDPMConfig
@@ -46,10 +47,11 @@ class TabDDPMGenerator(Generator):
     name = "tabddpm"
     pickled_files = ()
     resumable = True  # takes checkpoint_dir; the train stage passes a folder kept across attempts
+    hyperparameters_model = TabDDPMConfig
+    params: TabDDPMConfig
 
     def __init__(self, **hyperparameters: Any) -> None:
         super().__init__(**hyperparameters)
-        self.config = TabDDPMConfig.from_hyperparameters(self.hyperparameters)
         self.effective_batch_size: int | None = None
         self._encoder: TableEncoder | None = None
         self._denoiser: Denoiser | None = None
@@ -58,20 +60,20 @@ class TabDDPMGenerator(Generator):
     # ---- fit ---------------------------------------------------------------------------------------------
 
     def _fit(self, table: pd.DataFrame, meta: TableMeta, seed: int) -> pd.DataFrame | None:
+        torch = require("synth", "torch", "the tabddpm generator")
         import pandas as pd
-        import torch
 
         from perfscale.generators._seeding import torch_threads
         from perfscale.generators.tabddpm.train import TrainData, fit_diffusion, telemetry_rows
         from perfscale.generators.tabddpm.transform import TableEncoder
 
         device = self._device(fitting=True)
-        encoder = TableEncoder.fit(table, meta, seed, self.config.discrete_as_categories)
+        encoder = TableEncoder.fit(table, meta, seed, self.params.discrete_as_categories)
         x_num, x_cat = encoder.encode(table)
         data = TrainData(torch.as_tensor(x_num, device=device), torch.as_tensor(x_cat, device=device))
-        with torch_threads(self.config.threads):
+        with torch_threads(self.params.threads):
             denoiser, diffusion, state, batch_size = fit_diffusion(
-                self.config, data, encoder.num_classes, seed
+                self.params, data, encoder.num_classes, seed
             )
         self._encoder, self._denoiser, self._diffusion = encoder, denoiser, diffusion
         self.effective_batch_size = batch_size
@@ -119,15 +121,15 @@ class TabDDPMGenerator(Generator):
 
         assert self._encoder is not None and self._denoiser is not None and self._diffusion is not None
         generator = new_generator(seed, self._diffusion.device)
-        with torch_threads(self.config.threads):
+        with torch_threads(self.params.threads):
             x_num, x_cat = reverse_sample(
                 self._denoiser,
                 self._diffusion,
                 n,
                 generator,
-                self.config.sample_batch_size,
+                self.params.sample_batch_size,
                 known,
-                self.config.repaint_resample,
+                self.params.repaint_resample,
             )
         return self._encoder.decode(x_num, x_cat)
 
@@ -149,6 +151,7 @@ class TabDDPMGenerator(Generator):
         (folder / ENCODING_FILE).write_text(json.dumps(encoding, indent=2) + "\n", encoding="utf-8")
 
     def _load_model(self, folder: Path) -> None:
+        require("synth", "torch", "the tabddpm generator")
         from safetensors.torch import load_file
 
         from perfscale.generators.tabddpm.diffusion import Diffusion
@@ -172,9 +175,9 @@ class TabDDPMGenerator(Generator):
             raise BadInput(f"{encoding_path} (or the arrays in {MODEL_FILE}) is corrupted: {exc!r}") from exc
         device = self._device(fitting=False)
         diffusion = Diffusion.create(
-            self.config.num_timesteps, len(encoder.numeric), encoder.num_classes, device
+            self.params.num_timesteps, len(encoder.numeric), encoder.num_classes, device
         )
-        denoiser = build_denoiser(self.config, len(encoder.numeric) + diffusion.num_onehot, seed=0)
+        denoiser = build_denoiser(self.params, len(encoder.numeric) + diffusion.num_onehot, seed=0)
         try:
             denoiser.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(_ENCODER_PREFIX)})
         except RuntimeError as exc:
@@ -196,13 +199,13 @@ class TabDDPMGenerator(Generator):
         """The configured device; a CUDA model loaded where no GPU is samples on the CPU."""
         import torch
 
-        if self.config.device == "cpu":
+        if self.params.device == "cpu":
             return torch.device("cpu")
         if torch.cuda.is_available():
-            return torch.device(self.config.device)
+            return torch.device(self.params.device)
         if fitting:
             raise BadInput(
-                f"tabddpm hyperparameter 'device' is {self.config.device!r} but CUDA is not available here; "
+                f"tabddpm hyperparameter 'device' is {self.params.device!r} but CUDA is not available here; "
                 'use "cpu"'
             )
         return torch.device("cpu")

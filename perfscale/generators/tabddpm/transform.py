@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 
 from perfscale.errors import BadInput
-from perfscale.generators._tables import json_value
 from perfscale.tabular.meta import TableMeta
+from perfscale.tabular.values import json_value
 
 MISSING_SUFFIX = "::missing"
 _EPOCH = pd.Timestamp(0, tz="UTC")

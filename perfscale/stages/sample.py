@@ -1,4 +1,4 @@
-"""The `train` and `sample` stages: fit a generator on a real table, then draw synthetic rows from it."""
+"""The `sample` stage: draw synthetic rows from the model of the upstream `train` task (`foreach: train`)."""
 
 from __future__ import annotations
 
@@ -9,50 +9,13 @@ import pandas as pd
 from pydantic import Field
 
 from perfscale.stages.base import StageContext, StageParams, stage_kind
-from perfscale.stages.split import SPLIT_COLUMN, split_part
+from perfscale.stages.train import MODEL_FOLDER
 
 if TYPE_CHECKING:
     from perfscale.generators import Generator
+    from perfscale.plan.named import PlanCheck
 
-MODEL_FOLDER = "model"
 SAMPLING_JSON = "sampling.json"
-
-
-class TrainParams(StageParams):
-    generator: str = Field(description="registered generator: gaussian_copula, ctgan, tvae, copulagan...")
-    source: str = Field(description="stage with the real table (a `split` stage: its train part is used)")
-    hyperparameters: dict[str, Any] = Field(default_factory=dict)
-    columns: dict[str, dict[str, Any]] = Field(default_factory=dict, description="column metadata overrides")
-
-
-def real_table(ctx: StageContext, source: str, part: str = "train") -> pd.DataFrame:
-    table = ctx.input(source)
-    return split_part(table, part) if SPLIT_COLUMN in table.columns else table
-
-
-@stage_kind("train", TrainParams)
-def train(ctx: StageContext, params: TrainParams) -> pd.DataFrame:
-    """Fit one generator; the model folder is an artifact, the shard is its training telemetry."""
-    from perfscale.generators import get_generator
-    from perfscale.tabular.meta import infer_meta
-
-    real = real_table(ctx, params.source)
-    meta = infer_meta(real).with_overrides(params.columns)
-    cls = get_generator(params.generator)
-    hyperparameters = dict(params.hyperparameters)
-    if cls.resumable:
-        hyperparameters.setdefault("checkpoint_dir", str(ctx.checkpoints))
-    generator = cls(**hyperparameters)
-    log = generator.fit(real, meta, seed=ctx.seed)
-    generator.save(ctx.artifacts / MODEL_FOLDER)
-    (ctx.artifacts / "meta.json").write_text(json.dumps(meta.model_dump(mode="json"), indent=2))
-    telemetry = log.telemetry if not log.telemetry.empty else pd.DataFrame({"step": [pd.NA]})
-    return telemetry.assign(
-        generator=params.generator,
-        fit_elapsed_s=log.elapsed_s,
-        peak_rss_bytes=log.peak_rss_bytes,
-        train_rows=len(real),
-    )
 
 
 class SampleParams(StageParams):
@@ -61,6 +24,10 @@ class SampleParams(StageParams):
         None, description="e.g. 'threads in [4, 8] and 5 <= wall_time_s <= 10' (see docs/generators.md)"
     )
     max_draws: int | None = Field(None, gt=0, description="rejection-sampling budget (default 100 x rows)")
+
+    def plan_check(self, check: PlanCheck) -> None:
+        check.upstream("train")
+        check.conditions("conditions", self.conditions)
 
 
 def load_upstream_generator(ctx: StageContext) -> tuple[Generator, str]:

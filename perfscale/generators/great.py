@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from perfscale.errors import BadInput
+from perfscale.extras import require
 from perfscale.generators._seeding import seeded, torch_threads
 from perfscale.generators.base import Generator, model_file
 from perfscale.generators.registry import register_generator
@@ -54,16 +55,22 @@ if TYPE_CHECKING:
 LM_FOLDER = "lm"  # the sub-folder of a saved generator holding the model and tokenizer files
 
 
+def _require_llm() -> None:
+    require("llm", "transformers", "the great generator")
+    require("llm", "torch", "the great generator")
+
+
 @register_generator
 class GReaTGenerator(Generator):
     """A causal language model fine-tuned on rows written as text (see the module doc)."""
 
     name = "great"
     pickled_files = ()
+    hyperparameters_model = Params
+    params: Params
 
     def __init__(self, **hyperparameters: Any) -> None:
         super().__init__(**hyperparameters)
-        self.params = Params.parse(self.hyperparameters, self.name)
         self.last_valid_rate: float | None = None
         self.last_invalid: dict[str, int] = {}
         self._lm: LanguageModel | None = None
@@ -110,6 +117,7 @@ class GReaTGenerator(Generator):
         from perfscale.llm import context, training
         from perfscale.llm.serialize import RowCodec
 
+        _require_llm()
         params = self.params
         codec = RowCodec.from_table(table, meta, params.float_digits)
         texts = codec.texts(table, params.permutations, np.random.default_rng(seed))
@@ -306,6 +314,7 @@ class GReaTGenerator(Generator):
     def _load_model(self, folder: Path) -> None:
         from perfscale.llm import training
 
+        _require_llm()
         lm_dir = folder / LM_FOLDER
         for name in training.LM_FILES:
             model_file(lm_dir, name)

@@ -1,4 +1,7 @@
-"""The `metric_study` stage: does each fidelity metric rank synthetic sets the way ML efficacy does?
+"""The metric study: does each fidelity metric rank synthetic sets the way ML efficacy does?
+
+The `metric_study` stage (perfscale.stages.metric_study) writes `study_points`' result table; the report
+reruns `study_points` on the same inputs for its scatter plots.
 
 PERFGEN (RQ2/RQ3) shows that common metrics can stay near-perfect while a model trained on the synthetic data
 collapses. This stage takes the long tables of one or more `evaluate` stages (one synthetic set = one
@@ -44,15 +47,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from perfscale.errors import BadInput
-from perfscale.plan.planner import Plan
-from perfscale.stages.base import StageContext, StageParams, stage_kind
+from perfscale.plan.kinds import StageParams
+from perfscale.results.labels import describe_task, unique_labels
+from perfscale.tabular.columns import PROVENANCE_COLUMNS, TASK_KEY_COLUMN
+
+if TYPE_CHECKING:
+    from perfscale.plan.named import PlanCheck
+    from perfscale.plan.planner import Plan
 
 DEFAULT_REFERENCE = "ml_efficacy/synthetic/accuracy"
 GENERIC_COMPONENTS = ("score", "mean")
@@ -100,42 +108,24 @@ class MetricStudyParams(StageParams):
     )
     headline: dict[str, Headline] = Field(default_factory=dict, description="overrides of HEADLINES")
 
+    def plan_check(self, check: PlanCheck) -> None:
+        if self.sources is None:
+            check.reads_some("evaluate")
+        else:
+            check.sources("sources", self.sources)
+        try:
+            check.metric_name("reference", split_reference(self.reference)[0])
+        except BadInput as exc:
+            check.problem(str(exc), "reference")
+        check.metric_names("metrics", self.metrics or [])
+        check.metric_names("headline", self.headline)
+
 
 def split_reference(reference: str) -> tuple[str, str]:
     metric, sep, component = reference.partition("/")
     if not sep or not metric or not component:
         raise BadInput(f"metric_study.reference must look like 'metric/component', not {reference!r}")
     return metric, component
-
-
-def describe_task(plan: Plan, key: str) -> str:
-    """The model hyperparameters along a task's upstream chain that tell it apart from the other tasks of its
-    stage with the same generator, e.g. 'epochs=5' ('' when none)."""
-    by_key = {t.key: t for t in plan.tasks}
-    hyper: dict[str, Any] = {}
-    task = by_key.get(key)
-    while task is not None:
-        found = task.params.get("hyperparameters")
-        if isinstance(found, dict):
-            siblings = [
-                t.params.get("hyperparameters") or {}
-                for t in plan.of_stage(task.stage)
-                if t.params.get("generator") == task.params.get("generator")
-            ]
-            varying = {k for k in found if len({repr(s.get(k)) for s in siblings}) > 1}
-            hyper = {**{k: v for k, v in found.items() if k in varying}, **hyper}
-        task = by_key.get(task.upstream_key) if task.upstream_key else None
-    return ", ".join(f"{k}={v}" for k, v in sorted(hyper.items()))
-
-
-def unique_labels(labels: list[str]) -> list[str]:
-    """Labels made unique by appending ' #2', ' #3'... to repeats (first occurrence unchanged)."""
-    seen: dict[str, int] = {}
-    out = []
-    for label in labels:
-        seen[label] = seen.get(label, 0) + 1
-        out.append(label if seen[label] == 1 else f"{label} #{seen[label]}")
-    return out
 
 
 def collect_sets(tables: Mapping[str, pd.DataFrame], plan: Plan | None = None) -> pd.DataFrame:
@@ -146,7 +136,6 @@ def collect_sets(tables: Mapping[str, pd.DataFrame], plan: Plan | None = None) -
     hyperparameters of the model behind it ('ctgan (epochs=5)').
     """
     from perfscale.metrics import combine_parts
-    from perfscale.store.run import PROVENANCE_COLUMNS, TASK_KEY_COLUMN
 
     frames = []
     for stage, table in tables.items():
@@ -297,12 +286,3 @@ def source_stages(params: MetricStudyParams, inputs: list[str]) -> list[str]:
             f"metric_study.sources {missing or sources} must be evaluate stages listed in `inputs` {inputs}"
         )
     return sources
-
-
-@stage_kind("metric_study", MetricStudyParams)
-def metric_study(ctx: StageContext, params: MetricStudyParams) -> pd.DataFrame:
-    """Spearman rho of each metric's headline value with ML efficacy across synthetic sets (`inputs`)."""
-    split_reference(params.reference)
-    tables = {s: ctx.input(s, provenance=True) for s in source_stages(params, list(ctx.task.inputs))}
-    _, result = study_points(collect_sets(tables, ctx.store.plan), params)
-    return result
