@@ -225,15 +225,17 @@ def cmd_task_run(args: argparse.Namespace) -> int:
         previous = attempts.loc[attempts.task_key == task.key, "attempt"]
         attempt = int(previous.max()) + 1 if len(previous) else 1
     if task.ranks > 1:  # this process is one rank of the task's MPI job (perfscale/distributed/task.py)
-        from perfscale.distributed.task import run_rank, write_records
+        from perfscale.execute import execute_rank
 
-        rank, outcome = run_rank(store, task, attempt)
+        rank, outcome = execute_rank(store.root, args.index, attempt)
         if rank != 0:
             return 0 if outcome.ok else 1
     else:
         outcome = execute_task(store.root, args.index, attempt)
     with disk_full_named(store.root):
         if args.outcome is not None:
+            from perfscale.distributed.task import write_records
+
             write_records(args.outcome, outcome.attempts)
         else:
             store.append_attempts(outcome.attempts)

@@ -219,6 +219,17 @@ def execute_task(root: str | Path, index: int, first_attempt: int = 1) -> Outcom
         return outcome
 
 
+def execute_rank(root: str | Path, index: int, attempt: int) -> tuple[int, Outcome]:
+    """One attempt of multi-rank task `index` on this rank of its MPI job (`perfscale task run` inside the
+    launch): (rank, outcome); rank 0 alone writes (perfscale/distributed/task.py)."""
+    from perfscale.distributed.task import run_rank
+
+    store = open_store(root)
+    task = store.plan.tasks[index]
+    outcome = Outcome(index=index, key=task.key, stage=task.stage, ok=False)
+    return run_rank(store, task, attempt, outcome, _attempts), outcome
+
+
 def _attempts(store: RunStore, task: Task, outcome: Outcome, first_attempt: int, rank: int = 0) -> Outcome:
     """Attempts of `task` until one succeeds or the retry budget is spent. `rank` > 0 (a rank of a multi-rank
     task other than 0) runs the stage but writes no shard."""

@@ -23,23 +23,45 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from perfscale.errors import FailureKind, TaskFailure
-from perfscale.execute import Outcome, _attempt_record, _attempts, _message
 from perfscale.plan.planner import Task
 from perfscale.sched.mpi import mpi_program, task_launch_line
 from perfscale.store.atomic import atomic_write
 from perfscale.store.attempt import Attempt, utcnow
 from perfscale.store.run import RunStore
 
+if TYPE_CHECKING:
+    from perfscale.execute import Outcome  # execute calls this module: no import back
+
 log = logging.getLogger(__name__)
 
 OUTPUT_TAIL = 3000  # characters of the launcher's output kept in a failed attempt's message
+
+
+def failed_attempt(
+    task: Task,
+    attempt: int,
+    started: datetime,
+    duration: float,
+    kind: FailureKind,
+    rc: int | None,
+    message: str,
+) -> Attempt:
+    """The record of an attempt this process saw fail (its host and pid)."""
+    return Attempt(
+        task.key, task.stage, task.index, attempt, socket.gethostname(), os.getpid(), started, utcnow(),
+        duration, False, rc, kind.value, message,
+    )  # fmt: skip
 
 
 def outcome_file(store: RunStore, task: Task, attempt: int) -> Path:
@@ -113,9 +135,7 @@ def launch(store: RunStore, task: Task, outcome: Outcome, first_attempt: int) ->
             outcome.attempts.extend(records)
         else:
             duration = time.perf_counter() - t0
-            outcome.attempts.append(
-                _attempt_record(task, attempt, started, duration, False, kind, rc, message)
-            )
+            outcome.attempts.append(failed_attempt(task, attempt, started, duration, kind, rc, message))
         if records and records[-1].ok and store.shard_done(task.stage, task.key):
             outcome.ok, outcome.failure_kind, outcome.message = True, None, None
             return outcome
@@ -128,25 +148,28 @@ def launch(store: RunStore, task: Task, outcome: Outcome, first_attempt: int) ->
         return outcome
 
 
-def run_rank(store: RunStore, task: Task, attempt: int) -> tuple[int, Outcome]:
-    """One attempt of a multi-rank task on this rank; (rank, outcome). Only rank 0's outcome is recorded."""
+RunAttempts = Callable[[RunStore, Task, "Outcome", int, int], "Outcome"]
+
+
+def run_rank(store: RunStore, task: Task, attempt: int, outcome: Outcome, run: RunAttempts) -> int:
+    """One attempt of a multi-rank task on this rank, run by `run(store, task, outcome, attempt, rank)`
+    (perfscale.execute's attempt loop) inside the distributed session; returns the rank. Only rank 0's
+    outcome is recorded."""
     from perfscale.distributed.bootstrap import mpi_world, session
 
-    outcome = Outcome(index=task.index, key=task.key, stage=task.stage, ok=False)
     rank = mpi_world()[0]
     started, t0 = utcnow(), time.perf_counter()
     try:
         with session(task.key, task.ranks, gpus=task.gpus_per_rank > 0) as s:
             # one attempt (the launching side retries the whole job); thread pools sized to the rank's cores
             one = dataclasses.replace(task, retry={}, cores=task.cores_per_rank)
-            return s.rank, _attempts(store, one, outcome, attempt, s.rank)
+            run(store, one, outcome, attempt, s.rank)
+            return s.rank
     except TaskFailure as exc:  # the session could not start (wrong world size, no port): nothing ran
         outcome.failure_kind, outcome.message = exc.kind.value, str(exc)
-        record = _attempt_record(
-            task, attempt, started, time.perf_counter() - t0, False, exc.kind, None, _message(exc)
-        )
-        outcome.attempts.append(record)
-        return rank, outcome
+        duration = time.perf_counter() - t0
+        outcome.attempts.append(failed_attempt(task, attempt, started, duration, exc.kind, None, str(exc)))
+        return rank
     finally:
         for scratch in Path(tempfile.gettempdir()).glob(f"perfscale-{task.key}-rank{rank}-*"):
             shutil.rmtree(scratch, ignore_errors=True)
