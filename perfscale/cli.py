@@ -218,11 +218,27 @@ def cmd_task_run(args: argparse.Namespace) -> int:
     store = open_store(args.plan.parent)
     if not 0 <= args.index < len(store.plan.tasks):
         raise PerfscaleError(f"{args.plan}: index {args.index} out of range 0..{len(store.plan.tasks) - 1}")
-    attempts = store.attempts()
-    previous = attempts.loc[attempts.task_key == store.plan.tasks[args.index].key, "attempt"]
-    outcome = execute_task(store.root, args.index, int(previous.max()) + 1 if len(previous) else 1)
+    task = store.plan.tasks[args.index]
+    attempt = args.attempt
+    if attempt is None:
+        attempts = store.attempts()
+        previous = attempts.loc[attempts.task_key == task.key, "attempt"]
+        attempt = int(previous.max()) + 1 if len(previous) else 1
+    if task.ranks > 1:  # this process is one rank of the task's MPI job (perfscale/distributed/task.py)
+        from perfscale.execute import execute_rank
+
+        rank, outcome = execute_rank(store.root, args.index, attempt)
+        if rank != 0:
+            return 0 if outcome.ok else 1
+    else:
+        outcome = execute_task(store.root, args.index, attempt)
     with disk_full_named(store.root):
-        store.append_attempts(outcome.attempts)
+        if args.outcome is not None:
+            from perfscale.distributed.task import write_records
+
+            write_records(args.outcome, outcome.attempts)
+        else:
+            store.append_attempts(outcome.attempts)
     if outcome.ok:
         console.print(
             f"task {args.index} ({outcome.stage} {outcome.key}): "
@@ -230,7 +246,9 @@ def cmd_task_run(args: argparse.Namespace) -> int:
         )
         return 0
     err_console.print(
-        f"task {args.index} ({outcome.stage} {outcome.key}) failed: {outcome.failure_kind}\n{outcome.message}"
+        f"task {args.index} ({outcome.stage} {outcome.key}) failed: {outcome.failure_kind}\n"
+        f"{outcome.message}",
+        markup=False,  # the message is the task's: "[...]" in it is not rich markup
     )
     return 1
 
@@ -380,6 +398,8 @@ def parser() -> argparse.ArgumentParser:
     tr = tsub.add_parser("run")
     tr.add_argument("plan", type=Path, help="RUN/plan.parquet")
     tr.add_argument("index", type=int)
+    tr.add_argument("--attempt", type=int, help="the attempt's number (default: the next after the table's)")
+    tr.add_argument("--outcome", type=Path, help="write the attempt records here, not to the attempts table")
     tr.set_defaults(fn=cmd_task_run)
 
     sh = sub.add_parser("show", help="print a stage's table")

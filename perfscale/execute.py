@@ -121,6 +121,8 @@ def classify(exc: BaseException) -> tuple[FailureKind, int | None]:
         return exc.kind, 128 + exc.signum
     if isinstance(exc, ValidationError):
         return FailureKind.BAD_INPUT, None
+    if _lost_peer(exc):
+        return FailureKind.NODE_LOST, None
     if isinstance(exc, MemoryError):
         return FailureKind.OOM, None
     if isinstance(exc, TimeoutError):
@@ -128,6 +130,20 @@ def classify(exc: BaseException) -> tuple[FailureKind, int | None]:
     if isinstance(exc, KeyboardInterrupt):
         return FailureKind.CANCELLED, None
     return FailureKind.APP_ERROR, None
+
+
+def _lost_peer(exc: BaseException) -> bool:
+    """A torch.distributed collective failed: a peer rank died or stopped answering. torch raises DistError
+    for some; gloo's transport errors ("Read error ... Connection reset by peer") are plain RuntimeErrors."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not isinstance(exc, RuntimeError):
+        return False
+    return isinstance(exc, getattr(dist, "DistError", ())) or any(m in str(exc) for m in _LOST_PEER)
+
+
+_LOST_PEER = ("/gloo/transport/", "NCCL communicator was aborted", "Connection closed by peer")
 
 
 def _message(exc: BaseException) -> str:
@@ -185,6 +201,10 @@ def execute_task(root: str | Path, index: int, first_attempt: int = 1) -> Outcom
     if store.shard_done(task.stage, task.key):  # a bad shard is quarantined here and the task runs again
         outcome.ok = outcome.skipped = True
         return outcome
+    if task.ranks > 1:  # an MPI job: every rank runs `perfscale task run`, started by the site's launcher
+        from perfscale.distributed.task import launch
+
+        return launch(store, task, outcome, first_attempt)
     try:
         with scheduler_signals():
             return _attempts(store, task, outcome, first_attempt)
@@ -199,7 +219,20 @@ def execute_task(root: str | Path, index: int, first_attempt: int = 1) -> Outcom
         return outcome
 
 
-def _attempts(store: RunStore, task: Task, outcome: Outcome, first_attempt: int) -> Outcome:
+def execute_rank(root: str | Path, index: int, attempt: int) -> tuple[int, Outcome]:
+    """One attempt of multi-rank task `index` on this rank of its MPI job (`perfscale task run` inside the
+    launch): (rank, outcome); rank 0 alone writes (perfscale/distributed/task.py)."""
+    from perfscale.distributed.task import run_rank
+
+    store = open_store(root)
+    task = store.plan.tasks[index]
+    outcome = Outcome(index=index, key=task.key, stage=task.stage, ok=False)
+    return run_rank(store, task, attempt, outcome, _attempts), outcome
+
+
+def _attempts(store: RunStore, task: Task, outcome: Outcome, first_attempt: int, rank: int = 0) -> Outcome:
+    """Attempts of `task` until one succeeds or the retry budget is spent. `rank` > 0 (a rank of a multi-rank
+    task other than 0) runs the stage but writes no shard."""
     kind = get_stage_kind(task.kind)
     retries: Counter[FailureKind] = Counter()
     attempt = first_attempt
@@ -208,11 +241,12 @@ def _attempts(store: RunStore, task: Task, outcome: Outcome, first_attempt: int)
         try:
             params = kind.params.model_validate(task.params)
             with _thread_limit(task.cores):
-                result = kind.run(StageContext(store, task, attempt), params)
+                result = kind.run(StageContext(store, task, attempt, rank), params)
             duration = time.perf_counter() - t0
             prov = Provenance(task.key, store.site.name, _HOST, started, duration, attempt)
             record = _attempt_record(task, attempt, started, duration, True)
-            store.write_shard(task.stage, task.key, result, prov, attempt=record)  # the footer keeps it too
+            if rank == 0:
+                store.write_shard(task.stage, task.key, result, prov, attempt=record)  # the footer keeps it
         except BaseException as exc:  # a task failure is data: record it, never crash the worker
             failure, exit_status = classify(exc)
             msg = _message(exc)

@@ -15,7 +15,8 @@ done
 # Slurm for the real-scheduler tests (tests/slurm_cluster.py starts its own daemons from a temporary config):
 # controller, node daemon and clients (slurm-wlm), MUNGE authentication, and slurmdbd + MariaDB because sacct,
 # which array mode polls, needs accounting storage.
-for pkg in slurm-wlm slurmdbd munge mariadb-server; do
+# Open MPI for multi-rank tasks (perfscale/distributed, the mpi4py wheel builds against libopenmpi-dev).
+for pkg in slurm-wlm slurmdbd munge mariadb-server openmpi-bin libopenmpi-dev; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if ((${#missing[@]})); then

@@ -31,3 +31,26 @@ stages:
     grid:
       product: {x: [1, 2]}
 """
+
+NOOP = """\
+name: tiny
+stages:
+  touch:
+    kind: noop
+    grid:
+      product: {x: [1, 2, 3]}
+"""
+
+
+def slow_squares(n: int, delay: float, name: str = "slow") -> str:
+    """A study of n `slow_square` tasks (x = 0..n-1), each sleeping `delay` seconds: time to kill a run."""
+    xs = ", ".join(map(str, range(n)))
+    return f"""\
+name: {name}
+stages:
+  square:
+    kind: function
+    params: {{callable: "fns.py:slow_square", delay: {delay}}}
+    grid:
+      product: {{x: [{xs}]}}
+"""

@@ -25,6 +25,7 @@ from perfscale.status import run_status
 from perfscale.store import RunStore
 from perfscale.store.recover import RECOVERED_MESSAGE
 from perfscale.store.shards import SHARD_META
+from tests.studies import slow_squares
 
 TESTS = Path(__file__).parent
 
@@ -297,19 +298,8 @@ def test_deleted_attempt_rows_are_read_back_from_the_shards(run, capsys):
     assert "8 finished task(s) had lost their attempt row" in capsys.readouterr().out
 
 
-SLOW = """\
-name: slow
-stages:
-  square:
-    kind: function
-    params: {callable: "fns.py:slow_square", delay: 0.3}
-    grid:
-      product: {x: [%s]}
-"""
-
-
 def test_sigkill_of_perfscale_run_leaves_every_finished_task_explained(write_study, tmp_path, capsys):
-    study = write_study(SLOW % ", ".join(map(str, range(30))))
+    study = write_study(slow_squares(30, 0.3))
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "perfscale.cli", "run", str(study), "--run-dir", str(run)]
     cmd += ["--engine", "local", "--workers", "1", "--no-report", "--quiet"]

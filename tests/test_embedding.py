@@ -22,6 +22,7 @@ import tomllib
 
 from perfscale.errors import BadInput, FailureKind
 from perfscale.extras import MissingExtra, require
+from tests.studies import NOOP
 
 ROOT = Path(__file__).resolve().parents[1]
 # every module an extra brings (and the ones it pulls in that perfscale imports itself)
@@ -30,15 +31,6 @@ OPTIONAL = [
     *("sdv", "torch", "safetensors", "xgboost", "umap"),
     *("transformers", "tokenizers", "gguf", "accelerate", "deepspeed", "mpi4py"),
 ]
-
-NOOP = """\
-name: tiny
-stages:
-  touch:
-    kind: noop
-    grid:
-      product: {x: [1, 2, 3]}
-"""
 
 
 def python_without(modules: list[str], code: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -16,15 +16,9 @@ import pytest
 from perfscale.runner import prepare_run, run_plan
 from perfscale.spec import load_site
 from perfscale.store import PROVENANCE_COLUMNS, RunStore
+from tests.studies import slow_squares
 
-STUDY = """\
-name: killme
-stages:
-  square:
-    kind: function
-    params: {callable: "fns.py:slow_square", delay: 0.15}
-    grid:
-      product: {x: [%s]}
+TOTAL = """\
   total:
     kind: function
     params: {callable: "fns.py:total"}
@@ -43,7 +37,7 @@ def _values(store: RunStore, stage: str):
 
 @pytest.mark.parametrize("seed", [11, 12])
 def test_sigkill_then_resume_equals_uninterrupted(write_study, tmp_path, seed):
-    study = write_study(STUDY % ", ".join(map(str, range(N))))
+    study = write_study(slow_squares(N, 0.15, "killme") + TOTAL)
     run = tmp_path / "killed"
     cmd = [
         sys.executable,

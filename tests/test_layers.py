@@ -122,7 +122,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # the scheduler table the site model checks `scheduler:` and `launcher:` against
     ("scheduler table", ("perfscale.sched.base", "perfscale.sched.mpi", "perfscale.sched.client")),
     # libraries: know nothing of studies, plans or runs
-    ("libraries", ("perfscale.collect", "perfscale.ingest", "perfscale.llm")),
+    # perfscale.distributed: the torch.distributed bootstrap from MPI (its task module is called by execute)
+    ("libraries", ("perfscale.collect", "perfscale.ingest", "perfscale.llm", "perfscale.distributed")),
     ("models and measures", ("perfscale.generators", "perfscale.metrics", "perfscale.models")),
     ("spec", ("perfscale.spec",)),
     ("plan", ("perfscale.plan",)),
@@ -133,6 +134,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("status", ("perfscale.status",)),
     ("report", ("perfscale.report",)),
     ("stages", ("perfscale.stages",)),
+    ("distributed tasks", ("perfscale.distributed.task",)),  # a multi-rank task's launch and rank side
     ("execute", ("perfscale.execute",)),
     ("engines", ("perfscale.engines",)),
     ("runner", ("perfscale.runner",)),

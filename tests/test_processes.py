@@ -20,6 +20,7 @@ from perfscale.store import RunStore
 from perfscale.store.lock import LOCK_NAME
 from perfscale.store.space import RESERVE_NAME, DiskFull
 from tests.procs import alive, in_session, processes
+from tests.studies import slow_squares
 
 ROOT = Path(__file__).parent.parent
 GRID = """\
@@ -58,7 +59,7 @@ def grid_study(write_study, n: int, params: str) -> Path:
 
 
 def slow_study(write_study, n: int, delay: float) -> Path:
-    return grid_study(write_study, n, f'{{callable: "fns.py:slow_square", delay: {delay}}}')
+    return write_study(slow_squares(n, delay))
 
 
 def gated_study(write_study, n: int) -> Path:

@@ -18,21 +18,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.studies import NOOP
+
 ROOT = Path(__file__).resolve().parents[1]
 SITE_FILES = sorted(p.stem for p in (ROOT / "site_configs").glob("*.yaml"))
 # what the wheel is built from: the package, its build files and the two data folders
 SOURCES = ("perfscale", "site_configs", "launchers", "pyproject.toml", "setup.py", "MANIFEST.in", "README.md")
 
 pytestmark = pytest.mark.slow  # ~20 s: a wheel build, a venv, and the CLI started a dozen times
-
-NOOP = """\
-name: tiny
-stages:
-  touch:
-    kind: noop
-    grid:
-      product: {x: [1, 2, 3]}
-"""
 
 
 def _copy_sources(dest: Path) -> None:

@@ -42,6 +42,10 @@ class Task:
     walltime_s: float = 3600.0
     expected_runtime_s: float = 3600.0
     retry: dict[str, int] = field(default_factory=dict)
+    ranks: int = 1  # > 1: an MPI job (perfscale/distributed)
+    ranks_per_node: int = 1
+    cores_per_rank: int = 1
+    gpus_per_rank: int = 0
 
 
 _JSON_FIELDS = ("params", "inputs", "retry")
@@ -106,6 +110,10 @@ _PLAN_SCHEMA = pa.schema(
         ("walltime_s", pa.float64()),
         ("expected_runtime_s", pa.float64()),
         ("retry", pa.string()),
+        ("ranks", pa.int64()),
+        ("ranks_per_node", pa.int64()),
+        ("cores_per_rank", pa.int64()),
+        ("gpus_per_rank", pa.int64()),
     ]
 )
 
@@ -223,6 +231,10 @@ def build_plan(study: Study, source: str = "<study>", site: Site | None = None) 
         params_model = get_stage_kind(kind, where=f"{source}: stages.{name}.kind").params
         named = PlanCheck(name, tuple(spec.inputs), spec.foreach, kinds_by_stage)
         checks = _Checks(spec, name, params_model, named, source, context, lines)
+        if site is not None and (resources.ranks > 1 or resources.gpus_per_rank):
+            from perfscale.sched.mpi import check_ranks
+
+            check_ranks(resources, site, lines.where(("stages", name, "resources")), f"stages.{name}")
         points = expand_grid(spec.grid)
         if not points:
             loc = ("stages", name, "grid", "exclude")
@@ -256,6 +268,11 @@ def build_plan(study: Study, source: str = "<study>", site: Site | None = None) 
                                 walltime_s=resources.walltime,
                                 expected_runtime_s=resources.expected_runtime or resources.walltime,
                                 retry=retry,
+                                ranks=resources.ranks,
+                                ranks_per_node=resources.ranks_per_node
+                                or -(-resources.ranks // resources.nodes),
+                                cores_per_rank=resources.cores_per_rank,
+                                gpus_per_rank=resources.gpus_per_rank,
                             )
                         )
         if len(set(keys)) != len(keys):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from perfscale.errors import SpecError
 from perfscale.plan.planner import Task
+from perfscale.sched.mpi import task_layout
 from perfscale.spec.common import format_walltime
 from perfscale.spec.site import Site
 
@@ -45,6 +46,11 @@ class ArrayJob:
     partition: str | None
     account: str | None
     throttle: int
+    # a multi-rank stage (resources.ranks > 1): each task line is the site launcher's MPI launch
+    ranks: int = 1
+    ranks_per_node: int = 1
+    cores_per_rank: int = 1
+    gpus_per_rank: int = 0
 
     @property
     def walltime_s(self) -> float:
@@ -124,13 +130,17 @@ def stage_arrays(
                 name=f"{study}-{stage}-{n}",
                 stage=stage,
                 elements=part_elements,
-                nodes=first.nodes,
-                cores=first.cores,
+                nodes=max(first.nodes, task_layout(first).nodes) if first.ranks > 1 else first.nodes,
+                cores=first.cores_per_rank if first.ranks > 1 else first.cores,
                 memory_gb=first.memory_gb,
-                gpus=first.gpus,
+                gpus=max(first.gpus, first.ranks_per_node * first.gpus_per_rank),
                 partition=pname,
                 account=account,
                 throttle=min(throttle or site.limits.array_throttle, len(part_elements)),
+                ranks=first.ranks,
+                ranks_per_node=first.ranks_per_node,
+                cores_per_rank=first.cores_per_rank,
+                gpus_per_rank=first.gpus_per_rank,
             )
         )
     return arrays

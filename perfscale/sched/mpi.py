@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from perfscale.errors import SpecError
 
@@ -118,3 +118,90 @@ def launch_line(site: Site, layout: Layout, launcher: str | None = None) -> list
     found = launcher_for(site, launcher)
     check_layout(layout, site)
     return found.line(layout)
+
+
+# ---- multi-rank tasks (perfscale/distributed) ----------------------------------------------------------
+
+
+class _RankResources(Protocol):
+    ranks: int
+    cores_per_rank: int
+    gpus_per_rank: int
+
+
+def task_layout(res: _RankResources) -> Layout:
+    """The rank layout of a stage's resources or a task (ranks_per_node None: ranks spread over `nodes`)."""
+    given = getattr(res, "ranks_per_node", None) or -(-res.ranks // getattr(res, "nodes", 1))
+    per_node = min(given, res.ranks)
+    nodes = -(-res.ranks // per_node)
+    return Layout(nodes, per_node, res.cores_per_rank, res.gpus_per_rank)
+
+
+def check_ranks(res: _RankResources, site: Site, where: str, field: str) -> None:
+    """Plan-time check that the site can hold a multi-rank stage: SpecError naming the field and the fix."""
+    import shutil
+    from importlib.util import find_spec
+
+    lay = task_layout(res)
+    at = f"{where}: {field}.resources"
+    if res.ranks % lay.ranks_per_node:
+        raise SpecError(
+            f"{at}.ranks: {res.ranks} ranks do not fill nodes of {lay.ranks_per_node} ranks; make ranks a "
+            "multiple of ranks_per_node"
+        )
+    if lay.nodes > site.limits.max_nodes:
+        raise SpecError(
+            f"{at}.ranks: {res.ranks} ranks at {lay.ranks_per_node} per node need {lay.nodes} nodes, site "
+            f"{site.name!r} has {site.limits.max_nodes}; lower ranks or raise ranks_per_node"
+        )
+    if lay.ranks_per_node * lay.cores_per_rank > site.cores:
+        raise SpecError(
+            f"{at}.ranks_per_node: {lay.ranks_per_node} ranks x {lay.cores_per_rank} cores_per_rank exceed "
+            f"the "
+            f"{site.cores} cores of a {site.name!r} node; lower ranks_per_node or cores_per_rank"
+        )
+    if lay.gpus_per_rank and not site.gpus_per_node:
+        raise SpecError(
+            f"{at}.gpus_per_rank: site {site.name!r} has no GPUs (gpus_per_node: 0); remove gpus_per_rank "
+            "or choose a site with GPUs"
+        )
+    if lay.ranks_per_node * lay.gpus_per_rank > site.gpus_per_node:
+        raise SpecError(
+            f"{at}.gpus_per_rank: {lay.ranks_per_node} ranks x {lay.gpus_per_rank} GPUs exceed the "
+            f"{site.gpus_per_node} GPUs of a {site.name!r} node; lower ranks_per_node or gpus_per_rank"
+        )
+    if res.ranks > 1 and launcher_for(site) is MPIRUN and shutil.which("mpirun") is None:
+        raise SpecError(
+            f"{at}.ranks: {res.ranks} ranks need MPI, and mpirun is not on PATH; install Open MPI "
+            "(apt-get install openmpi-bin libopenmpi-dev) or set ranks: 1"
+        )
+    if res.ranks > 1 and find_spec("mpi4py") is None:
+        raise SpecError(
+            f"{at}.ranks: {res.ranks} ranks need mpi4py, which is not installed; pip install "
+            "'perfscale[mpi]' or set ranks: 1"
+        )
+
+
+def mpi_program(plan_path: str, *args: str) -> list[str]:
+    """What every rank runs: `perfscale task run PLAN ...` under mpi4py's runner (-m mpi4py), which aborts
+    every rank when one of them raises, so no rank waits forever on a dead peer."""
+    import sys
+
+    return [sys.executable, "-m", "mpi4py", "-m", "perfscale.cli", "task", "run", plan_path, *args]
+
+
+def task_launch_line(site: Site, res: _RankResources) -> list[str]:
+    """The launcher's argument list for a multi-rank task on `site` (append `mpi_program(...)`).
+
+    mpirun on a machine without a scheduler also gets --oversubscribe (hardware threads and a busy machine
+    must not refuse the job) and, for root only, --allow-run-as-root.
+    """
+    import os
+
+    from perfscale.sched.base import scheduler_class
+
+    line = launch_line(site, task_layout(res))
+    if launcher_for(site) is MPIRUN and not scheduler_class(site.scheduler).batch:
+        root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
+        line = [line[0], *root, "--oversubscribe", *line[1:]]
+    return line

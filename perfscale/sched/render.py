@@ -67,10 +67,15 @@ def directive_value(value: object) -> str:
     return shlex.quote(_one_line(str(value)))
 
 
-def task_command(site: Site, plan_path: Path, cores: int, gpus: int) -> str:
+def task_command(site: Site, plan_path: Path, cores: int, gpus: int, job: ArrayJob | None = None) -> str:
     """The command an element runs per task, wrapped in the site launcher where the batch script does not run
-    on the compute node (`Scheduler.wraps_tasks`: LSF's launch node on Lassen-like machines)."""
+    on the compute node (`Scheduler.wraps_tasks`: LSF's launch node on Lassen-like machines). A multi-rank
+    stage's task line is the MPI launch: every rank runs `perfscale task run PLAN INDEX`."""
     argv = [sys.executable, "-m", "perfscale.cli", "task", "run", str(plan_path.resolve())]
+    if job is not None and job.ranks > 1:
+        from perfscale.sched.mpi import mpi_program, task_launch_line
+
+        return shlex.join([*task_launch_line(site, job), *mpi_program(str(plan_path.resolve()))])
     if scheduler_class(site.scheduler).wraps_tasks:
         argv = [*launch_line(site, Layout(cores_per_rank=cores, gpus_per_rank=gpus, bind="none")), *argv]
     return shlex.join(argv)
@@ -112,7 +117,7 @@ def render_array(job: ArrayJob, site: Site, run_root: Path) -> Rendered:
         "directives": [_one_line(d) for d in site.directives],
         "index_file": str(run_root.resolve() / "arrays" / f"{job.name}.idx"),
         "script_file": str(run_root.resolve() / "arrays" / f"{job.name}.sh"),
-        "task_command": task_command(site, run_root / "plan.parquet", job.cores, job.gpus),
+        "task_command": task_command(site, run_root / "plan.parquet", job.cores, job.gpus, job),
         **sched.template_values(job, site, run_root),
     }
     script = _env().get_template(sched.template).render(**values)

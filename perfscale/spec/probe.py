@@ -197,10 +197,29 @@ def check_mpi(site: Site) -> Check:
     mpirun = next((x.strip() for x in out.splitlines() if x.strip()), "mpirun") if out else None
     mpi4py = importlib.util.find_spec("mpi4py") is not None
     found = f"mpirun: {mpirun or 'missing'}; mpi4py: {'importable' if mpi4py else 'missing'}"
+    if site.launcher in ("local", "mpirun") and mpirun and mpi4py:
+        found += f"; 2 ranks here: {mpi_works()}"
     if site.launcher == "local":
-        return Check("MPI", "not claimed", found, True)
+        return Check("MPI", "not claimed (multi-rank tasks need it)", found, True)
+    if site.launcher == "mpirun":
+        return Check("MPI", "mpirun starts 2 mpi4py ranks", found, found.endswith("2 ranks here: works"))
     # cluster launchers start MPI ranks themselves; the ranks still need mpi4py
     return Check("MPI", "mpi4py importable", found, mpi4py)
+
+
+_HELLO = "from mpi4py import MPI; c = MPI.COMM_WORLD; n = c.allreduce(1); c.Get_rank() or print('ranks', n)"
+
+
+def mpi_works() -> str:
+    """'works' when mpirun starts 2 mpi4py ranks that all-reduce here; otherwise why not."""
+    import sys
+
+    root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
+    argv = ["mpirun", *root, "--oversubscribe", "-n", "2", sys.executable, "-m", "mpi4py", "-c", _HELLO]
+    out = _run(argv, with_stderr=True)
+    if out is None:
+        return f"fails ({shlex.join(argv)} exited non-zero or timed out)"
+    return "works" if "ranks 2" in out else f"fails (output {out.strip()[-200:]!r})"
 
 
 def probe(site: Site) -> list[Check]:

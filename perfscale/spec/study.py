@@ -24,6 +24,11 @@ class Resources(Strict):
     expected_runtime: Walltime | None = Field(
         None, description="used to pack array chunks; defaults to walltime"
     )
+    # a task with ranks > 1 is an MPI job started by the site's launcher (docs/distributed.md)
+    ranks: int = Field(1, ge=1, description="MPI ranks of each task (total over its nodes)")
+    ranks_per_node: int | None = Field(None, ge=1, description="default: all ranks on one node")
+    cores_per_rank: int = Field(1, ge=1)
+    gpus_per_rank: int = Field(0, ge=0)
 
 
 class RetryPolicy(Strict):

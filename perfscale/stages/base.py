@@ -45,6 +45,7 @@ class StageContext:
     store: RunStore
     task: Task
     attempt: int
+    rank: int = 0  # of a multi-rank task: only rank 0 writes to the run folder
 
     @property
     def site(self) -> Site:
@@ -77,7 +78,12 @@ class StageContext:
 
     @cached_property
     def artifacts(self) -> Path:
-        """An empty folder of this task's own, for files besides its shard (cleared at each attempt)."""
+        """An empty folder of this task's own, for files besides its shard (cleared at each attempt). The
+        other ranks of a multi-rank task get a scratch folder outside the run (perfscale.distributed.task)."""
+        if self.rank:
+            import tempfile
+
+            return Path(tempfile.mkdtemp(prefix=f"perfscale-{self.task.key}-rank{self.rank}-"))
         return self.store.clear_artifacts(self.task.stage, self.task.key)
 
     @cached_property

@@ -20,6 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from perfscale.generators.tabddpm import rows as row_draws
+from perfscale.generators.tabddpm.rows import RowPart
+
 # |x_0| <= X0_BOUND in model space: scikit-learn's normal-output quantile transform clips to
 # norm.ppf(1 - 1e-7) = 5.199. Predicted x_0 is clipped to it while sampling (`clip_denoised` of
 # guided-diffusion; the reference TabDDPM code leaves it off): near t = T the eps -> x_0 conversion multiplies
@@ -185,17 +188,19 @@ class Diffusion:
         """log p(x_{t-1} | x_t): the posterior given the model's x_0 distribution."""
         return self._q_posterior(self._log_softmax(logits), log_x_t, t)
 
-    def sample_categorical(self, log_probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """One draw per column (Gumbel-max), as log one-hot rows."""
-        uniform = torch.rand(log_probs.shape, generator=generator, device=log_probs.device)
+    def sample_categorical(
+        self, log_probs: torch.Tensor, generator: torch.Generator, part: RowPart | None = None
+    ) -> torch.Tensor:
+        """One draw per column (Gumbel-max), as log one-hot rows (`part`: see rows.py)."""
+        uniform = row_draws.rand(tuple(log_probs.shape), generator, log_probs.device, part)
         gumbel = -torch.log(-torch.log(uniform + 1e-30) + 1e-30)
         return self.log_onehot(self.codes(gumbel + log_probs))
 
     def multinomial_q_sample(
-        self, log_x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator
+        self, log_x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator, part: RowPart | None = None
     ) -> torch.Tensor:
         """x_t ~ q(x_t | x_0), as log one-hot rows."""
-        return self.sample_categorical(self._q_pred(log_x0, t), generator)
+        return self.sample_categorical(self._q_pred(log_x0, t), generator, part)
 
     def multinomial_q_step(
         self, log_x_prev: torch.Tensor, t: torch.Tensor, generator: torch.Generator
@@ -214,13 +219,23 @@ class Diffusion:
 
     # ---- losses ------------------------------------------------------------------------------------------
 
-    def gaussian_loss(self, eps_pred: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return ((eps_pred - noise) ** 2).mean(dim=1).mean()
+    def gaussian_loss(
+        self, eps_pred: torch.Tensor, noise: torch.Tensor, rows_sum: bool = False
+    ) -> torch.Tensor:
+        """Batch mean (`rows_sum`: the sum over rows, for a rank's share of a global mean)."""
+        per_row = ((eps_pred - noise) ** 2).mean(dim=1)
+        return per_row.sum() if rows_sum else per_row.mean()
 
     def multinomial_loss(
-        self, logits: torch.Tensor, log_x0: torch.Tensor, log_x_t: torch.Tensor, t: torch.Tensor
+        self,
+        logits: torch.Tensor,
+        log_x0: torch.Tensor,
+        log_x_t: torch.Tensor,
+        t: torch.Tensor,
+        rows_sum: bool = False,
     ) -> torch.Tensor:
-        """The vb_stochastic loss of the reference code: KL_t / p(t) + KL_prior, per column, batch mean."""
+        """The vb_stochastic loss of the reference code: KL_t / p(t) + KL_prior, per column, batch mean
+        (`rows_sum`: the sum over rows)."""
         log_true = self._q_posterior(log_x0, log_x_t, t)
         log_model = self._p_pred(logits, log_x_t, t)
         kl = (log_true.exp() * (log_true - log_model)).sum(dim=1)
@@ -229,7 +244,8 @@ class Diffusion:
         last = torch.full_like(t, self.num_timesteps - 1)
         log_qT = self._q_pred(log_x0, last)
         kl_prior = (log_qT.exp() * (log_qT + self.log_k)).sum(dim=1)
-        return ((lt * self.num_timesteps + kl_prior) / len(self.num_classes)).mean()
+        per_row = (lt * self.num_timesteps + kl_prior) / len(self.num_classes)
+        return per_row.sum() if rows_sum else per_row.mean()
 
 
 def _at(values: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from perfscale.generators.tabddpm import rows as row_draws
+from perfscale.generators.tabddpm.rows import RowPart
+
 if TYPE_CHECKING:
     from perfscale.generators.tabddpm.config import TabDDPMConfig
 
@@ -45,14 +48,16 @@ class Denoiser(nn.Module):
         log_x_cat: torch.Tensor,
         t: torch.Tensor,
         generator: torch.Generator | None = None,
+        part: RowPart | None = None,
     ) -> torch.Tensor:
-        """[noise prediction for x_num, x_0 logits for log_x_cat] for noisy inputs at timesteps `t`."""
+        """[noise prediction for x_num, x_0 logits for log_x_cat] for noisy inputs at timesteps `t` (`part`:
+        these rows' place in a global batch, so dropout masks do not depend on the rank count)."""
         x = self.encode_input(x_num, log_x_cat)
         h = self.proj(x) + self.time_embed(timestep_embedding(t, self.dim_t))
         for layer in self.hidden:
             h = torch.relu(layer(h))
             if self.training and self.dropout > 0 and generator is not None:
-                keep = torch.rand(h.shape, generator=generator, device=h.device) >= self.dropout
+                keep = row_draws.rand(tuple(h.shape), generator, h.device, part) >= self.dropout
                 h = h * keep / (1 - self.dropout)
         return self.head(h)
 

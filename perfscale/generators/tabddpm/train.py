@@ -29,9 +29,11 @@ import numpy as np
 import torch
 
 from perfscale.errors import BadInput
+from perfscale.generators.tabddpm import rows as row_draws
 from perfscale.generators.tabddpm.config import TabDDPMConfig
 from perfscale.generators.tabddpm.diffusion import Diffusion
 from perfscale.generators.tabddpm.model import Denoiser, build_denoiser
+from perfscale.generators.tabddpm.rows import RowPart
 from perfscale.store.atomic import atomic_write
 
 LOSS_NAMES = ("gaussian", "multinomial", "total")
@@ -98,21 +100,29 @@ def batch_loss(
     x_num: torch.Tensor,
     x_cat: torch.Tensor,
     generator: torch.Generator,
+    part: RowPart | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The TabDDPM loss of one batch: Gaussian MSE on the noise + the multinomial KL terms (LOSS_NAMES)."""
+    """The TabDDPM loss of one batch: Gaussian MSE on the noise + the multinomial KL terms (LOSS_NAMES).
+
+    With `part` the rows are one rank's share of a global batch: the random draws are those of the whole
+    batch (rows.py) and the losses are this share's part of the global batch mean (sums / global rows), so
+    the shares of all ranks add up to the one-process loss.
+    """
     rows, device = x_num.shape[0], x_num.device
-    t = torch.randint(0, diffusion.num_timesteps, (rows,), generator=generator, device=device)
-    noise = torch.randn(x_num.shape, generator=generator, device=device)
+    t = row_draws.randint(diffusion.num_timesteps, rows, generator, device, part)
+    noise = row_draws.randn(tuple(x_num.shape), generator, device, part)
     x_num_t = diffusion.gaussian_q_sample(x_num, t, noise)
     log_x0 = diffusion.log_onehot(x_cat)
-    log_x_t = diffusion.multinomial_q_sample(log_x0, t, generator) if diffusion.num_classes else log_x0
-    out = denoiser(x_num_t, log_x_t, t, generator)
+    log_x_t = diffusion.multinomial_q_sample(log_x0, t, generator, part) if diffusion.num_classes else log_x0
+    out = denoiser(x_num_t, log_x_t, t, generator, part=part)
     zero = torch.zeros((), device=device)
-    d = diffusion.num_numeric
-    gaussian = diffusion.gaussian_loss(out[:, :d], noise) if d else zero
+    d, share = diffusion.num_numeric, part is not None
+    gaussian = diffusion.gaussian_loss(out[:, :d], noise, share) if d else zero
     multinomial = (
-        diffusion.multinomial_loss(out[:, d:], log_x0, log_x_t, t) if diffusion.num_classes else zero
+        diffusion.multinomial_loss(out[:, d:], log_x0, log_x_t, t, share) if diffusion.num_classes else zero
     )
+    if part is not None:
+        gaussian, multinomial = gaussian / part.total, multinomial / part.total
     return {"gaussian": gaussian, "multinomial": multinomial, "total": gaussian + multinomial}
 
 
@@ -135,15 +145,25 @@ def train_step(
     x_cat: torch.Tensor,
     generator: torch.Generator,
     lr: float,
+    part: RowPart | None = None,
+    world: int = 1,
 ) -> tuple[float, float, float]:
-    """One optimizer step on one batch; the batch's losses in LOSS_NAMES order."""
+    """One optimizer step on one batch; the batch's losses in LOSS_NAMES order.
+
+    Data-parallel (`denoiser` wrapped in DistributedDataParallel, `part` this rank's rows): DDP averages the
+    gradients over the `world` ranks, so each rank's share of the global mean is scaled by `world`; the
+    reported losses are the all-reduced sum of the shares, the global batch's losses.
+    """
     denoiser.train()
     optimizer.zero_grad(set_to_none=True)
-    losses = batch_loss(denoiser, diffusion, x_num, x_cat, generator)
-    losses["total"].backward()
+    losses = batch_loss(denoiser, diffusion, x_num, x_cat, generator, part)  # type: ignore[arg-type]
+    (losses["total"] * world).backward()
     optimizer_step(optimizer, lr)
-    values = torch.stack([losses[name].detach() for name in LOSS_NAMES]).cpu().tolist()
-    return values[0], values[1], values[2]
+    values = torch.stack([losses[name].detach() for name in LOSS_NAMES])
+    if part is not None:
+        torch.distributed.all_reduce(values)
+    out = values.cpu().tolist()
+    return out[0], out[1], out[2]
 
 
 def fingerprint(config: TabDDPMConfig, seed: int, data: TrainData, num_classes: list[int]) -> str:
@@ -166,6 +186,7 @@ class Checkpointer:
 
     def __init__(self, folder: Path, every: int, fit_fingerprint: str) -> None:
         self.folder, self.every, self.fingerprint = Path(folder), every, fit_fingerprint
+        self.resumed_from = 0  # the step this process's fit started at (> 0: resumed), kept in the metadata
 
     def due(self, step: int, steps: int) -> bool:
         return step % self.every == 0 or step == steps
@@ -189,6 +210,7 @@ class Checkpointer:
         self.folder.mkdir(parents=True, exist_ok=True)
         optim = optimizer.state_dict()
         tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in denoiser.state_dict().items()}
+        # one noise generator state serves every rank: all ranks draw the whole batch's numbers (rows.py)
         for index, entries in optim["state"].items():
             tensors |= {f"optimizer.{index}.{k}": v.detach().cpu().contiguous() for k, v in entries.items()}
         tensors["rng.noise"] = generator.get_state().cpu()
@@ -196,6 +218,7 @@ class Checkpointer:
         metadata = {
             "fingerprint": self.fingerprint,
             "step": str(state.step),
+            "resumed_from": str(self.resumed_from),
             "param_groups": json.dumps(optim["param_groups"]),
         }
         path = self.folder / f"checkpoint-{state.step:09d}.safetensors"
@@ -254,8 +277,15 @@ def train_loop(
     config: TabDDPMConfig,
     state: TrainState,
     checkpointer: Checkpointer | None = None,
+    rank: int = 0,
+    world: int = 1,
 ) -> TrainState:
-    """Run steps `state.step` .. `config.steps - 1`; `batches` must start at `state.step`."""
+    """Run steps `state.step` .. `config.steps - 1`; `batches` must start at `state.step`.
+
+    With `world` > 1 (`denoiser` wrapped in DDP) each rank takes its contiguous share of every global batch
+    (`RowPart.of`: disjoint, and the batch itself is the seeded permutation's) and rank 0 alone writes the
+    checkpoints.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (
@@ -268,15 +298,18 @@ def train_loop(
         task = progress.add_task("fit", total=config.steps, completed=state.step, loss="-")
         while state.step < config.steps:
             rows = next(batches).to(data.x_num.device)
+            part = RowPart.of(len(rows), rank, world) if world > 1 else None
+            if part is not None:
+                rows = rows[part.lo : part.hi]
             lr = annealed_lr(config.lr, state.step, config.steps)
             losses = train_step(
-                denoiser, diffusion, optimizer, data.x_num[rows], data.x_cat[rows], generator, lr
+                denoiser, diffusion, optimizer, data.x_num[rows], data.x_cat[rows], generator, lr, part, world
             )
             state.losses.append(losses)
             state.step += 1
             progress.update(task, advance=1, loss=f"{losses[2]:.4f}")
-            if checkpointer is not None and checkpointer.due(state.step, config.steps):
-                checkpointer.save(state, denoiser, optimizer, generator)
+            if rank == 0 and checkpointer is not None and checkpointer.due(state.step, config.steps):
+                checkpointer.save(state, getattr(denoiser, "module", denoiser), optimizer, generator)
     return state
 
 
@@ -285,8 +318,17 @@ def fit_diffusion(
 ) -> tuple[Denoiser, Diffusion, TrainState, int]:
     """Train a denoiser on `data`, resuming from `config.checkpoint_dir` when it holds this fit's checkpoint.
 
+    Inside a multi-rank task (torch.distributed initialised by perfscale.distributed.session, world > 1) the
+    denoiser trains under DistributedDataParallel: every rank builds the same model from the seed, takes its
+    share of each global batch, and gradients are all-reduced; rank 0 finds the checkpoint to resume from
+    (any rank count may resume it) and writes the new ones.
+
     Returns the model (eval mode), the diffusion, the final state and the effective batch size.
     """
+    import torch.distributed as dist
+
+    parallel = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    rank, world = (dist.get_rank(), dist.get_world_size()) if parallel else (0, 1)
     device = data.x_num.device
     batch_size = min(config.batch_size, data.rows)
     diffusion = Diffusion.create(config.num_timesteps, data.x_num.shape[1], num_classes, device)
@@ -301,11 +343,23 @@ def fit_diffusion(
         checkpointer = Checkpointer(
             Path(config.checkpoint_dir), config.checkpoint_every, fingerprint(config, seed, data, num_classes)
         )
-        latest = checkpointer.latest()
+        latest = checkpointer.latest() if rank == 0 else None
+        if parallel:
+            shared = [latest]
+            dist.broadcast_object_list(shared, src=0)
+            latest = shared[0]
         if latest is not None:
             state = checkpointer.restore(latest, denoiser, optimizer, generator)
+            checkpointer.resumed_from = state.step
     batches = build_batches(data.rows, batch_size, seed, start_step=state.step)
-    state = train_loop(denoiser, diffusion, optimizer, data, batches, generator, config, state, checkpointer)
+    model: torch.nn.Module = denoiser
+    if parallel:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(denoiser, device_ids=None if device.type == "cpu" else [device])
+    state = train_loop(
+        model, diffusion, optimizer, data, batches, generator, config, state, checkpointer, rank, world
+    )  # type: ignore[arg-type]
     denoiser.eval()
     return denoiser, diffusion, state, batch_size
 

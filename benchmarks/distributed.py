@@ -1,0 +1,165 @@
+"""Strong scaling of TabDDPM training under DDP (gloo on CPU) at 1, 2 and 4 MPI ranks.
+
+    .venv/bin/python benchmarks/distributed.py [--ranks 1 2 4] [--steps 3] [--threads 1]
+
+One global batch of 4096 rows (8 numeric columns, 2 categorical of 3 classes: synthetic), a denoiser with
+d_layers [1024, 1024, 1024, 1024] (dim_t 128: 3.4 M parameters), T = 1000. Each rank count runs under
+`mpirun -n R python -m mpi4py benchmarks/distributed.py --worker`; every rank uses `--threads` torch threads.
+Per rank count, after one warm-up step:
+
+- `samples_per_s`: global rows per second of training steps (forward, backward, gradient all-reduce, AdamW);
+- `efficiency`: samples/s at R ranks / (R x samples/s at 1 rank);
+- `allreduce_share`: 1 - (step time without the gradient all-reduce (DDP `no_sync`) / step time with it):
+  the share of a step spent on the all-reduce that is not hidden behind the backward pass;
+- `rank0_cpu_share`: rank 0's CPU time / wall time over the timed steps (1 = it had a core all along);
+- `efficiency_per_cpu_second`: the efficiency of samples per CPU-second received (every rank assumed to get
+  rank 0's share): what distribution costs apart from waiting for a core on a shared machine.
+
+Results go to benchmarks/results/distributed.json with the machine description. Not a timed test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(ROOT))
+
+BATCH, D_LAYERS, DIM_T, T = 4096, [1024] * 4, 128, 1000
+NUMERIC, CLASSES = 8, [3, 3]
+
+
+def worker(steps: int, threads: int, out: Path) -> None:
+    import contextlib
+
+    import torch
+
+    from perfscale.distributed import session
+    from perfscale.generators.tabddpm.config import TabDDPMConfig
+    from perfscale.generators.tabddpm.diffusion import Diffusion
+    from perfscale.generators.tabddpm.model import build_denoiser
+    from perfscale.generators.tabddpm.rows import RowPart
+    from perfscale.generators.tabddpm.train import new_generator, train_step
+
+    torch.set_num_threads(threads)
+    from mpi4py import MPI
+
+    world = MPI.COMM_WORLD.Get_size()
+    with session("benchmark-distributed", ranks=world) as s:
+        config = TabDDPMConfig(d_layers=D_LAYERS, dim_t=DIM_T, num_timesteps=T)
+        device = torch.device("cpu")
+        diffusion = Diffusion.create(T, NUMERIC, CLASSES, device)
+        denoiser = build_denoiser(config, NUMERIC + diffusion.num_onehot, seed=1)
+        data = new_generator(2, device)
+        x_num = torch.randn((BATCH, NUMERIC), generator=data)
+        x_cat = torch.stack([torch.randint(0, k, (BATCH,), generator=data) for k in CLASSES], dim=1)
+        optimizer = torch.optim.AdamW(denoiser.parameters(), lr=1e-4, foreach=True)
+        model: torch.nn.Module = denoiser
+        part = None
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            model = DistributedDataParallel(denoiser)
+            part = RowPart.of(BATCH, s.rank, world)
+        lo, hi = (part.lo, part.hi) if part else (0, BATCH)
+        noise = new_generator(3, device)
+
+        def step() -> None:
+            train_step(model, diffusion, optimizer, x_num[lo:hi], x_cat[lo:hi], noise, 1e-4, part, world)  # type: ignore[arg-type]
+
+        cpu: list[float] = []
+
+        def timed(sync: bool) -> float:
+            quiet = contextlib.nullcontext() if sync or world == 1 else model.no_sync()  # type: ignore[operator]
+            with quiet:
+                step()  # warm-up
+                torch.distributed.barrier()
+                t0, c0 = time.perf_counter(), time.process_time()
+                for _ in range(steps):
+                    step()
+                torch.distributed.barrier()
+                wall = time.perf_counter() - t0
+                cpu.append((time.process_time() - c0) / wall)
+                return wall / steps
+
+        with_sync = timed(True)
+        without = timed(False) if world > 1 else with_sync
+        if s.is_root:
+            out.write_text(
+                json.dumps(
+                    {
+                        "ranks": world,
+                        "step_s": with_sync,
+                        "step_s_no_allreduce": without,
+                        "samples_per_s": BATCH / with_sync,
+                        "allreduce_share": max(0.0, 1 - without / with_sync),
+                        # rank 0's CPU time / wall time while timed: below 1, the rank waited for a core
+                        # (or for the all-reduce)
+                        "rank0_cpu_share": cpu[0],
+                        "parameters": sum(p.numel() for p in denoiser.parameters()),
+                    }
+                )
+            )
+
+
+def derive(runs: list[dict[str, float]]) -> None:
+    """Parallel efficiency against 1 rank; the same per CPU-second each rank received (a shared machine
+    gives a process a share of a core: this part of the loss is contention, not distribution)."""
+    base = next((r for r in runs if r["ranks"] == 1), None)
+    for r in runs:
+        r["efficiency"] = r["samples_per_s"] / (r["ranks"] * base["samples_per_s"]) if base else None
+        per_cpu = r["samples_per_s"] / (r["ranks"] * r["rank0_cpu_share"])
+        r["efficiency_per_cpu_second"] = (
+            per_cpu / (base["samples_per_s"] / base["rank0_cpu_share"]) if base else None
+        )
+
+
+def main() -> None:
+    from machine import describe, write_results
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.steps, args.threads, args.worker)
+        return
+    mpirun = shutil.which("mpirun")
+    if mpirun is None:
+        raise SystemExit("mpirun not found: install Open MPI (scripts/setup.sh)")
+    runs = []
+    for ranks in args.ranks:
+        out = ROOT / "benchmarks" / "results" / f".distributed-{ranks}.json"
+        root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
+        line = [mpirun, *root, "--oversubscribe", "-n", str(ranks), sys.executable, "-m", "mpi4py"]
+        line += [__file__, "--worker", str(out), "--steps", str(args.steps), "--threads", str(args.threads)]
+        subprocess.run(line, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        runs.append(json.loads(out.read_text()))
+        out.unlink()
+        print(runs[-1], flush=True)
+    derive(runs)
+    result = {
+        "benchmark": "distributed",
+        "model": {"d_layers": D_LAYERS, "dim_t": DIM_T, "num_timesteps": T, "batch": BATCH},
+        "threads_per_rank": args.threads,
+        "steps": args.steps,
+        "cores": os.cpu_count(),
+        "load_average_at_end": os.getloadavg(),
+        "runs": runs,
+        "machine": describe(),
+    }
+    print(write_results(ROOT / "benchmarks" / "results" / "distributed.json", result))
+
+
+if __name__ == "__main__":
+    main()
