@@ -227,7 +227,10 @@ def _log_outcome(outcome: Outcome) -> None:
             )
     if not outcome.ok and not outcome.retrying:
         attempt = records[-1].attempt if records else "?"
-        log.warning(
+        # a task stopped by the run's own end (disk full, SIGTERM) is said once by the run's error line
+        stopped = outcome.disk_full or outcome.failure_kind == FailureKind.CANCELLED.value
+        log.log(
+            logging.INFO if stopped else logging.WARNING,
             "task %d (%s %s) failed at attempt %s: %s; no retry left for it",
             outcome.index,
             outcome.stage,
