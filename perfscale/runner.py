@@ -27,7 +27,7 @@ from perfscale.plan.planner import Plan, Task, build_plan
 from perfscale.spec.site import Site
 from perfscale.store import space
 from perfscale.store.attempt import Attempt
-from perfscale.store.lock import run_lock
+from perfscale.store.lock import LOCK_NAME, run_lock
 from perfscale.store.run import RunStore
 from perfscale.store.space import DiskFull, disk_full_named, is_disk_full
 
@@ -108,7 +108,11 @@ def open_run(
 
     The study is checked and planned before the lock; the folder is written only once the lock is held."""
     plan, root, text = _planned(study_path, site, run_dir, overrides)
-    RunStore(root).refuse_foreign(plan.study)  # before the lock file is made in a folder that is not ours
+    if not (root / LOCK_NAME).exists():
+        # before a lock file is made in a folder that is not ours. A folder with one is a run's, maybe one in
+        # progress that has not written its manifest yet: its lock names the holder, and `create` checks the
+        # folder again once the lock is ours.
+        RunStore(root).refuse_foreign(plan.study)
     with disk_full_named(root), run_lock(root, wait=wait_lock):
         store = RunStore.create(root, text, site, plan, study_dir=study_path.parent)
         with run_log(store.root):

@@ -17,7 +17,7 @@ from perfscale.engines.guard import cap_logs
 from perfscale.runner import prepare_run, run_plan
 from perfscale.spec import load_site
 from perfscale.store import RunStore
-from perfscale.store.lock import LOCK_NAME
+from perfscale.store.lock import LOCK_NAME, run_lock
 from perfscale.store.space import RESERVE_NAME, DiskFull
 from tests.procs import alive, in_session, processes
 from tests.studies import slow_squares
@@ -127,6 +127,17 @@ def test_two_runs_started_together_one_runs_the_other_names_it(write_study, tmp_
     rc, _, err = finish(holder)
     assert rc == 0, err
     assert_each_task_ran_once(run)
+
+
+def test_a_run_that_has_not_written_its_manifest_yet_is_named_as_the_holder(write_study, tmp_path):
+    """The moment between taking the lock and writing manifest.json: a second run must name the holder, not
+    call the folder foreign (a race two runs started together once hit)."""
+    study, run = gated_study(write_study, 2), tmp_path / "run"
+    with run_lock(run):
+        (run / "study.yaml").write_text(study.read_text())  # what a starting run writes before its manifest
+        rc, _, err = finish(perfscale(*run_cmd(study, run)))
+    assert rc == 2
+    assert f"in use by another perfscale run (pid {os.getpid()} on " in err.strip().splitlines()[-1], err
 
 
 def test_wait_lock_queues_behind_the_holder(write_study, tmp_path):
