@@ -26,7 +26,12 @@ from tests.mpi_fit import HYPERPARAMETERS, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 MPIRUN = shutil.which("mpirun")
-needs_mpi = pytest.mark.skipif(MPIRUN is None, reason="Open MPI is not installed (scripts/setup.sh)")
+# without Open MPI these tests skip with the reason shown (the plan-time "mpirun is not on PATH" error is
+# tested either way); PERFSCALE_REQUIRE_MPI=1 (CI) runs them regardless, so a missing MPI fails there
+needs_mpi = pytest.mark.skipif(
+    MPIRUN is None and os.environ.get("PERFSCALE_REQUIRE_MPI") != "1",
+    reason="Open MPI is not installed (scripts/setup.sh); PERFSCALE_REQUIRE_MPI=1 makes this a failure",
+)
 
 
 def mpirun(ranks: int, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
