@@ -157,8 +157,7 @@ def check_ranks(res: _RankResources, site: Site, where: str, field: str) -> None
     if lay.ranks_per_node * lay.cores_per_rank > site.cores:
         raise SpecError(
             f"{at}.ranks_per_node: {lay.ranks_per_node} ranks x {lay.cores_per_rank} cores_per_rank exceed "
-            f"the "
-            f"{site.cores} cores of a {site.name!r} node; lower ranks_per_node or cores_per_rank"
+            f"the {site.cores} cores of a {site.name!r} node; lower ranks_per_node or cores_per_rank"
         )
     if lay.gpus_per_rank and not site.gpus_per_node:
         raise SpecError(
