@@ -60,6 +60,7 @@ KINDS: dict[str, str] = {
     "predict_by_generation": "perfscale.stages.predict:predict_by_generation",
     "recommend": "perfscale.stages.predict:recommend",
     "fit_predict": "perfscale.stages.fit_predict:fit_predict_stage",
+    "relperf": "perfscale.stages.relperf:relperf",
     "corrupt": "perfscale.stages.corrupt:corrupt",
     "metric_study": "perfscale.stages.metric_study:metric_study",
     "function": "perfscale.stages.function:function",

@@ -259,6 +259,10 @@ def _fit_predict_section(store: RunStore, stage: str) -> Section | None:
         section.tables.append(_table(fp.confusion_table(df)))
     else:
         section.images.append(_img(fp.predicted_vs_true(df)))
+    if "sos" in df:
+        section.tables.append(_table(fp.vector_table(df)))
+        section.images.append(_img(fp.sos_bars(df)))
+        section.images.append(_img(fp.mae_heatmap(df)))
     return section
 
 
