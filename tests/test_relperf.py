@@ -123,7 +123,7 @@ def test_points_from_rajaperf_rows():
 
 def test_grouped_random_split_keeps_vectors_whole():
     t = rpv_table(HAND, base="X", size_tolerance=6.0)
-    (train, test), = make_splits(t, "random", seed=1, test_fraction=0.5, group_column="vector")
+    ((train, test),) = make_splits(t, "random", seed=1, test_fraction=0.5, group_column="vector")
     assert set(t["vector"].iloc[train]).isdisjoint(t["vector"].iloc[test])
     assert len(train) == len(test) == 3
 
@@ -162,7 +162,7 @@ def test_vector_scores_in_fit_predict(shared_points: pd.DataFrame):
 
 
 def test_relperf_workflow_end_to_end(write_study, tmp_path: Path):
-    """ingest (Caliper + RAJAPerf) -> relperf -> fit_predict (mean, xgboost, leave one kernel out) -> report"""
+    """ingest (Caliper, RAJAPerf) -> relperf -> fit_predict (mean, xgboost; leave one kernel out) -> report"""
     study = write_study(
         f"""
         name: relperf-small
