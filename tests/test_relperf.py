@@ -222,3 +222,24 @@ def test_relperf_plan_checks_its_sources(write_study, tmp_path: Path):
     )
     with pytest.raises(SpecError, match="not in this stage's inputs"):
         prepare_run(study, load_site("local"), tmp_path / "run")
+
+
+def test_vae_dnn_beats_the_mean_on_real_vectors(shared_points: pd.DataFrame):
+    """Nichols' VAE latent + DNN, small, with its decoder calibrated on the CPU rows first: lower MAE than the
+    mean baseline on vectors it has not seen (random split by whole vectors)."""
+    systems = ["H100_cpu", "H100_gpu", "MI300A-SPX_cpu", "MI300A-SPX_gpu"]
+    t = rpv_table(shared_points, base="H100_gpu", systems=systems)
+    targets = [f"speed_{s}" for s in systems]
+    features = ["log_work", "log_bytes_per_rep", "log_flops_per_rep", "flops_per_byte"]
+    features += ["log_time_per_element"]
+    features += [f"on_{s}" for s in systems]
+    small = {
+        "latent": 4, "vae_hidden": [32], "vae_epochs": 30, "kl_warmup": 10, "regression_epochs": 10,
+        "calibrate_on": ["on_H100_cpu", "on_MI300A-SPX_cpu"], "calibrate_epochs": 10,
+        "dnn_hidden": [32, 32, 32], "dnn_epochs": 60, "lr": 0.003, "batch_size": 128,
+    }  # fmt: skip
+    mae = {}
+    for model, hp in (("mean", {}), ("vae_dnn", small)):
+        spec = FitSpec(targets, features, model, hp, split="random", group_column="vector")
+        mae[model] = fit_predict(t, spec, seed=3)["vector_mae"].iloc[0]
+    assert mae["vae_dnn"] < 0.8 * mae["mean"], mae
