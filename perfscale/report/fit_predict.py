@@ -157,3 +157,13 @@ def mae_heatmap(df: pd.DataFrame) -> bytes:
         ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="w")
     fig.colorbar(im, ax=ax, label="MAE")
     return to_png(fig)
+
+
+def policy_bars(df: pd.DataFrame) -> bytes:
+    """Makespan and mean wait per placement policy (the `simulate` stage)."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    for ax, col in zip(axes, ["makespan", "mean_wait"], strict=True):
+        ax.bar(df["policy"], df[col], color=[f"C{i}" for i in range(len(df))])
+        ax.set_ylabel(col.replace("_", " "))
+        ax.set_yscale("log")
+    return to_png(fig)
