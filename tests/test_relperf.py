@@ -162,7 +162,8 @@ def test_vector_scores_in_fit_predict(shared_points: pd.DataFrame):
 
 
 def test_relperf_workflow_end_to_end(write_study, tmp_path: Path):
-    """ingest (Caliper, RAJAPerf) -> relperf -> fit_predict (mean, xgboost; leave one kernel out) -> report"""
+    """ingest (Caliper, RAJAPerf) -> relperf -> fit_predict (mean, xgboost; leave one kernel out) -> simulate
+    -> report"""
     study = write_study(
         f"""
         name: relperf-small
@@ -191,6 +192,16 @@ def test_relperf_workflow_end_to_end(write_study, tmp_path: Path):
               zip:
                 model: [mean, xgboost]
                 hyperparameters: [{{}}, {{n_estimators: 20, max_depth: 3}}]
+          sim:
+            kind: simulate
+            inputs: [fit]
+            params:
+              source: fit
+              model: xgboost
+              split: group:kernel
+              machines: {{quartz_cpu: 4, lassen_gpu: 4, H100_gpu: 4}}
+              jobs: 300
+              mean_interarrival: 20
         """
     )
     store = prepare_run(study, load_site("local"), tmp_path / "run")
@@ -204,9 +215,13 @@ def test_relperf_workflow_end_to_end(write_study, tmp_path: Path):
     out = store.read_stage("fit", provenance=False).to_pandas()
     assert set(out["model"]) == {"mean", "xgboost"}
     assert out.groupby("model").size().eq(3 * summary["vectors"]).all()  # every row tested once
+    sim = store.read_stage("sim", provenance=False).to_pandas().set_index("policy")
+    assert list(sim.index) == ["predicted", "true", "random"] and (sim["jobs"] == 300).all()
+    assert sim.loc["true", "mean_runtime"] < sim.loc["random", "mean_runtime"]
     page = build_report(store).read_text()
-    assert "mae_below_mean_pct" in page and "section not drawn" not in page
-    assert page.count("data:image/png") == 3  # predicted vs true, SOS bars, MAE heat map
+    assert "mae_below_mean_pct" in page and "Scheduling simulation: sim" in page
+    assert "section not drawn" not in page
+    assert page.count("data:image/png") == 4  # predicted vs true, SOS bars, MAE heat map, policies
 
 
 def test_relperf_plan_checks_its_sources(write_study, tmp_path: Path):
