@@ -147,7 +147,7 @@ def sos_bars(df: pd.DataFrame) -> bytes:
 def mae_heatmap(df: pd.DataFrame) -> bytes:
     """MAE per target (machine) and model x split, over the pooled test rows."""
     table = pooled_vector_scores(df)
-    cols = [c for c in table.columns if c.startswith("mae_")]
+    cols = [c for c in table.columns if c.startswith("mae_") and c != "mae_below_mean_pct"]
     matrix = table[cols].to_numpy(np.float64)
     fig, ax = plt.subplots(figsize=(1.0 * len(cols) + 3, 0.4 * len(table) + 1.5))
     im = ax.imshow(matrix, cmap="viridis_r", aspect="auto")
