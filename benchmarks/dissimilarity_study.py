@@ -26,7 +26,7 @@ from machine import describe, write_results
 
 from perfscale.metrics.dissimilarity import Variant
 from perfscale.results.metric_study import MetricStudyParams, collect_sets, source_stages, study_points
-from perfscale.results.metric_study_summary import option_effects, summarise
+from perfscale.results.metric_study_summary import held_out_choice, option_effects, summarise
 from perfscale.store.run import RunStore
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -72,6 +72,7 @@ def main() -> None:
     plain = summary[~summary["metric"].str.endswith("]")]
     named = {f"dissimilarity[{v.name}]": label for v, label in ((BEFORE, "before"), (PAPER, "paper_literal"))}
     landmarks = summary[summary["metric"].isin(named)].assign(role=lambda f: f["metric"].map(named))
+    held_out = held_out_choice(results)
     per_table = {}
     for table, result in results.items():
         keep = ~result["metric"].str.endswith("]") | result["metric"].isin(
@@ -89,6 +90,7 @@ def main() -> None:
             pd.concat([plain, summary.head(1)])["mean_rank"].rank(method="min").iloc[-1]
         ),
         "option_effects": records(option_effects(summary)),
+        "held_out_choice": records(held_out),
         "per_table": per_table,
         "analysis_s": round(time.perf_counter() - started, 1),
         "machine": describe(),
@@ -99,6 +101,8 @@ def main() -> None:
         print(summary.head(TOP)[columns + [c for c in summary if c.startswith("rho:")]].round(2).to_string())
         print(plain[columns + [c for c in summary if c.startswith("rho:")]].round(2).to_string())
         print(option_effects(summary).round(2).to_string())
+        print(held_out.round(2).to_string())
+        print(landmarks[columns + [c for c in summary if c.startswith("rho:")]].round(2).to_string())
     write_results(args.out, out)
 
 

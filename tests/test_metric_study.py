@@ -364,7 +364,7 @@ def test_variants_are_ranked_as_metrics_with_bootstrap_intervals():
 
 
 def test_summary_across_tables_ranks_metrics_and_variant_options():
-    from perfscale.results.metric_study_summary import option_effects, summarise
+    from perfscale.results.metric_study_summary import held_out_choice, option_effects, summarise
 
     def result(rhos: dict[str, float]) -> pd.DataFrame:
         return pd.DataFrame({"metric": list(rhos), "spearman_rho": list(rhos.values())})
@@ -386,6 +386,16 @@ def test_summary_across_tables_ranks_metrics_and_variant_options():
     assert effects.loc[("scaling", "dcr"), "mean_rank"] == 1.5
     assert effects.loc[("scaling", "minmax"), "mean_rho"] == pytest.approx(-0.05)
     assert effects.loc[("weights", "none"), "variants"] == 2
+    tables = {
+        "a": result({"sdmetrics_quality": 0.5, good: 0.9, bad: 0.1}),
+        "b": result({"sdmetrics_quality": 0.7, good: 0.6, bad: -0.2}),
+        "c": result({"sdmetrics_quality": 0.2, good: -0.5, bad: 0.4}),
+    }
+    held = held_out_choice(tables).set_index("held_out")
+    assert held.loc["c", "chosen_on_others"] == good  # chosen on a and b, then worst on c
+    assert held.loc["c", ["rho", "rank", "rho:sdmetrics_quality"]].tolist() == [-0.5, 3, 0.2]
+    assert held.loc["a", "chosen_on_others"] == bad  # on b and c: bad ranks 3 and 1, good 2 and 3
+    assert held.loc["a", ["rho", "rank:sdmetrics_quality"]].tolist() == [0.1, 2]
 
 
 def test_dissimilarity_study_reduced_end_to_end(tmp_path: Path):

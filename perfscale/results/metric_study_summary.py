@@ -60,3 +60,35 @@ def option_effects(summary: pd.DataFrame, metric: str = "dissimilarity") -> pd.D
         frames.append(frame.rename_axis("value").reset_index().assign(option=option))
     columns = ["option", "value", "variants", "mean_rho", "mean_rank"]
     return pd.concat(frames, ignore_index=True)[columns].sort_values(["option", "mean_rank"], kind="stable")
+
+
+def held_out_choice(
+    results: Mapping[str, pd.DataFrame], metric: str = "dissimilarity", against: str = "sdmetrics_quality"
+) -> pd.DataFrame:
+    """Leave one table out: the variant of `metric` with the best mean rank on the other tables, and how it
+    does on the table left out (rho, rank there) beside `against`. Choosing the best of hundreds of variants
+    on the same tables flatters it; this says how well the choice carries to a table it was not chosen on."""
+    rows = []
+    for table in results:
+        others = summarise({t: r for t, r in results.items() if t != table})
+        variants = others[others["metric"].str.startswith(f"{metric}[")]
+        if variants.empty:
+            continue
+        chosen = str(variants["metric"].iloc[0])
+        here = summarise({table: results[table]}).set_index("metric")
+        rows.append(
+            {
+                "held_out": table,
+                "chosen_on_others": chosen,
+                "rho": here.loc[chosen, f"rho:{table}"],
+                "rank": here.loc[chosen, f"rank:{table}"],
+                f"rho:{against}": here.loc[against, f"rho:{table}"]
+                if against in here.index
+                else float("nan"),
+                f"rank:{against}": here.loc[against, f"rank:{table}"]
+                if against in here.index
+                else float("nan"),
+                "rows": len(here),
+            }
+        )
+    return pd.DataFrame(rows)
