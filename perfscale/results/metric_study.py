@@ -38,9 +38,16 @@ Orientation: before ranking, a lower-is-better value v becomes -v and an ideal-v
 -|v - ideal|, and the reference likewise, so a positive rho always means "the metric agrees with ML
 efficacy". A metric with no direction (registry None and no headline entry) is ranked raw (orientation
 ``none``). Output, one row per metric, best agreement first: metric, component, orientation, spearman_rho,
-p_value, n_sets (sets that have both the component and the reference), status (``ok``; or why rho is missing:
-``missing``: no evaluate table has the metric, ``no component ...``, ``too few sets``, ``constant``), and
-reference. A listed metric absent from the evaluate tables is reported, never an error.
+rho_low and rho_high (the 2.5% and 97.5% percentiles of rho over BOOTSTRAP resamples of the sets, drawn with
+replacement from `bootstrap_seed`, the same draws for every metric; resamples where a side is constant are
+left out), p_value, n_sets (sets that have both the component and the reference), status (``ok``; or why rho
+is missing: ``missing``: no evaluate table has the metric, ``no component ...``, ``too few sets``,
+``constant``), and reference. A listed metric absent from the evaluate tables is reported, never an error.
+
+Variants: for each metric named in `variants` (e.g. ``dissimilarity`` evaluated with ``variants: true``),
+every component ``variant/NAME`` is ranked as a metric of its own, ``METRIC[NAME]`` with component ``score``
+and the metric's direction, after the listed metrics. Several studies side by side (one per real table):
+`perfscale.results.metric_study_summary`.
 """
 
 from __future__ import annotations
