@@ -28,6 +28,10 @@ each choice and the study that picked the defaults):
 * ``combination``: ``product`` = angle_term * (1 + kl_term); ``sum`` = angle_term + kl_term; ``angles`` =
   angle_term alone. Every rule gives 1 for identical tables.
 
+Defaults (standard / variance 0.9 / mean / columns / product) are the variant with the best mean rank of
+Spearman rho with ML efficacy over seven real tables (workflows/dissimilarity_study.yaml; numbers in
+docs/metrics.md and benchmarks/results/dissimilarity_study.json).
+
 Components: score, angle_term, kl_term, d_star, real_variance_explained, angle_1 .. angle_<d*>. With
 ``variants=True`` also ``variant/<scaling>/<d*>/<weights>/<kl>/<combination>``: the score of every variant of
 `VARIANT_GRID` from one evaluation (one encoding and two SVDs per scaling, shared by all d*, weights and KL
@@ -350,12 +354,12 @@ def dissimilarity(
     synth: pd.DataFrame,
     meta: TableMeta,
     *,
-    scaling: Scaling = "dcr",
+    scaling: Scaling = "standard",
     d_star: DStar = "variance",
     variance: Fraction = 0.9,
     dims: Dims = 3,
-    weights: Weights = "normalised",
-    kl: KL = "projected",
+    weights: Weights = "mean",
+    kl: KL = "columns",
     combination: Combination = "product",
     variants: bool = False,
 ) -> dict[str, float]:
