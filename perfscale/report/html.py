@@ -13,6 +13,7 @@ from markupsafe import Markup
 
 from perfscale.plan.kinds import RENAMED
 from perfscale.report import plots
+from perfscale.results.metric_study import VARIANT_PREFIX
 from perfscale.status import run_status
 from perfscale.store.atomic import atomic_write_text
 from perfscale.store.run import RunStore, utcnow
@@ -124,6 +125,7 @@ def _metrics_section(store: RunStore, stage: str) -> Section | None:
         return None
     source = store.plan.of_stage(stage)[0].params["source"]
     summary = summary_rows(df, store.read_stage(source, provenance=False).column_names)
+    summary = summary[~summary["component"].str.startswith(VARIANT_PREFIX)]  # ranked by metric_study
     table = (
         summary.pivot_table(
             index=["metric", "component"], columns="generator", values="value", aggfunc="mean"
