@@ -198,7 +198,10 @@ stages:
   train:
     kind: train
     inputs: [split]
-    params: {source: split, generator: great, hyperparameters: {steps: 40, batch_size: 32, tiny_merges: 64}}
+    params:
+      source: split
+      generator: great
+      hyperparameters: {steps: 250, lr: 0.003, batch_size: 16, max_attempts: 40}
   fill:
     kind: infer
     foreach: train
@@ -206,13 +209,29 @@ stages:
     params:
       {source: split, split: holdout, prefix_columns: [target], samples: 2, parts: 2, max_new_tokens: 60}
     grid: {product: {part: [0, 1]}}
+  draw:
+    kind: sample
+    foreach: train
+    params: {rows: 6, parts: 2}
+    grid: {product: {part: [0, 1]}}
 """
 
 
-def test_great_rows_as_prompts_parse_back(write_study, tmp_path):
+def test_great_rows_as_prompts_parse_back_and_a_sample_in_parts(write_study, tmp_path):
+    from perfscale.results.sampling import combined_sampling, sampling_reports
+
     store = prepare_run(write_study(GREAT_STUDY), load_site("local"), tmp_path / "run")
     summary = run_plan(store, "local", workers=2, progress=False)
-    assert summary["fill"].done == 2
+    assert summary["fill"].done == 2 and summary["draw"].done == 2
+    # the sample in 2 parts: 3 rows each, a valid-row rate per part, combined over the counts
+    assert len(store.read_stage("draw").to_pandas()) == 6
+    parts = sampling_reports(store, "draw")
+    (combined,) = combined_sampling(store, "draw")
+    assert (combined["parts"], combined["rows"]) == (2, 6) and sorted(p["rows"] for p in parts) == [3, 3]
+    assert combined["generated_texts"] == sum(p["generated_texts"] for p in parts)
+    assert combined["valid_row_rate"] == combined["valid_texts"] / combined["generated_texts"]
+    rates = [p["valid_row_rate"] for p in parts]
+    assert min(rates) <= combined["valid_row_rate"] <= max(rates)
     out = store.read_stage("fill").to_pandas()
     holdout = split_part(store.read_stage("split", provenance=False).to_pandas(), "holdout")
     assert len(out) == 2 * len(holdout)

@@ -8,7 +8,13 @@ a column missing or repeated, an unknown category...) are counted and regenerate
 
 Valid-row rate: after every `sample` / `impute` call, `last_valid_rate` is the share of generated texts that
 were valid rows (over the whole call, regenerations included), `last_invalid` counts the invalid ones by
-reason, and the frame `sample` returns carries the rate as ``frame.attrs["valid_row_rate"]``.
+reason, and the frame `sample` returns carries the rate as ``frame.attrs["valid_row_rate"]`` (and the counts
+it comes from as ``attrs["generated_texts"]`` and ``attrs["valid_texts"]``, so parts combine exactly).
+
+Generation goes through the batched engine (perfscale.llm.inference): each generated text has its own seed,
+drawn from torch's global generator under `seeded(seed)`, and `impute` sends the prompts of all its groups in
+one engine call per regeneration round. Loading a saved generator uses the engine's per-process model cache,
+so tasks on one worker that load the same model files share one copy.
 
 Conditioning is GReaT's own: equality conditions (`Conditions.equalities()`) become the prompt prefix
 ``col is value,`` and the model writes the other columns; `impute` does the same with each row's set cells
@@ -86,6 +92,7 @@ class GReaTGenerator(Generator):
             out = super().sample(n, seed, conditions=conditions, max_draws=max_draws)
         if self.last_valid_rate is not None:
             out.attrs["valid_row_rate"] = self.last_valid_rate
+            out.attrs["generated_texts"], out.attrs["valid_texts"] = self._drawn, self._valid
         return out
 
     def impute(self, table: pd.DataFrame, seed: int, draws: int = 1) -> pd.DataFrame:
