@@ -167,7 +167,7 @@ def load_pretrained(folder: Path, what: str) -> LanguageModel:
 
     if not folder.is_dir():
         raise BadInput(f"{what}: {folder} is not a folder holding a Hugging Face model")
-    _check_files(folder, what)
+    check_files(folder, what)
     try:
         with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
@@ -178,7 +178,7 @@ def load_pretrained(folder: Path, what: str) -> LanguageModel:
     return LanguageModel.wrap(model, tokenizer)
 
 
-def _check_files(folder: Path, what: str) -> None:
+def check_files(folder: Path, what: str) -> None:
     """Name the broken file before transformers fails with a less specific message."""
     import json
 
