@@ -8,6 +8,7 @@ process pool, Parsl (HTEX, LocalProvider) and a local Ray session.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +23,17 @@ from perfscale.tabular.columns import split_part
 
 TEXTS = ["alpha is 1, beta is 2", "gamma is xyz, delta is 3.5", "hello world, this is a test"]
 PROMPTS = [t[: 3 + (5 * i) % len(t)] for i, t in enumerate(TEXTS * 8)]  # 24 prompts of mixed lengths
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread, and immune to busy cores (restored after the module)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
