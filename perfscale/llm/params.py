@@ -31,7 +31,7 @@ class Params(OptionsModel):
     temperature, top_k, top_p: sampling; top_k None means no top-k cut.
     max_new_tokens: the longest generated continuation; default 1.25 x the longest training row + 8 tokens
         (capped by what the prompt leaves of max_length): longer texts are not rows.
-    sample_batch_size: rows generated per `generate` call.
+    sample_batch_size: the most texts in one batch of the generation engine (perfscale.llm.inference).
     max_attempts: regeneration budget: a call wanting n rows generates at most max_attempts * n.
     float_digits: significant digits written for floats (default: the shortest exact repr); fewer digits
         give shorter rows, the fix for tables too wide for the context.
