@@ -186,19 +186,39 @@ def test_infer_bad_input_is_named_at_plan_time(write_study, tmp_path):
         build_plan(load_study(write_study(neither, "b.yaml")), "b.yaml")
 
 
-def test_infer_bad_tables_fail_the_task_with_no_shard(model_folder, write_study, study_dir, tmp_path):
-    pd.DataFrame({"question": ["a", "b"]}).to_csv(study_dir / "prompts.csv", index=False)
-    study = write_study(
-        PROMPT_STUDY.format(model=model_folder)
-        .replace("parts: 8", "parts: 1")
-        .replace("part: [0, 1, 2, 3, 4, 5, 6, 7]", "part: [0]")
+TWO_TABLES = """\
+name: infer-edges
+stages:
+  bad: {{kind: ingest, params: {{kind: csv, source: questions.csv}}}}
+  good: {{kind: ingest, params: {{kind: csv, source: prompts.csv}}}}
+  gen_bad:
+    kind: infer
+    inputs: [bad]
+    params: {{source: bad, prompt_column: prompt, model: "{model}", max_new_tokens: 4}}
+  gen_thin:
+    kind: infer
+    inputs: [good]
+    params: {{source: good, prompt_column: prompt, model: "{model}", max_new_tokens: 4, parts: 4}}
+    grid: {{product: {{part: [0, 1, 2, 3]}}}}
+"""
+
+
+def test_a_bad_table_fails_with_no_shard_and_empty_parts_are_fine(
+    model_folder, write_study, study_dir, tmp_path
+):
+    pd.DataFrame({"question": ["a", "b"]}).to_csv(study_dir / "questions.csv", index=False)
+    pd.DataFrame({"prompt": ["a", "b"]}).to_csv(study_dir / "prompts.csv", index=False)
+    store = prepare_run(
+        write_study(TWO_TABLES.format(model=model_folder)), load_site("local"), tmp_path / "r"
     )
-    store = prepare_run(study, load_site("local"), tmp_path / "run")
     summary = run_plan(store, "local", workers=1, progress=False)
-    assert summary["gen"].done == 0
+    assert (summary["gen_bad"].done, summary["gen_thin"].done) == (0, 4)
     messages = store.attempts()["message"].dropna().tolist()
-    assert any("infer.prompt_column: ['prompt'] not in the table of stage 'data'" in m for m in messages)
-    assert not list((store.root / "stages" / "gen").glob("*.parquet"))
+    assert any("infer.prompt_column: ['prompt'] not in the table of stage 'bad'" in m for m in messages)
+    assert not list((store.root / "stages" / "gen_bad").glob("*.parquet"))
+    # 2 rows in 4 parts: two parts generate one row each, two are empty; the stage reads as one table
+    thin = store.read_stage("gen_thin").to_pandas()
+    assert sorted(thin["row"]) == [0, 1] and (thin["tokens_in"] >= 2).all()
 
 
 GREAT_STUDY = """\

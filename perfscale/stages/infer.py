@@ -192,6 +192,8 @@ def infer(ctx: StageContext, params: InferParams) -> pd.DataFrame:
         if clash:
             raise BadInput(f"infer: table columns {clash} clash with the output's own columns; rename them")
     rows = np.array_split(np.arange(len(table)), params.parts)[params.part]
+    if len(rows) == 0:  # more parts than rows: this one has nothing to generate (and loads no model)
+        return pd.DataFrame(columns=[*OUTPUT_COLUMNS, *([*PARSED_COLUMNS, *codec.names] if codec else [])])
     folder, what = _model_folder(ctx, params)
     lm, cached = inference.cached_model(folder, what, params.device, params.dtype)
     prefixes = _prefixes(table, rows, params, codec)
