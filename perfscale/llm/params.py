@@ -12,7 +12,7 @@ DEVICES = ("cpu", "cuda", "auto")
 TINY_LR, PRETRAINED_LR = 1e-3, 5e-5
 
 
-def _device(value: str) -> str:
+def check_device(value: str) -> str:
     if value in DEVICES or (value.startswith("cuda:") and value[5:].isdigit()):
         return value
     raise ValueError(f"must be one of {', '.join(DEVICES)} or cuda:<index>")
@@ -63,7 +63,7 @@ class Params(OptionsModel):
     tiny_config: dict[str, Any] = Field(default_factory=dict)
     tiny_merges: NonNegativeInt = 256
     cache_dir: str | None = None
-    device: Annotated[str, AfterValidator(_device)] = "cpu"
+    device: Annotated[str, AfterValidator(check_device)] = "cpu"
     torch_threads: PositiveInt | None = None
 
     @property

@@ -28,13 +28,14 @@ import hashlib
 import os
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from perfscale.errors import BadInput
+from perfscale.llm.params import check_device
 from perfscale.stages.base import StageContext, StageParams, stage_kind
 from perfscale.stages.train import MODEL_FOLDER
 from perfscale.tabular.columns import SPLIT_COLUMN, split_part
@@ -82,7 +83,9 @@ class InferParams(StageParams):
     stop: list[str] = Field(default_factory=list, description="strings that end a continuation (cut off)")
     max_batch_tokens: int = Field(16384, ge=1, description="rows x (longest prompt + max_new_tokens)")
     max_batch_rows: int = Field(64, ge=1)
-    device: str = Field("auto", description="cpu, cuda, cuda:<i> or auto (cuda where a GPU exists)")
+    device: Annotated[str, AfterValidator(check_device)] = Field(
+        "auto", description="cpu, cuda, cuda:<i> or auto (cuda where a GPU exists)"
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     cache_dir: str | None = Field(
         None, description="where 'smollm2' is converted to (see docs/generators.md)"
