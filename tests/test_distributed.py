@@ -106,14 +106,17 @@ def reference(tmp_path_factory) -> dict[str, torch.Tensor]:
 
 
 @needs_mpi
-@pytest.mark.parametrize("ranks", [2, 4])
+@pytest.mark.parametrize("ranks", [1, 2, 4])
 def test_ddp_fit_equals_one_process(reference, ranks, tmp_path) -> None:
+    """Loss curve, weights and rank 0's EMA of the weights equal one process's to 1e-5 (1 rank: the session
+    under mpirun with world size 1, which trains without DDP)."""
     out = tmp_path / "fit.safetensors"
     done = mpirun(ranks, str(ROOT / "tests" / "mpi_fit.py"), str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     got = load_file(str(out))
     assert len(got["losses"]) == HYPERPARAMETERS["steps"] and got["losses"].isfinite().all()
     assert_same_fit(reference, got)
+    assert any(name.startswith("ema.") for name in got)
     assert not list(tmp_path.glob("*.rank*"))  # rank 0 alone wrote
 
 
@@ -135,6 +138,8 @@ def test_a_checkpoint_of_two_ranks_resumes_in_one_process(reference, tmp_path) -
         proc.stderr.close()
     (checkpoint,) = folder.glob("checkpoint-*.safetensors")
     assert int(checkpoint.stem.split("-")[1]) < HYPERPARAMETERS["steps"]  # really mid-training
+    with safe_open(str(checkpoint), framework="pt") as handle:  # the EMA is checkpointed with the weights
+        assert any(k.startswith("ema.") for k in handle.keys())  # noqa: SIM118 (not a dict)
     assert not out.exists()
     fit(out, str(folder))  # one process resumes what two ranks checkpointed
     assert_same_fit(reference, load_file(str(out)))
@@ -182,7 +187,8 @@ def rank_pid(plan: Path, rank: int) -> int | None:
 
 
 def model_weights(run: Path) -> dict[str, torch.Tensor]:
-    """The denoiser's tensors of the train task's saved model (the table encoder's are left out)."""
+    """The denoiser's tensors and their EMA (`ema.`) of the train task's saved model (the table encoder's are
+    left out)."""
     (path,) = run.glob("artifacts/train/*/model/model.safetensors")
     return {k: v for k, v in load_file(str(path)).items() if not k.startswith("encoder.")}
 
@@ -232,7 +238,8 @@ def one_process_fit(store) -> dict[str, torch.Tensor]:
     real = real_table(ctx, "split")
     generator = get_generator("tabddpm")(**task.params["hyperparameters"])
     generator.fit(real, infer_meta(real), seed=ctx.seed)
-    return {k: v.contiguous() for k, v in generator._denoiser.state_dict().items()}
+    weights = {k: v.contiguous() for k, v in generator._denoiser.state_dict().items()}
+    return weights | {f"ema.{k}": v.contiguous() for k, v in generator._ema.state_dict().items()}
 
 
 @needs_mpi
