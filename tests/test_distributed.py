@@ -98,6 +98,59 @@ def test_ranks_the_site_cannot_hold_fail_at_plan_time(write_study, monkeypatch, 
     assert str(caught.value).startswith(f"{study}:")
 
 
+DEEPSPEED_STUDY = """\
+name: ds
+stages:
+  data: {kind: ingest, params: {kind: sklearn, source: iris}}
+  train:
+    kind: train
+    inputs: [data]
+    params:
+      source: data
+      generator: great
+      hyperparameters:
+        zero_stage: 2
+        deepspeed: %s
+"""
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        (
+            "{train_batch_sizee: 8}",
+            "DeepSpeed {v} knows no config key 'train_batch_sizee'; correct the spelling",
+        ),
+        (
+            "{zero_optimization: {overlap_comms: true}}",
+            "zero_optimization.overlap_comms: DeepSpeed {v} knows no such field; correct the spelling",
+        ),
+        ("{gradient_clipping: 0.5}", "'gradient_clipping' is set by perfscale; remove it"),
+        (
+            "{zero_optimization: {stage: 3}}",
+            "'zero_optimization.stage' is set by perfscale; remove it and set",
+        ),
+        ("{zero_optimization: {overlap_comm: true}, wall_clock_breakdown: false}", None),
+    ],
+)
+def test_deepspeed_keys_deepspeed_does_not_know_fail_at_plan_time(write_study, keys, message) -> None:
+    """The known keys are DeepSpeed's own (its config class reads them), not a list kept by perfscale."""
+    from deepspeed import __version__
+
+    from perfscale.plan.planner import build_plan
+    from perfscale.spec.study import load_study
+
+    study = write_study(DEEPSPEED_STUDY % keys)
+    if message is None:
+        build_plan(load_study(study), str(study), load_site("local"))
+        return
+    with pytest.raises(SpecError) as caught:
+        build_plan(load_study(study), str(study), load_site("local"))
+    text = str(caught.value)
+    assert f"{study}:12: stages.train.params.hyperparameters.deepspeed: " in text
+    assert message.format(v=__version__) in text
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> dict[str, torch.Tensor]:
     out = tmp_path_factory.mktemp("one") / "fit.safetensors"
@@ -303,3 +356,51 @@ def test_bootstrap_skips_a_taken_port_and_refuses_a_singleton_of_a_two_rank_task
     assert destroyed == {"destroyed": True}
     assert refused["kind"] == "bad_input"
     assert refused["message"].startswith("the task asks for 2 ranks but MPI started 1")
+
+
+# ---- GReaT (tiny GPT-2): DDP and DeepSpeed ZeRO-2 equal one process --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def great_reference() -> dict[str, torch.Tensor]:
+    from tests.mpi_great import fit as fit_great
+
+    weights, losses, _ = fit_great({})
+    return {f"model.{k}": v for k, v in weights.items()} | {"losses": losses}
+
+
+@needs_mpi
+def test_great_ddp_on_two_ranks_equals_one_process(great_reference, tmp_path) -> None:
+    out = tmp_path / "great.safetensors"
+    done = mpirun(2, str(ROOT / "tests" / "mpi_great.py"), str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_fit(great_reference, load_file(str(out)))
+
+
+@needs_mpi
+def test_great_zero2_on_two_ranks_equals_one_process_and_resumes_deepspeed_checkpoints(
+    great_reference, tmp_path
+) -> None:
+    """DeepSpeed ZeRO-2 on 2 CPU ranks (gloo): the same losses and weights as one process; its own
+    checkpoints are written, and a fit from the one before the last ends with the same weights. (The first
+    DeepSpeed start on a machine compiles its shared-memory extension, about 30 s.)"""
+    from tests.mpi_great import HYPERPARAMETERS as GREAT
+
+    out, folder = tmp_path / "zero2.safetensors", tmp_path / "deepspeed"
+    extra = {"zero_stage": 2, "checkpoint_dir": str(folder), "checkpoint_every": 4}
+    done = mpirun(2, str(ROOT / "tests" / "mpi_great.py"), str(out), json.dumps(extra), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = load_file(str(out))
+    assert got["checkpoint_steps"].tolist() == [GREAT["steps"] - 4, GREAT["steps"]]  # the newest two kept
+    assert {p.name for p in folder.glob("step-*/*_optim_states.pt")} == {
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    }  # ZeRO-2: each rank saved its shard of the optimizer
+    assert_same_fit(great_reference, {k: v for k, v in got.items() if k in great_reference})
+    assert int(got["resumed_from"]) == GREAT["steps"] - 4
+    resumed = {k.removeprefix("resumed."): v for k, v in got.items() if k.startswith("resumed.")}
+    assert_same_fit(
+        {k: v for k, v in got.items() if k.startswith("model.")},
+        {f"model.{k}": v for k, v in resumed.items()},
+    )
+    torch.testing.assert_close(got["resumed_losses"], got["losses"], rtol=0, atol=1e-5)
