@@ -98,6 +98,23 @@ def test_ranks_the_site_cannot_hold_fail_at_plan_time(write_study, monkeypatch, 
     assert str(caught.value).startswith(f"{study}:")
 
 
+def test_a_cluster_site_planned_on_a_host_without_mpirun_is_not_refused(write_study, monkeypatch) -> None:
+    """MPI is probed on this host for the local site only: a login node without mpirun plans for Slurm."""
+    from perfscale.plan.planner import build_plan
+    from perfscale.spec.study import load_study
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    study = write_study(
+        "name: r\nstages:\n  a:\n    kind: noop\n    resources: {ranks: 4, ranks_per_node: 2}\n"
+    )
+    plan = build_plan(load_study(study), str(study), load_site("quartz"))
+    assert [t.ranks for t in plan.of_stage("a")] == [4]
+    with pytest.raises(SpecError, match="mpirun is not on PATH"):
+        local = load_site("local")
+        wide = local.model_copy(update={"limits": local.limits.model_copy(update={"max_nodes": 2})})
+        build_plan(load_study(study), str(study), wide)
+
+
 DEEPSPEED_STUDY = """\
 name: ds
 stages:
