@@ -216,14 +216,11 @@ def cmd_task_run(args: argparse.Namespace) -> int:
             "`perfscale submit`"
         )
     store = open_store(args.plan.parent)
-    if not 0 <= args.index < len(store.plan.tasks):
-        raise PerfscaleError(f"{args.plan}: index {args.index} out of range 0..{len(store.plan.tasks) - 1}")
-    task = store.plan.tasks[args.index]
-    attempt = args.attempt
-    if attempt is None:
-        attempts = store.attempts()
-        previous = attempts.loc[attempts.task_key == task.key, "attempt"]
-        attempt = int(previous.max()) + 1 if len(previous) else 1
+    count = len(store.plan_rows)  # the plan's footer; one task is read from its row group
+    if not 0 <= args.index < count:
+        raise PerfscaleError(f"{args.plan}: index {args.index} out of range 0..{count - 1}")
+    task = store.task(args.index)
+    attempt = store.next_attempt(task.key) if args.attempt is None else args.attempt
     if task.ranks > 1:  # this process is one rank of the task's MPI job (perfscale/distributed/task.py)
         from perfscale.execute import execute_rank
 
@@ -238,7 +235,7 @@ def cmd_task_run(args: argparse.Namespace) -> int:
 
             write_records(args.outcome, outcome.attempts)
         else:
-            store.append_attempts(outcome.attempts)
+            store.append_task_attempts(outcome.attempts)  # its task's bucket: O(1) to number
     if outcome.ok:
         console.print(
             f"task {args.index} ({outcome.stage} {outcome.key}): "

@@ -156,7 +156,7 @@ def _message(exc: BaseException) -> str:
 @lru_cache(maxsize=8)
 def _open_store(root: str, plan_mtime_ns: int) -> RunStore:
     store = RunStore(root)
-    _ = store.plan, store.site  # parse once per process and plan version
+    _ = store.site  # parse once per process and plan version; tasks are read one row group at a time
     return store
 
 
@@ -196,7 +196,7 @@ def _attempt_record(
 def execute_task(root: str | Path, index: int, first_attempt: int = 1) -> Outcome:
     """Run task `index` of the run at `root` until it succeeds or its retry budget for a kind is spent."""
     store = open_store(root)
-    task = store.plan.tasks[index]
+    task = store.task(index)
     outcome = Outcome(index=index, key=task.key, stage=task.stage, ok=False)
     if store.shard_done(task.stage, task.key):  # a bad shard is quarantined here and the task runs again
         outcome.ok = outcome.skipped = True
@@ -225,7 +225,7 @@ def execute_rank(root: str | Path, index: int, attempt: int) -> tuple[int, Outco
     from perfscale.distributed.task import run_rank
 
     store = open_store(root)
-    task = store.plan.tasks[index]
+    task = store.task(index)
     outcome = Outcome(index=index, key=task.key, stage=task.stage, ok=False)
     return run_rank(store, task, attempt, outcome, _attempts), outcome
 

@@ -77,18 +77,58 @@ class Plan:
     def write(self, path: Path) -> None:
         from perfscale.store.atomic import atomic_write_table
 
-        atomic_write_table(self.to_table(), path)
+        # small row groups: one task is read by decoding one group (PlanRows), not the whole plan
+        atomic_write_table(self.to_table(), path, row_group_size=PLAN_ROW_GROUP)
 
     @classmethod
     def read(cls, path: Path | str) -> Plan:
         table = pq.read_table(path)
         meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-        tasks = []
-        for row in table.to_pylist():
-            for name in _JSON_FIELDS:
-                row[name] = json.loads(row[name])
-            tasks.append(Task(**row))
+        tasks = _tasks(table)
         return cls(study=meta.get("study", "?"), tasks=tasks, version=meta.get("perfscale_version", "?"))
+
+
+PLAN_ROW_GROUP = 4096  # tasks per row group of plan.parquet
+
+
+def _tasks(table: pa.Table) -> list[Task]:
+    tasks = []
+    for row in table.to_pylist():
+        for name in _JSON_FIELDS:
+            row[name] = json.loads(row[name])
+        tasks.append(Task(**row))
+    return tasks
+
+
+class PlanRows:
+    """Single tasks of a plan file, each read by decoding the one row group that holds it (kept, a few at a
+    time): what a worker or an array element needs, at a cost that does not grow with the plan. Plans
+    written as one big row group (before PLAN_ROW_GROUP) are read whole, once."""
+
+    def __init__(self, path: Path | str, keep: int = 4):
+        self.file = pq.ParquetFile(str(path))
+        md = self.file.metadata
+        self.starts = [0]
+        for i in range(md.num_row_groups):
+            self.starts.append(self.starts[-1] + md.row_group(i).num_rows)
+        self.keep = keep
+        self._groups: dict[int, list[Task]] = {}
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def __getitem__(self, index: int) -> Task:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        from bisect import bisect_right
+
+        group = bisect_right(self.starts, index) - 1
+        tasks = self._groups.get(group)
+        if tasks is None:
+            if len(self._groups) >= self.keep:
+                self._groups.pop(next(iter(self._groups)))
+            tasks = self._groups[group] = _tasks(self.file.read_row_group(group))
+        return tasks[index - self.starts[group]]
 
 
 _PLAN_SCHEMA = pa.schema(
