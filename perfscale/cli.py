@@ -189,7 +189,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"run folder: [bold]{store.root}[/] ({len(store.plan.tasks)} tasks, engine "
             f"{args.engine or store.site.engine})"
         )
-        run_plan(store, args.engine, args.workers, progress=not args.quiet)
+        run_plan(store, args.engine, args.workers, progress=not args.quiet, bundle=not args.no_bundle)
         code = _print_status(store)
         if not args.no_report:
             from perfscale.report import build_report
@@ -353,6 +353,11 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=_positive_int, help="concurrent tasks (default: the site's max_workers)")
     r.add_argument("--no-report", action="store_true")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument(
+        "--no-bundle",
+        action="store_true",
+        help="one task per engine call (default: short tasks are bundled, several per call)",
+    )
     r.add_argument(
         "--wait-lock", action="store_true", help="if another run holds the run folder, wait for it to end"
     )

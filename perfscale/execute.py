@@ -111,6 +111,7 @@ class Outcome:
     failure_kind: str | None = None
     message: str | None = None
     attempts: list[Attempt] = field(default_factory=list)
+    wall_s: float | None = None  # the task's wall time in its worker, all attempts (set by execute_bundle)
 
 
 def classify(exc: BaseException) -> tuple[FailureKind, int | None]:
@@ -217,6 +218,21 @@ def execute_task(root: str | Path, index: int, first_attempt: int = 1) -> Outcom
                 _attempt_record(task, attempt, now, 0.0, False, exc.kind, 128 + exc.signum, outcome.message)
             )
         return outcome
+
+
+def execute_bundle(root: str | Path, items: list[tuple[int, int]]) -> list[Outcome]:
+    """Tasks `[(index, first_attempt), ...]` one after another in this worker (one engine call: see
+    perfscale/bundles.py), each exactly as `execute_task` runs it alone. Stops after a task that found the
+    disk full: the ones after it would fail the same way (the runner records them as cancelled)."""
+    outcomes = []
+    for index, first_attempt in items:
+        t0 = time.perf_counter()
+        outcome = execute_task(root, index, first_attempt)
+        outcome.wall_s = time.perf_counter() - t0
+        outcomes.append(outcome)
+        if outcome.disk_full:
+            break
+    return outcomes
 
 
 def execute_rank(root: str | Path, index: int, attempt: int) -> tuple[int, Outcome]:

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from perfscale.cli import main
+from perfscale.engines.local import LocalEngine
 from perfscale.errors import FailureKind
+from perfscale.execute import execute_bundle
 from perfscale.runner import prepare_run, run_plan
 from perfscale.spec import load_site
 from perfscale.store import RunStore
@@ -94,3 +96,89 @@ def test_task_run_reads_only_its_own_bucket(write_study, study_dir):
     own = str(bucket(store.root, store.task(1).key))
     assert any(p.startswith(own) for p in opened), opened  # it wrote its record there
     assert all(p.startswith(own) or p == f"{store.root}/attempts" for p in opened), opened
+
+
+# ---- bundled dispatch ------------------------------------------------------------------------------------
+class CountingEngine(LocalEngine):
+    """The local engine, keeping the task indices of every call (a real engine; only the calls are noted)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls: list[list[int]] = []
+
+    def submit(self, fn, *args):
+        if fn is execute_bundle:
+            self.calls.append([index for index, _ in args[1]])
+        return super().submit(fn, *args)
+
+
+def _bundled_study(write_study, callable_: str, params: str, n: int = 16) -> Path:
+    return write_study(f"""\
+        name: bundles
+        retry: {{app_error: 2}}
+        resources: {{expected_runtime: 0.001}}
+        stages:
+          s:
+            kind: function
+            params: {{callable: "fns.py:{callable_}", {params}}}
+            grid:
+              product: {{x: {list(range(n))}}}
+        """)
+
+
+def _run_counted(store: RunStore, bundle: bool = True) -> tuple[dict, list[list[int]]]:
+    with CountingEngine(store.site, store.root, 1) as engine:
+        summary = run_plan(store, engine, progress=False, bundle=bundle)
+    return summary, engine.calls
+
+
+def _by_task(store: RunStore) -> dict[int, list[tuple[int, bool, str | None]]]:
+    table = store.attempts().sort_values(["index", "attempt"])
+    out: dict[int, list] = {}
+    for row in table.itertuples():
+        out.setdefault(int(row.index), []).append((int(row.attempt), bool(row.ok), row.failure_kind))
+    return out
+
+
+def test_a_bundle_keeps_each_tasks_shard_records_retries_and_failure_kind(write_study, study_dir):
+    study = _bundled_study(write_study, "fail_on", "bad: 5")
+    store = prepare_run(study, load_site("local"), study_dir / "run")
+    summary, calls = _run_counted(store)
+    assert max(len(c) for c in calls) > 1 and sorted(i for c in calls for i in c) == list(range(16))
+    assert (summary["s"].done, summary["s"].failed, dict(summary["s"].failure_kinds)) == (
+        15,
+        1,
+        {"app_error": 1},
+    )
+    attempts = _by_task(store)
+    assert attempts[5] == [(1, False, "app_error"), (2, False, "app_error"), (3, False, "app_error")]
+    assert all(attempts[i] == [(1, True, None)] for i in range(16) if i != 5)
+    assert store.done_keys("s") == {t.key for t in store.plan.tasks if t.index != 5}
+    assert sorted(store.read_stage("s", provenance=False)["x"].to_pylist()) == [
+        x for x in range(16) if x != 5
+    ]
+
+    # the same run with bundling off: one call per task, the same records
+    again = prepare_run(study, load_site("local"), study_dir / "run-single")
+    _, calls = _run_counted(again, bundle=False)
+    assert all(len(c) == 1 for c in calls) and len(calls) == 16
+    assert _by_task(again) == attempts
+
+
+def test_a_worker_killed_inside_a_bundle_loses_only_its_unfinished_tasks(write_study, study_dir):
+    store = prepare_run(
+        _bundled_study(write_study, "die_once", "kill: 5"), load_site("local"), study_dir / "r"
+    )
+    summary, calls = _run_counted(store)
+    assert summary["s"].done == 16 and summary["s"].failed == 0
+    killed = next(c for c in calls if 5 in c)
+    assert len(killed) > 1 and killed.index(5) > 0, calls  # the killer ran after a neighbour in its bundle
+    attempts = _by_task(store)
+    before = killed[: killed.index(5)]
+    assert all(attempts[i] == [(1, True, None)] for i in before)  # finished before the kill: kept as is
+    lost = [i for i, rows in attempts.items() if rows[0][2] == "node_lost"]
+    assert 5 in lost and not set(before) & set(lost)
+    for i in lost:  # each lost task: a node_lost attempt, then rerun alone (a call of its own)
+        assert attempts[i] == [(1, False, "node_lost"), (2, True, None)]
+        assert [i] in calls[calls.index(killed) + 1 :]
+    assert len(store.done_keys("s")) == 16

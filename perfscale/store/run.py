@@ -237,6 +237,13 @@ class RunStore:
         """Is this one task done? (The check of `done_keys`, for one shard.)"""
         return key in self.done_keys(stage, [key])
 
+    def finished_attempt(self, stage: str, key: str) -> Attempt | None:
+        """The record of the attempt that wrote this task's shard if the task is done (its footer has it)."""
+        if not self.shard_done(stage, key):
+            return None
+        footer, _problem = check_shard(self.shard_path(stage, key), key, None)
+        return footer.attempt() if footer is not None else None
+
     def _present(self, stage: str, keys: Iterable[str] | None) -> Iterable[str]:
         """The plan's keys of `stage` that have a file, from one listing; given `keys` are not listed: each
         is opened, and a missing file costs one failed open (a stage folder may hold 100k shards)."""
