@@ -123,10 +123,11 @@ def open_run(
             yield store
 
 
-def _ready(store: RunStore, task: Task, done: dict[str, set[str]]) -> bool:
+def _ready(task: Task, done: dict[str, set[str]], complete: dict[str, bool]) -> bool:
+    """Its foreach upstream task is done, and each whole-stage input is `complete` (all its tasks done)."""
     if task.upstream_stage and task.upstream_key not in done[task.upstream_stage]:
         return False
-    return all(done[s] >= {t.key for t in store.plan.of_stage(s)} for s in task.inputs)
+    return all(complete[s] for s in task.inputs)
 
 
 def _next_attempts(store: RunStore) -> dict[str, int]:
@@ -186,7 +187,10 @@ def run_plan(
                     s.done = len(done[stage] & {t.key for t in tasks})
                     continue
                 todo = [t for t in tasks if t.key not in done[stage]]
-                ready = [t for t in todo if _ready(store, t, done)]
+                # whole-stage inputs checked once per stage, not once per task (O(plan) each)
+                inputs = {s for t in todo for s in t.inputs}
+                complete = {s: done[s].issuperset(store.plan_keys.get(s, {})) for s in inputs}
+                ready = [t for t in todo if _ready(t, done, complete)]
                 s.blocked = len(todo) - len(ready)
                 s.done = len(tasks) - len(todo)
                 log.info(
