@@ -14,7 +14,15 @@ from perfscale.models.vae_dnn import VAEDNNModel
 
 MODELS: dict[str, type[Predictor]] = {
     m.name: m
-    for m in (MeanModel, LinearModel, RandomForestModel, XGBoostModel, MLPModel, VAEDNNModel, LLMClassifierModel)
+    for m in (
+        MeanModel,
+        LinearModel,
+        RandomForestModel,
+        XGBoostModel,
+        MLPModel,
+        VAEDNNModel,
+        LLMClassifierModel,
+    )
 }
 
 
