@@ -59,6 +59,7 @@ KINDS: dict[str, str] = {
     "evaluate": "perfscale.stages.evaluate:evaluate",
     "predict_by_generation": "perfscale.stages.predict:predict_by_generation",
     "recommend": "perfscale.stages.predict:recommend",
+    "infer": "perfscale.stages.infer:infer",
     "fit_predict": "perfscale.stages.fit_predict:fit_predict_stage",
     "relperf": "perfscale.stages.relperf:relperf",
     "simulate": "perfscale.stages.simulate:simulate_stage",
