@@ -266,9 +266,47 @@ def _predict_section(store: RunStore, stage: str) -> Section | None:
         "Each generator fills the hidden target of the real holdout from the other columns.",
     )
     section.tables.append(_table(table))
+    direct = _direct_regressors(store, sorted(df["target"].unique()))
+    if not direct.empty:
+        generated = table.assign(method=table["generator"] + " (generation)").drop(columns="generator")
+        both = pd.concat([generated, direct], ignore_index=True)
+        section.text += (
+            " The second table sets beside them direct regressors (`fit_predict` with `split: given`) "
+            "trained on the same split's train rows and scored on its holdout rows."
+        )
+        scores = [c for c in ("mse", "mae", "r2") if c in both]
+        section.tables.append(_table(both[["target", "method", *scores]]))
     if "prediction" in df and df["prediction"].notna().any():
         section.images.append(_img(plots.predictions(df.dropna(subset=["prediction"]))))
     return section
+
+
+def _direct_regressors(store: RunStore, targets: list[str]) -> pd.DataFrame:
+    """Scores of `fit_predict` stages that used the split stage's own partition (`split: given`) on
+    `targets`: one row per target x model, named "<model> (direct)"."""
+    rows = []
+    for stage in store.plan.stages:
+        if store.plan.of_stage(stage)[0].kind != "fit_predict":
+            continue
+        df = store.read_stage(stage, provenance=False).to_pandas()
+        if df.empty or "split" not in df:
+            continue
+        for target in targets:
+            part = df[df["split"] == "given"]
+            if f"mae_{target}" not in part or part.empty:
+                continue
+            for model, m in part.groupby("model"):
+                first = m.iloc[0]
+                rows.append(
+                    {
+                        "target": target,
+                        "method": f"{model} (direct, {stage})",
+                        "mse": float(first[f"rmse_{target}"]) ** 2,
+                        "mae": float(first[f"mae_{target}"]),
+                        "r2": float(first[f"r2_{target}"]),
+                    }
+                )
+    return pd.DataFrame(rows)
 
 
 def _recommend_section(store: RunStore, stage: str) -> Section | None:
