@@ -303,6 +303,27 @@ def _fit_predict_section(store: RunStore, stage: str) -> Section | None:
         section.tables.append(_table(fp.confusion_table(df)))
     else:
         section.images.append(_img(fp.predicted_vs_true(df)))
+    if "sos" in df:
+        section.tables.append(_table(fp.vector_table(df)))
+        section.images.append(_img(fp.sos_bars(df)))
+        section.images.append(_img(fp.mae_heatmap(df)))
+    return section
+
+
+def _simulate_section(store: RunStore, stage: str) -> Section | None:
+    """Makespan and mean wait per placement policy of the scheduling simulation."""
+    from perfscale.report import fit_predict as fp
+
+    df = store.read_stage(stage, provenance=False).to_pandas()
+    if df.empty:
+        return None
+    section = Section(
+        f"Scheduling simulation: {stage}",
+        "Jobs placed by predicted relative performance, the true best machine, or at random; FCFS + EASY "
+        "backfilling on each machine.",
+    )
+    section.tables.append(_table(df))
+    section.images.append(_img(fp.policy_bars(df)))
     return section
 
 
@@ -316,6 +337,7 @@ SECTIONS = {
     "predict_by_generation": _predict_section,
     "recommend": _recommend_section,
     "fit_predict": _fit_predict_section,
+    "simulate": _simulate_section,
 }
 
 TEMPLATE = """<!doctype html>
