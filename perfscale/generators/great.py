@@ -30,6 +30,10 @@ Files: ``lm/`` holds the fine-tuned model (config.json, model.safetensors) and t
 as written by transformers' save_pretrained; the column codec, training facts and library versions go into
 generator.json's "model" entry. Nothing is pickled.
 
+Distributed fine-tuning: in a multi-rank task (resources.ranks > 1) each rank takes its share of every
+global batch under DDP, or under DeepSpeed ZeRO with the `zero_stage` hyperparameter (training.py,
+parallel.py, zero.py); with the same global batch the losses and weights equal one process's.
+
 Determinism: fit and sample run inside `seeded(seed, torch=True)`; on the CPU the same seed, data, thread
 count and library versions give the same model and the same rows, also after save/load. Not with
 `max_train_seconds` (where training stops depends on the machine's speed) nor on a GPU.
@@ -66,12 +70,47 @@ def _require_llm() -> None:
     require("llm", "torch", "the great generator")
 
 
+# hyperparameters that do not change the trained model: left out of a checkpoint's fingerprint
+NOT_IN_FINGERPRINT = {
+    "checkpoint_dir", "checkpoint_every", "max_train_seconds", "torch_threads", "temperature", "top_k",
+    "top_p", "max_new_tokens", "sample_batch_size", "max_attempts", "cache_dir",
+}  # fmt: skip
+
+
+def _fingerprint(params: Params, seed: int, sequences: list[list[int]]) -> str:
+    """What a checkpoint must match to be resumed: the training hyperparameters, seed and token sequences."""
+    import hashlib
+    import json
+
+    head = {"params": params.model_dump(exclude=NOT_IN_FINGERPRINT), "seed": seed}
+    digest = hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode())
+    digest.update(json.dumps(sequences).encode())
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _process_group(needed: bool) -> Iterator[None]:
+    """DeepSpeed needs torch.distributed: a one-rank session when no multi-rank task opened one."""
+    import torch.distributed as dist
+
+    if not needed or (dist.is_available() and dist.is_initialized()):
+        yield
+        return
+    import os
+
+    from perfscale.distributed import session
+
+    with session(f"great-{os.getpid()}"):
+        yield
+
+
 @register_generator
 class GReaTGenerator(Generator):
     """A causal language model fine-tuned on rows written as text (see the module doc)."""
 
     name = "great"
     pickled_files = ()
+    resumable = True  # takes checkpoint_dir (DeepSpeed's checkpoints, with zero_stage)
     hyperparameters_model = Params
     params: Params
 
@@ -137,17 +176,26 @@ class GReaTGenerator(Generator):
                 raise BadInput(
                     context.too_wide(self.name, params.base_model, lm, codec, table, longest, limit)
                 )
-            result = training.fine_tune(
-                lm,
-                sequences,
-                epochs=params.epochs,
-                steps=params.steps,
-                batch_size=params.batch_size,
-                lr=params.learning_rate,
-                max_train_seconds=params.max_train_seconds,
-                seed=seed,
-                device=self._device(),
+            parallelism = training.Parallelism(
+                params.zero_stage,
+                params.deepspeed,
+                params.checkpoint_dir,
+                params.checkpoint_every,
+                _fingerprint(params, seed, sequences),
             )
+            with _process_group(params.zero_stage is not None):
+                result = training.fine_tune(
+                    lm,
+                    sequences,
+                    epochs=params.epochs,
+                    steps=params.steps,
+                    batch_size=params.batch_size,
+                    lr=params.learning_rate,
+                    max_train_seconds=params.max_train_seconds,
+                    seed=seed,
+                    device=self._device(),
+                    parallelism=parallelism,
+                )
         self._lm, self._codec = lm, codec
         self._state = {
             "token_limit": limit,
@@ -158,6 +206,7 @@ class GReaTGenerator(Generator):
             "epochs": result.epochs,
             "train_seconds": result.seconds,
             "stopped_by": result.stopped_by,
+            "resumed_from": result.resumed_from,
             "final_loss": result.telemetry[-1][2] if result.telemetry else None,
         }
         epoch, step, value = zip(*result.telemetry, strict=True) if result.telemetry else ((), (), ())

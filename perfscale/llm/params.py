@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import AfterValidator, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from perfscale.options import OptionsModel
 
 DEVICES = ("cpu", "cuda", "auto")
 TINY_LR, PRETRAINED_LR = 1e-3, 5e-5
+
+
+def _deepspeed(value: dict[str, Any]) -> dict[str, Any]:
+    """The study's extra DeepSpeed keys, checked by the installed DeepSpeed's own config class (zero.py)."""
+    if value:
+        from perfscale.llm.zero import config_problem
+
+        problem = config_problem(value)
+        if problem:
+            raise ValueError(problem)
+    return value
 
 
 def check_device(value: str) -> str:
@@ -41,6 +52,15 @@ class Params(OptionsModel):
     tiny_merges: BPE merges learnt from the training text for the "tiny" tokenizer (0: characters only).
     cache_dir: where "smollm2" is converted to (default $PERFSCALE_CACHE/models or ~/.cache/perfscale/models).
     device: "cpu" (default, deterministic), "cuda" or "auto" (cuda when available).
+    zero_stage: None (default): plain torch training, DistributedDataParallel in a multi-rank task; 0, 1, 2 or
+        3: the DeepSpeed engine with that ZeRO stage (optimizer states, + gradients, + weights partitioned
+        over the ranks), gloo on the CPU and NCCL on GPUs; `batch_size` must be a multiple of the ranks.
+    deepspeed: further DeepSpeed config keys for zero_stage (e.g. {"zero_optimization": {"overlap_comm":
+        true}}); keys this DeepSpeed does not know are refused at plan time. perfscale sets the batch sizes,
+        gradient clipping and the stage.
+    checkpoint_dir, checkpoint_every: with zero_stage, DeepSpeed's own checkpoints are written there every
+        `checkpoint_every` steps and at the end, and a fit resumes from the newest (the train stage passes
+        the task's checkpoint folder, kept across attempts). Without zero_stage no checkpoints are kept.
     torch_threads: torch's intra-op threads while fitting and sampling (restored after); default 1 for "tiny"
         (faster for a model that small, and immune to busy cores), torch's own setting otherwise.
     """
@@ -65,6 +85,16 @@ class Params(OptionsModel):
     cache_dir: str | None = None
     device: Annotated[str, AfterValidator(check_device)] = "cpu"
     torch_threads: PositiveInt | None = None
+    zero_stage: Literal[0, 1, 2, 3] | None = None
+    deepspeed: Annotated[dict[str, Any], AfterValidator(_deepspeed)] = Field(default_factory=dict)
+    checkpoint_dir: str | None = Field(None, min_length=1)
+    checkpoint_every: PositiveInt = 100
+
+    @model_validator(mode="after")
+    def _deepspeed_needs_a_stage(self) -> Params:
+        if self.deepspeed and self.zero_stage is None:
+            raise ValueError("deepspeed keys are given but zero_stage is not; set zero_stage: 0, 1, 2 or 3")
+        return self
 
     @property
     def threads(self) -> int | None:

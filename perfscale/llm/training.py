@@ -14,7 +14,9 @@ sequence, which is also the whole prompt of unconditioned sampling, and EOS ends
 `split_special_tokens=True`, so a cell value spelling a special token (``<eos>``) stays plain text.
 
 Fine-tuning is a plain torch loop (AdamW, linear decay to 0, gradient norm clipped at 1) over shuffled
-batches, padded per batch to their longest sequence; padding is masked out of the loss. Given the seed, data,
+batches, padded per batch to their longest sequence; padding is masked out of the loss, the mean token loss
+of each batch. In a multi-rank task it runs data-parallel (DDP, parallel.py) or under DeepSpeed ZeRO
+(zero.py), each rank taking its share of every global batch. Given the seed, data,
 thread count and library versions it is deterministic on the CPU (the caller seeds torch's global generator,
 which dropout draws from; batch order comes from a generator seeded here). `max_train_seconds` stops it early,
 which makes the model depend on the machine's speed: the steps actually run are reported.
@@ -219,6 +221,18 @@ class TrainResult:
     epochs: float  # passes over the training sequences, fractional when stopped mid-epoch
     seconds: float
     stopped_by: str  # "epochs", "steps" or "max_train_seconds"
+    resumed_from: int = 0  # the step of the DeepSpeed checkpoint this fit resumed (0: from the start)
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    """How fine-tuning spreads over the ranks of a multi-rank task (parallel.py, zero.py)."""
+
+    zero_stage: int | None = None  # None: one process or DDP; 0-3: the DeepSpeed engine
+    deepspeed: dict[str, Any] = field(default_factory=dict)
+    checkpoint_dir: str | None = None  # DeepSpeed's checkpoints (zero_stage only)
+    checkpoint_every: int = 100
+    fingerprint: str = ""  # what a checkpoint must match to be resumed
 
 
 def fine_tune(
@@ -232,42 +246,93 @@ def fine_tune(
     max_train_seconds: float | None,
     seed: int,
     device: str,
+    parallelism: Parallelism | None = None,
 ) -> TrainResult:
-    """Train `lm.model` on token sequences in place; call inside `seeded(seed, torch=True)`."""
+    """Train `lm.model` on token sequences (in place, or replaced by the trained copy under DeepSpeed); call
+    inside `seeded(seed, torch=True)`.
+
+    In a multi-rank task each rank takes its share of every global batch of `batch_size` sequences
+    (parallel.py); with `parallelism.zero_stage` the DeepSpeed engine steps (zero.py) and its checkpoints are
+    resumed. The loss is the mean token loss of the global batch either way.
+    """
     import torch
 
+    from perfscale.distributed.shares import batch_share
+    from perfscale.llm.parallel import TorchStepper, World, share_loss
+
+    how = parallelism or Parallelism()
+    world = World.current()
+    if world.parallel and device.startswith("cuda"):
+        device = f"cuda:{torch.cuda.current_device()}"  # the local rank's GPU (perfscale.distributed)
     model = lm.model.to(device)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     per_epoch = math.ceil(len(sequences) / batch_size)
     total = steps if steps is not None else epochs * per_epoch
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / total))
-    shuffle = torch.Generator().manual_seed(seed)
+    stepper: Any
+    if how.zero_stage is None:
+        stepper = TorchStepper(model, lr, total, world, device)
+    else:
+        from perfscale.llm.zero import ZeroStepper
+
+        stepper = ZeroStepper(model, lr, total, world, how.zero_stage, batch_size, how.deepspeed)
     telemetry: list[tuple[int, int, float]] = []
-    step, epoch, start = 0, 0, time.perf_counter()
+    step = 0
+    resumed = stepper.load(how.checkpoint_dir)
+    if resumed is not None:
+        if resumed.get("fingerprint") != how.fingerprint:
+            raise BadInput(
+                f"the DeepSpeed checkpoint in {how.checkpoint_dir} belongs to another fit (different table, "
+                "seed or hyperparameters); delete it or choose another checkpoint_dir"
+            )
+        step, telemetry = int(resumed["step"]), [tuple(t) for t in resumed["telemetry"]]  # type: ignore[misc]
+        torch.set_rng_state(resumed["rng"])
+    shuffle = torch.Generator().manual_seed(seed)
+    epoch, start = step // per_epoch, time.perf_counter()
+    for _ in range(epoch):  # the batch order of the epochs before the resumed step
+        torch.randperm(len(sequences), generator=shuffle)
     stopped_by = "steps" if steps is not None else "epochs"
+
+    def checkpoint() -> None:
+        client = {"fingerprint": how.fingerprint, "step": step, "telemetry": telemetry}
+        stepper.save(how.checkpoint_dir, step, client | {"rng": torch.get_rng_state()})
+
     with quiet_transformers():  # one-time notes such as "loss_type=None ... unrecognized"
         while step < total and stopped_by != "max_train_seconds":
             order = torch.randperm(len(sequences), generator=shuffle).tolist()
-            for first in range(0, len(order), batch_size):
+            for first in range((step % per_epoch) * batch_size, len(order), batch_size):
                 batch = [sequences[i] for i in order[first : first + batch_size]]
-                ids, mask, labels = (t.to(device) for t in _pad(batch, lm.pad_id))
-                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                schedule.step()
-                optimizer.zero_grad(set_to_none=True)
-                telemetry.append((epoch, step, float(loss.detach())))
+                lo, hi = batch_share(len(batch), world.rank, world.size)
+                share = tuple(t.to(device) for t in _pad(batch[lo:hi], lm.pad_id)) if hi > lo else None
+                loss, value = share_loss(stepper.model, share, world)  # type: ignore[arg-type]
+                stepper.step(loss)
+                telemetry.append((epoch, step, value))
                 step += 1
+                if step % how.checkpoint_every == 0 or step >= total:
+                    checkpoint()
                 if step >= total:
                     break
-                if max_train_seconds is not None and time.perf_counter() - start >= max_train_seconds:
+                if max_train_seconds is not None and _out_of_time(start, max_train_seconds, world, device):
                     stopped_by = "max_train_seconds"
+                    checkpoint()
                     break
             epoch += 1
-    model.eval()
-    return TrainResult(telemetry, step, step / per_epoch, time.perf_counter() - start, stopped_by)
+    lm.model = stepper.trained().to(device)
+    lm.model.eval()
+    seconds = time.perf_counter() - start
+    return TrainResult(
+        telemetry, step, step / per_epoch, seconds, stopped_by, int((resumed or {}).get("step", 0))
+    )
+
+
+def _out_of_time(start: float, limit: float, world: Any, device: str) -> bool:
+    """Rank 0's clock decides for every rank (they must stop at the same step)."""
+    import torch
+    import torch.distributed as dist
+
+    late = torch.tensor([time.perf_counter() - start >= limit], dtype=torch.int32, device=device)
+    if world.parallel:
+        dist.broadcast(late, src=0)
+    return bool(late.item())
 
 
 def _pad(batch: list[list[int]], pad_id: int) -> tuple[Any, Any, Any]:

@@ -10,9 +10,19 @@ from perfscale.models.linear import LinearModel, MeanModel
 from perfscale.models.llm_head import LLMClassifierModel
 from perfscale.models.mlp import MLPModel
 from perfscale.models.trees import RandomForestModel, XGBoostModel
+from perfscale.models.vae_dnn import VAEDNNModel
 
 MODELS: dict[str, type[Predictor]] = {
-    m.name: m for m in (MeanModel, LinearModel, RandomForestModel, XGBoostModel, MLPModel, LLMClassifierModel)
+    m.name: m
+    for m in (
+        MeanModel,
+        LinearModel,
+        RandomForestModel,
+        XGBoostModel,
+        MLPModel,
+        VAEDNNModel,
+        LLMClassifierModel,
+    )
 }
 
 

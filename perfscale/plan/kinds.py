@@ -61,6 +61,8 @@ KINDS: dict[str, str] = {
     "recommend": "perfscale.stages.predict:recommend",
     "infer": "perfscale.stages.infer:infer",
     "fit_predict": "perfscale.stages.fit_predict:fit_predict_stage",
+    "relperf": "perfscale.stages.relperf:relperf",
+    "simulate": "perfscale.stages.simulate:simulate_stage",
     "corrupt": "perfscale.stages.corrupt:corrupt",
     "metric_study": "perfscale.stages.metric_study:metric_study",
     "function": "perfscale.stages.function:function",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, NonNegativeFloat, PositiveFloat, PositiveInt, field_validator
 
@@ -15,6 +15,7 @@ NOT_IN_FINGERPRINT = (
     "sample_batch_size",
     "threads",
     "repaint_resample",
+    "sample_with",
 )
 
 
@@ -43,6 +44,11 @@ class TabDDPMConfig(OptionsModel):
         BadInput). Only the latest checkpoint is kept, and it stays after the fit: fitting again with the
         folder loads it and trains no more. None (default): no checkpoints. A pipeline gives each fit its
         own folder (e.g. one inside the task's artifacts); see `train.py` for what a checkpoint holds.
+    ema_decay: the exponential moving average of the weights kept during training, as in the reference code
+        (`ema <- decay * ema + (1 - decay) * weights` after every step; 0.999 there). Under data-parallel
+        training rank 0 alone keeps it; it is in every checkpoint and in the saved model.
+    sample_with: "model" (default, what the reference code's sample.py loads) or "ema": the weights sampling,
+        imputation and conditioned sampling use.
     discrete_as_categories: model integer columns with an `allowed` set (a few distinct values) with the
         categorical diffusion instead of the Gaussian one (see `transform.py` for why; default true).
     device: "cpu" (default), "cuda" or "cuda:N". A model fitted on CUDA samples on the CPU where no GPU is.
@@ -64,6 +70,8 @@ class TabDDPMConfig(OptionsModel):
     dropout: float = Field(0.0, ge=0, lt=1)
     checkpoint_dir: str | None = Field(None, min_length=1)
     checkpoint_every: PositiveInt = 500
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    sample_with: Literal["model", "ema"] = "model"
     device: Device = "cpu"
     discrete_as_categories: bool = True
     repaint_resample: PositiveInt = 10
