@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from perfscale.engines import Engine, EngineStalled, make_engine
 from perfscale.errors import FailureKind
 from perfscale.execute import Outcome, execute_task
+from perfscale.gpus import GpuAdmission
 from perfscale.logs import run_log
 from perfscale.plan.overrides import load_study_text
 from perfscale.plan.planner import Plan, Task, build_plan
@@ -301,10 +302,11 @@ def _run_tasks(
     is
     rerun *alone*, so a task that kills its worker again is caught as the culprit and its budget spent, while
     its innocent neighbours succeed on their rerun. A stalled engine (see Watchdog) loses every task in
-    flight the same way.
+    flight the same way. Tasks that ask for GPUs wait in the queue while the engine's GPUs are all in use
+    (`perfscale.gpus.GpuAdmission`); tasks without GPUs go past them.
     """
     window = max(2, 2 * engine.workers)
-    queue, suspects = deque(tasks), deque()
+    queue, suspects = GpuAdmission(tasks, engine.gpu_capacity), deque()
     lost: Counter[str] = Counter()
     pending: dict[Future, Task] = {}
     watchdog = Watchdog(engine, store.site.watchdog_s)
@@ -312,6 +314,7 @@ def _run_tasks(
     def submit(t: Task) -> None:
         attempt = next_attempt.get(t.key, 1) + lost[t.key]
         pending[engine.submit(execute_task, str(store.root), t.index, attempt)] = t
+        queue.started(t)
 
     def lose(t: Task, message: str, rerun: bool = True) -> Outcome:
         record = _lost_record(t, next_attempt.get(t.key, 1) + lost[t.key], message)
@@ -350,8 +353,8 @@ def _run_tasks(
             if not pending:
                 submit(suspects.popleft())
         else:
-            while queue and len(pending) < window:
-                submit(queue.popleft())
+            while len(pending) < window and (t := queue.pop()) is not None:
+                submit(t)
         try:
             fut = _next_done(pending, watchdog)
         except KeyboardInterrupt:  # SIGINT, or SIGTERM turned into one: record the tasks in flight, stop
@@ -360,6 +363,8 @@ def _run_tasks(
         if fut is None:  # stalled: every task in flight is lost; restart once, then stop
             stuck, stop = list(pending.values()), watchdog.restarted
             pending.clear()
+            for t in stuck:
+                queue.ended(t)
             if not stop:
                 watchdog.restart()
             what = "run stopped" if stop else "engine restarted"
@@ -369,6 +374,7 @@ def _run_tasks(
                 raise watchdog.error()
             continue
         t = pending.pop(fut)
+        queue.ended(t)
         try:
             outcome = fut.result()
         except Exception as exc:  # the worker process died: the task never reported back

@@ -57,6 +57,11 @@ class Site(Strict):
     memory_gb_per_node: AutoSize = "auto"
     gpus_per_node: int = Field(0, ge=0)
     gpu_model: str | None = None
+    gpu_vendor: Literal["nvidia", "amd"] | None = Field(
+        None,
+        description="whose GPUs the nodes have: a task's GPUs are named in CUDA_VISIBLE_DEVICES (nvidia) or "
+        "ROCR_VISIBLE_DEVICES and HIP_VISIBLE_DEVICES (amd); required when gpus_per_node > 0",
+    )
     cpu_model: str | None = None
     arch: Literal["x86_64", "ppc64le", "aarch64"] = "x86_64"
     max_workers: AutoCount = Field("auto", description="concurrent tasks per node in pilot mode")
@@ -98,6 +103,15 @@ class Site(Strict):
         defaults = [n for n, p in self.partitions.items() if p.default]
         if len(defaults) > 1:
             raise ValueError(f"at most one partition may be 'default: true', got {defaults}")
+        return self
+
+    @model_validator(mode="after")
+    def _gpus_have_a_vendor(self) -> Site:
+        if self.gpus_per_node and self.gpu_vendor is None:
+            raise ValueError(
+                f"gpus_per_node is {self.gpus_per_node} but gpu_vendor is not set; add 'gpu_vendor: nvidia' or "
+                "'gpu_vendor: amd' (it names the variable that binds a task to its GPUs)"
+            )
         return self
 
     @model_validator(mode="after")
