@@ -215,7 +215,9 @@ def execute_task(root: str | Path, index: int, first_attempt: int = 1) -> Outcom
         outcome.failure_kind, outcome.message = FailureKind.BAD_INPUT.value, f"GpuShortage: {exc}"
         attempt_no = first_attempt + len(outcome.attempts)
         outcome.attempts.append(
-            _attempt_record(task, attempt_no, utcnow(), 0.0, False, FailureKind.BAD_INPUT, None, outcome.message)
+            _attempt_record(
+                task, attempt_no, utcnow(), 0.0, False, FailureKind.BAD_INPUT, None, outcome.message
+            )
         )
         return outcome
     except Interrupted as exc:  # the signal came between attempts or while one was being recorded

@@ -137,9 +137,8 @@ def test_allocation_mask_is_the_pool_and_variables_are_restored(tmp_path, monkey
     with bound(binding, 1) as ids:
         assert ids == ["4"] and os.environ["ROCR_VISIBLE_DEVICES"] == os.environ["HIP_VISIBLE_DEVICES"] == "4"
     assert os.environ["ROCR_VISIBLE_DEVICES"] == "4,6" and "HIP_VISIBLE_DEVICES" not in os.environ
-    with pytest.raises(GpuShortage, match="asks for 3 GPUs; this node's pool has 2"):
-        with claim(binding, 3):
-            pass
+    with pytest.raises(GpuShortage, match="asks for 3 GPUs; this node's pool has 2"), claim(binding, 3):
+        pass
     monkeypatch.delenv("PERFSCALE_GPU_LOCKS")
     assert binding.lock_dir().name == "1234"  # one pool per allocation on a shared node
 
@@ -177,11 +176,81 @@ def test_admission_lets_cpu_tasks_past_and_keeps_gpu_order():
 
 def test_gpus_beyond_the_node_are_refused_at_plan_time(write_study, tmp_path):
     study = write_study(GPU_STUDY.format(gpus=5, xs="1", hold=0))
-    with pytest.raises(SpecError, match=r"study.yaml:\d+: stages.bound.resources.gpus: each task asks for 5 GPUs"):
+    with pytest.raises(
+        SpecError, match=r"study.yaml:\d+: stages.bound.resources.gpus: each task asks for 5 GPUs"
+    ):
         prepare_run(study, gpu_site(tmp_path), tmp_path / "run")
     with pytest.raises(SpecError, match=r"site 'local' has no GPUs \(gpus_per_node: 0\)"):
-        prepare_run(write_study(GPU_STUDY.format(gpus=1, xs="1", hold=0)), load_site("local"), tmp_path / "r2")
+        prepare_run(
+            write_study(GPU_STUDY.format(gpus=1, xs="1", hold=0)), load_site("local"), tmp_path / "r2"
+        )
     bad = tmp_path / "novendor.yaml"
     bad.write_text("name: novendor\ngpus_per_node: 4\n")
     with pytest.raises(SpecError, match="gpu_vendor is not set; add 'gpu_vendor: nvidia'"):
         load_site(bad)
+
+
+# ------------------------------------------------------------------------------------- device choice
+
+DEVICE_STUDY = """\
+name: device
+seed: 1
+stages:
+  data: {{kind: ingest, params: {{kind: sklearn, source: iris}}}}
+  split: {{kind: split, inputs: [data], params: {{source: data, holdout_fraction: 0.3}}}}
+  train:
+    kind: train
+    inputs: [split]
+    resources: {{gpus: {gpus}}}
+    params:
+      source: split
+      generator: tabddpm
+      hyperparameters: {{device: {device}, precision: {precision}, num_timesteps: 8, steps: 3, batch_size: 32,
+                         d_layers: [8], dim_t: 8, threads: 1}}
+"""
+
+
+def test_tabddpm_on_device_auto_trains_where_a_gpu_is_visible():
+    """auto trains on a visible GPU, else on the CPU; bf16 only where a GPU ran (both sides probed)."""
+    import torch
+
+    from perfscale.generators import get_generator
+    from perfscale.tabular.meta import infer_meta
+    from tests.tables import iris_table
+
+    table = iris_table().head(40)
+    small = dict(num_timesteps=8, steps=3, batch_size=32, d_layers=[8], dim_t=8, threads=1)
+    generator = get_generator("tabddpm")(device="auto", precision="bf16", **small)
+    generator.fit(table, infer_meta(table), seed=1)
+    on_gpu = torch.cuda.is_available()
+    assert generator.device_used == ("cuda" if on_gpu else "cpu")
+    assert generator.precision_used == ("bf16" if on_gpu else "fp32")
+    assert len(generator.sample(5, seed=2)) == 5
+
+
+@pytest.mark.parametrize(
+    ("gpus", "device", "precision", "site", "message"),
+    [
+        (
+            0,
+            "cuda",
+            "fp32",
+            "gpu",
+            r"train.params.hyperparameters.device: device 'cuda' needs a GPU, and the "
+            r"stage's tasks get none \(resources.gpus: 0 on site 'gpu-nvidia'\)",
+        ),
+        (0, "cuda:1", "fp32", "local", "device 'cuda:1' needs a GPU"),
+        (1, "cpu", "bf16", "gpu", 'precision "bf16" runs on a GPU only'),
+    ],
+)
+def test_device_choices_are_checked_at_plan_time(
+    write_study, tmp_path, gpus, device, precision, site, message
+):
+    study = write_study(DEVICE_STUDY.format(gpus=gpus, device=device, precision=precision))
+    where = gpu_site(tmp_path) if site == "gpu" else load_site("local")
+    with pytest.raises(SpecError, match=message):
+        prepare_run(study, where, tmp_path / "run")
+    # the same study on a GPU site with a GPU per task plans (cuda is forced there, as asked)
+    if device.startswith("cuda"):
+        ok = write_study(DEVICE_STUDY.format(gpus=1, device=device, precision=precision), "ok.yaml")
+        prepare_run(ok, gpu_site(tmp_path), tmp_path / "ok")

@@ -141,6 +141,7 @@ class GReaTGenerator(Generator):
                 seed=seed,
                 device=self._device(),
             )
+        self.device_used = str(self._device()).split(":")[0]
         self._lm, self._codec = lm, codec
         self._state = {
             "token_limit": limit,

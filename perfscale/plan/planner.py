@@ -213,10 +213,10 @@ def _validation_context(site: Site | None) -> dict[str, Any]:
 
 
 def _too_many_gpus(gpus: int, site: Site, where: str, stage: str) -> str:
-    has = f"has no GPUs (gpus_per_node: 0)" if not site.gpus_per_node else f"nodes have {site.gpus_per_node}"
+    has = "has no GPUs (gpus_per_node: 0)" if not site.gpus_per_node else f"nodes have {site.gpus_per_node}"
     return (
-        f"{where}: stages.{stage}.resources.gpus: each task asks for {gpus} GPUs and site {site.name!r} {has}; "
-        "a task runs on one node, so lower gpus or choose a site with more GPUs per node"
+        f"{where}: stages.{stage}.resources.gpus: each task asks for {gpus} GPUs and site {site.name!r} "
+        f"{has}; a task runs on one node, so lower gpus or choose a site with more GPUs per node"
     )
 
 
@@ -238,9 +238,13 @@ def build_plan(study: Study, source: str = "<study>", site: Site | None = None) 
         kind = canonical_kind(spec.kind, where=lines.where(("stages", name, "kind")))
         params_model = get_stage_kind(kind, where=f"{source}: stages.{name}.kind").params
         named = PlanCheck(name, tuple(spec.inputs), spec.foreach, kinds_by_stage)
+        if site is not None:
+            named.gpus, named.site = resources.gpus, site.name
         checks = _Checks(spec, name, params_model, named, source, context, lines)
         if site is not None and resources.gpus > site.gpus_per_node:
-            raise SpecError(_too_many_gpus(resources.gpus, site, lines.where(("stages", name, "resources")), name))
+            raise SpecError(
+                _too_many_gpus(resources.gpus, site, lines.where(("stages", name, "resources")), name)
+            )
         if site is not None and (resources.ranks > 1 or resources.gpus_per_rank):
             from perfscale.sched.mpi import check_ranks
 

@@ -109,8 +109,8 @@ class Site(Strict):
     def _gpus_have_a_vendor(self) -> Site:
         if self.gpus_per_node and self.gpu_vendor is None:
             raise ValueError(
-                f"gpus_per_node is {self.gpus_per_node} but gpu_vendor is not set; add 'gpu_vendor: nvidia' or "
-                "'gpu_vendor: amd' (it names the variable that binds a task to its GPUs)"
+                f"gpus_per_node is {self.gpus_per_node} but gpu_vendor is not set; add 'gpu_vendor: nvidia' "
+                "or 'gpu_vendor: amd' (it names the variable that binds a task to its GPUs)"
             )
         return self
 
