@@ -42,6 +42,7 @@ from pydantic import ValidationError
 
 from perfscale.errors import FailureKind, TaskFailure
 from perfscale.gpus import GpuBinding, GpuShortage, bound
+from perfscale.plan.placement import site_of
 from perfscale.plan.planner import Task
 from perfscale.sched.base import scheduler_class
 from perfscale.spec.site import Site
@@ -209,7 +210,7 @@ def execute_task(root: str | Path, index: int, first_attempt: int = 1) -> Outcom
 
         return launch(store, task, outcome, first_attempt)
     try:
-        with scheduler_signals(), bound(gpu_binding(store.site), task.gpus):
+        with scheduler_signals(), bound(gpu_binding(site_of(task.site, store.site)), task.gpus):
             return _attempts(store, task, outcome, first_attempt)
     except GpuShortage as exc:
         outcome.failure_kind, outcome.message = FailureKind.BAD_INPUT.value, f"GpuShortage: {exc}"
@@ -264,7 +265,9 @@ def _attempts(store: RunStore, task: Task, outcome: Outcome, first_attempt: int,
             with _thread_limit(task.cores):
                 result = kind.run(StageContext(store, task, attempt, rank), params)
             duration = time.perf_counter() - t0
-            prov = Provenance(task.key, store.site.name, _HOST, started, duration, attempt)
+            prov = Provenance(
+                task.key, site_of(task.site, store.site).name, _HOST, started, duration, attempt
+            )
             record = _attempt_record(task, attempt, started, duration, True)
             if rank == 0:
                 store.write_shard(task.stage, task.key, result, prov, attempt=record)  # the footer keeps it

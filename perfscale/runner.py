@@ -24,6 +24,7 @@ from perfscale.execute import Outcome, execute_task
 from perfscale.gpus import GpuAdmission
 from perfscale.logs import run_log
 from perfscale.plan.overrides import load_study_text
+from perfscale.plan.placement import check_run_folder
 from perfscale.plan.planner import Plan, Task, build_plan
 from perfscale.spec.site import Site
 from perfscale.store import space
@@ -86,7 +87,9 @@ def _planned(
 ) -> tuple[Plan, Path, str]:
     """The plan, the run folder and the study text to record (overridden by `--set`s, see plan.overrides)."""
     study, text = load_study_text(study_path, overrides)
-    return build_plan(study, str(study_path), site), run_dir or default_run_dir(study.name, site), text
+    plan, root = build_plan(study, str(study_path), site), run_dir or default_run_dir(study.name, site)
+    check_run_folder(root, site, {t.site for t in plan.tasks if t.site})
+    return plan, root, text
 
 
 def prepare_run(

@@ -66,6 +66,12 @@ class Site(Strict):
     arch: Literal["x86_64", "ppc64le", "aarch64"] = "x86_64"
     max_workers: AutoCount = Field("auto", description="concurrent tasks per node in pilot mode")
     accounts: list[str] = Field(default_factory=list)
+    shared_filesystems: list[str] = Field(
+        default_factory=list,
+        description="absolute paths of file systems this site's login and compute nodes mount and other "
+        "sites mount at the same path (e.g. /p/vast1): a study may run stages on two sites only when their "
+        "files name one in common and the run folder lies on it",
+    )
     partitions: dict[str, Partition] = Field(default_factory=dict)
     limits: Limits = Field(default_factory=Limits)
     counters: Counters = Field(default_factory=Counters)
@@ -104,6 +110,14 @@ class Site(Strict):
         if len(defaults) > 1:
             raise ValueError(f"at most one partition may be 'default: true', got {defaults}")
         return self
+
+    @field_validator("shared_filesystems")
+    @classmethod
+    def _absolute(cls, paths: list[str]) -> list[str]:
+        for p in paths:
+            if not p.startswith("/"):
+                raise ValueError(f"{p!r} is not an absolute path; give the mount point, e.g. /p/vast1")
+        return paths
 
     @model_validator(mode="after")
     def _gpus_have_a_vendor(self) -> Site:

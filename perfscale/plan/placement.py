@@ -1,0 +1,65 @@
+"""Where a stage runs: its site and partition (`resources.site`, `resources.partition`), checked at plan time.
+
+A stage without either runs where the run runs (the run's site, its default partition): today's behaviour.
+A stage on another site reads and writes the run folder from that site's nodes, so both sites must mount one
+file system (`shared_filesystems` in their site files) and the run folder must lie on it; a study that needs
+that and cannot have it is refused before anything runs, saying why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from perfscale.errors import SpecError
+from perfscale.spec.site import Site, load_site
+from perfscale.spec.study import Resources
+
+def site_named(name: str) -> Site:
+    """A site by name, looked up in site_dirs() (PERFSCALE_SITE_PATH, then perfscale's site_configs/)."""
+    return load_site(name)
+
+
+def common_filesystems(a: Site, b: Site) -> list[str]:
+    return [fs for fs in a.shared_filesystems if fs in b.shared_filesystems]
+
+
+def placed_site(resources: Resources, run_site: Site, where: str, stage: str) -> Site:
+    """The site stage `stage` runs on (its resources.site, else the run's), its partition checked there."""
+    target = run_site
+    if resources.site is not None and resources.site != run_site.name:
+        try:
+            target = site_named(resources.site)
+        except SpecError as exc:
+            raise SpecError(f"{where}: stages.{stage}.resources.site: {exc}") from None
+        if not common_filesystems(run_site, target):
+            raise SpecError(
+                f"{where}: stages.{stage}.resources.site: stage {stage!r} runs on site {target.name!r} and "
+                f"the run's data lives on site {run_site.name!r}, but their site files name no file system "
+                f"both mount (shared_filesystems: {run_site.name} {run_site.shared_filesystems}, "
+                f"{target.name} {target.shared_filesystems}); add the one both mount to both files, or run "
+                "the stage on the run's site"
+            )
+    if resources.partition is not None:
+        try:
+            target.partition(resources.partition)
+        except SpecError as exc:
+            raise SpecError(f"{where}: stages.{stage}.resources.partition: {exc}") from None
+    return target
+
+
+def check_run_folder(root: Path, run_site: Site, other_sites: Iterable[str]) -> None:
+    """A run with stages on other sites must live on a file system every one of them mounts."""
+    folder = root.resolve()
+    for name in sorted(set(other_sites) - {run_site.name}):
+        shared = common_filesystems(run_site, site_named(name))
+        if not any(folder.is_relative_to(Path(fs).resolve()) for fs in shared):
+            raise SpecError(
+                f"run folder {folder} is not on a file system sites {run_site.name!r} and {name!r} both "
+                f"mount ({', '.join(shared)}); put --run-dir under one of them"
+            )
+
+
+def site_of(task_site: str | None, run_site: Site) -> Site:
+    """The site a task runs on: its stage's `resources.site`, else the run's."""
+    return site_named(task_site) if task_site and task_site != run_site.name else run_site
