@@ -15,6 +15,7 @@ from perfscale.errors import SpecError
 from perfscale.spec.site import Site, load_site
 from perfscale.spec.study import Resources
 
+
 def site_named(name: str) -> Site:
     """A site by name, looked up in site_dirs() (PERFSCALE_SITE_PATH, then perfscale's site_configs/)."""
     return load_site(name)
