@@ -12,7 +12,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from perfscale.execute import Outcome, execute_task
 from perfscale.gpus import GpuAdmission
 from perfscale.logs import run_log
 from perfscale.plan.overrides import load_study_text
-from perfscale.plan.placement import check_run_folder
+from perfscale.plan.placement import check_run_folder, placed, site_of
 from perfscale.plan.planner import Plan, Task, build_plan
 from perfscale.spec.site import Site
 from perfscale.store import space
@@ -168,14 +168,11 @@ def run_plan(
     done = {s: store.done_keys(s) for s in plan.stages}  # checks every shard's footer; bad ones quarantined
     next_attempt = _next_attempts(store)
     attempt_log = AttemptLog(store)
-    owned = not isinstance(engine, Engine)
-    if owned:
-        engine = make_engine(engine or store.site.engine, store.site, store.root, workers)
     space.reserve(store.root)
     try:
         with (
             disk_full_named(store.root),
-            engine if owned else nullcontext(engine),
+            _Engines(store, engine, workers) as engines,
             _progress(progress) as bars,
         ):
             for stage in plan.stages:
@@ -197,7 +194,7 @@ def run_plan(
                     s.blocked,
                 )
                 bar = bars.add_task(stage, total=len(tasks), completed=s.done, failed="")
-                for outcome in _run_tasks(engine, store, ready, next_attempt):
+                for outcome in _run_tasks(engines.of(tasks[0]), store, ready, next_attempt):
                     attempt_log.add(outcome.attempts)
                     _log_outcome(outcome)
                     if outcome.retrying:
@@ -217,6 +214,47 @@ def run_plan(
         finally:
             space.release(store.root)
     return summary
+
+
+class _Engines:
+    """The engine of each stage's placement (its `resources.site` and `resources.partition`). Stages run one
+    after another, so one engine is live at a time: a stage placed elsewhere than the one before stops that
+    engine and starts its own (Parsl allows one loaded configuration per process). `given`: an engine name
+    for the run's site (default: the site's own), or an Engine the caller started, used for the stages on
+    the run's site and default partition; stages on another site use that site's engine."""
+
+    def __init__(self, store: RunStore, given: str | Engine | None, workers: int | None):
+        self.store, self.given, self.workers = store, given, workers
+        self.key: tuple[str | None, str | None] | None = None
+        self.engine: Engine | None = None
+        self.owned = False
+
+    def of(self, task: Task) -> Engine:
+        site = site_of(task.site, self.store.site)
+        key = (None if site is self.store.site else site.name, task.partition)
+        if key != self.key or self.engine is None:
+            self.close()
+            if key == (None, None) and isinstance(self.given, Engine):
+                self.engine, self.owned = self.given, False
+            else:
+                name = self.given if isinstance(self.given, str) and key[0] is None else None
+                where = placed(site, task.partition)
+                self.engine = make_engine(name or site.engine, where, self.store.root, self.workers)
+                self.engine.__enter__()
+                self.owned = True
+            self.key = key
+        return self.engine
+
+    def close(self, exc_type: type[BaseException] | None = None) -> None:
+        engine, self.engine, self.key = self.engine, None, None
+        if engine is not None and self.owned:
+            engine.__exit__(exc_type)
+
+    def __enter__(self) -> _Engines:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self.close(exc_type)
 
 
 def _log_outcome(outcome: Outcome) -> None:

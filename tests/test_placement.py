@@ -143,8 +143,8 @@ def _site_file(folder: Path, name: str, **fields: object) -> Path:
         ("site: nosuch", r"stages.total.resources.site: unknown site 'nosuch'; known sites: .*gpu"),
         (
             "site: island",
-            r"stages.total.resources.site: stage 'total' runs on site 'island' and the run's data lives on site 'cpu', but "
-            r"their site files name no file system both mount",
+            r"stages.total.resources.site: stage 'total' runs on site 'island' and the run's data lives "
+            r"on site 'cpu', but their site files name no file system both mount",
         ),
         (
             "{site: gpu, partition: pbatch}",
@@ -194,3 +194,49 @@ def test_a_run_folder_off_the_shared_file_system_is_refused(write_study, tmp_pat
     ):
         prepare_run(study, load_site("cpu"), tmp_path / "elsewhere")
     prepare_run(study, load_site("cpu"), shared / "run")  # on it: planned
+
+
+# ------------------------------------------------------------------------------------- pilot mode
+
+
+def test_pilot_mode_runs_each_stage_on_the_engine_of_its_placement(
+    write_study, tmp_path, monkeypatch, caplog
+):
+    """Two site files on this machine: the second stage runs on the other one's engine (here both local
+    process pools, 1 and 2 workers), and its rows say where they ran."""
+    import logging
+
+    from perfscale.runner import run_plan
+
+    sites = tmp_path / "sites"
+    sites.mkdir()
+    for name, workers in (("here", 1), ("there", 2)):
+        (sites / f"{name}.yaml").write_text(
+            f"name: {name}\nscheduler: none\nengine: local\nmax_workers: {workers}\n"
+            f"shared_filesystems: [{tmp_path}]\n"
+        )
+    monkeypatch.setenv("PERFSCALE_SITE_PATH", str(sites))
+    study = write_study(TWO_STAGES.format(placement="site: there"))
+    store = prepare_run(study, load_site("here"), tmp_path / "run")
+    with caplog.at_level(logging.INFO, logger="perfscale"):
+        summary = run_plan(store, progress=False)
+    assert (summary["square"].done, summary["total"].done) == (3, 1)
+    started = [r.getMessage() for r in caplog.records if "engine: starting" in r.getMessage()]
+    assert [m.split(" (run")[0] for m in started] == [
+        "local engine: starting 1 workers on site here",
+        "local engine: starting 2 workers on site there",
+    ]
+    assert set(store.read_stage("square", provenance=True).to_pandas()["_site"]) == {"here"}
+    assert store.read_stage("total", provenance=True).to_pandas()["_site"].tolist() == ["there"]
+
+
+def test_a_stage_partition_becomes_the_pilot_block_partition():
+    from perfscale.engines.parsl_engine import make_provider
+    from perfscale.plan.placement import placed
+
+    quartz = load_site("quartz")
+    assert make_provider(quartz, walltime_s=600).partition == "pbatch"  # the site's default
+    debug = placed(quartz, "pdebug")
+    assert make_provider(debug, walltime_s=600).partition == "pdebug"
+    assert [n for n, p in debug.partitions.items() if p.default] == ["pdebug"]
+    assert placed(quartz, None) is quartz

@@ -64,3 +64,13 @@ def check_run_folder(root: Path, run_site: Site, other_sites: Iterable[str]) -> 
 def site_of(task_site: str | None, run_site: Site) -> Site:
     """The site a task runs on: its stage's `resources.site`, else the run's."""
     return site_named(task_site) if task_site and task_site != run_site.name else run_site
+
+
+def placed(site: Site, partition: str | None) -> Site:
+    """`site` with `partition` as its default partition (what an engine built from the site then asks for);
+    the site itself when no partition is named."""
+    if partition is None:
+        return site
+    site.partition(partition)  # an unknown one is an error naming the choices
+    parts = {n: p.model_copy(update={"default": n == partition}) for n, p in site.partitions.items()}
+    return site.model_copy(update={"partitions": parts})
