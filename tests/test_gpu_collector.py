@@ -98,6 +98,11 @@ def test_profile_rows_carry_null_gpu_columns_where_no_gpu_tool_is(write_study, t
         assert all(row[c] is None or row[c] != row[c] for c in GPU_COLUMNS if c != "gpu_status")
     else:  # a GPU machine: sampled for real
         assert row["gpu_status"] == "ok" and row["gpu_samples"] > 0
+    # the report says where each stage ran and shows the GPU columns
+    from perfscale.report import build_report
+
+    page = build_report(store).read_text()
+    assert "<th>GPUs per task</th>" in page and "<th>partition</th>" in page and "<th>gpu_status</th>" in page
 
 
 def test_sampling_runs_the_tool_for_the_task_gpus_and_stops_it(tmp_path):
