@@ -254,3 +254,32 @@ def test_device_choices_are_checked_at_plan_time(
     if device.startswith("cuda"):
         ok = write_study(DEVICE_STUDY.format(gpus=1, device=device, precision=precision), "ok.yaml")
         prepare_run(ok, gpu_site(tmp_path), tmp_path / "ok")
+
+
+# ------------------------------------------------------------------------------------- array mode
+
+
+def test_an_array_of_gpu_tasks_asks_slurm_for_their_gpus(tmp_path):
+    """The sbatch header of a 2-GPU stage on a Corona-like (Slurm, AMD) site, word by word; inside the
+    element each task claims its GPUs from those Slurm gives the element (ROCR_VISIBLE_DEVICES), as above.
+    (bsub + jsrun, PBS and Flux GPU lines: tests/test_sched_render.py, tests/test_sched_pbs_flux.py.)"""
+    from perfscale.sched.arrays import stage_arrays
+    from perfscale.sched.render import render_array
+    from tests.test_sched_render import _tasks
+
+    corona = load_site("corona")
+    (job,) = stage_arrays("s", "p", _tasks(3, cores=4, memory_gb=2, gpus=2), corona, partition="pdebug")
+    header = [
+        line for line in render_array(job, corona, tmp_path).script.splitlines() if line.startswith("#SBATCH")
+    ]
+    assert header[:9] == [
+        "#SBATCH --job-name=s-p-0",
+        "#SBATCH --array=0-2%3",
+        "#SBATCH --nodes=1",
+        "#SBATCH --ntasks=1",
+        "#SBATCH --cpus-per-task=4",
+        "#SBATCH --mem=2048M",
+        "#SBATCH --time=00:10:00",
+        "#SBATCH --partition=pdebug",
+        "#SBATCH --gpus-per-node=2",
+    ]
