@@ -283,3 +283,18 @@ def test_an_array_of_gpu_tasks_asks_slurm_for_their_gpus(tmp_path):
         "#SBATCH --partition=pdebug",
         "#SBATCH --gpus-per-node=2",
     ]
+
+
+def test_an_allocation_with_fewer_gpus_than_the_task_asks_is_bad_input(write_study, tmp_path, monkeypatch):
+    """The site says 4 GPUs a node, the allocation gave this process 1: a 2-GPU task fails at once, named."""
+    from perfscale.execute import execute_task
+
+    monkeypatch.setenv("PERFSCALE_GPU_LOCKS", str(tmp_path / "locks"))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    store = prepare_run(
+        write_study(GPU_STUDY.format(gpus=2, xs="1", hold=0)), gpu_site(tmp_path), tmp_path / "r"
+    )
+    outcome = execute_task(store.root, 0)
+    assert not outcome.ok and outcome.failure_kind == "bad_input"
+    assert outcome.message == "GpuShortage: the task asks for 2 GPUs; this node's pool has 1 (['3'])"
+    assert [a.failure_kind for a in outcome.attempts] == ["bad_input"]

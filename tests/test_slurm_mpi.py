@@ -30,13 +30,12 @@ seed: 3
 resources: {walltime: "00:10:00", memory_gb: 0.5}
 stages:
   data: {kind: ingest, params: {kind: sklearn, source: iris}}
-  split: {kind: split, inputs: [data], params: {source: data, holdout_fraction: 0.3}}
   train:
     kind: train
-    inputs: [split]
+    inputs: [data]
     resources: {ranks: 2, walltime: "00:10:00", memory_gb: 0.5}
     params:
-      source: split
+      source: data
       generator: tabddpm
       hyperparameters: {num_timesteps: 10, steps: 6, batch_size: 32, d_layers: [16], dim_t: 8, threads: 1}
 """
