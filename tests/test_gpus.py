@@ -298,3 +298,11 @@ def test_an_allocation_with_fewer_gpus_than_the_task_asks_is_bad_input(write_stu
     assert not outcome.ok and outcome.failure_kind == "bad_input"
     assert outcome.message == "GpuShortage: the task asks for 2 GPUs; this node's pool has 1 (['3'])"
     assert [a.failure_kind for a in outcome.attempts] == ["bad_input"]
+
+
+def test_the_llm_generator_takes_the_same_device_and_precision_rules():
+    from perfscale.generators import hyperparameter_problems
+
+    (problem,) = hyperparameter_problems("great", {"device": "cpu", "precision": "bf16"})
+    assert 'precision "bf16" runs on a GPU only' in problem.message
+    assert hyperparameter_problems("great", {"device": "auto", "precision": "bf16"}) == []

@@ -140,8 +140,10 @@ class GReaTGenerator(Generator):
                 max_train_seconds=params.max_train_seconds,
                 seed=seed,
                 device=self._device(),
+                bf16=params.precision == "bf16" and self._device().startswith("cuda"),
             )
         self.device_used = str(self._device()).split(":")[0]
+        self.precision_used = "bf16" if params.precision == "bf16" and self.device_used == "cuda" else "fp32"
         self._lm, self._codec = lm, codec
         self._state = {
             "token_limit": limit,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import AfterValidator, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from perfscale.options import OptionsModel
 
@@ -41,6 +41,8 @@ class Params(OptionsModel):
     tiny_merges: BPE merges learnt from the training text for the "tiny" tokenizer (0: characters only).
     cache_dir: where "smollm2" is converted to (default $PERFSCALE_CACHE/models or ~/.cache/perfscale/models).
     device: "cpu" (default, deterministic), "cuda" or "auto" (cuda when available).
+    precision: "fp32" (default) or "bf16": training steps under bfloat16 autocast on a GPU (refused with
+        device "cpu"; with "auto" on a machine without a GPU, fp32). The train shard records what ran.
     torch_threads: torch's intra-op threads while fitting and sampling (restored after); default 1 for "tiny"
         (faster for a model that small, and immune to busy cores), torch's own setting otherwise.
     """
@@ -64,7 +66,16 @@ class Params(OptionsModel):
     tiny_merges: NonNegativeInt = 256
     cache_dir: str | None = None
     device: Annotated[str, AfterValidator(_device)] = "cpu"
+    precision: Literal["fp32", "bf16"] = "fp32"
     torch_threads: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _bf16_on_gpu(self) -> Params:
+        if self.precision == "bf16" and self.device == "cpu":
+            raise ValueError(
+                'precision "bf16" runs on a GPU only: set device "auto" or "cuda", or precision "fp32"'
+            )
+        return self
 
     @property
     def threads(self) -> int | None:

@@ -231,8 +231,10 @@ def fine_tune(
     max_train_seconds: float | None,
     seed: int,
     device: str,
+    bf16: bool = False,
 ) -> TrainResult:
-    """Train `lm.model` on token sequences in place; call inside `seeded(seed, torch=True)`."""
+    """Train `lm.model` on token sequences in place; call inside `seeded(seed, torch=True)`. `bf16`: the
+    forward pass and loss under bfloat16 autocast (a GPU; weights and optimizer stay fp32)."""
     import torch
 
     model = lm.model.to(device)
@@ -251,7 +253,8 @@ def fine_tune(
             for first in range(0, len(order), batch_size):
                 batch = [sequences[i] for i in order[first : first + batch_size]]
                 ids, mask, labels = (t.to(device) for t in _pad(batch, lm.pad_id))
-                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+                    loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
