@@ -194,7 +194,9 @@ def run_plan(
                     s.blocked,
                 )
                 bar = bars.add_task(stage, total=len(tasks), completed=s.done, failed="")
-                for outcome in _run_tasks(engines.of(tasks[0]), store, ready, next_attempt):
+                # a stage with nothing to run starts no engine
+                stage_engine = engines.of(tasks[0]) if ready else None
+                for outcome in _run_tasks(stage_engine, store, ready, next_attempt) if stage_engine else ():
                     attempt_log.add(outcome.attempts)
                     _log_outcome(outcome)
                     if outcome.retrying:
