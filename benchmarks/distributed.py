@@ -1,6 +1,11 @@
-"""Strong scaling of TabDDPM training under DDP (gloo on CPU) at 1, 2 and 4 MPI ranks.
+"""Strong scaling of TabDDPM training and GReaT fine-tuning under DDP (gloo on CPU) at 1, 2 and 4 MPI ranks.
 
-    .venv/bin/python benchmarks/distributed.py [--ranks 1 2 4] [--steps 3] [--threads 1]
+    .venv/bin/python benchmarks/distributed.py [--model tabddpm|great] [--ranks 1 2 4] [--steps 3]
+
+GReaT (`--model great`, results to benchmarks/results/distributed-great.json): a GPT-2 of 4 layers, width 256
+(3.4 M parameters with its 512-token vocabulary) fine-tuned on a global batch of 64 sequences of 96 tokens
+with perfscale's own loop pieces (perfscale.llm.parallel: each rank's share, the global mean token loss,
+AdamW, norm clipping); `samples_per_s` counts sequences. TabDDPM:
 
 One global batch of 4096 rows (8 numeric columns, 2 categorical of 3 classes: synthetic), a denoiser with
 d_layers [1024, 1024, 1024, 1024] (dim_t 128: 3.4 M parameters), T = 1000. Each rank count runs under
@@ -35,6 +40,74 @@ sys.path.insert(0, str(ROOT))
 
 BATCH, D_LAYERS, DIM_T, T = 4096, [1024] * 4, 128, 1000
 NUMERIC, CLASSES = 8, [3, 3]
+LLM = {
+    "n_layer": 4,
+    "n_head": 4,
+    "n_embd": 256,
+    "n_positions": 128,
+    "vocab_size": 512,
+    "bos_token_id": 0,
+    "eos_token_id": 1,
+}
+LLM_BATCH, LLM_TOKENS = 64, 96
+
+
+def great_worker(steps: int, threads: int, out: Path) -> None:
+    import contextlib
+
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from perfscale.distributed import session
+    from perfscale.distributed.shares import batch_share
+    from perfscale.llm.parallel import TorchStepper, World, share_loss
+
+    torch.set_num_threads(threads)
+    from mpi4py import MPI
+
+    world_size = MPI.COMM_WORLD.Get_size()
+    with session("benchmark-distributed-great", ranks=world_size) as s:
+        torch.manual_seed(1)
+        model = GPT2LMHeadModel(GPT2Config(**LLM, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+        world = World.current()
+        stepper = TorchStepper(model, 1e-4, 10**6, world, "cpu")
+        ids = torch.randint(
+            0, LLM["vocab_size"], (LLM_BATCH, LLM_TOKENS), generator=torch.Generator().manual_seed(2)
+        )
+        lo, hi = batch_share(LLM_BATCH, s.rank, world_size)
+        batch = (ids[lo:hi], torch.ones_like(ids[lo:hi]), ids[lo:hi])
+        cpu: list[float] = []
+
+        def timed(sync: bool) -> float:
+            ddp = stepper.model
+            quiet = contextlib.nullcontext() if sync or world_size == 1 else ddp.no_sync()
+            with quiet:
+                stepper.step(share_loss(ddp, batch, world)[0])  # warm-up
+                torch.distributed.barrier()
+                t0, c0 = time.perf_counter(), time.process_time()
+                for _ in range(steps):
+                    stepper.step(share_loss(ddp, batch, world)[0])
+                torch.distributed.barrier()
+                wall = time.perf_counter() - t0
+                cpu.append((time.process_time() - c0) / wall)
+                return wall / steps
+
+        with_sync = timed(True)
+        without = timed(False) if world_size > 1 else with_sync
+        if s.is_root:
+            out.write_text(
+                json.dumps(
+                    {
+                        "ranks": world_size,
+                        "step_s": with_sync,
+                        "step_s_no_allreduce": without,
+                        "samples_per_s": LLM_BATCH / with_sync,
+                        "allreduce_share": max(0.0, 1 - without / with_sync),
+                        "rank0_cpu_share": cpu[0],
+                        "parameters": sum(p.numel() for p in model.parameters()),
+                    }
+                )
+            )
 
 
 def worker(steps: int, threads: int, out: Path) -> None:
@@ -126,13 +199,14 @@ def main() -> None:
     from machine import describe, write_results
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=["tabddpm", "great"], default="tabddpm")
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.steps, args.threads, args.worker)
+        (great_worker if args.model == "great" else worker)(args.steps, args.threads, args.worker)
         return
     mpirun = shutil.which("mpirun")
     if mpirun is None:
@@ -143,14 +217,21 @@ def main() -> None:
         root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
         line = [mpirun, *root, "--oversubscribe", "-n", str(ranks), sys.executable, "-m", "mpi4py"]
         line += [__file__, "--worker", str(out), "--steps", str(args.steps), "--threads", str(args.threads)]
+        line += ["--model", args.model]
         subprocess.run(line, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         runs.append(json.loads(out.read_text()))
         out.unlink()
         print(runs[-1], flush=True)
     derive(runs)
+    great = args.model == "great"
+    model = (
+        {"gpt2": LLM, "batch": LLM_BATCH, "tokens": LLM_TOKENS}
+        if great
+        else {"d_layers": D_LAYERS, "dim_t": DIM_T, "num_timesteps": T, "batch": BATCH}
+    )
     result = {
-        "benchmark": "distributed",
-        "model": {"d_layers": D_LAYERS, "dim_t": DIM_T, "num_timesteps": T, "batch": BATCH},
+        "benchmark": "distributed-great" if great else "distributed",
+        "model": model,
         "threads_per_rank": args.threads,
         "steps": args.steps,
         "cores": os.cpu_count(),
@@ -158,7 +239,8 @@ def main() -> None:
         "runs": runs,
         "machine": describe(),
     }
-    print(write_results(ROOT / "benchmarks" / "results" / "distributed.json", result))
+    name = "distributed-great.json" if great else "distributed.json"
+    print(write_results(ROOT / "benchmarks" / "results" / name, result))
 
 
 if __name__ == "__main__":

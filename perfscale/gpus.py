@@ -157,10 +157,16 @@ T = TypeVar("T", bound=_Task)
 class GpuAdmission(Generic[T]):
     """The runner's queue of tasks to submit, with at most `capacity` GPUs' worth of tasks in flight.
 
-    GPU tasks start in plan order: none overtakes an earlier one that waits for GPUs, so a 2-GPU task is
-    never starved by 1-GPU ones. Tasks that need no GPU are never held back by a GPU task that waits, and
-    otherwise go in plan order with them. A task asking for more than `capacity` is let through alone (its
-    claim then fails with a named error instead of waiting forever)."""
+    Two queues in plan order: tasks without GPUs and tasks with. `next_source` says which queue's head goes
+    next (the runner takes a bundle from its front: GPU tasks are never bundled, see perfscale.bundles):
+
+    - GPU tasks start in plan order: none overtakes an earlier one that waits for GPUs, so a 2-GPU task is
+      never starved by 1-GPU ones;
+    - tasks that need no GPU are never held back by a GPU task that waits, and otherwise go in plan order
+      with them;
+    - a task asking for more than `capacity` is let through alone (its claim then fails with a named error
+      instead of waiting forever).
+    """
 
     def __init__(self, tasks: Iterable[T], capacity: int):
         self.capacity, self.used = capacity, 0
@@ -175,16 +181,17 @@ class GpuAdmission(Generic[T]):
     def _fits(self, count: int) -> bool:
         return self.used + count <= self.capacity or (self.used == 0 and count > self.capacity)
 
-    def pop(self) -> T | None:
-        """The next task that may start now (None: only GPU tasks are left and their GPUs are in use)."""
+    def next_source(self) -> deque[T] | None:
+        """The queue whose head may start now (None: only GPU tasks are left and their GPUs are in use)."""
         gpu = self.gpu[0] if self.gpu and self._fits(self.gpu[0].gpus) else None
         cpu = self.cpu[0] if self.cpu else None
         if gpu is not None and (cpu is None or gpu.index < cpu.index):
-            return self.gpu.popleft()
-        return self.cpu.popleft() if cpu is not None else None
+            return self.gpu
+        return self.cpu if cpu is not None else None
 
-    def started(self, task: T) -> None:
-        self.used += task.gpus
+    def started(self, tasks: Iterable[T]) -> None:
+        """`tasks` went to the engine as one call (they run one after another: their largest need counts)."""
+        self.used += max((t.gpus for t in tasks), default=0)
 
-    def ended(self, task: T) -> None:
-        self.used -= task.gpus
+    def ended(self, tasks: Iterable[T]) -> None:
+        self.used -= max((t.gpus for t in tasks), default=0)

@@ -105,6 +105,17 @@ def held(x: int, hold: str) -> dict:
     return {"x": x}
 
 
+def die_once(x: int, kill: int, ctx) -> dict:
+    """SIGKILLs its own worker process the first time x == kill (RUN/died-<x> marks it), else returns."""
+    import signal
+
+    marker = Path(ctx.store.root) / f"died-{x}"
+    if x == kill and not marker.exists():
+        marker.write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"x": x}
+
+
 def gpus_seen(x: int, hold: float) -> dict:
     """Records the GPU variables the task saw, its process and when it ran (GPU binding tests)."""
     started = time.time()

@@ -98,6 +98,76 @@ def test_ranks_the_site_cannot_hold_fail_at_plan_time(write_study, monkeypatch, 
     assert str(caught.value).startswith(f"{study}:")
 
 
+def test_a_cluster_site_planned_on_a_host_without_mpirun_is_not_refused(write_study, monkeypatch) -> None:
+    """MPI is probed on this host for the local site only: a login node without mpirun plans for Slurm."""
+    from perfscale.plan.planner import build_plan
+    from perfscale.spec.study import load_study
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    study = write_study(
+        "name: r\nstages:\n  a:\n    kind: noop\n    resources: {ranks: 4, ranks_per_node: 2}\n"
+    )
+    plan = build_plan(load_study(study), str(study), load_site("quartz"))
+    assert [t.ranks for t in plan.of_stage("a")] == [4]
+    with pytest.raises(SpecError, match="mpirun is not on PATH"):
+        local = load_site("local")
+        wide = local.model_copy(update={"limits": local.limits.model_copy(update={"max_nodes": 2})})
+        build_plan(load_study(study), str(study), wide)
+
+
+DEEPSPEED_STUDY = """\
+name: ds
+stages:
+  data: {kind: ingest, params: {kind: sklearn, source: iris}}
+  train:
+    kind: train
+    inputs: [data]
+    params:
+      source: data
+      generator: great
+      hyperparameters:
+        zero_stage: 2
+        deepspeed: %s
+"""
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        (
+            "{train_batch_sizee: 8}",
+            "DeepSpeed {v} knows no config key 'train_batch_sizee'; correct the spelling",
+        ),
+        (
+            "{zero_optimization: {overlap_comms: true}}",
+            "zero_optimization.overlap_comms: DeepSpeed {v} knows no such field; correct the spelling",
+        ),
+        ("{gradient_clipping: 0.5}", "'gradient_clipping' is set by perfscale; remove it"),
+        (
+            "{zero_optimization: {stage: 3}}",
+            "'zero_optimization.stage' is set by perfscale; remove it and set",
+        ),
+        ("{zero_optimization: {overlap_comm: true}, wall_clock_breakdown: false}", None),
+    ],
+)
+def test_deepspeed_keys_deepspeed_does_not_know_fail_at_plan_time(write_study, keys, message) -> None:
+    """The known keys are DeepSpeed's own (its config class reads them), not a list kept by perfscale."""
+    from deepspeed import __version__
+
+    from perfscale.plan.planner import build_plan
+    from perfscale.spec.study import load_study
+
+    study = write_study(DEEPSPEED_STUDY % keys)
+    if message is None:
+        build_plan(load_study(study), str(study), load_site("local"))
+        return
+    with pytest.raises(SpecError) as caught:
+        build_plan(load_study(study), str(study), load_site("local"))
+    text = str(caught.value)
+    assert f"{study}:12: stages.train.params.hyperparameters.deepspeed: " in text
+    assert message.format(v=__version__) in text
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> dict[str, torch.Tensor]:
     out = tmp_path_factory.mktemp("one") / "fit.safetensors"
@@ -106,14 +176,17 @@ def reference(tmp_path_factory) -> dict[str, torch.Tensor]:
 
 
 @needs_mpi
-@pytest.mark.parametrize("ranks", [2, 4])
+@pytest.mark.parametrize("ranks", [1, 2, 4])
 def test_ddp_fit_equals_one_process(reference, ranks, tmp_path) -> None:
+    """Loss curve, weights and rank 0's EMA of the weights equal one process's to 1e-5 (1 rank: the session
+    under mpirun with world size 1, which trains without DDP)."""
     out = tmp_path / "fit.safetensors"
     done = mpirun(ranks, str(ROOT / "tests" / "mpi_fit.py"), str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     got = load_file(str(out))
     assert len(got["losses"]) == HYPERPARAMETERS["steps"] and got["losses"].isfinite().all()
     assert_same_fit(reference, got)
+    assert any(name.startswith("ema.") for name in got)
     assert not list(tmp_path.glob("*.rank*"))  # rank 0 alone wrote
 
 
@@ -135,6 +208,8 @@ def test_a_checkpoint_of_two_ranks_resumes_in_one_process(reference, tmp_path) -
         proc.stderr.close()
     (checkpoint,) = folder.glob("checkpoint-*.safetensors")
     assert int(checkpoint.stem.split("-")[1]) < HYPERPARAMETERS["steps"]  # really mid-training
+    with safe_open(str(checkpoint), framework="pt") as handle:  # the EMA is checkpointed with the weights
+        assert any(k.startswith("ema.") for k in handle.keys())  # noqa: SIM118 (not a dict)
     assert not out.exists()
     fit(out, str(folder))  # one process resumes what two ranks checkpointed
     assert_same_fit(reference, load_file(str(out)))
@@ -182,7 +257,8 @@ def rank_pid(plan: Path, rank: int) -> int | None:
 
 
 def model_weights(run: Path) -> dict[str, torch.Tensor]:
-    """The denoiser's tensors of the train task's saved model (the table encoder's are left out)."""
+    """The denoiser's tensors and their EMA (`ema.`) of the train task's saved model (the table encoder's are
+    left out)."""
     (path,) = run.glob("artifacts/train/*/model/model.safetensors")
     return {k: v for k, v in load_file(str(path)).items() if not k.startswith("encoder.")}
 
@@ -232,7 +308,8 @@ def one_process_fit(store) -> dict[str, torch.Tensor]:
     real = real_table(ctx, "split")
     generator = get_generator("tabddpm")(**task.params["hyperparameters"])
     generator.fit(real, infer_meta(real), seed=ctx.seed)
-    return {k: v.contiguous() for k, v in generator._denoiser.state_dict().items()}
+    weights = {k: v.contiguous() for k, v in generator._denoiser.state_dict().items()}
+    return weights | {f"ema.{k}": v.contiguous() for k, v in generator._ema.state_dict().items()}
 
 
 @needs_mpi
@@ -296,3 +373,51 @@ def test_bootstrap_skips_a_taken_port_and_refuses_a_singleton_of_a_two_rank_task
     assert destroyed == {"destroyed": True}
     assert refused["kind"] == "bad_input"
     assert refused["message"].startswith("the task asks for 2 ranks but MPI started 1")
+
+
+# ---- GReaT (tiny GPT-2): DDP and DeepSpeed ZeRO-2 equal one process --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def great_reference() -> dict[str, torch.Tensor]:
+    from tests.mpi_great import fit as fit_great
+
+    weights, losses, _ = fit_great({})
+    return {f"model.{k}": v for k, v in weights.items()} | {"losses": losses}
+
+
+@needs_mpi
+def test_great_ddp_on_two_ranks_equals_one_process(great_reference, tmp_path) -> None:
+    out = tmp_path / "great.safetensors"
+    done = mpirun(2, str(ROOT / "tests" / "mpi_great.py"), str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_fit(great_reference, load_file(str(out)))
+
+
+@needs_mpi
+def test_great_zero2_on_two_ranks_equals_one_process_and_resumes_deepspeed_checkpoints(
+    great_reference, tmp_path
+) -> None:
+    """DeepSpeed ZeRO-2 on 2 CPU ranks (gloo): the same losses and weights as one process; its own
+    checkpoints are written, and a fit from the one before the last ends with the same weights. (The first
+    DeepSpeed start on a machine compiles its shared-memory extension, about 30 s.)"""
+    from tests.mpi_great import HYPERPARAMETERS as GREAT
+
+    out, folder = tmp_path / "zero2.safetensors", tmp_path / "deepspeed"
+    extra = {"zero_stage": 2, "checkpoint_dir": str(folder), "checkpoint_every": 4}
+    done = mpirun(2, str(ROOT / "tests" / "mpi_great.py"), str(out), json.dumps(extra), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = load_file(str(out))
+    assert got["checkpoint_steps"].tolist() == [GREAT["steps"] - 4, GREAT["steps"]]  # the newest two kept
+    assert {p.name for p in folder.glob("step-*/*_optim_states.pt")} == {
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    }  # ZeRO-2: each rank saved its shard of the optimizer
+    assert_same_fit(great_reference, {k: v for k, v in got.items() if k in great_reference})
+    assert int(got["resumed_from"]) == GREAT["steps"] - 4
+    resumed = {k.removeprefix("resumed."): v for k, v in got.items() if k.startswith("resumed.")}
+    assert_same_fit(
+        {k: v for k, v in got.items() if k.startswith("model.")},
+        {f"model.{k}": v for k, v in resumed.items()},
+    )
+    torch.testing.assert_close(got["resumed_losses"], got["losses"], rtol=0, atol=1e-5)

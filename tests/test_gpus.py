@@ -155,20 +155,34 @@ def test_admission_lets_cpu_tasks_past_and_keeps_gpu_order():
     tasks = [T(0, 2), T(1, 2), T(2, 0), T(3, 2), T(4, 0), T(5, 1)]
     queue = GpuAdmission(tasks, capacity=4)
     started = []
-    while (t := queue.pop()) is not None:
-        queue.started(t)
+    while (source := queue.next_source()) is not None:
+        t = source.popleft()
+        queue.started([t])
         started.append(t.index)
     # two 2-GPU tasks fill the node; CPU tasks still start; T3 and T5 wait (T5 never overtakes T3)
     assert started == [0, 1, 2, 4] and queue.used == 4
-    queue.ended(tasks[0])
-    assert queue.pop() is tasks[3]
-    queue.started(tasks[3])
-    assert queue.pop() is None  # T5 waits for a GPU
-    queue.ended(tasks[1])
-    assert queue.pop() is tasks[5] and not queue
+    queue.ended([tasks[0]])
+    assert queue.next_source()[0] is tasks[3]
+    queue.started([queue.next_source().popleft()])
+    assert queue.next_source() is None  # T5 waits for a GPU
+    queue.ended([tasks[1]])
+    assert queue.next_source().popleft() is tasks[5] and not queue
     # a task asking for more than the engine has is let through alone (its claim then names the problem)
-    big = GpuAdmission([T(0, 8)], capacity=4)
-    assert big.pop() is not None
+    assert GpuAdmission([T(0, 8)], capacity=4).next_source() is not None
+
+
+def test_gpu_tasks_are_never_bundled():
+    from perfscale.bundles import Bundler
+    from perfscale.plan.planner import Task
+
+    def task(i: int, gpus: int) -> Task:
+        return Task(i, "s", "noop", f"k{i}", {}, 0, 0, gpus=gpus, walltime_s=3600, expected_runtime_s=0.001)
+
+    bundler = Bundler(workers=1)
+    from collections import deque
+
+    assert len(bundler.take(deque(task(i, 0) for i in range(8)))) > 1  # short CPU tasks share a call
+    assert len(bundler.take(deque(task(i, 1) for i in range(8)))) == 1
 
 
 # ------------------------------------------------------------------------------------- plan-time errors

@@ -303,3 +303,26 @@ def test_cuda_without_a_gpu_is_bad_input(table, meta) -> None:
         pytest.skip("a GPU is present: the CUDA path is exercised by fitting, not refused")
     with pytest.raises(BadInput, match=r"'device' is 'cuda' but CUDA is not available"):
         get_generator("tabddpm")(device="cuda", steps=1).fit(table, meta, seed=1)
+
+
+def test_the_ema_is_saved_and_sample_with_ema_uses_it(fitted, rows, tmp_path) -> None:
+    """The EMA of the weights (reference code: decay 0.999) is kept, saved with the model and sampled from
+    with sample_with: ema; a model saved without one says so."""
+    from safetensors.torch import load_file, save_file
+
+    fitted.save(tmp_path)
+    tensors = load_file(str(tmp_path / "model.safetensors"))
+    ema = {k.removeprefix("ema."): v for k, v in tensors.items() if k.startswith("ema.")}
+    weights = fitted._denoiser.state_dict()
+    assert ema.keys() == weights.keys()
+    assert any(not np.allclose(ema[k].numpy(), weights[k].numpy()) for k in ema)  # an average, not a copy
+    manifest = json.loads((tmp_path / GENERATOR_JSON).read_text())
+    manifest["hyperparameters"]["sample_with"] = "ema"
+    (tmp_path / GENERATOR_JSON).write_text(json.dumps(manifest))
+    from_ema = load_generator(tmp_path).sample(N, seed=SAMPLE_SEED)
+    assert from_ema.shape == rows.shape and not from_ema.equals(rows)
+    save_file(
+        {k: v for k, v in tensors.items() if not k.startswith("ema.")}, str(tmp_path / "model.safetensors")
+    )
+    with pytest.raises(BadInput, match="sample_with is 'ema' but this model holds no EMA"):
+        load_generator(tmp_path).sample(10, seed=1)

@@ -10,7 +10,9 @@
   rank 0 moves on to the next candidate when the port is taken (EADDRINUSE) before broadcasting it;
 - gloo on CPU, NCCL when the task asks for GPUs (device = the local rank's GPU);
 - MPI's world size must equal the ranks the task asked for: a launcher that starts N singletons fails here;
-- the store connection and every collective have timeouts; the process group is destroyed on the way out.
+- the store connection and every collective have timeouts; the process group is destroyed on the way out;
+- while the session is open RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT are
+  set as torchrun sets them (DeepSpeed reads them), and put back afterwards.
 """
 
 from __future__ import annotations
@@ -139,6 +141,21 @@ def _master_store(addr: str, ports: list[int], world: int, timeout: timedelta) -
     raise PerfscaleError(f"no free port among {ports} on rank 0 ({last}); free one or rerun")
 
 
+def _torchrun_env(
+    rank: int, world: int, local: int, local_world: int, addr: str, port: int
+) -> dict[str, str]:
+    """The variables torchrun sets, which libraries started inside the session read (DeepSpeed's
+    init_distributed, Hugging Face's Trainer): set while the session is open, put back after."""
+    return {
+        "RANK": str(rank),
+        "WORLD_SIZE": str(world),
+        "LOCAL_RANK": str(local),
+        "LOCAL_WORLD_SIZE": str(local_world),
+        "MASTER_ADDR": addr,
+        "MASTER_PORT": str(port),
+    }
+
+
 @contextmanager
 def session(
     key: str,
@@ -194,9 +211,17 @@ def session(
         dist.init_process_group(
             backend, store=store, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s)
         )
+        env = _torchrun_env(rank, world, local.Get_rank(), local.Get_size(), addr, port)
+        saved = {name: os.environ.get(name) for name in env}
+        os.environ.update(env)
         try:
             yield Session(rank, world, local.Get_rank(), local.Get_size(), backend, device, addr, port, job)
         finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
             dist.destroy_process_group()
             del store
     finally:

@@ -12,7 +12,18 @@ DEVICES = ("cpu", "cuda", "auto")
 TINY_LR, PRETRAINED_LR = 1e-3, 5e-5
 
 
-def _device(value: str) -> str:
+def _deepspeed(value: dict[str, Any]) -> dict[str, Any]:
+    """The study's extra DeepSpeed keys, checked by the installed DeepSpeed's own config class (zero.py)."""
+    if value:
+        from perfscale.llm.zero import config_problem
+
+        problem = config_problem(value)
+        if problem:
+            raise ValueError(problem)
+    return value
+
+
+def check_device(value: str) -> str:
     if value in DEVICES or (value.startswith("cuda:") and value[5:].isdigit()):
         return value
     raise ValueError(f"must be one of {', '.join(DEVICES)} or cuda:<index>")
@@ -31,7 +42,7 @@ class Params(OptionsModel):
     temperature, top_k, top_p: sampling; top_k None means no top-k cut.
     max_new_tokens: the longest generated continuation; default 1.25 x the longest training row + 8 tokens
         (capped by what the prompt leaves of max_length): longer texts are not rows.
-    sample_batch_size: rows generated per `generate` call.
+    sample_batch_size: the most texts in one batch of the generation engine (perfscale.llm.inference).
     max_attempts: regeneration budget: a call wanting n rows generates at most max_attempts * n.
     float_digits: significant digits written for floats (default: the shortest exact repr); fewer digits
         give shorter rows, the fix for tables too wide for the context.
@@ -41,6 +52,15 @@ class Params(OptionsModel):
     tiny_merges: BPE merges learnt from the training text for the "tiny" tokenizer (0: characters only).
     cache_dir: where "smollm2" is converted to (default $PERFSCALE_CACHE/models or ~/.cache/perfscale/models).
     device: "cpu" (default, deterministic), "cuda" or "auto" (cuda when available).
+    zero_stage: None (default): plain torch training, DistributedDataParallel in a multi-rank task; 0, 1, 2 or
+        3: the DeepSpeed engine with that ZeRO stage (optimizer states, + gradients, + weights partitioned
+        over the ranks), gloo on the CPU and NCCL on GPUs; `batch_size` must be a multiple of the ranks.
+    deepspeed: further DeepSpeed config keys for zero_stage (e.g. {"zero_optimization": {"overlap_comm":
+        true}}); keys this DeepSpeed does not know are refused at plan time. perfscale sets the batch sizes,
+        gradient clipping and the stage.
+    checkpoint_dir, checkpoint_every: with zero_stage, DeepSpeed's own checkpoints are written there every
+        `checkpoint_every` steps and at the end, and a fit resumes from the newest (the train stage passes
+        the task's checkpoint folder, kept across attempts). Without zero_stage no checkpoints are kept.
     precision: "fp32" (default) or "bf16": training steps under bfloat16 autocast on a GPU (refused with
         device "cpu"; with "auto" on a machine without a GPU, fp32). The train shard records what ran.
     torch_threads: torch's intra-op threads while fitting and sampling (restored after); default 1 for "tiny"
@@ -65,15 +85,30 @@ class Params(OptionsModel):
     tiny_config: dict[str, Any] = Field(default_factory=dict)
     tiny_merges: NonNegativeInt = 256
     cache_dir: str | None = None
-    device: Annotated[str, AfterValidator(_device)] = "cpu"
+    device: Annotated[str, AfterValidator(check_device)] = "cpu"
     precision: Literal["fp32", "bf16"] = "fp32"
     torch_threads: PositiveInt | None = None
+    zero_stage: Literal[0, 1, 2, 3] | None = None
+    deepspeed: Annotated[dict[str, Any], AfterValidator(_deepspeed)] = Field(default_factory=dict)
+    checkpoint_dir: str | None = Field(None, min_length=1)
+    checkpoint_every: PositiveInt = 100
+
+    @model_validator(mode="after")
+    def _deepspeed_needs_a_stage(self) -> Params:
+        if self.deepspeed and self.zero_stage is None:
+            raise ValueError("deepspeed keys are given but zero_stage is not; set zero_stage: 0, 1, 2 or 3")
+        return self
 
     @model_validator(mode="after")
     def _bf16_on_gpu(self) -> Params:
         if self.precision == "bf16" and self.device == "cpu":
             raise ValueError(
                 'precision "bf16" runs on a GPU only: set device "auto" or "cuda", or precision "fp32"'
+            )
+        if self.precision == "bf16" and self.zero_stage is not None:
+            raise ValueError(
+                'precision "bf16" is for plain torch training; under zero_stage set DeepSpeed\'s own: '
+                "deepspeed: {bf16: {enabled: true}}"
             )
         return self
 

@@ -1,4 +1,5 @@
-"""The causal language model behind the GReaT generator: building, fine-tuning, generating, saving, loading.
+"""The causal language model behind the GReaT generator: building, fine-tuning, saving, loading (generation:
+perfscale.llm.inference).
 
 Everything here imports torch/transformers/tokenizers at call time. Three kinds of base model:
 
@@ -13,7 +14,9 @@ sequence, which is also the whole prompt of unconditioned sampling, and EOS ends
 `split_special_tokens=True`, so a cell value spelling a special token (``<eos>``) stays plain text.
 
 Fine-tuning is a plain torch loop (AdamW, linear decay to 0, gradient norm clipped at 1) over shuffled
-batches, padded per batch to their longest sequence; padding is masked out of the loss. Given the seed, data,
+batches, padded per batch to their longest sequence; padding is masked out of the loss, the mean token loss
+of each batch. In a multi-rank task it runs data-parallel (DDP, parallel.py) or under DeepSpeed ZeRO
+(zero.py), each rank taking its share of every global batch. Given the seed, data,
 thread count and library versions it is deterministic on the CPU (the caller seeds torch's global generator,
 which dropout draws from; batch order comes from a generator seeded here). `max_train_seconds` stops it early,
 which makes the model depend on the machine's speed: the steps actually run are reported.
@@ -166,7 +169,7 @@ def load_pretrained(folder: Path, what: str) -> LanguageModel:
 
     if not folder.is_dir():
         raise BadInput(f"{what}: {folder} is not a folder holding a Hugging Face model")
-    _check_files(folder, what)
+    check_files(folder, what)
     try:
         with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
@@ -177,7 +180,7 @@ def load_pretrained(folder: Path, what: str) -> LanguageModel:
     return LanguageModel.wrap(model, tokenizer)
 
 
-def _check_files(folder: Path, what: str) -> None:
+def check_files(folder: Path, what: str) -> None:
     """Name the broken file before transformers fails with a less specific message."""
     import json
 
@@ -218,6 +221,18 @@ class TrainResult:
     epochs: float  # passes over the training sequences, fractional when stopped mid-epoch
     seconds: float
     stopped_by: str  # "epochs", "steps" or "max_train_seconds"
+    resumed_from: int = 0  # the step of the DeepSpeed checkpoint this fit resumed (0: from the start)
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    """How fine-tuning spreads over the ranks of a multi-rank task (parallel.py, zero.py)."""
+
+    zero_stage: int | None = None  # None: one process or DDP; 0-3: the DeepSpeed engine
+    deepspeed: dict[str, Any] = field(default_factory=dict)
+    checkpoint_dir: str | None = None  # DeepSpeed's checkpoints (zero_stage only)
+    checkpoint_every: int = 100
+    fingerprint: str = ""  # what a checkpoint must match to be resumed
 
 
 def fine_tune(
@@ -231,45 +246,96 @@ def fine_tune(
     max_train_seconds: float | None,
     seed: int,
     device: str,
+    parallelism: Parallelism | None = None,
     bf16: bool = False,
 ) -> TrainResult:
-    """Train `lm.model` on token sequences in place; call inside `seeded(seed, torch=True)`. `bf16`: the
-    forward pass and loss under bfloat16 autocast (a GPU; weights and optimizer stay fp32)."""
+    """Train `lm.model` on token sequences (in place, or replaced by the trained copy under DeepSpeed); call
+    inside `seeded(seed, torch=True)`.
+
+    In a multi-rank task each rank takes its share of every global batch of `batch_size` sequences
+    (parallel.py); with `parallelism.zero_stage` the DeepSpeed engine steps (zero.py) and its checkpoints are
+    resumed. The loss is the mean token loss of the global batch either way. `bf16`: the forward pass and
+    loss under bfloat16 autocast (a GPU; weights and optimizer stay fp32).
+    """
     import torch
 
+    from perfscale.distributed.shares import batch_share
+    from perfscale.llm.parallel import TorchStepper, World, share_loss
+
+    how = parallelism or Parallelism()
+    world = World.current()
+    if world.parallel and device.startswith("cuda"):
+        device = f"cuda:{torch.cuda.current_device()}"  # the local rank's GPU (perfscale.distributed)
     model = lm.model.to(device)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     per_epoch = math.ceil(len(sequences) / batch_size)
     total = steps if steps is not None else epochs * per_epoch
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / total))
-    shuffle = torch.Generator().manual_seed(seed)
+    stepper: Any
+    if how.zero_stage is None:
+        stepper = TorchStepper(model, lr, total, world, device)
+    else:
+        from perfscale.llm.zero import ZeroStepper
+
+        stepper = ZeroStepper(model, lr, total, world, how.zero_stage, batch_size, how.deepspeed)
     telemetry: list[tuple[int, int, float]] = []
-    step, epoch, start = 0, 0, time.perf_counter()
+    step = 0
+    resumed = stepper.load(how.checkpoint_dir)
+    if resumed is not None:
+        if resumed.get("fingerprint") != how.fingerprint:
+            raise BadInput(
+                f"the DeepSpeed checkpoint in {how.checkpoint_dir} belongs to another fit (different table, "
+                "seed or hyperparameters); delete it or choose another checkpoint_dir"
+            )
+        step, telemetry = int(resumed["step"]), [tuple(t) for t in resumed["telemetry"]]  # type: ignore[misc]
+        torch.set_rng_state(resumed["rng"])
+    shuffle = torch.Generator().manual_seed(seed)
+    epoch, start = step // per_epoch, time.perf_counter()
+    for _ in range(epoch):  # the batch order of the epochs before the resumed step
+        torch.randperm(len(sequences), generator=shuffle)
     stopped_by = "steps" if steps is not None else "epochs"
+
+    def checkpoint() -> None:
+        client = {"fingerprint": how.fingerprint, "step": step, "telemetry": telemetry}
+        stepper.save(how.checkpoint_dir, step, client | {"rng": torch.get_rng_state()})
+
     with quiet_transformers():  # one-time notes such as "loss_type=None ... unrecognized"
         while step < total and stopped_by != "max_train_seconds":
             order = torch.randperm(len(sequences), generator=shuffle).tolist()
-            for first in range(0, len(order), batch_size):
+            for first in range((step % per_epoch) * batch_size, len(order), batch_size):
                 batch = [sequences[i] for i in order[first : first + batch_size]]
-                ids, mask, labels = (t.to(device) for t in _pad(batch, lm.pad_id))
+                lo, hi = batch_share(len(batch), world.rank, world.size)
+                share = tuple(t.to(device) for t in _pad(batch[lo:hi], lm.pad_id)) if hi > lo else None
                 with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
-                    loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                schedule.step()
-                optimizer.zero_grad(set_to_none=True)
-                telemetry.append((epoch, step, float(loss.detach())))
+                    loss, value = share_loss(stepper.model, share, world)  # type: ignore[arg-type]
+                stepper.step(loss)
+                telemetry.append((epoch, step, value))
                 step += 1
+                if step % how.checkpoint_every == 0 or step >= total:
+                    checkpoint()
                 if step >= total:
                     break
-                if max_train_seconds is not None and time.perf_counter() - start >= max_train_seconds:
+                if max_train_seconds is not None and _out_of_time(start, max_train_seconds, world, device):
                     stopped_by = "max_train_seconds"
+                    checkpoint()
                     break
             epoch += 1
-    model.eval()
-    return TrainResult(telemetry, step, step / per_epoch, time.perf_counter() - start, stopped_by)
+    lm.model = stepper.trained().to(device)
+    lm.model.eval()
+    seconds = time.perf_counter() - start
+    return TrainResult(
+        telemetry, step, step / per_epoch, seconds, stopped_by, int((resumed or {}).get("step", 0))
+    )
+
+
+def _out_of_time(start: float, limit: float, world: Any, device: str) -> bool:
+    """Rank 0's clock decides for every rank (they must stop at the same step)."""
+    import torch
+    import torch.distributed as dist
+
+    late = torch.tensor([time.perf_counter() - start >= limit], dtype=torch.int32, device=device)
+    if world.parallel:
+        dist.broadcast(late, src=0)
+    return bool(late.item())
 
 
 def _pad(batch: list[list[int]], pad_id: int) -> tuple[Any, Any, Any]:
@@ -284,42 +350,3 @@ def _pad(batch: list[list[int]], pad_id: int) -> tuple[Any, Any, Any]:
         mask[row, : len(seq)] = 1
     labels = ids.masked_fill(mask == 0, -100)
     return ids, mask, labels
-
-
-@dataclass
-class Sampling:
-    temperature: float
-    top_k: int | None
-    top_p: float
-    max_new_tokens: int
-
-
-def generate(
-    lm: LanguageModel, prompt: list[int], count: int, sampling: Sampling, device: str
-) -> list[str | None]:
-    """`count` continuations of `prompt`, each decoded up to its EOS; None for one that is not a clean row
-    (no EOS within max_new_tokens, or a special token inside). Draws from torch's global generator."""
-    import torch
-    from transformers import GenerationConfig
-
-    config = GenerationConfig(
-        do_sample=True,
-        temperature=sampling.temperature,
-        top_k=sampling.top_k or 0,
-        top_p=sampling.top_p,
-        max_new_tokens=sampling.max_new_tokens,
-        eos_token_id=lm.eos_id,
-        pad_token_id=lm.pad_id,
-        bos_token_id=lm.bos_id,
-    )
-    model = lm.model.to(device)
-    ids = torch.tensor([prompt] * count, dtype=torch.long, device=device)
-    with torch.no_grad(), quiet_transformers():  # quiet: a padding note about finished rows
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
-    texts: list[str | None] = []
-    for row in out[:, len(prompt) :].tolist():
-        end = row.index(lm.eos_id) if lm.eos_id in row else None
-        body = row[:end]
-        clean = end is not None and not any(t in lm.special_ids for t in body)
-        texts.append(lm.decode(body) if clean else None)
-    return texts

@@ -50,17 +50,32 @@ class Launcher:
     pin: Callable[[list[str]], list[str]] = _no_pin
 
 
+def layout_problem(layout: Layout, site: Site) -> tuple[str, str] | None:
+    """(the resources field at fault, what is wrong and the fix) when a node of `site` cannot hold `layout`;
+    the one capacity check behind both `check_layout` (launch lines) and `check_ranks` (plan time)."""
+    per_node, cores, gpus = layout.ranks_per_node, layout.cores_per_rank, layout.gpus_per_rank
+    if per_node * cores > site.cores:
+        return "ranks_per_node", (
+            f"{per_node} ranks x {cores} cores_per_rank exceed the {site.cores} cores of a {site.name!r} "
+            "node; lower ranks_per_node or cores_per_rank"
+        )
+    if gpus and not site.gpus_per_node:
+        return "gpus_per_rank", (
+            f"site {site.name!r} has no GPUs (gpus_per_node: 0); remove gpus_per_rank or choose a site "
+            "with GPUs"
+        )
+    if per_node * gpus > site.gpus_per_node:
+        return "gpus_per_rank", (
+            f"{per_node} ranks x {gpus} GPUs exceed the {site.gpus_per_node} GPUs of a {site.name!r} node; "
+            "lower ranks_per_node or gpus_per_rank"
+        )
+    return None
+
+
 def check_layout(layout: Layout, site: Site) -> None:
-    if layout.ranks_per_node * layout.cores_per_rank > site.cores:
-        raise SpecError(
-            f"{layout.ranks_per_node} ranks x {layout.cores_per_rank} cores per node exceed the "
-            f"{site.cores} cores of a {site.name!r} node"
-        )
-    if layout.ranks_per_node * layout.gpus_per_rank > site.gpus_per_node:
-        raise SpecError(
-            f"{layout.ranks_per_node} ranks x {layout.gpus_per_rank} GPUs per node exceed the "
-            f"{site.gpus_per_node} GPUs of a {site.name!r} node"
-        )
+    found = layout_problem(layout, site)
+    if found is not None:
+        raise SpecError(f"{found[0]}: {found[1]}")
 
 
 def _mpirun(lay: Layout) -> list[str]:
@@ -138,9 +153,16 @@ def task_layout(res: _RankResources) -> Layout:
 
 
 def check_ranks(res: _RankResources, site: Site, where: str, field: str) -> None:
-    """Plan-time check that the site can hold a multi-rank stage: SpecError naming the field and the fix."""
+    """Plan-time check that the site can hold a multi-rank stage: SpecError naming the field and the fix.
+
+    MPI itself (mpirun, mpi4py) is probed on this host only for a site without a batch scheduler (the
+    `local` site runs here); a cluster site is planned on a login node that may lack both, and its nodes
+    are checked by `perfscale sites probe` there.
+    """
     import shutil
     from importlib.util import find_spec
+
+    from perfscale.sched.base import scheduler_class
 
     lay = task_layout(res)
     at = f"{where}: {field}.resources"
@@ -154,27 +176,17 @@ def check_ranks(res: _RankResources, site: Site, where: str, field: str) -> None
             f"{at}.ranks: {res.ranks} ranks at {lay.ranks_per_node} per node need {lay.nodes} nodes, site "
             f"{site.name!r} has {site.limits.max_nodes}; lower ranks or raise ranks_per_node"
         )
-    if lay.ranks_per_node * lay.cores_per_rank > site.cores:
-        raise SpecError(
-            f"{at}.ranks_per_node: {lay.ranks_per_node} ranks x {lay.cores_per_rank} cores_per_rank exceed "
-            f"the {site.cores} cores of a {site.name!r} node; lower ranks_per_node or cores_per_rank"
-        )
-    if lay.gpus_per_rank and not site.gpus_per_node:
-        raise SpecError(
-            f"{at}.gpus_per_rank: site {site.name!r} has no GPUs (gpus_per_node: 0); remove gpus_per_rank "
-            "or choose a site with GPUs"
-        )
-    if lay.ranks_per_node * lay.gpus_per_rank > site.gpus_per_node:
-        raise SpecError(
-            f"{at}.gpus_per_rank: {lay.ranks_per_node} ranks x {lay.gpus_per_rank} GPUs exceed the "
-            f"{site.gpus_per_node} GPUs of a {site.name!r} node; lower ranks_per_node or gpus_per_rank"
-        )
-    if res.ranks > 1 and launcher_for(site) is MPIRUN and shutil.which("mpirun") is None:
+    found = layout_problem(lay, site)
+    if found is not None:
+        raise SpecError(f"{at}.{found[0]}: {found[1]}")
+    if res.ranks <= 1 or scheduler_class(site.scheduler).batch:
+        return
+    if launcher_for(site) is MPIRUN and shutil.which("mpirun") is None:
         raise SpecError(
             f"{at}.ranks: {res.ranks} ranks need MPI, and mpirun is not on PATH; install Open MPI "
             "(apt-get install openmpi-bin libopenmpi-dev) or set ranks: 1"
         )
-    if res.ranks > 1 and find_spec("mpi4py") is None:
+    if find_spec("mpi4py") is None:
         raise SpecError(
             f"{at}.ranks: {res.ranks} ranks need mpi4py, which is not installed; pip install "
             "'perfscale[mpi]' or set ranks: 1"

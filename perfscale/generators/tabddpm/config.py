@@ -23,6 +23,7 @@ NOT_IN_FINGERPRINT = (
     "sample_batch_size",
     "threads",
     "repaint_resample",
+    "sample_with",
 )
 
 
@@ -51,6 +52,11 @@ class TabDDPMConfig(OptionsModel):
         BadInput). Only the latest checkpoint is kept, and it stays after the fit: fitting again with the
         folder loads it and trains no more. None (default): no checkpoints. A pipeline gives each fit its
         own folder (e.g. one inside the task's artifacts); see `train.py` for what a checkpoint holds.
+    ema_decay: the exponential moving average of the weights kept during training, as in the reference code
+        (`ema <- decay * ema + (1 - decay) * weights` after every step; 0.999 there). Under data-parallel
+        training rank 0 alone keeps it; it is in every checkpoint and in the saved model.
+    sample_with: "model" (default, what the reference code's sample.py loads) or "ema": the weights sampling,
+        imputation and conditioned sampling use.
     discrete_as_categories: model integer columns with an `allowed` set (a few distinct values) with the
         categorical diffusion instead of the Gaussian one (see `transform.py` for why; default true).
     device: "cpu" (default), "auto" (the task's GPU when it sees one, else the CPU), "cuda" or "cuda:N". A
@@ -78,6 +84,8 @@ class TabDDPMConfig(OptionsModel):
     dropout: float = Field(0.0, ge=0, lt=1)
     checkpoint_dir: str | None = Field(None, min_length=1)
     checkpoint_every: PositiveInt = 500
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    sample_with: Literal["model", "ema"] = "model"
     device: Device = "cpu"
     precision: Literal["fp32", "bf16"] = "fp32"
     discrete_as_categories: bool = True

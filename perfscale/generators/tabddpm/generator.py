@@ -2,7 +2,8 @@
 
 torch, numpy, pandas and scikit-learn are imported inside methods only, so registering it is cheap.
 
-Files: `model.safetensors` (denoiser weights and the quantile transformer's arrays) and `tabddpm.json`
+Files: `model.safetensors` (denoiser weights, their EMA under `ema.`, and the quantile transformer's arrays)
+and `tabddpm.json`
 (column encoding); nothing is pickled, so loading needs no trust. Native imputation and equality-conditioned
 sampling inpaint the known cells (see `sample.py`). Checkpointing and resume: see `train.py` and the
 `checkpoint_dir` hyperparameter in `config.py`.
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 MODEL_FILE = "model.safetensors"
 ENCODING_FILE = "tabddpm.json"
 _ENCODER_PREFIX = "encoder."
+_EMA_PREFIX = "ema."
 
 
 @register_generator
@@ -55,6 +57,7 @@ class TabDDPMGenerator(Generator):
         self.effective_batch_size: int | None = None
         self._encoder: TableEncoder | None = None
         self._denoiser: Denoiser | None = None
+        self._ema: Denoiser | None = None  # the weights' moving average (None on ranks other than 0)
         self._diffusion: Diffusion | None = None
 
     # ---- fit ---------------------------------------------------------------------------------------------
@@ -74,10 +77,11 @@ class TabDDPMGenerator(Generator):
         x_num, x_cat = encoder.encode(table)
         data = TrainData(torch.as_tensor(x_num, device=device), torch.as_tensor(x_cat, device=device))
         with torch_threads(self.params.threads):
-            denoiser, diffusion, state, batch_size = fit_diffusion(
+            denoiser, diffusion, state, batch_size, ema = fit_diffusion(
                 self.params, data, encoder.num_classes, seed
             )
         self._encoder, self._denoiser, self._diffusion = encoder, denoiser, diffusion
+        self._ema = ema.model if ema is not None else None
         self.effective_batch_size = batch_size
         names = ("gaussian",) * bool(encoder.numeric) + ("multinomial",) * bool(encoder.categorical)
         return pd.DataFrame(telemetry_rows(state, data.rows, batch_size, (*names, "total")))
@@ -125,7 +129,7 @@ class TabDDPMGenerator(Generator):
         generator = new_generator(seed, self._diffusion.device)
         with torch_threads(self.params.threads):
             x_num, x_cat = reverse_sample(
-                self._denoiser,
+                self._sampling_denoiser(),
                 self._diffusion,
                 n,
                 generator,
@@ -134,6 +138,18 @@ class TabDDPMGenerator(Generator):
                 self.params.repaint_resample,
             )
         return self._encoder.decode(x_num, x_cat)
+
+    def _sampling_denoiser(self) -> Denoiser:
+        """The weights `sample_with` names."""
+        assert self._denoiser is not None
+        if self.params.sample_with == "model":
+            return self._denoiser
+        if self._ema is None:
+            raise BadInput(
+                "tabddpm hyperparameter sample_with is 'ema' but this model holds no EMA (saved before EMAs "
+                "were kept); fit it again or use sample_with: model"
+            )
+        return self._ema
 
     # ---- files -------------------------------------------------------------------------------------------
 
@@ -144,6 +160,10 @@ class TabDDPMGenerator(Generator):
 
         assert self._encoder is not None and self._denoiser is not None
         tensors = {k: v.detach().cpu().contiguous() for k, v in self._denoiser.state_dict().items()}
+        if self._ema is not None:
+            tensors |= {
+                _EMA_PREFIX + k: v.detach().cpu().contiguous() for k, v in self._ema.state_dict().items()
+            }
         tensors |= {
             _ENCODER_PREFIX + k: torch.as_tensor(np.ascontiguousarray(v))
             for k, v in self._encoder.arrays().items()
@@ -179,13 +199,20 @@ class TabDDPMGenerator(Generator):
         diffusion = Diffusion.create(
             self.params.num_timesteps, len(encoder.numeric), encoder.num_classes, device
         )
-        denoiser = build_denoiser(self.params, len(encoder.numeric) + diffusion.num_onehot, seed=0)
+        d_in = len(encoder.numeric) + diffusion.num_onehot
+        weights = {k: v for k, v in tensors.items() if not k.startswith((_ENCODER_PREFIX, _EMA_PREFIX))}
+        averaged = {k.removeprefix(_EMA_PREFIX): v for k, v in tensors.items() if k.startswith(_EMA_PREFIX)}
+        denoiser, ema = build_denoiser(self.params, d_in, seed=0), None
         try:
-            denoiser.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(_ENCODER_PREFIX)})
+            denoiser.load_state_dict(weights)
+            if averaged:
+                ema = build_denoiser(self.params, d_in, seed=0)
+                ema.load_state_dict(averaged)
+                ema.to(device).eval()
         except RuntimeError as exc:
             raise BadInput(f"{model_path} does not hold this generator's denoiser: {exc}") from exc
         denoiser.to(device).eval()
-        self._encoder, self._denoiser, self._diffusion = encoder, denoiser, diffusion
+        self._encoder, self._denoiser, self._diffusion, self._ema = encoder, denoiser, diffusion, ema
 
     def _model_state(self) -> dict[str, Any]:
         import torch

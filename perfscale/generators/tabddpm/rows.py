@@ -24,7 +24,9 @@ class RowPart:
     @classmethod
     def of(cls, total: int, rank: int, world: int) -> RowPart:
         """Contiguous, disjoint shares whose sizes differ by at most one row (a share may be empty)."""
-        return cls(total * rank // world, total * (rank + 1) // world, total)
+        from perfscale.distributed.shares import batch_share
+
+        return cls(*batch_share(total, rank, world), total)
 
     @property
     def rows(self) -> int:

@@ -8,10 +8,11 @@ under `fork_rng`, and `_seeding.torch_threads` puts torch's thread count back af
 
 Repeatability and resume: a fit is a function of (data, hyperparameters, seed, library versions, thread
 count). Checkpoints (`checkpoint-<step>.safetensors`, written atomically, only the latest kept) hold the
-model and AdamW state, the step, the noise generator's state and the loss history; the batch order needs no
-state (each epoch's permutation comes from a generator seeded by (seed, epoch)) and no numpy random state is
-drawn during training. A fit killed at any moment and run again with the same checkpoint folder resumes
-from the last checkpoint and ends with the same model, telemetry and samples as an uninterrupted fit.
+model, its EMA (`Ema`) and AdamW state, the step, the noise generator's state and the loss history; the batch
+order needs no state (each epoch's permutation comes from a generator seeded by (seed, epoch)) and no numpy
+random state is drawn during training. A fit killed at any moment and run again with the same checkpoint
+folder resumes from the last checkpoint and ends with the same model, EMA, telemetry and samples as an
+uninterrupted fit.
 """
 
 from __future__ import annotations
@@ -63,6 +64,27 @@ class TrainData:
     @property
     def rows(self) -> int:
         return int(self.x_num.shape[0])
+
+
+class Ema:
+    """The exponential moving average of a denoiser's weights (the reference code's `update_ema`:
+    `ema <- decay * ema + (1 - decay) * weights` after every optimizer step). Under data-parallel training
+    rank 0 alone keeps one: every rank holds the same weights after a step, so one average serves all."""
+
+    def __init__(self, denoiser: Denoiser, decay: float) -> None:
+        import copy
+
+        self.decay = decay
+        self.model: Denoiser = copy.deepcopy(denoiser)
+        self.model.eval()
+        for param in self.model.parameters():
+            param.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, denoiser: torch.nn.Module) -> None:
+        ema = list(self.model.parameters())
+        torch._foreach_mul_(ema, self.decay)
+        torch._foreach_add_(ema, [p.detach() for p in denoiser.parameters()], alpha=1 - self.decay)
 
 
 @dataclass
@@ -207,12 +229,15 @@ class Checkpointer:
         denoiser: Denoiser,
         optimizer: torch.optim.Optimizer,
         generator: torch.Generator,
+        ema: Ema | None = None,
     ) -> Path:
         from safetensors.torch import save_file
 
         self.folder.mkdir(parents=True, exist_ok=True)
         optim = optimizer.state_dict()
         tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in denoiser.state_dict().items()}
+        if ema is not None:
+            tensors |= {f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.model.state_dict().items()}
         # one noise generator state serves every rank: all ranks draw the whole batch's numbers (rows.py)
         for index, entries in optim["state"].items():
             tensors |= {f"optimizer.{index}.{k}": v.detach().cpu().contiguous() for k, v in entries.items()}
@@ -232,7 +257,12 @@ class Checkpointer:
         return path
 
     def restore(
-        self, path: Path, denoiser: Denoiser, optimizer: torch.optim.Optimizer, generator: torch.Generator
+        self,
+        path: Path,
+        denoiser: Denoiser,
+        optimizer: torch.optim.Optimizer,
+        generator: torch.Generator,
+        ema: Ema | None = None,
     ) -> TrainState:
         """Load `path` into the given objects; BadInput naming the file when it is unusable or foreign."""
         from safetensors import safe_open
@@ -254,6 +284,10 @@ class Checkpointer:
             denoiser.load_state_dict(
                 {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
             )
+            if ema is not None:
+                ema.model.load_state_dict(
+                    {k.removeprefix("ema."): v for k, v in tensors.items() if k.startswith("ema.")}
+                )
             state: dict[int, dict[str, torch.Tensor]] = {}
             for key, value in tensors.items():
                 if key.startswith("optimizer."):
@@ -282,12 +316,13 @@ def train_loop(
     checkpointer: Checkpointer | None = None,
     rank: int = 0,
     world: int = 1,
+    ema: Ema | None = None,
 ) -> TrainState:
     """Run steps `state.step` .. `config.steps - 1`; `batches` must start at `state.step`.
 
     With `world` > 1 (`denoiser` wrapped in DDP) each rank takes its contiguous share of every global batch
     (`RowPart.of`: disjoint, and the batch itself is the seeded permutation's) and rank 0 alone writes the
-    checkpoints.
+    checkpoints. `ema` (rank 0's) is updated after every step.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -317,25 +352,28 @@ def train_loop(
                 world,
                 bf16=config.precision == "bf16" and data.x_num.device.type == "cuda",
             )
+            if ema is not None:
+                ema.update(denoiser)
             state.losses.append(losses)
             state.step += 1
             progress.update(task, advance=1, loss=f"{losses[2]:.4f}")
             if rank == 0 and checkpointer is not None and checkpointer.due(state.step, config.steps):
-                checkpointer.save(state, getattr(denoiser, "module", denoiser), optimizer, generator)
+                checkpointer.save(state, getattr(denoiser, "module", denoiser), optimizer, generator, ema)
     return state
 
 
 def fit_diffusion(
     config: TabDDPMConfig, data: TrainData, num_classes: list[int], seed: int
-) -> tuple[Denoiser, Diffusion, TrainState, int]:
+) -> tuple[Denoiser, Diffusion, TrainState, int, Ema | None]:
     """Train a denoiser on `data`, resuming from `config.checkpoint_dir` when it holds this fit's checkpoint.
 
     Inside a multi-rank task (torch.distributed initialised by perfscale.distributed.session, world > 1) the
     denoiser trains under DistributedDataParallel: every rank builds the same model from the seed, takes its
     share of each global batch, and gradients are all-reduced; rank 0 finds the checkpoint to resume from
-    (any rank count may resume it) and writes the new ones.
+    (any rank count may resume it) and writes the new ones; rank 0 alone keeps the EMA of the weights.
 
-    Returns the model (eval mode), the diffusion, the final state and the effective batch size.
+    Returns the model (eval mode), the diffusion, the final state, the effective batch size and the EMA
+    (None on ranks other than 0).
     """
     import torch.distributed as dist
 
@@ -350,6 +388,7 @@ def fit_diffusion(
         denoiser.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True
     )
     generator = new_generator(derive_seed(seed, _NOISE), device)
+    ema = Ema(denoiser, config.ema_decay) if rank == 0 else None
     state, checkpointer = TrainState(), None
     if config.checkpoint_dir is not None:
         checkpointer = Checkpointer(
@@ -361,7 +400,7 @@ def fit_diffusion(
             dist.broadcast_object_list(shared, src=0)
             latest = shared[0]
         if latest is not None:
-            state = checkpointer.restore(latest, denoiser, optimizer, generator)
+            state = checkpointer.restore(latest, denoiser, optimizer, generator, ema)
             checkpointer.resumed_from = state.step
     batches = build_batches(data.rows, batch_size, seed, start_step=state.step)
     model: torch.nn.Module = denoiser
@@ -370,10 +409,10 @@ def fit_diffusion(
 
         model = DistributedDataParallel(denoiser, device_ids=None if device.type == "cpu" else [device])
     state = train_loop(
-        model, diffusion, optimizer, data, batches, generator, config, state, checkpointer, rank, world
+        model, diffusion, optimizer, data, batches, generator, config, state, checkpointer, rank, world, ema
     )  # type: ignore[arg-type]
     denoiser.eval()
-    return denoiser, diffusion, state, batch_size
+    return denoiser, diffusion, state, batch_size, ema
 
 
 def telemetry_rows(state: TrainState, rows: int, batch_size: int, names: tuple[str, ...]) -> dict[str, Any]:
