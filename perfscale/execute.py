@@ -211,7 +211,7 @@ def execute_task(root: str | Path, index: int, first_attempt: int = 1) -> Outcom
 
         return launch(store, task, outcome, first_attempt)
     try:
-        with scheduler_signals(), bound(gpu_binding(site_of(task.site, store.site)), task.gpus):
+        with scheduler_signals(), bound(gpu_binding(site_of(task.site, store.site, store.root)), task.gpus):
             return _attempts(store, task, outcome, first_attempt)
     except GpuShortage as exc:
         outcome.failure_kind, outcome.message = FailureKind.BAD_INPUT.value, f"GpuShortage: {exc}"
@@ -282,7 +282,7 @@ def _attempts(store: RunStore, task: Task, outcome: Outcome, first_attempt: int,
                 result = kind.run(StageContext(store, task, attempt, rank), params)
             duration = time.perf_counter() - t0
             prov = Provenance(
-                task.key, site_of(task.site, store.site).name, _HOST, started, duration, attempt
+                task.key, site_of(task.site, store.site, store.root).name, _HOST, started, duration, attempt
             )
             record = _attempt_record(task, attempt, started, duration, True)
             if rank == 0:

@@ -25,7 +25,7 @@ from perfscale.execute import Outcome, execute_bundle
 from perfscale.gpus import GpuAdmission
 from perfscale.logs import run_log
 from perfscale.plan.overrides import load_study_text
-from perfscale.plan.placement import check_run_folder, placed, site_of
+from perfscale.plan.placement import check_run_folder, placed, record_sites, site_of
 from perfscale.plan.planner import Plan, Task, build_plan
 from perfscale.spec.site import Site
 from perfscale.store import space
@@ -98,7 +98,9 @@ def prepare_run(
 ) -> RunStore:
     """Validate the study, expand its plan, and create (or re-open) its run folder. Nothing runs."""
     plan, root, text = _planned(study_path, site, run_dir, overrides)
-    return RunStore.create(root, text, site, plan, study_dir=study_path.parent)
+    store = RunStore.create(root, text, site, plan, study_dir=study_path.parent)
+    record_sites(store.root, site, {t.site for t in plan.tasks})
+    return store
 
 
 @contextmanager
@@ -120,6 +122,7 @@ def open_run(
         RunStore(root).refuse_foreign(plan.study)
     with disk_full_named(root), run_lock(root, wait=wait_lock):
         store = RunStore.create(root, text, site, plan, study_dir=study_path.parent)
+        record_sites(store.root, site, {t.site for t in plan.tasks})
         with run_log(store.root):
             log.info(
                 "run %s: study %s, site %s, %d tasks", store.root, study_path, site.name, len(plan.tasks)
@@ -245,7 +248,7 @@ class _Engines:
         self.owned = False
 
     def of(self, task: Task) -> Engine:
-        site = site_of(task.site, self.store.site)
+        site = site_of(task.site, self.store.site, self.store.root)
         key = (None if site is self.store.site else site.name, task.partition)
         if key != self.key or self.engine is None:
             self.close()

@@ -218,6 +218,9 @@ def test_pilot_mode_runs_each_stage_on_the_engine_of_its_placement(
     monkeypatch.setenv("PERFSCALE_SITE_PATH", str(sites))
     study = write_study(TWO_STAGES.format(placement="site: there"))
     store = prepare_run(study, load_site("here"), tmp_path / "run")
+    # the other site is recorded in the run folder as planned: workers and array elements read it there
+    assert (store.root / "sites" / "there.json").is_file()
+    monkeypatch.delenv("PERFSCALE_SITE_PATH")
     with caplog.at_level(logging.INFO, logger="perfscale"):
         summary = run_plan(store, progress=False)
     assert (summary["square"].done, summary["total"].done) == (3, 1)

@@ -61,9 +61,27 @@ def check_run_folder(root: Path, run_site: Site, other_sites: Iterable[str]) -> 
             )
 
 
-def site_of(task_site: str | None, run_site: Site) -> Site:
-    """The site a task runs on: its stage's `resources.site`, else the run's."""
-    return site_named(task_site) if task_site and task_site != run_site.name else run_site
+SITES_DIR = "sites"  # RUN/sites/<name>.json: the other sites a run's stages name, as planned
+
+
+def record_sites(root: Path, run_site: Site, names: Iterable[str | None]) -> None:
+    """Write the sites the stages name besides the run's into the run folder, as planned: a task reads its
+    site there (on any node, whatever its PERFSCALE_SITE_PATH), as every task reads the run's site.json."""
+    from perfscale.store.atomic import atomic_write_text
+
+    for name in sorted({n for n in names if n} - {run_site.name}):
+        atomic_write_text(site_named(name).model_dump_json(indent=1), root / SITES_DIR / f"{name}.json")
+
+
+def site_of(task_site: str | None, run_site: Site, root: Path | None = None) -> Site:
+    """The site a task runs on: its stage's `resources.site` (as recorded in run folder `root`, else by
+    name), else the run's."""
+    if not task_site or task_site == run_site.name:
+        return run_site
+    recorded = Path(root) / SITES_DIR / f"{task_site}.json" if root is not None else None
+    if recorded is not None and recorded.is_file():
+        return Site.model_validate_json(recorded.read_text())
+    return site_named(task_site)
 
 
 def placed(site: Site, partition: str | None) -> Site:

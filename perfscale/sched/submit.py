@@ -44,7 +44,7 @@ class SubmittedArray:
 
 
 def _site(store: RunStore, name: str | None) -> Site:
-    return site_of(name, store.site)
+    return site_of(name, store.site, store.root)
 
 
 def backend(store: RunStore, client: CommandClient | None = None, site: str | None = None) -> Scheduler:

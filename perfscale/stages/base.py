@@ -52,7 +52,7 @@ class StageContext:
         """Where the task runs: its stage's `resources.site`, else the run's."""
         from perfscale.plan.placement import site_of
 
-        return site_of(self.task.site, self.store.site)
+        return site_of(self.task.site, self.store.site, self.store.root)
 
     @property
     def seed(self) -> int:
