@@ -135,3 +135,54 @@ def test_sampling_runs_the_tool_for_the_task_gpus_and_stops_it(tmp_path):
 def _span(path: Path, gpu: str) -> float:
     times = [s.t for s in parse_nvidia_smi_samples(path.read_text()) if s.gpu == gpu]
     return max(times) - min(times)
+
+
+FAKE_NCU = """\
+#!/bin/sh
+# stands in for ncu: records its options, writes the documented CSV to --log-file, runs the command
+echo "$1 $2 $3 $4 $5 $6 $7" > "$(dirname "$0")/ncu-args.txt"
+grep -v '^==PROF==' "{csv}" | grep -v '^result' > "$3"
+shift 7
+exec "$@"
+"""
+
+NCU_PROFILE = """\
+name: ncuprofile
+stages:
+  run:
+    kind: profile
+    params:
+      command: "echo hello"
+      collectors: [rusage, ncu]
+      ncu_metrics: [dram__bytes.sum, sm__throughput.avg.pct_of_peak_sustained_elapsed]
+"""
+
+
+def test_the_ncu_collector_runs_the_command_under_ncu_and_keeps_the_kernel_table(
+    write_study, tmp_path, monkeypatch
+):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "ncu"
+    fake.write_text(FAKE_NCU.format(csv=DATA / "ncu.csv"))
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    store = prepare_run(write_study(NCU_PROFILE), load_site("local"), tmp_path / "run")
+    assert execute_task(store.root, 0).ok
+    row = store.read_stage("run").to_pandas().iloc[0]
+    assert (row["ncu_status"], row["ncu_kernels"], row["ncu_records"]) == ("ok", 2, 4)
+    (key,) = [t.key for t in store.plan.tasks]
+    artifacts = store.artifact_dir("run", key)
+    options = (bin_dir / "ncu-args.txt").read_text().split()
+    assert options == [
+        "--csv",
+        "--log-file",
+        str(artifacts / "ncu.csv"),
+        "--target-processes",
+        "all",
+        "--metrics",
+        "dram__bytes.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed",
+    ]
+    table = (artifacts / "ncu-kernels.csv").read_text().splitlines()
+    assert table[0] == "kernel_id,kernel,metric,unit,value" and len(table) == 5
+    assert table[1].endswith(",dram__bytes.sum,byte,25165824.0")

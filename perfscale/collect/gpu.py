@@ -283,9 +283,47 @@ class KernelMetric:
     value: float | str
 
 
-def ncu_wrapper(ncu: str, metrics: Sequence[str]) -> list[str]:
-    """The words before the command: every kernel of every process, the chosen metrics, CSV on stdout."""
-    return [ncu, "--csv", "--target-processes", "all", "--metrics", ",".join(metrics)]
+DEFAULT_NCU_METRICS = (
+    "gpu__time_duration.sum",
+    "dram__bytes.sum",
+    "sm__throughput.avg.pct_of_peak_sustained_elapsed",
+)
+NCU_COLUMNS = ["ncu_status", "ncu_kernels", "ncu_records"]
+
+
+def ncu_wrapper(ncu: str, metrics: Sequence[str], out_file: Path) -> list[str]:
+    """The words before the command: every kernel of every process, the chosen metrics, CSV into `out_file`
+    (`--log-file`, so the program's own output stays apart)."""
+    return [
+        ncu,
+        "--csv",
+        "--log-file",
+        str(out_file),
+        "--target-processes",
+        "all",
+        "--metrics",
+        ",".join(metrics),
+    ]
+
+
+def ncu_row(records: Sequence[KernelMetric] | None, status: str) -> dict[str, Any]:
+    """ncu_status, ncu_kernels (distinct kernel launches), ncu_records (kernel x metric values); the values
+    themselves go to the task's `ncu-kernels.csv`."""
+    if records is None:
+        return {**dict.fromkeys(NCU_COLUMNS), "ncu_status": status}
+    return {
+        "ncu_status": status,
+        "ncu_kernels": len({r.kernel_id for r in records}),
+        "ncu_records": len(records),
+    }
+
+
+def write_kernel_table(records: Sequence[KernelMetric], path: Path) -> None:
+    """One line per kernel launch and metric: kernel_id, kernel, metric, unit, value."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["kernel_id", "kernel", "metric", "unit", "value"])
+        writer.writerows((r.kernel_id, r.kernel, r.metric, r.unit, r.value) for r in records)
 
 
 def parse_ncu_csv(text: str) -> list[KernelMetric]:
