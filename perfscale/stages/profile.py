@@ -27,10 +27,10 @@ still comes, with those columns null and `perf_status` / `papi_status` saying wh
 fails the task with unsupported_counter instead. `gpu` samples the task's GPUs (nvidia-smi, else rocm-smi)
 while the measured run runs: peak and mean power, utilisation, memory and SM clock, and energy
 (collect/gpu.py); null with `gpu_status` saying why where there is no GPU or tool. `ncu` runs the command
-once more under Nsight Compute for `ncu_metrics` per kernel (ncu-kernels.csv; ncu_status, ncu_kernels). Every row also gets the
-derived features (collect/derived.py) when a counter collector is on, the machine's description and the
-captured environment variables (`env_<name>`; ENV_CAPTURE plus `env_capture`). docs/profile-schema.md lists
-every column.
+once more under Nsight Compute for `ncu_metrics` per kernel (ncu-kernels.csv; ncu_status, ncu_kernels).
+Every row also gets the derived features (collect/derived.py) when a counter collector is on, the machine's
+description and the captured environment variables (`env_<name>`; ENV_CAPTURE plus `env_capture`).
+docs/profile-schema.md lists every column.
 """
 
 from __future__ import annotations
