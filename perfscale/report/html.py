@@ -11,7 +11,9 @@ import pandas as pd
 from jinja2 import Environment, select_autoescape
 from markupsafe import Markup
 
+from perfscale.collect.gpu import GPU_COLUMNS
 from perfscale.plan.kinds import RENAMED
+from perfscale.plan.planner import Task
 from perfscale.report import plots
 from perfscale.results.metric_study import VARIANT_PREFIX
 from perfscale.status import run_status
@@ -43,11 +45,21 @@ def _table(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> Markup:
     )
 
 
+def _placement(store: RunStore, task: Task) -> dict[str, object]:
+    """Where a stage's tasks run: site, partition (the site's default when the stage names none), GPUs."""
+    site = task.site or store.site.name
+    partition = task.partition
+    if partition is None and site == store.site.name:
+        partition = store.site.partition()[0]
+    return {"site": site, "partition": partition or "-", "GPUs per task": task.gpus}
+
+
 def _status_section(store: RunStore) -> Section:
     rows = [
         {
             "stage": s.stage,
             "kind": store.plan.of_stage(s.stage)[0].kind,
+            **_placement(store, store.plan.of_stage(s.stage)[0]),
             "tasks": s.total,
             "done": s.done,
             "failed": s.failed,
@@ -85,6 +97,9 @@ def _profile_section(store: RunStore, stage: str) -> Section | None:
     if keys:
         summary = df.groupby(keys)["wall_time_s"].agg(["median", "min", "max", "count"]).reset_index()
         section.tables.append(_table(summary))
+    gpu = [c for c in GPU_COLUMNS if c in df and c != "gpu_source"]
+    if "gpu_status" in gpu:  # the GPU collector was on: its columns per measured run
+        section.tables.append(_table(df[[*keys, *gpu]].head(50)))
     return section
 
 
