@@ -18,7 +18,7 @@ from perfscale.logs import LEVEL_ENV, LEVELS, configure, default_level
 from perfscale.version import __version__
 
 # written out so that `--help` need not import every importer (pandas, pyarrow); a test keeps it complete
-IMPORTER_NAMES = "caliper, sacct, sacct-steps, alibaba, alibaba-instances, sklearn, csv, parquet"
+IMPORTER_NAMES = "caliper, rajaperf, sacct, sacct-steps, alibaba, alibaba-instances, sklearn, csv, parquet"
 
 console = Console()
 err_console = Console(stderr=True)
