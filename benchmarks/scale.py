@@ -108,15 +108,18 @@ def main() -> None:
     ap.add_argument("--phases", default="plan,run", help="plan and/or run (run includes status and rerun)")
     ap.add_argument("--run-max", type=int, default=10**9, help="sizes above this are only planned")
     ap.add_argument("--quick", action="store_true", help="1,000 tasks, nothing written (make bench)")
+    ap.add_argument("--keep", type=Path, help="keep the runs in this folder")
     ap.add_argument("--out", type=Path, default=RESULTS / "scale.json", help="results (and a .png beside)")
     args = ap.parse_args()
     sizes = [1000] if args.quick else [int(s) for s in args.sizes.split(",")]
     phases = args.phases.split(",")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        folder = args.keep or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
         for n in sizes:
             sized = [p for p in phases if p != "run" or n <= args.run_max]
-            rows.append(measure(n, args.workers, Path(tmp), sized))
+            rows.append(measure(n, args.workers, folder, sized))
             print(json.dumps(rows[-1]), flush=True)
     out = {
         "benchmark": "scale",

@@ -21,24 +21,28 @@ class StageState:
 
 def run_status(store: RunStore) -> list[StageState]:
     """done = the shard passes its check; failed = no good shard and the last attempt failed (a quarantined
-    shard is a `corrupt_output` attempt); missing = never attempted."""
-    done_by_stage = {stage: store.done_keys(stage) for stage in store.plan.stages}  # quarantines bad shards
+    shard is a `corrupt_output` attempt); missing = never attempted. Reads the plan's keys, not its tasks."""
+    plan_keys = store.plan_keys
+    done_by_stage = {stage: store.done_keys(stage) for stage in plan_keys}  # quarantines bad shards
     attempts = store.attempts()
-    last = attempts.sort_values("attempt").groupby("task_key").tail(1).set_index("task_key")
+    last = attempts.sort_values("attempt", kind="stable").drop_duplicates("task_key", keep="last")
+    recovered = set(last["task_key"][last["message"] == RECOVERED_MESSAGE])
+    failed_last = last[~last["ok"].astype(bool)]
+    failed = dict(zip(failed_last["task_key"], failed_last["failure_kind"].astype(str), strict=True))
     states = []
-    for stage in store.plan.stages:
-        keys = [t.key for t in store.plan.of_stage(stage)]
+    for stage, keys in plan_keys.items():
         done = done_by_stage[stage]
         st = StageState(stage, total=len(keys))
+        st.done = len(done)
+        st.recovered = len(done & recovered)
         for key in keys:
             if key in done:
-                st.done += 1
-                st.recovered += key in last.index and last.at[key, "message"] == RECOVERED_MESSAGE
-            elif key in last.index and not bool(last.at[key, "ok"]):
-                st.failed += 1
-                kind = str(last.at[key, "failure_kind"])
-                st.failure_kinds[kind] = st.failure_kinds.get(kind, 0) + 1
-            else:
+                continue
+            kind = failed.get(key)
+            if kind is None:
                 st.missing += 1
+            else:
+                st.failed += 1
+                st.failure_kinds[kind] = st.failure_kinds.get(kind, 0) + 1
         states.append(st)
     return states

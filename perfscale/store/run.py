@@ -6,6 +6,8 @@ RUN/
   plan.parquet             one row per task (see perfscale.plan)
   stages/<stage>/<key>.parquet     one shard per finished task: the only completion marker (its footer
                                    says which task, how many rows and which artifacts; see store/shards.py)
+  index/<stage>.done               shards already checked (key, size, mtime): the done-check's cache
+                                   (store/done_index.py)
   artifacts/<stage>/<key>/         files a task leaves besides its shard (trained models, logs)
   attempts/*.parquet               attempts table, appended in batches (the runner)
   attempts/tasks/<kkk>/<key>.a<N>.*.parquet   ... and per task (array elements, store/task_attempts.py)
@@ -32,7 +34,7 @@ import pyarrow as pa
 from perfscale.errors import PerfscaleError
 from perfscale.plan.planner import Plan, PlanRows, Task
 from perfscale.spec.site import Site
-from perfscale.store import recover, task_attempts
+from perfscale.store import done_index, recover, task_attempts
 from perfscale.store.atomic import atomic_write_table, atomic_write_text
 from perfscale.store.attempt import ATTEMPT_SCHEMA, Attempt, utcnow
 from perfscale.store.lock import LOCK_NAME
@@ -208,10 +210,21 @@ class RunStore:
 
     @cached_property
     def plan_keys(self) -> dict[str, dict[str, int]]:
-        """{stage: {task key: task index}} of the plan, in plan order."""
+        """{stage: {task key: task index}} of the plan, in plan order: from the loaded plan, else from three
+        columns of plan.parquet (a status of a million tasks does not build a million Task objects)."""
         keys: dict[str, dict[str, int]] = {}
-        for t in self.plan.tasks:
-            keys.setdefault(t.stage, {})[t.key] = t.index
+        if "plan" in self.__dict__:
+            for t in self.plan.tasks:
+                keys.setdefault(t.stage, {})[t.key] = t.index
+            return keys
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(self.check().plan_path, columns=["index", "stage", "key"])
+        stages = table.column("stage").to_pylist()
+        for stage, key, index in zip(
+            stages, table.column("key").to_pylist(), table.column("index").to_pylist(), strict=True
+        ):
+            keys.setdefault(stage, {})[key] = index
         return keys
 
     # ---- shards -------------------------------------------------------------------------------------
@@ -227,18 +240,36 @@ class RunStore:
     def done_keys(self, stage: str, keys: Iterable[str] | None = None) -> set[str]:
         """The plan's tasks of `stage` (or `keys`) that are done: their shard's footer names the task, holds
         its row count, and every artifact it lists is there (store/shards.py). A shard that fails is moved to
-        RUN/quarantine/ with a `corrupt_output` attempt row, and its task is not done."""
+        RUN/quarantine/ with a `corrupt_output` attempt row, and its task is not done.
+
+        A shard in the stage's done index (store/done_index.py) whose size and mtime are unchanged passed
+        this check before and lists no artifacts: it is not opened again; every other one is checked, and
+        added to the index when it passes."""
         shards, artifacts = str(self.stage_dir(stage)), str(self.root / "artifacts" / stage)
-        good, bad = set(), {}
+        indexed, lines = done_index.read_index(self.root, stage)
+        good, bad, new, kept = set(), {}, [], {}
         for key in self._present(stage, keys):  # string paths: pathlib costs ~10 us a shard here
-            path, artifact_dir = f"{shards}/{key}.parquet", f"{artifacts}/{key}"
-            footer, problem = check_shard(path, key, artifact_dir)
+            path = f"{shards}/{key}.parquet"
+            now = done_index.stat_entry(path)
+            if now is None:
+                continue  # gone (moved by another reader)
+            if indexed.get(key) == now:
+                good.add(key)
+                kept[key] = now
+                continue
+            footer, problem = check_shard(path, key, f"{artifacts}/{key}")
             if problem is not None:
                 bad[key] = problem
             elif footer is not None:
                 good.add(key)
+                if not (footer.meta or {}).get("artifacts"):
+                    new.append((key, now))
         if bad:
             recover.quarantine_shards(self, stage, bad)
+        if keys is None and lines > 2 * len(kept) + 1000:  # mostly stale lines: keep the valid ones only
+            done_index.rewrite_index(self.root, stage, {**kept, **dict(new)})
+        else:
+            done_index.append_index(self.root, stage, new)
         return good
 
     def shard_done(self, stage: str, key: str) -> bool:
@@ -279,7 +310,12 @@ class RunStore:
         artifacts = list_artifacts(self.artifact_dir(stage, key))
         meta = shard_metadata(key, table.num_rows, artifacts, attempt)
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
-        return atomic_write_table(table, self.shard_path(stage, key))
+        path = atomic_write_table(table, self.shard_path(stage, key))
+        if not artifacts:  # the done-check need not open it again (store/done_index.py)
+            entry = done_index.stat_entry(str(path))
+            if entry is not None:
+                done_index.append_index(self.root, stage, [(key, entry)])
+        return path
 
     def read_stage(
         self,
