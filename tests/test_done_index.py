@@ -100,3 +100,12 @@ def test_a_mostly_stale_index_is_rewritten(tmp_path):
     assert store.done_keys("a") == set(keys)
     entries, lines = read_index(store.root, "a")
     assert set(entries) == set(keys) and lines == len(keys)
+
+
+def test_one_tasks_check_leaves_the_index_alone(tmp_path):
+    """`shard_done` (a worker's check of its own task) reads its footer, not the stage's growing index."""
+    store = _store(tmp_path, n=2)
+    keys = _write_all(store)
+    before = Path(index_path(store.root, "a")).read_bytes()
+    assert store.shard_done("a", keys[0])
+    assert Path(index_path(store.root, "a")).read_bytes() == before

@@ -246,7 +246,8 @@ class RunStore:
         this check before and lists no artifacts: it is not opened again; every other one is checked, and
         added to the index when it passes."""
         shards, artifacts = str(self.stage_dir(stage)), str(self.root / "artifacts" / stage)
-        indexed, lines = done_index.read_index(self.root, stage)
+        # given keys (one task's own check): its footer is read; the index, which grows with the stage, is not
+        indexed, lines = done_index.read_index(self.root, stage) if keys is None else ({}, 0)
         good, bad, new, kept = set(), {}, [], {}
         for key in self._present(stage, keys):  # string paths: pathlib costs ~10 us a shard here
             path = f"{shards}/{key}.parquet"
@@ -266,7 +267,9 @@ class RunStore:
                     new.append((key, now))
         if bad:
             recover.quarantine_shards(self, stage, bad)
-        if keys is None and lines > 2 * len(kept) + 1000:  # mostly stale lines: keep the valid ones only
+        if keys is not None:
+            return good
+        if lines > 2 * len(kept) + 1000:  # mostly stale lines: keep the valid ones only
             done_index.rewrite_index(self.root, stage, {**kept, **dict(new)})
         else:
             done_index.append_index(self.root, stage, new)
