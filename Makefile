@@ -13,5 +13,7 @@ test: setup
 lint: setup
 	.venv/bin/ruff check perfscale tests benchmarks
 
+# quick modes: smoke runs that write no results (run a benchmark without --quick to record its figures)
 bench: setup
-	.venv/bin/python benchmarks/dispatch.py
+	.venv/bin/python benchmarks/dispatch.py --quick
+	.venv/bin/python benchmarks/scale.py --quick

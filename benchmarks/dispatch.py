@@ -1,16 +1,22 @@
-"""Dispatch overhead: N no-op tasks through perfscale's local and Parsl engines and through raw Parsl.
+"""Dispatch overhead: N no-op tasks through perfscale's engines, bundled and one task per call, and through
+raw Parsl.
 
-    .venv/bin/python benchmarks/dispatch.py [--tasks 10000] [--workers 2]
+    .venv/bin/python benchmarks/dispatch.py [--tasks 10000] [--workers 2] [--engines local,parsl]
+    .venv/bin/python benchmarks/dispatch.py --quick      # 1,000 tasks, for `make bench`
 
 perfscale's per-task work includes what makes it resumable: validating the task, writing its (empty)
-Parquet shard atomically and recording its attempt. Raw Parsl runs a bare python_app on the same executor
-configuration. Results go to benchmarks/results/dispatch.json with the machine description.
+Parquet shard atomically and recording its attempt. Each engine runs the study twice: with bundling (the
+default: several tasks per engine call, perfscale/bundles.py) and with `bundle=False` (one call per task).
+Raw Parsl runs a bare python_app per task on the same executor configuration, timed between the two Parsl
+runs and again after them, so that a busy machine shows as a spread. Results go to
+benchmarks/results/dispatch.json with the machine description.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -40,13 +46,15 @@ def noop_study(folder: Path, n: int) -> Path:
     return path
 
 
-def time_perfscale(engine_name: str, n: int, workers: int, folder: Path) -> float:
+def time_perfscale(engine_name: str, n: int, workers: int, folder: Path, bundle: bool) -> float:
     """Time from the first submit to the last result, with the engine started and warm (as for raw Parsl)."""
-    store = prepare_run(noop_study(folder, n), load_site("local"), folder / f"run-{engine_name}")
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"run-{engine_name}-{'bundled' if bundle else 'single'}"
+    store = prepare_run(noop_study(folder, n), load_site("local"), folder / name)
     with make_engine(engine_name, store.site, store.root, workers) as engine:
         engine.submit(noop).result()  # wait for workers to be up
         t0 = time.perf_counter()
-        summary = run_plan(store, engine, progress=False)
+        summary = run_plan(store, engine, progress=False, bundle=bundle)
         elapsed = time.perf_counter() - t0
     assert summary["noop"].done == n, summary
     return elapsed
@@ -56,9 +64,9 @@ def time_raw_parsl(n: int, workers: int, folder: Path) -> float:
     import parsl
     from parsl.app.app import python_app
 
-    from perfscale.engines.parsl_engine import ParslEngine, parsl_config
+    from perfscale.engines.parsl_engine import interpreter_on_path, parsl_config
 
-    ParslEngine(load_site("local"), folder, workers)  # same PATH set-up as the engine
+    interpreter_on_path()  # the engine's PATH set-up
     dfk = parsl.load(parsl_config(load_site("local"), folder / "raw-parsl", workers))
     app = python_app(noop, data_flow_kernel=dfk, executors=["perfscale"])
     try:
@@ -93,30 +101,57 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", type=int, default=10_000)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--engines", default="local,parsl", help="comma-separated: local, parsl, dask, ray")
+    ap.add_argument("--repeat", type=int, default=2, help="rounds; each figure is its best round")
+    ap.add_argument(
+        "--quick", action="store_true", help="1,000 tasks, one round, nothing written (make bench)"
+    )
     args = ap.parse_args()
+    n = 1000 if args.quick else args.tasks
+    args.repeat = 1 if args.quick else args.repeat
+    engines = args.engines.split(",")
+    results: dict[str, float] = {}
+
+    def keep(name: str, seconds: float) -> None:
+        results[name] = min(seconds, results.get(name, float("inf")))
+        print(f"{name}: {seconds:.3f} s", file=sys.stderr, flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        results = {
-            "local": time_perfscale("local", args.tasks, args.workers, folder),
-            "parsl": time_perfscale("parsl", args.tasks, args.workers, folder),
-            "raw_parsl": time_raw_parsl(args.tasks, args.workers, folder),
-        }
+        for r in range(args.repeat):  # interleaved, best of each: a busy machine disturbs all alike
+            for engine in engines:
+                if engine == "parsl":
+                    keep("raw_parsl", time_raw_parsl(n, args.workers, folder / f"raw{r}"))
+                for bundle in (True, False):
+                    name = f"{engine}_{'bundled' if bundle else 'single'}"
+                    keep(name, time_perfscale(engine, n, args.workers, folder / f"{r}", bundle))
         writes = shard_write_cost(folder)
-    rows = {
-        name: {"seconds": round(s, 3), "tasks_per_s": round(args.tasks / s, 1)} for name, s in results.items()
-    }
-    out = {
+    rows = {name: {"seconds": round(s, 3), "tasks_per_s": round(n / s, 1)} for name, s in results.items()}
+    out: dict[str, object] = {
         "benchmark": "dispatch",
-        "tasks": args.tasks,
+        "command": " ".join(["benchmarks/dispatch.py", *sys.argv[1:]]),
+        "tasks": n,
         "workers": args.workers,
+        "rounds": args.repeat,
         "results": rows,
-        "ratio_perfscale_parsl_over_raw_parsl_time": round(results["parsl"] / results["raw_parsl"], 3),
-        "per_task_overhead_ms": round((results["parsl"] - results["raw_parsl"]) / args.tasks * 1e3, 3),
-        "shard_write": writes,
-        "machine": describe(),
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    write_results(RESULTS / "dispatch.json", out)
+    if "raw_parsl" in results:
+        raw = results["raw_parsl"]
+        out["ratio_perfscale_parsl_over_raw_parsl_time"] = {
+            "bundled": round(results["parsl_bundled"] / raw, 3),
+            "single": round(results["parsl_single"] / raw, 3),
+        }
+        out["per_task_overhead_ms_single"] = round((results["parsl_single"] - raw) / n * 1e3, 3)
+    out.update(
+        {
+            "shard_write": writes,
+            "machine": describe(),
+            "load_average": os.getloadavg(),
+            "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+    )
+    if not args.quick:
+        write_results(RESULTS / "dispatch.json", out)
     print(json.dumps(out, indent=2))
 
 

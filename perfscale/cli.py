@@ -189,7 +189,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"run folder: [bold]{store.root}[/] ({len(store.plan.tasks)} tasks, engine "
             f"{args.engine or store.site.engine})"
         )
-        run_plan(store, args.engine, args.workers, progress=not args.quiet)
+        run_plan(store, args.engine, args.workers, progress=not args.quiet, bundle=not args.no_bundle)
         code = _print_status(store)
         if not args.no_report:
             from perfscale.report import build_report
@@ -216,14 +216,11 @@ def cmd_task_run(args: argparse.Namespace) -> int:
             "`perfscale submit`"
         )
     store = open_store(args.plan.parent)
-    if not 0 <= args.index < len(store.plan.tasks):
-        raise PerfscaleError(f"{args.plan}: index {args.index} out of range 0..{len(store.plan.tasks) - 1}")
-    task = store.plan.tasks[args.index]
-    attempt = args.attempt
-    if attempt is None:
-        attempts = store.attempts()
-        previous = attempts.loc[attempts.task_key == task.key, "attempt"]
-        attempt = int(previous.max()) + 1 if len(previous) else 1
+    count = len(store.plan_rows)  # the plan's footer; one task is read from its row group
+    if not 0 <= args.index < count:
+        raise PerfscaleError(f"{args.plan}: index {args.index} out of range 0..{count - 1}")
+    task = store.task(args.index)
+    attempt = store.next_attempt(task.key) if args.attempt is None else args.attempt
     if task.ranks > 1:  # this process is one rank of the task's MPI job (perfscale/distributed/task.py)
         from perfscale.execute import execute_rank
 
@@ -238,7 +235,7 @@ def cmd_task_run(args: argparse.Namespace) -> int:
 
             write_records(args.outcome, outcome.attempts)
         else:
-            store.append_attempts(outcome.attempts)
+            store.append_task_attempts(outcome.attempts)  # its task's bucket: O(1) to number
     if outcome.ok:
         console.print(
             f"task {args.index} ({outcome.stage} {outcome.key}): "
@@ -356,6 +353,11 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=_positive_int, help="concurrent tasks (default: the site's max_workers)")
     r.add_argument("--no-report", action="store_true")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument(
+        "--no-bundle",
+        action="store_true",
+        help="one task per engine call (default: short tasks are bundled, several per call)",
+    )
     r.add_argument(
         "--wait-lock", action="store_true", help="if another run holds the run folder, wait for it to end"
     )

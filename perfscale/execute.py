@@ -111,6 +111,7 @@ class Outcome:
     failure_kind: str | None = None
     message: str | None = None
     attempts: list[Attempt] = field(default_factory=list)
+    wall_s: float | None = None  # the task's wall time in its worker, all attempts (set by execute_bundle)
 
 
 def classify(exc: BaseException) -> tuple[FailureKind, int | None]:
@@ -156,7 +157,7 @@ def _message(exc: BaseException) -> str:
 @lru_cache(maxsize=8)
 def _open_store(root: str, plan_mtime_ns: int) -> RunStore:
     store = RunStore(root)
-    _ = store.plan, store.site  # parse once per process and plan version
+    _ = store.site  # parse once per process and plan version; tasks are read one row group at a time
     return store
 
 
@@ -196,7 +197,7 @@ def _attempt_record(
 def execute_task(root: str | Path, index: int, first_attempt: int = 1) -> Outcome:
     """Run task `index` of the run at `root` until it succeeds or its retry budget for a kind is spent."""
     store = open_store(root)
-    task = store.plan.tasks[index]
+    task = store.task(index)
     outcome = Outcome(index=index, key=task.key, stage=task.stage, ok=False)
     if store.shard_done(task.stage, task.key):  # a bad shard is quarantined here and the task runs again
         outcome.ok = outcome.skipped = True
@@ -219,13 +220,28 @@ def execute_task(root: str | Path, index: int, first_attempt: int = 1) -> Outcom
         return outcome
 
 
+def execute_bundle(root: str | Path, items: list[tuple[int, int]]) -> list[Outcome]:
+    """Tasks `[(index, first_attempt), ...]` one after another in this worker (one engine call: see
+    perfscale/bundles.py), each exactly as `execute_task` runs it alone. Stops after a task that found the
+    disk full: the ones after it would fail the same way (the runner records them as cancelled)."""
+    outcomes = []
+    for index, first_attempt in items:
+        t0 = time.perf_counter()
+        outcome = execute_task(root, index, first_attempt)
+        outcome.wall_s = time.perf_counter() - t0
+        outcomes.append(outcome)
+        if outcome.disk_full:
+            break
+    return outcomes
+
+
 def execute_rank(root: str | Path, index: int, attempt: int) -> tuple[int, Outcome]:
     """One attempt of multi-rank task `index` on this rank of its MPI job (`perfscale task run` inside the
     launch): (rank, outcome); rank 0 alone writes (perfscale/distributed/task.py)."""
     from perfscale.distributed.task import run_rank
 
     store = open_store(root)
-    task = store.plan.tasks[index]
+    task = store.task(index)
     outcome = Outcome(index=index, key=task.key, stage=task.stage, ok=False)
     return run_rank(store, task, attempt, outcome, _attempts), outcome
 

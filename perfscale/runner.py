@@ -18,9 +18,10 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from perfscale.bundles import Bundler
 from perfscale.engines import Engine, EngineStalled, make_engine
 from perfscale.errors import FailureKind
-from perfscale.execute import Outcome, execute_task
+from perfscale.execute import Outcome, execute_bundle
 from perfscale.logs import run_log
 from perfscale.plan.overrides import load_study_text
 from perfscale.plan.planner import Plan, Task, build_plan
@@ -122,10 +123,11 @@ def open_run(
             yield store
 
 
-def _ready(store: RunStore, task: Task, done: dict[str, set[str]]) -> bool:
+def _ready(task: Task, done: dict[str, set[str]], complete: dict[str, bool]) -> bool:
+    """Its foreach upstream task is done, and each whole-stage input is `complete` (all its tasks done)."""
     if task.upstream_stage and task.upstream_key not in done[task.upstream_stage]:
         return False
-    return all(done[s] >= {t.key for t in store.plan.of_stage(s)} for s in task.inputs)
+    return all(complete[s] for s in task.inputs)
 
 
 def _next_attempts(store: RunStore) -> dict[str, int]:
@@ -154,10 +156,13 @@ def run_plan(
     workers: int | None = None,
     stages: list[str] | None = None,
     progress: bool = True,
+    bundle: bool = True,
 ) -> dict[str, StageSummary]:
     """Run every missing task of the run's plan (optionally only some stages) and summarise per stage.
 
     `engine` is an engine name (started and stopped here) or an Engine the caller has already started.
+    `bundle`: pack short tasks into bundles, several per engine call (perfscale/bundles.py); False sends
+    one task per call.
     """
     plan: Plan = store.plan
     summary: dict[str, StageSummary] = {}
@@ -167,6 +172,7 @@ def run_plan(
     owned = not isinstance(engine, Engine)
     if owned:
         engine = make_engine(engine or store.site.engine, store.site, store.root, workers)
+    bundler = Bundler(engine.workers, enabled=bundle)
     space.reserve(store.root)
     try:
         with (
@@ -181,7 +187,10 @@ def run_plan(
                     s.done = len(done[stage] & {t.key for t in tasks})
                     continue
                 todo = [t for t in tasks if t.key not in done[stage]]
-                ready = [t for t in todo if _ready(store, t, done)]
+                # whole-stage inputs checked once per stage, not once per task (O(plan) each)
+                inputs = {s for t in todo for s in t.inputs}
+                complete = {s: done[s].issuperset(store.plan_keys.get(s, {})) for s in inputs}
+                ready = [t for t in todo if _ready(t, done, complete)]
                 s.blocked = len(todo) - len(ready)
                 s.done = len(tasks) - len(todo)
                 log.info(
@@ -193,7 +202,7 @@ def run_plan(
                     s.blocked,
                 )
                 bar = bars.add_task(stage, total=len(tasks), completed=s.done, failed="")
-                for outcome in _run_tasks(engine, store, ready, next_attempt):
+                for outcome in _run_tasks(engine, store, ready, next_attempt, bundler):
                     attempt_log.add(outcome.attempts)
                     _log_outcome(outcome)
                     if outcome.retrying:
@@ -292,29 +301,43 @@ def _next_done(pending: dict[Future, Task], watchdog: Watchdog) -> Future | None
 
 
 def _run_tasks(
-    engine: Engine, store: RunStore, tasks: list[Task], next_attempt: dict[str, int]
+    engine: Engine, store: RunStore, tasks: list[Task], next_attempt: dict[str, int], bundler: Bundler
 ) -> Iterator[Outcome]:
-    """Submit tasks, yield outcomes as they finish.
+    """Submit tasks in bundles (perfscale/bundles.py: one engine call runs one or more tasks), yield each
+    task's outcome as its bundle finishes.
 
-    At most 2 x workers tasks are in flight, so a dying worker (which can take every in-flight future of a
-    process pool with it) costs few innocent attempts. A task whose worker died is a `node_lost` attempt and
-    is
-    rerun *alone*, so a task that kills its worker again is caught as the culprit and its budget spent, while
-    its innocent neighbours succeed on their rerun. A stalled engine (see Watchdog) loses every task in
-    flight the same way.
+    At most 2 x workers bundles are in flight, so a dying worker (which can take every in-flight future of a
+    process pool with it) costs few innocent attempts. A lost bundle's tasks that wrote their shard are done
+    (their footer holds their attempt record); each other one is a `node_lost` attempt and is rerun *alone*,
+    so a task that kills its worker again is caught as the culprit and its budget spent, while its innocent
+    neighbours succeed on their rerun. A stalled engine (see Watchdog) loses every bundle in flight the same
+    way.
     """
     window = max(2, 2 * engine.workers)
     queue, suspects = deque(tasks), deque()
     lost: Counter[str] = Counter()
-    pending: dict[Future, Task] = {}
+    pending: dict[Future, list[Task]] = {}
     watchdog = Watchdog(engine, store.site.watchdog_s)
 
-    def submit(t: Task) -> None:
-        attempt = next_attempt.get(t.key, 1) + lost[t.key]
-        pending[engine.submit(execute_task, str(store.root), t.index, attempt)] = t
+    def number(t: Task) -> int:
+        return next_attempt.get(t.key, 1) + lost[t.key]
+
+    def submit(bundle: list[Task]) -> None:
+        items = [(t.index, number(t)) for t in bundle]
+        pending[engine.submit(execute_bundle, str(store.root), items)] = bundle
+
+    def finished(t: Task) -> Outcome | None:
+        """A task of a lost bundle that finished before the loss: done, with its footer's record."""
+        record = store.finished_attempt(t.stage, t.key)
+        if record is None:
+            return None
+        return Outcome(t.index, t.key, t.stage, ok=True, attempts=[record])
 
     def lose(t: Task, message: str, rerun: bool = True) -> Outcome:
-        record = _lost_record(t, next_attempt.get(t.key, 1) + lost[t.key], message)
+        done = finished(t)
+        if done is not None:
+            return done
+        record = _lost_record(t, number(t), message)
         lost[t.key] += 1
         budget = t.retry.get(FailureKind.NODE_LOST.value, 0)
         if rerun and lost[t.key] <= budget:
@@ -339,26 +362,33 @@ def _run_tasks(
             attempts=[record],
         )
 
-    def cancel_pending(why: str) -> Iterator[Outcome]:
-        """The run stops: a `cancelled` attempt for every task in flight."""
-        for t in pending.values():
-            record = _lost_record(t, next_attempt.get(t.key, 1) + lost[t.key], why, CANCELLED)
+    def cancel(stopped: list[Task], why: str) -> Iterator[Outcome]:
+        """The run stops: a `cancelled` attempt for every task in flight that has not finished."""
+        for t in stopped:
+            done = finished(t)
+            if done is not None:
+                yield done
+                continue
+            record = _lost_record(t, number(t), why, CANCELLED)
             yield Outcome(t.index, t.key, t.stage, False, failure_kind=CANCELLED.value, attempts=[record])
+
+    def in_flight() -> list[Task]:
+        return [t for bundle in pending.values() for t in bundle]
 
     while queue or suspects or pending:
         if suspects:
             if not pending:
-                submit(suspects.popleft())
+                submit([suspects.popleft()])
         else:
             while queue and len(pending) < window:
-                submit(queue.popleft())
+                submit(bundler.take(queue))
         try:
             fut = _next_done(pending, watchdog)
         except KeyboardInterrupt:  # SIGINT, or SIGTERM turned into one: record the tasks in flight, stop
-            yield from cancel_pending("run interrupted (SIGINT or SIGTERM)")
+            yield from cancel(in_flight(), "run interrupted (SIGINT or SIGTERM)")
             raise
         if fut is None:  # stalled: every task in flight is lost; restart once, then stop
-            stuck, stop = list(pending.values()), watchdog.restarted
+            stuck, stop = in_flight(), watchdog.restarted
             pending.clear()
             if not stop:
                 watchdog.restart()
@@ -368,15 +398,18 @@ def _run_tasks(
             if stop:
                 raise watchdog.error()
             continue
-        t = pending.pop(fut)
+        bundle = pending.pop(fut)
         try:
-            outcome = fut.result()
-        except Exception as exc:  # the worker process died: the task never reported back
-            outcome = lose(t, f"worker lost: {type(exc).__name__}: {exc}")
-        yield outcome
-        if outcome.disk_full:  # every other task would fail the same way
-            yield from cancel_pending("run stopped: disk full")
-            raise DiskFull(store.root, outcome.message.splitlines()[0] if outcome.message else "")
+            outcomes: list[Outcome] = fut.result()
+        except Exception as exc:  # the worker process died: the bundle never reported back
+            outcomes = [lose(t, f"worker lost: {type(exc).__name__}: {exc}") for t in bundle]
+        for t, outcome in zip(bundle, outcomes, strict=False):
+            bundler.learn(t, outcome.wall_s)
+            yield outcome
+        if any(o.disk_full for o in outcomes):  # every other task would fail the same way
+            full = next(o for o in outcomes if o.disk_full)
+            yield from cancel(bundle[len(outcomes) :] + in_flight(), "run stopped: disk full")
+            raise DiskFull(store.root, full.message.splitlines()[0] if full.message else "")
 
 
 def run_study(

@@ -103,3 +103,14 @@ def held(x: int, hold: str) -> dict:
             raise TimeoutError(f"{hold} still there")
         time.sleep(0.02)
     return {"x": x}
+
+
+def die_once(x: int, kill: int, ctx) -> dict:
+    """SIGKILLs its own worker process the first time x == kill (RUN/died-<x> marks it), else returns."""
+    import signal
+
+    marker = Path(ctx.store.root) / f"died-{x}"
+    if x == kill and not marker.exists():
+        marker.write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"x": x}

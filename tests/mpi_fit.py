@@ -1,5 +1,6 @@
 """A TabDDPM fit run by every rank of `mpirun -n N python -m mpi4py tests/mpi_fit.py OUT [CHECKPOINTS]`
-(tests/test_distributed.py). Rank 0 writes the loss curve, the final weights and their EMA to OUT (safetensors)."""
+(tests/test_distributed.py). Rank 0 writes the loss curve, the final weights and their EMA to OUT
+(safetensors)."""
 
 from __future__ import annotations
 

@@ -137,6 +137,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("distributed tasks", ("perfscale.distributed.task",)),  # a multi-rank task's launch and rank side
     ("execute", ("perfscale.execute",)),
     ("engines", ("perfscale.engines",)),
+    ("bundles", ("perfscale.bundles",)),  # how many tasks one engine call runs (the runner asks)
     ("runner", ("perfscale.runner",)),
     ("entry points", ("perfscale.cli", "perfscale.campaign")),
     # the package's __init__: the public façade (`perfscale.Campaign`, loaded on use); every other module

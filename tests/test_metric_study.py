@@ -320,3 +320,122 @@ def test_metric_study_end_to_end(reduced_study: Path, tmp_path: Path):
     assert [p.title for p in again] == ["identity", "noise@0.3", "noise@2", "shuffle@1"]
     assert {p.name: p.stat().st_mtime_ns for p in cache.glob("*.npy")} == written
     assert set(again[0].real_classes) == {"setosa", "versicolor", "virginica"}  # coloured by `target`
+
+
+def test_variants_are_ranked_as_metrics_with_bootstrap_intervals():
+    accuracy = [0.2, 0.4, 0.5, 0.7, 0.9, 0.95]
+    table = evaluate_table(
+        {
+            "ml_efficacy:synthetic/accuracy": accuracy,
+            "dissimilarity:score": [6.0, 5.0, 4.0, 3.0, 2.0, 1.0],  # lower is better: agrees, +1
+            "dissimilarity:variant/a": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],  # disagrees: -1
+            "dissimilarity:variant/b": [3.0, 1.0, 2.0, 5.0, 4.0, 0.5],  # partly
+            "sdmetrics_quality:score": [0.5, 0.6, 0.7, 0.8, 0.85, 0.9],
+        },
+        ["g1", "g2", "g3", "g4", "g5", "g6"],
+    )
+    params = MetricStudyParams(metrics=["dissimilarity", "sdmetrics_quality"], variants=["dissimilarity"])
+    points, result = study_points(collect_sets({"e": table}), params)
+    by = result.set_index("metric")
+    assert list(by.index) == [
+        "dissimilarity",
+        "sdmetrics_quality",
+        "dissimilarity[b]",
+        "dissimilarity[a]",
+    ]
+    assert by.loc["dissimilarity[a]", ["spearman_rho", "orientation", "component"]].tolist() == [
+        pytest.approx(-1.0),
+        "lower",
+        "score",
+    ]
+    assert by.loc["dissimilarity", "component"] == "score"  # the metric's own score stays its headline
+    # a perfect monotone relation stays +1 in every resample; a partial one gets a real interval around rho
+    assert by.loc["dissimilarity", ["rho_low", "rho_high"]].tolist() == [pytest.approx(1.0)] * 2
+    low, rho, high = by.loc["dissimilarity[b]", ["rho_low", "spearman_rho", "rho_high"]]
+    assert -1.0 <= low < rho < high <= 1.0
+    again = study_points(collect_sets({"e": table}), params)[1]
+    pd.testing.assert_frame_equal(again, result)  # seeded
+    assert set(points["metric"]) == {
+        "dissimilarity",
+        "sdmetrics_quality",
+        "dissimilarity[a]",
+        "dissimilarity[b]",
+    }
+
+
+def test_summary_across_tables_ranks_metrics_and_variant_options():
+    from perfscale.results.metric_study_summary import held_out_choice, option_effects, summarise
+
+    def result(rhos: dict[str, float]) -> pd.DataFrame:
+        return pd.DataFrame({"metric": list(rhos), "spearman_rho": list(rhos.values())})
+
+    good, bad = "dissimilarity[dcr/var0.9/none/none/angles]", "dissimilarity[minmax/var0.9/none/none/angles]"
+    summary = summarise(
+        {
+            "a": result({"sdmetrics_quality": 0.5, good: 0.9, bad: 0.1, "kl_divergence": math.nan}),
+            "b": result({"sdmetrics_quality": 0.7, good: 0.6, bad: -0.2, "kl_divergence": 0.3}),
+        }
+    )
+    by = summary.set_index("metric")
+    assert list(by.index) == [good, "sdmetrics_quality", "kl_divergence", bad]
+    assert by.loc[good, ["rank:a", "rank:b", "mean_rank", "worst_rank"]].tolist() == [1, 2, 1.5, 2]
+    assert by.loc["kl_divergence", "rank:a"] == 4  # no rho on a table: ranked last there
+    assert by.loc[good, "beats:sdmetrics_quality"] == 1 and by.loc[good, "mean_rho"] == pytest.approx(0.75)
+    assert by.loc[bad, "base"] == "dissimilarity"
+    effects = option_effects(summary).set_index(["option", "value"])
+    assert effects.loc[("scaling", "dcr"), "mean_rank"] == 1.5
+    assert effects.loc[("scaling", "minmax"), "mean_rho"] == pytest.approx(-0.05)
+    assert effects.loc[("weights", "none"), "variants"] == 2
+    tables = {
+        "a": result({"sdmetrics_quality": 0.5, good: 0.9, bad: 0.1}),
+        "b": result({"sdmetrics_quality": 0.7, good: 0.6, bad: -0.2}),
+        "c": result({"sdmetrics_quality": 0.2, good: -0.5, bad: 0.4}),
+    }
+    held = held_out_choice(tables).set_index("held_out")
+    assert held.loc["c", "chosen_on_others"] == good  # chosen on a and b, then worst on c
+    assert held.loc["c", ["rho", "rank", "rho:sdmetrics_quality"]].tolist() == [-0.5, 3, 0.2]
+    assert held.loc["a", "chosen_on_others"] == bad  # on b and c: bad ranks 3 and 1, good 2 and 3
+    assert held.loc["a", ["rho", "rank:sdmetrics_quality"]].tolist() == [0.1, 2]
+
+
+def test_dissimilarity_study_reduced_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """workflows/dissimilarity_study.yaml cut to two tables and four corruptions each: every variant is ranked
+    per table, and the report shows the cross-table summary."""
+    from perfscale.report import build_report, umap_plot
+    from perfscale.runner import prepare_run, run_plan
+    from perfscale.spec import load_site
+
+    monkeypatch.setenv(umap_plot.ENV_SWITCH, "0")  # the UMAP sections are tested above
+    study = yaml.safe_load((ROOT / "workflows" / "dissimilarity_study.yaml").read_text())
+    keep = ("data", "split", "corrupt", "eval_corrupt", "study")  # no generator: corruptions only
+    stages = {
+        k: v
+        for k, v in study["stages"].items()
+        if tuple(k.split("_", 1)) in [(t, s) for t in ("wine", "diabetes") for s in keep]
+    }
+    for name in ("wine", "diabetes"):
+        stages[f"{name}_split"]["params"]["rows"] = 80
+        stages[f"{name}_corrupt"]["grid"] = {
+            "zip": {"corruption": ["identity", "noise", "noise", "shuffle"], "level": [0, 0.5, 2.0, 1.0]}
+        }
+        params = stages[f"{name}_eval_corrupt"]["params"]
+        params["metrics"] = ["kl_divergence", "dissimilarity", "ml_efficacy"]
+        params["options"]["ml_efficacy"]["models"] = ["decision_tree"]
+        stages[f"{name}_study"]["inputs"] = [f"{name}_eval_corrupt"]
+        stages[f"{name}_study"]["params"]["metrics"] = ["kl_divergence", "dissimilarity"]
+    study["stages"] = stages
+    path = tmp_path / "dissimilarity-small.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    store = prepare_run(path, load_site("local"), tmp_path / "run")
+    summary = run_plan(store, "local", workers=2, progress=False)
+    assert all(v.failed == 0 and v.done == v.total for v in summary.values()), summary
+    result = store.read_stage("wine_study", provenance=False).to_pandas()
+    variants = result[result["metric"].str.startswith("dissimilarity[")]
+    assert len(variants) == 504 and (variants["n_sets"] == 4).all()
+    ok = result[result["status"] == "ok"]
+    assert (ok["rho_low"] <= ok["spearman_rho"] + 1e-12).all() and (
+        ok["spearman_rho"] <= ok["rho_high"] + 1e-12
+    ).all()
+    page = build_report(store).read_text()
+    assert "Metric validation across tables" in page and "mean_rank" in page
+    assert "section not drawn" not in page and "not drawn" not in page

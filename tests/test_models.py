@@ -50,6 +50,7 @@ SMALL = {
     "random_forest": {"n_estimators": 20, "max_depth": 6},
     "xgboost": {"n_estimators": 20, "max_depth": 4},
     "mlp": {"hidden": [16], "epochs": 5},
+    "vae_dnn": {"latent": 3, "vae_hidden": [8], "vae_epochs": 3, "dnn_hidden": [8], "dnn_epochs": 3},
 }
 
 

@@ -155,6 +155,14 @@ def _call(heartbeat_dir: str, beat_s: float, fn: Callable[..., Any], *args: Any)
     return fn(*args)
 
 
+def interpreter_on_path() -> None:
+    """HTEX starts `process_worker_pool.py` and `interchange.py` by name: put the interpreter's bin folder on
+    this process's PATH."""
+    bin_dir = str(Path(sys.executable).parent)
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+
+
 class ParslEngine(Engine):
     name = "parsl"
 
@@ -181,10 +189,7 @@ class ParslEngine(Engine):
         import parsl
         from parsl.app.app import python_app
 
-        # HTEX starts `process_worker_pool.py` by name: the interpreter's bin folder must be on PATH
-        bin_dir = str(Path(sys.executable).parent)
-        if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
-            os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+        interpreter_on_path()
         self._heartbeats = self.log_dir / "alive"
         self._beat_s = max(0.5, min(30.0, self.site.watchdog_s / 5))
         self._alive = HeartbeatMonitor(self._heartbeats)

@@ -8,7 +8,13 @@ a column missing or repeated, an unknown category...) are counted and regenerate
 
 Valid-row rate: after every `sample` / `impute` call, `last_valid_rate` is the share of generated texts that
 were valid rows (over the whole call, regenerations included), `last_invalid` counts the invalid ones by
-reason, and the frame `sample` returns carries the rate as ``frame.attrs["valid_row_rate"]``.
+reason, and the frame `sample` returns carries the rate as ``frame.attrs["valid_row_rate"]`` (and the counts
+it comes from as ``attrs["generated_texts"]`` and ``attrs["valid_texts"]``, so parts combine exactly).
+
+Generation goes through the batched engine (perfscale.llm.inference): each generated text has its own seed,
+drawn from torch's global generator under `seeded(seed)`, and `impute` sends the prompts of all its groups in
+one engine call per regeneration round. Loading a saved generator uses the engine's per-process model cache,
+so tasks on one worker that load the same model files share one copy.
 
 Conditioning is GReaT's own: equality conditions (`Conditions.equalities()`) become the prompt prefix
 ``col is value,`` and the model writes the other columns; `impute` does the same with each row's set cells
@@ -125,6 +131,7 @@ class GReaTGenerator(Generator):
             out = super().sample(n, seed, conditions=conditions, max_draws=max_draws)
         if self.last_valid_rate is not None:
             out.attrs["valid_row_rate"] = self.last_valid_rate
+            out.attrs["generated_texts"], out.attrs["valid_texts"] = self._drawn, self._valid
         return out
 
     def impute(self, table: pd.DataFrame, seed: int, draws: int = 1) -> pd.DataFrame:
@@ -278,51 +285,78 @@ class GReaTGenerator(Generator):
                 if is_set[i, j]
             )
             groups.setdefault(key, []).append(i)
+        wanted = [(key, positions) for key, positions in groups.items() if len(key) < len(names)]
+        requests = [
+            ({c: known[c].iloc[positions[0]] for c, _ in key}, len(positions)) for key, positions in wanted
+        ]
         with self._scope(), seeded(seed, torch=True):
-            for key, positions in groups.items():
-                if len(key) == len(names):
-                    continue
-                values = {c: known[c].iloc[positions[0]] for c, _ in key}
-                # rows the budget cannot fill stay missing: `impute` fills them by its pool method
-                rows = self._draw(values, len(positions))
-                for i, row in zip(positions, rows, strict=False):
-                    out.iloc[i] = [row[c] for c in out.columns]
+            # every group's prompt in one batched engine call per regeneration round
+            drawn = self._draw_many(requests)
+        for (_, positions), rows in zip(wanted, drawn, strict=True):
+            # rows the budget cannot fill stay missing: `impute` fills them by its pool method
+            for i, row in zip(positions, rows, strict=False):
+                out.iloc[i] = [row[c] for c in out.columns]
         return out
 
     def _draw(self, values: dict[str, Any], n: int) -> list[dict[str, Any]]:
         """Up to `n` valid rows generated after the prompt fixing `values`, within max_attempts * n texts."""
-        from perfscale.llm import training
+        return self._draw_many([(values, n)])[0]
+
+    def _draw_many(self, requests: list[tuple[dict[str, Any], int]]) -> list[list[dict[str, Any]]]:
+        """For each (values, n): up to n valid rows generated after the prompt fixing `values`, within
+        max_attempts * n texts. Each round generates what every unfinished request still needs, all prompts
+        in one call of the batched engine (perfscale.llm.inference); each text gets its own seed, drawn from
+        torch's global generator (seeded by the caller), so rows do not depend on how texts are batched."""
+        import torch
+
+        from perfscale.llm import inference
         from perfscale.llm.serialize import RowError
 
         lm, codec, params = self._require_lm(), self._require_codec(), self.params
-        prefix = codec.prefix(values)
-        prompt = [lm.bos_id, *lm.encode(prefix)]
-        room = min(self._state.get("token_limit", lm.context), lm.context) - len(prompt)
-        if room < 1:
-            raise BadInput(
-                f"the prompt for {sorted(values)} takes {len(prompt)} tokens: no room left to generate"
-            )
-        sampling = training.Sampling(params.temperature, params.top_k, params.top_p, self._new_tokens(room))
-        budget, rows, drawn = params.max_attempts * n, [], 0
+        limit = min(self._state.get("token_limit", lm.context), lm.context)
+        prefixes = [codec.prefix(values) for values, _ in requests]
+        prompts = [[lm.bos_id, *lm.encode(prefix)] for prefix in prefixes]
+        for (values, _), prompt in zip(requests, prompts, strict=True):
+            if limit - len(prompt) < 1:
+                raise BadInput(
+                    f"the prompt for {sorted(values)} takes {len(prompt)} tokens: no room left to generate"
+                )
+        longest = max((len(p) for p in prompts), default=0)
+        sampling = inference.Sampling(
+            self._new_tokens(limit - longest), params.temperature, params.top_k, params.top_p
+        )
+        batching = inference.Batching(max_batch_rows=params.sample_batch_size)
+        rows: list[list[dict[str, Any]]] = [[] for _ in requests]
+        drawn = [0] * len(requests)
         invalid: dict[str, int] = {}
-        while len(rows) < n and drawn < budget:
-            rate = len(rows) / drawn if drawn else 1.0
-            want = math.ceil((n - len(rows)) / max(rate, 1 / params.max_attempts))
-            batch = min(params.sample_batch_size, budget - drawn, want)
+        inference.place(lm, self._device(), "float32")
+        while True:
+            batch: list[int] = []  # request index of each text
+            for r, (_, n) in enumerate(requests):
+                budget = params.max_attempts * n
+                if len(rows[r]) >= n or drawn[r] >= budget:
+                    continue
+                rate = len(rows[r]) / drawn[r] if drawn[r] else 1.0
+                want = math.ceil((n - len(rows[r])) / max(rate, 1 / params.max_attempts))
+                batch += [r] * min(params.sample_batch_size, budget - drawn[r], want)
+            if not batch:
+                break
+            seeds = torch.randint(0, 2**62, (len(batch),)).tolist()
             with torch_threads(params.threads):
-                texts = training.generate(lm, prompt, batch, sampling, self._device())
-            for text in texts:
-                drawn += 1
+                texts = inference.generate(lm, [prompts[r] for r in batch], seeds, sampling, batching)
+            for r, generation in zip(batch, texts, strict=True):
+                drawn[r] += 1
                 try:
-                    if text is None:
+                    if generation.finish != "eos" or any(t in lm.special_ids for t in generation.tokens):
                         raise RowError("truncated", "no end of row within max_new_tokens")
-                    row = codec.parse(prefix + text)
+                    row = codec.parse(prefixes[r] + generation.text)
                 except RowError as exc:
                     invalid[exc.reason] = invalid.get(exc.reason, 0) + 1
                     continue
-                rows.append(row | values)  # the exact condition values, not their (float_digits) text
-        self._count(drawn, len(rows), invalid)
-        return rows[:n]
+                # the exact condition values, not their (float_digits) text
+                rows[r].append(row | requests[r][0])
+        self._count(sum(drawn), sum(len(r) for r in rows), invalid)
+        return [found[:n] for found, (_, n) in zip(rows, requests, strict=True)]
 
     def _new_tokens(self, room: int) -> int:
         """max_new_tokens, by default a quarter (plus 8 tokens) more than the longest training row: a longer
@@ -361,7 +395,7 @@ class GReaTGenerator(Generator):
         self._require_lm().save(folder / LM_FOLDER)
 
     def _load_model(self, folder: Path) -> None:
-        from perfscale.llm import training
+        from perfscale.llm import inference, training
 
         _require_llm()
         lm_dir = folder / LM_FOLDER
@@ -369,7 +403,8 @@ class GReaTGenerator(Generator):
             model_file(lm_dir, name)
         if not (lm_dir / "model.safetensors.index.json").is_file():  # a large model is saved in shards
             model_file(lm_dir, "model.safetensors")
-        self._lm = training.load_pretrained(lm_dir, "the saved great generator")
+        # once per worker process: later loads of the same model files reuse it (perfscale.llm.inference)
+        self._lm, _ = inference.cached_model(lm_dir, "the saved great generator", self._device(), "float32")
 
     def _model_state(self) -> dict[str, Any]:
         from importlib.metadata import version

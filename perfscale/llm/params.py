@@ -23,7 +23,7 @@ def _deepspeed(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-def _device(value: str) -> str:
+def check_device(value: str) -> str:
     if value in DEVICES or (value.startswith("cuda:") and value[5:].isdigit()):
         return value
     raise ValueError(f"must be one of {', '.join(DEVICES)} or cuda:<index>")
@@ -42,7 +42,7 @@ class Params(OptionsModel):
     temperature, top_k, top_p: sampling; top_k None means no top-k cut.
     max_new_tokens: the longest generated continuation; default 1.25 x the longest training row + 8 tokens
         (capped by what the prompt leaves of max_length): longer texts are not rows.
-    sample_batch_size: rows generated per `generate` call.
+    sample_batch_size: the most texts in one batch of the generation engine (perfscale.llm.inference).
     max_attempts: regeneration budget: a call wanting n rows generates at most max_attempts * n.
     float_digits: significant digits written for floats (default: the shortest exact repr); fewer digits
         give shorter rows, the fix for tables too wide for the context.
@@ -83,7 +83,7 @@ class Params(OptionsModel):
     tiny_config: dict[str, Any] = Field(default_factory=dict)
     tiny_merges: NonNegativeInt = 256
     cache_dir: str | None = None
-    device: Annotated[str, AfterValidator(_device)] = "cpu"
+    device: Annotated[str, AfterValidator(check_device)] = "cpu"
     torch_threads: PositiveInt | None = None
     zero_stage: Literal[0, 1, 2, 3] | None = None
     deepspeed: Annotated[dict[str, Any], AfterValidator(_deepspeed)] = Field(default_factory=dict)

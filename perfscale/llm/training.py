@@ -1,4 +1,5 @@
-"""The causal language model behind the GReaT generator: building, fine-tuning, generating, saving, loading.
+"""The causal language model behind the GReaT generator: building, fine-tuning, saving, loading (generation:
+perfscale.llm.inference).
 
 Everything here imports torch/transformers/tokenizers at call time. Three kinds of base model:
 
@@ -168,7 +169,7 @@ def load_pretrained(folder: Path, what: str) -> LanguageModel:
 
     if not folder.is_dir():
         raise BadInput(f"{what}: {folder} is not a folder holding a Hugging Face model")
-    _check_files(folder, what)
+    check_files(folder, what)
     try:
         with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
@@ -179,7 +180,7 @@ def load_pretrained(folder: Path, what: str) -> LanguageModel:
     return LanguageModel.wrap(model, tokenizer)
 
 
-def _check_files(folder: Path, what: str) -> None:
+def check_files(folder: Path, what: str) -> None:
     """Name the broken file before transformers fails with a less specific message."""
     import json
 
@@ -346,42 +347,3 @@ def _pad(batch: list[list[int]], pad_id: int) -> tuple[Any, Any, Any]:
         mask[row, : len(seq)] = 1
     labels = ids.masked_fill(mask == 0, -100)
     return ids, mask, labels
-
-
-@dataclass
-class Sampling:
-    temperature: float
-    top_k: int | None
-    top_p: float
-    max_new_tokens: int
-
-
-def generate(
-    lm: LanguageModel, prompt: list[int], count: int, sampling: Sampling, device: str
-) -> list[str | None]:
-    """`count` continuations of `prompt`, each decoded up to its EOS; None for one that is not a clean row
-    (no EOS within max_new_tokens, or a special token inside). Draws from torch's global generator."""
-    import torch
-    from transformers import GenerationConfig
-
-    config = GenerationConfig(
-        do_sample=True,
-        temperature=sampling.temperature,
-        top_k=sampling.top_k or 0,
-        top_p=sampling.top_p,
-        max_new_tokens=sampling.max_new_tokens,
-        eos_token_id=lm.eos_id,
-        pad_token_id=lm.pad_id,
-        bos_token_id=lm.bos_id,
-    )
-    model = lm.model.to(device)
-    ids = torch.tensor([prompt] * count, dtype=torch.long, device=device)
-    with torch.no_grad(), quiet_transformers():  # quiet: a padding note about finished rows
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
-    texts: list[str | None] = []
-    for row in out[:, len(prompt) :].tolist():
-        end = row.index(lm.eos_id) if lm.eos_id in row else None
-        body = row[:end]
-        clean = end is not None and not any(t in lm.special_ids for t in body)
-        texts.append(lm.decode(body) if clean else None)
-    return texts

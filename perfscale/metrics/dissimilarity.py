@@ -1,53 +1,126 @@
 """PERFGEN's Dissimilarity score: principal angles between the PCA subspaces of the real and synthetic
-tables, weighted by the real eigenvalues, combined with a KL divergence between the two distributions.
+tables, weighted, combined with a divergence between the two distributions.
 
-The paper leaves several steps open; the exact choices made here (also in docs/metrics.md):
+The paper defines Dissimilarity = exp(sum_i theta_i * lambda_i) over d* principal angles and says a KL term
+is combined with it, but leaves open how d* is chosen, what lambda_i are, how the tables are scaled, which
+KL is meant and how it is combined. Each open step is an option here (docs/metrics.md gives the rationale of
+each choice and the study that picked the defaults):
 
-1. Encoding: `perfscale.tabular.encode.encode` fitted on the real table and applied to both: numeric/datetime
-   columns standardised with the real mean/std (std 0 -> 1), a missing value put at the real mean plus a 0/1
-   missing-indicator column when any table has a missing value there; categorical/boolean columns one-hot over
-   the union of categories (missing is a category), scaled by 1/sqrt(2). Encoded columns that take a single
-   value over both tables together carry no information and are dropped.
-2. PCA of each table separately: SVD of the table centred on its own mean. Explained-variance ratios of the
-   real PCA give d* = the smallest d whose cumulative ratio reaches `variance` (default 0.9), or `dims` when
-   given; d* is capped by min(real rows - 1, synthetic rows - 1, encoded columns, real rank), and the same d*
-   is used for both tables.
-3. Principal angles theta_1 <= ... <= theta_d* (radians, in [0, pi/2]; sign-insensitive by construction)
-   between the real top-d* subspace and the synthetic one (scipy.linalg.subspace_angles). When the synthetic
-   table spans fewer than d* directions (its numerical rank r_s < d*, e.g. it is constant), the d* - r_s
-   missing directions count as orthogonal: theta = pi/2.
-4. Weights lambda_i = the real PCA's top-d* eigenvalues normalised to sum 1 (descending), paired with the
-   ascending angles index by index; ``angle_term = exp(sum_i theta_i * lambda_i)`` is in [1, e^(pi/2)].
-5. ``kl_term``: with ``kl="gaussian"`` (default) the symmetric KL, 0.5 * (KL(P||Q) + KL(Q||P)) in nats, of
-   Gaussians fitted (mean, covariance with ddof=1) to both tables projected on the REAL top-d* axes after
-   centring on the real mean, so a mean shift counts. Both covariances get a ridge of 1e-6 times the mean real
-   eigenvalue on the diagonal, so a degenerate synthetic table gives a large but finite value (of order 1e6).
-   With ``kl="columns"`` it is the mean of the `kl_divergence` metric's per-column symmetric KL instead.
-6. ``score = angle_term * (1 + kl_term)``: 1 for identical tables, larger = more dissimilar.
+* ``scaling`` (before PCA; every variant starts from `perfscale.tabular.encode.encode` fitted on the real
+  table, the DCR encoding): ``dcr`` keeps it (numeric columns standardised, categorical one-hot / sqrt(2));
+  ``standard`` also standardises every one-hot and missing-indicator column with its real mean/std;
+  ``minmax`` maps every encoded column to [0, 1] by its real min/max. A real std or range of 0 counts as 1.
+  Encoded columns constant over both tables together are dropped (they carry no information).
+* ``d_star``: ``variance`` (smallest d whose real cumulative explained-variance ratio reaches `variance`),
+  ``fixed`` (`dims`), ``elbow`` (the knee of the real cumulative explained-variance curve: the d farthest
+  above the chord from (0, 0) to (rank, 1)), ``max`` (the larger of the real and synthetic `variance` d*).
+  Always capped by min(real rows - 1, synthetic rows - 1, encoded columns, real rank).
+* principal angles theta_1 <= ... <= theta_d* between the real and synthetic top-d* subspaces; directions
+  missing from the synthetic span (its rank < d*) count as pi/2.
+* ``weights``: ``none`` (distance = sqrt(sum theta^2), the plain geodesic distance on the Grassmannian),
+  ``raw`` (sum theta_i * lambda_i, real eigenvalues as they are), ``normalised`` (real eigenvalues / their
+  sum over d*), ``mean`` (mean of the normalised real and synthetic top-d* eigenvalues; a synthetic table
+  with no variance counts as uniform). ``angle_term = exp(distance)``, the exponent capped at 700.
+* ``kl`` (nats, >= 0): ``none`` (0); ``full`` (symmetric KL of Gaussians fitted to the whole encoded tables,
+  both centred on the real mean); ``projected`` (the same on the tables projected on the real top-d* axes);
+  ``columns`` (the `kl_divergence` metric's per-column mean over the columns not constant over both
+  tables). Gaussian covariances get a ridge of 1e-6 times the mean real eigenvalue of the axes used.
+* ``combination``: ``product`` = angle_term * (1 + kl_term); ``sum`` = angle_term + kl_term; ``angles`` =
+  angle_term alone. Every rule gives 1 for identical tables.
 
-Components: score, angle_term, kl_term, d_star, real_variance_explained (cumulative ratio at d*),
-angle_1 .. angle_<d*>.
+Defaults (standard / variance 0.9 / mean / columns / product) are the variant with the best mean rank of
+Spearman rho with ML efficacy over seven real tables (workflows/dissimilarity_study.yaml; numbers in
+docs/metrics.md and benchmarks/results/dissimilarity_study.json).
+
+Components: score, angle_term, kl_term, d_star, real_variance_explained, angle_1 .. angle_<d*>. With
+``variants=True`` also ``variant/<scaling>/<d*>/<weights>/<kl>/<combination>``: the score of every variant of
+`VARIANT_GRID` from one evaluation (one encoding and two SVDs per scaling, shared by all d*, weights and KL
+choices).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Literal, get_args
+from dataclasses import dataclass
+from typing import Annotated, Literal, get_args
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from perfscale.errors import BadInput
-from perfscale.metrics.columns import is_int
 from perfscale.metrics.divergence import kl_divergence
 from perfscale.metrics.registry import metric
 from perfscale.tabular.encode import encode
 from perfscale.tabular.meta import TableMeta
 
-DEFAULT_VARIANCE = 0.9
-RIDGE = 1e-6  # relative to the mean real eigenvalue of the kept components
-KL = Literal["gaussian", "columns"]
+RIDGE = 1e-6  # relative to the mean real eigenvalue of the axes a Gaussian KL uses
+MAX_EXPONENT = 700.0  # exp(700) ~ 1e304: raw eigenvalue weights on wide tables stay finite
+VARIANT_PREFIX = "variant/"
+
+Scaling = Literal["dcr", "standard", "minmax"]
+DStar = Literal["variance", "fixed", "elbow", "max"]
+Weights = Literal["none", "raw", "normalised", "mean"]
+KL = Literal["none", "full", "projected", "columns"]
+Combination = Literal["product", "sum", "angles"]
+Fraction = Annotated[float, Field(gt=0, le=1)]
+Dims = Annotated[int, Field(ge=1)]
+
+SCALINGS: tuple[str, ...] = get_args(Scaling)
+WEIGHTS: tuple[str, ...] = get_args(Weights)
 KL_KINDS: tuple[str, ...] = get_args(KL)
+COMBINATIONS: tuple[str, ...] = get_args(Combination)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of computing the score; `name` is its component name without the prefix."""
+
+    scaling: str
+    d_star: str
+    variance: float
+    dims: int
+    weights: str
+    kl: str
+    combination: str
+
+    @property
+    def d_label(self) -> str:
+        return {
+            "variance": f"var{self.variance:g}",
+            "fixed": f"k{self.dims}",
+            "elbow": "elbow",
+            "max": f"max{self.variance:g}",
+        }[self.d_star]
+
+    @property
+    def name(self) -> str:
+        return f"{self.scaling}/{self.d_label}/{self.weights}/{self.kl}/{self.combination}"
+
+
+def variant_grid(variance: float, dims: int) -> list[Variant]:
+    """Every variant the study compares: 3 scalings x 6 d* rules (fixed `dims`; variance 0.8, 0.9, 0.95;
+    elbow; max of both tables at `variance`) x 4 weightings x 7 (kl, combination) pairs. `angles` ignores
+    the KL term and `product`/`sum` with no KL equal it, so kl `none` comes with `angles` only."""
+    d_rules = [
+        ("fixed", variance),
+        ("variance", 0.8),
+        ("variance", 0.9),
+        ("variance", 0.95),
+        ("elbow", variance),
+    ]
+    d_rules.append(("max", variance))
+    pairs = [("none", "angles")] + [(k, c) for k in KL_KINDS[1:] for c in ("product", "sum")]
+    return [
+        Variant(scaling, rule, v, dims, weights, kl, combination)
+        for scaling, (rule, v), weights, (kl, combination) in itertools.product(
+            SCALINGS, d_rules, WEIGHTS, pairs
+        )
+    ]
+
+
+# ---------------------------------------------------------------- linear algebra
 
 
 def informative(real: np.ndarray, synth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -57,22 +130,45 @@ def informative(real: np.ndarray, synth: np.ndarray) -> tuple[np.ndarray, np.nda
     return real[:, keep], synth[:, keep]
 
 
+def rescale(real: np.ndarray, synth: np.ndarray, scaling: str) -> tuple[np.ndarray, np.ndarray]:
+    """The DCR-encoded tables rescaled column by column with statistics of the real table only."""
+    if scaling == "dcr":
+        return real, synth
+    if scaling == "standard":
+        shift = real.mean(axis=0)
+        spread = real.std(axis=0, ddof=1) if len(real) > 1 else np.zeros(real.shape[1])
+    else:
+        shift = real.min(axis=0)
+        spread = real.max(axis=0) - shift
+    spread = np.where(np.isfinite(spread) & (spread > 0), spread, 1.0)
+    return (real - shift) / spread, (synth - shift) / spread
+
+
 def pca(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """(principal axes as rows, eigenvalues (ddof=1), numerical rank) of x centred on its own mean."""
     centred = np.where(np.ptp(x, axis=0) > 0, x - x.mean(axis=0), 0.0)  # exact 0 for constant columns
     _, s, vt = np.linalg.svd(centred, full_matrices=False)
     tol = s[0] * max(centred.shape) * np.finfo("float64").eps if s.size else 0.0
     rank = int((s > tol).sum()) if s.size and s[0] > 0 else 0
-    return vt, s**2 / max(len(x) - 1, 1), rank
+    eigen = s**2 / max(len(x) - 1, 1)
+    eigen[rank:] = 0.0
+    return vt, eigen, rank
 
 
-def choose_dims(eigen: np.ndarray, cap: int, variance: float, dims: int | None) -> int:
-    """d*: `dims` if given, else the smallest d whose cumulative explained variance reaches `variance`."""
-    if dims is not None:
-        return min(int(dims), cap)
+def variance_dims(eigen: np.ndarray, variance: float) -> int:
+    """The smallest d whose cumulative explained-variance ratio reaches `variance` (eigen not all 0)."""
     ratios = np.cumsum(eigen) / eigen.sum()
-    d = int(np.searchsorted(ratios, variance - 1e-12) + 1)
-    return min(d, cap)
+    return int(np.searchsorted(ratios, variance - 1e-12) + 1)
+
+
+def elbow_dims(eigen: np.ndarray) -> int:
+    """The knee of the cumulative explained-variance curve over the rank r: the d maximising
+    cumulative_ratio(d) - d / r (the point farthest above the chord from (0, 0) to (r, 1))."""
+    r = int((eigen > 0).sum())
+    if r <= 1:
+        return 1
+    ratios = np.cumsum(eigen[:r]) / eigen[:r].sum()
+    return int(np.argmax(ratios - np.arange(1, r + 1) / r)) + 1
 
 
 def principal_angles(real_axes: np.ndarray, synth_axes: np.ndarray, d: int) -> np.ndarray:
@@ -111,67 +207,183 @@ def gaussian_symmetric_kl(a: np.ndarray, b: np.ndarray, ridge: float) -> float:
     return max(0.0, float(value))
 
 
-def _check_options(variance: float, dims: int | None, kl: str) -> None:
-    if isinstance(variance, bool) or not isinstance(variance, (int, float)) or not 0 < variance <= 1:
-        raise BadInput(f"dissimilarity: variance must be a number in (0, 1], not {variance!r}")
-    if dims is not None and (not is_int(dims) or dims < 1):
-        raise BadInput(f"dissimilarity: dims must be a positive integer or null, not {dims!r}")
-    if kl not in KL_KINDS:
-        raise BadInput(f"dissimilarity: kl must be one of {list(KL_KINDS)}, not {kl!r}")
+# ---------------------------------------------------------------- one scaling, every variant
+
+
+@dataclass
+class Subspaces:
+    """The PCA of both tables under one scaling, and what the variants computed from it so far."""
+
+    real: np.ndarray
+    synth: np.ndarray
+    real_axes: np.ndarray
+    real_eigen: np.ndarray
+    real_rank: int
+    synth_axes: np.ndarray
+    synth_eigen: np.ndarray
+    synth_rank: int
+    cap: int
+
+    def dims(self, v: Variant) -> int:
+        eigen = self.real_eigen[: self.real_rank]
+        if v.d_star == "fixed":
+            d = v.dims
+        elif v.d_star == "elbow":
+            d = elbow_dims(eigen)
+        else:
+            d = variance_dims(eigen, v.variance)
+            if v.d_star == "max" and self.synth_rank:
+                d = max(d, variance_dims(self.synth_eigen[: self.synth_rank], v.variance))
+        return min(d, self.cap)
+
+    def angles(self, d: int) -> np.ndarray:
+        return principal_angles(self.real_axes[:d], self.synth_axes[: min(d, self.synth_rank)], d)
+
+    def distance(self, angles: np.ndarray, weights: str) -> float:
+        d = len(angles)
+        real = self.real_eigen[:d]
+        if weights == "none":
+            return float(np.sqrt(np.sum(angles**2)))
+        if weights == "raw":
+            return float(angles @ real)
+        normalised = real / real.sum()
+        if weights == "normalised":
+            return float(angles @ normalised)
+        synth = self.synth_eigen[:d]
+        synth = synth / synth.sum() if synth.sum() > 0 else np.full(d, 1.0 / d)
+        return float(angles @ (normalised + synth) / 2)
+
+    def gaussian_kl(self, d: int | None) -> float:
+        """Symmetric Gaussian KL of both tables centred on the real mean, projected on the real top-d axes
+        (None: the full encoded tables)."""
+        mean = self.real.mean(axis=0)
+        real, synth = self.real - mean, self.synth - mean
+        if d is None:
+            positive = self.real_eigen[: self.real_rank]
+            return gaussian_symmetric_kl(real, synth, RIDGE * float(positive.mean()))
+        project = self.real_axes[:d].T
+        return gaussian_symmetric_kl(
+            real @ project, synth @ project, RIDGE * float(self.real_eigen[:d].mean())
+        )
+
+
+def subspaces(x_real: np.ndarray, x_synth: np.ndarray, scaling: str) -> Subspaces:
+    real, synth = informative(*rescale(x_real, x_synth, scaling))
+    if real.shape[1] == 0:
+        raise BadInput(
+            "dissimilarity: every column is constant (one value over both tables); nothing to compare"
+        )
+    real_axes, real_eigen, real_rank = pca(real)
+    if real_rank == 0:
+        raise BadInput(
+            "dissimilarity: every real row is the same, so the real table has no principal subspace; "
+            "give a real table whose rows vary"
+        )
+    synth_axes, synth_eigen, synth_rank = pca(synth)
+    cap = min(len(real) - 1, len(synth) - 1, real.shape[1], real_rank)
+    return Subspaces(real, synth, real_axes, real_eigen, real_rank, synth_axes, synth_eigen, synth_rank, cap)
+
+
+def columns_kl_term(real: pd.DataFrame, synth: pd.DataFrame, meta: TableMeta) -> float:
+    """The `kl_divergence` metric's mean over the columns that are not constant over both tables together
+    (a constant column has KL 0 and would only dilute the mean, as it would not move the angles)."""
+    both = pd.concat([real[list(meta.columns)], synth[list(meta.columns)]], ignore_index=True)
+    varying = [c for c in meta.columns if both[c].astype(object).nunique(dropna=False) > 1]
+    if not varying:
+        return 0.0
+    sub = TableMeta(columns={c: meta.columns[c] for c in varying})
+    return kl_divergence(real[varying], synth[varying], sub)["mean"]
+
+
+def combine(angle_term: float, kl_term: float, combination: str) -> float:
+    if combination == "product":
+        return angle_term * (1.0 + kl_term)
+    if combination == "sum":
+        return angle_term + kl_term
+    return angle_term
+
+
+class _Cache:
+    """Angles, distances and KL terms shared between variants of one evaluation."""
+
+    def __init__(self, x_real: np.ndarray, x_synth: np.ndarray, columns_kl: float | None) -> None:
+        self.x_real, self.x_synth, self.columns_kl = x_real, x_synth, columns_kl
+        self.spaces: dict[str, Subspaces] = {}
+        self.angle_sets: dict[tuple[str, int], np.ndarray] = {}
+        self.kls: dict[tuple[str, str, int], float] = {}
+
+    def space(self, scaling: str) -> Subspaces:
+        if scaling not in self.spaces:
+            self.spaces[scaling] = subspaces(self.x_real, self.x_synth, scaling)
+        return self.spaces[scaling]
+
+    def angles(self, scaling: str, d: int) -> np.ndarray:
+        if (scaling, d) not in self.angle_sets:
+            self.angle_sets[(scaling, d)] = self.space(scaling).angles(d)
+        return self.angle_sets[(scaling, d)]
+
+    def kl(self, scaling: str, kind: str, d: int) -> float:
+        if kind == "none":
+            return 0.0
+        if kind == "columns":
+            assert self.columns_kl is not None
+            return self.columns_kl
+        key = (scaling, kind, d if kind == "projected" else 0)
+        if key not in self.kls:
+            self.kls[key] = self.space(scaling).gaussian_kl(d if kind == "projected" else None)
+        return self.kls[key]
+
+    def terms(self, v: Variant) -> tuple[int, np.ndarray, float, float]:
+        """(d*, angles, angle_term, kl_term) of variant v."""
+        space = self.space(v.scaling)
+        d = space.dims(v)
+        angles = self.angles(v.scaling, d)
+        angle_term = math.exp(min(space.distance(angles, v.weights), MAX_EXPONENT))
+        return d, angles, angle_term, self.kl(v.scaling, v.kl, d)
 
 
 @metric(
     "dissimilarity",
     higher_is_better=False,
-    description="PERFGEN Dissimilarity: exp(sum of principal angles between the real and synthetic PCA "
-    "subspaces weighted by real eigenvalues) * (1 + symmetric Gaussian KL on the real principal axes); "
-    "1 = identical.",
+    description="PERFGEN Dissimilarity: exp(weighted principal angles between the real and synthetic PCA "
+    "subspaces) combined with a KL divergence; 1 = identical. Options pick each step the paper leaves open; "
+    "variants=true adds every variant's score.",
 )
 def dissimilarity(
     real: pd.DataFrame,
     synth: pd.DataFrame,
     meta: TableMeta,
     *,
-    variance: float = DEFAULT_VARIANCE,
-    dims: int | None = None,
-    kl: KL = "gaussian",
+    scaling: Scaling = "standard",
+    d_star: DStar = "variance",
+    variance: Fraction = 0.9,
+    dims: Dims = 3,
+    weights: Weights = "mean",
+    kl: KL = "columns",
+    combination: Combination = "product",
+    variants: bool = False,
 ) -> dict[str, float]:
-    _check_options(variance, dims, kl)
     for label, table in (("real", real), ("synthetic", synth)):
         if len(table) < 2:
             raise BadInput(
                 f"dissimilarity: the {label} table has {len(table)} row; PCA subspaces need at least 2 rows"
             )
-    x_real, x_synth = informative(*encode([real, synth], meta))
-    if x_real.shape[1] == 0:
-        raise BadInput(
-            "dissimilarity: every column is constant (one value over both tables); nothing to compare"
-        )
-    real_axes, real_eigen, real_rank = pca(x_real)
-    if real_rank == 0:
-        raise BadInput(
-            "dissimilarity: every real row is the same, so the real table has no principal subspace; "
-            "give a real table whose rows vary"
-        )
-    synth_axes, _, synth_rank = pca(x_synth)
-    cap = min(len(x_real) - 1, len(x_synth) - 1, x_real.shape[1], real_rank)
-    d = choose_dims(real_eigen[:real_rank], cap, float(variance), dims)
-    angles = principal_angles(real_axes[:d], synth_axes[: min(d, synth_rank)], d)
-    weights = real_eigen[:d] / real_eigen[:d].sum()
-    angle_term = math.exp(float(angles @ weights))
-    if kl == "gaussian":
-        mean = x_real.mean(axis=0)
-        project = real_axes[:d].T
-        ridge = RIDGE * float(real_eigen[:d].mean())
-        kl_term = gaussian_symmetric_kl((x_real - mean) @ project, (x_synth - mean) @ project, ridge)
-    else:
-        kl_term = kl_divergence(real, synth, meta)["mean"]
+    chosen = Variant(scaling, d_star, float(variance), int(dims), weights, kl, combination)
+    grid = variant_grid(float(variance), int(dims)) if variants else []
+    needs_columns = any(v.kl == "columns" for v in [chosen, *grid])
+    columns_kl = columns_kl_term(real, synth, meta) if needs_columns else None
+    cache = _Cache(*encode([real, synth], meta), columns_kl)
+    d, angles, angle_term, kl_term = cache.terms(chosen)
+    space = cache.space(scaling)
     out = {
-        "score": angle_term * (1.0 + kl_term),
+        "score": combine(angle_term, kl_term, combination),
         "angle_term": angle_term,
         "kl_term": kl_term,
         "d_star": float(d),
-        "real_variance_explained": min(1.0, float(real_eigen[:d].sum() / real_eigen.sum())),
+        "real_variance_explained": min(1.0, float(space.real_eigen[:d].sum() / space.real_eigen.sum())),
     }
     out.update({f"angle_{i + 1}": float(a) for i, a in enumerate(angles)})
+    for v in grid:
+        _, _, v_angle, v_kl = cache.terms(v)
+        out[VARIANT_PREFIX + v.name] = combine(v_angle, v_kl, v.combination)
     return out

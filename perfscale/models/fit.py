@@ -22,7 +22,7 @@ from perfscale.models.features import (
 )
 from perfscale.models.registry import build_model
 from perfscale.models.resample import Resample, resample_training
-from perfscale.models.scoring import class_scores, regression_scores
+from perfscale.models.scoring import class_scores, regression_scores, vector_scores
 from perfscale.models.splits import SplitKind, make_splits
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,8 @@ def fit_predict(table: pd.DataFrame, spec: FitSpec, seed: int, model_dir: Path |
             pred = model.predict(test)
             truth = test[spec.targets].to_numpy(np.float64)
             scores = regression_scores(truth, pred.to_numpy(np.float64), spec.targets)
+            if len(spec.targets) > 1:
+                scores |= vector_scores(truth, pred.to_numpy(np.float64))
             out = pd.DataFrame(
                 {
                     **{f"truth_{t}": truth[:, j] for j, t in enumerate(spec.targets)},
@@ -154,6 +156,8 @@ def fit_predict(table: pd.DataFrame, spec: FitSpec, seed: int, model_dir: Path |
                 **scores,
             )
         )
+    grouped = spec.group_column and spec.split != "time"
+    split = f"{spec.split}:{spec.group_column}" if grouped else spec.split  # how rows were grouped
     return pd.concat(parts, ignore_index=True).assign(
-        model=spec.model, split=spec.split, resample=spec.resample, features=",".join(features)
+        model=spec.model, split=split, resample=spec.resample, features=",".join(features)
     )

@@ -7,11 +7,22 @@ from typing import Any
 from perfscale.errors import BadInput
 from perfscale.models.base import Hyperparameters, Predictor
 from perfscale.models.linear import LinearModel, MeanModel
+from perfscale.models.llm_head import LLMClassifierModel
 from perfscale.models.mlp import MLPModel
 from perfscale.models.trees import RandomForestModel, XGBoostModel
+from perfscale.models.vae_dnn import VAEDNNModel
 
 MODELS: dict[str, type[Predictor]] = {
-    m.name: m for m in (MeanModel, LinearModel, RandomForestModel, XGBoostModel, MLPModel)
+    m.name: m
+    for m in (
+        MeanModel,
+        LinearModel,
+        RandomForestModel,
+        XGBoostModel,
+        MLPModel,
+        VAEDNNModel,
+        LLMClassifierModel,
+    )
 }
 
 

@@ -42,6 +42,19 @@ def regression_scores(truth: np.ndarray, prediction: np.ndarray, targets: Sequen
     return scores
 
 
+def vector_scores(truth: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
+    """Scores of whole predicted vectors (several targets at once, e.g. relative performance across
+    machines): MAE over every element, mean R^2 over the targets and the Same Order Score."""
+    from perfscale.models.rpv import same_order_score
+
+    per_target = regression_scores(truth, prediction, [str(j) for j in range(truth.shape[1])])
+    return {
+        "vector_mae": float(np.mean(np.abs(truth - prediction))),
+        "vector_r2": float(np.mean([per_target[f"r2_{j}"] for j in range(truth.shape[1])])),
+        "sos": same_order_score(truth, prediction),
+    }
+
+
 def roc_points(truth: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """False and true positive rates of one class against the rest."""
     from sklearn.metrics import roc_curve

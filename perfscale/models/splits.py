@@ -1,8 +1,10 @@
 """Train/test splits as lists of (train rows, test rows) index arrays (positions into the table).
 
 * `holdout` / `random`: one seeded shuffle, `test_fraction` of the rows tested (stratified by class when the
-  target is a class, so each class is on both sides);
-* `kfold`: k seeded folds (stratified for classes); every row is tested once;
+  target is a class, so each class is on both sides); with `group_column`, whole groups go to one side
+  (about `test_fraction` of the groups tested: rows of one relative-performance vector never straddle);
+* `kfold`: k seeded folds (stratified for classes; with `group_column`, whole groups per fold); every row is
+  tested once;
 * `group`: leave one group out (one fold per distinct value of `group_column`: a user, a kernel, a machine);
 * `time`: time-ordered: train on the earliest rows, test on the latest `test_fraction` by `time_column`;
   rows that share the cut's time all go to the test side, so no test row is earlier than a training row.
@@ -33,6 +35,21 @@ def make_splits(
     time_column: str | None = None,
 ) -> list[Fold]:
     n = len(table)
+    if group_column is not None and group_column not in table.columns:
+        raise BadInput(f"split {kind!r}: group_column {group_column!r} is not a column of the table")
+    if kind in ("holdout", "random", "kfold") and group_column is not None:
+        from sklearn.model_selection import GroupKFold, GroupShuffleSplit
+
+        groups = table[group_column].astype(str).to_numpy()
+        if kind == "kfold":
+            if len(np.unique(groups)) < k:
+                raise BadInput(f"split 'kfold': {group_column!r} has fewer than k={k} groups")
+            splitter = GroupKFold(k, shuffle=True, random_state=seed)
+        else:
+            if len(np.unique(groups)) < 2:
+                raise BadInput(f"split {kind!r}: {group_column!r} has one group; whole groups need two")
+            splitter = GroupShuffleSplit(1, test_size=test_fraction, random_state=seed)
+        return [(np.sort(a), np.sort(b)) for a, b in splitter.split(np.zeros(n), groups=groups)]
     if kind in ("holdout", "random"):
         from sklearn.model_selection import train_test_split
 

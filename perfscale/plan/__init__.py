@@ -2,6 +2,6 @@
 
 from perfscale.plan.grid import expand_grid
 from perfscale.plan.keys import stage_digest, task_key
-from perfscale.plan.planner import Plan, Task, build_plan
+from perfscale.plan.planner import Plan, PlanRows, Task, build_plan
 
-__all__ = ["Plan", "Task", "build_plan", "expand_grid", "stage_digest", "task_key"]
+__all__ = ["Plan", "PlanRows", "Task", "build_plan", "expand_grid", "stage_digest", "task_key"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from perfscale.spec.study import Stage, Study
 from perfscale.version import __version__
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Task:
     index: int
     stage: str
@@ -65,30 +65,81 @@ class Plan:
         return [t for t in self.tasks if t.stage == stage]
 
     def to_table(self) -> pa.Table:
-        rows = []
-        for t in self.tasks:
-            row = asdict(t)
-            for name in _JSON_FIELDS:
-                row[name] = json.dumps(row[name], sort_keys=True)
-            rows.append(row)
-        table = pa.Table.from_pylist(rows, schema=_PLAN_SCHEMA)
+        """Column by column (not dataclasses.asdict, which deep-copies every task: 80% of a big plan's time).
+        A JSON field is encoded once per distinct object: tasks of one grid point share their params, and
+        tasks of one stage their inputs and retry policy."""
+        columns = []
+        for name in _PLAN_SCHEMA.names:
+            values = [getattr(t, name) for t in self.tasks]
+            if name in _JSON_FIELDS:
+                encoded: dict[int, str] = {}
+                values = [
+                    encoded.get(id(v)) or encoded.setdefault(id(v), json.dumps(v, sort_keys=True))
+                    for v in values
+                ]
+            columns.append(pa.array(values, _PLAN_SCHEMA.field(name).type))
+        table = pa.Table.from_arrays(columns, schema=_PLAN_SCHEMA)
         return table.replace_schema_metadata({"study": self.study, "perfscale_version": self.version})
 
     def write(self, path: Path) -> None:
         from perfscale.store.atomic import atomic_write_table
 
-        atomic_write_table(self.to_table(), path)
+        # small row groups: one task is read by decoding one group (PlanRows), not the whole plan
+        atomic_write_table(self.to_table(), path, row_group_size=PLAN_ROW_GROUP)
 
     @classmethod
     def read(cls, path: Path | str) -> Plan:
         table = pq.read_table(path)
         meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-        tasks = []
-        for row in table.to_pylist():
-            for name in _JSON_FIELDS:
-                row[name] = json.loads(row[name])
-            tasks.append(Task(**row))
+        tasks = _tasks(table)
         return cls(study=meta.get("study", "?"), tasks=tasks, version=meta.get("perfscale_version", "?"))
+
+
+PLAN_ROW_GROUP = 4096  # tasks per row group of plan.parquet
+
+
+def _tasks(table: pa.Table) -> list[Task]:
+    """Tasks of plan rows; equal JSON texts are decoded once and their value shared, as `build_plan` shares
+    a stage's inputs and retry policy and a grid point's params."""
+    columns = {name: table.column(name).to_pylist() for name in table.column_names}
+    for name in _JSON_FIELDS:
+        decoded: dict[str, Any] = {}
+        columns[name] = [
+            decoded[v] if v in decoded else decoded.setdefault(v, json.loads(v)) for v in columns[name]
+        ]
+    names = list(columns)
+    return [Task(**dict(zip(names, row, strict=True))) for row in zip(*columns.values(), strict=True)]
+
+
+class PlanRows:
+    """Single tasks of a plan file, each read by decoding the one row group that holds it (kept, a few at a
+    time): what a worker or an array element needs, at a cost that does not grow with the plan. Plans
+    written as one big row group (before PLAN_ROW_GROUP) are read whole, once."""
+
+    def __init__(self, path: Path | str, keep: int = 4):
+        self.file = pq.ParquetFile(str(path))
+        md = self.file.metadata
+        self.starts = [0]
+        for i in range(md.num_row_groups):
+            self.starts.append(self.starts[-1] + md.row_group(i).num_rows)
+        self.keep = keep
+        self._groups: dict[int, list[Task]] = {}
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def __getitem__(self, index: int) -> Task:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        from bisect import bisect_right
+
+        group = bisect_right(self.starts, index) - 1
+        tasks = self._groups.get(group)
+        if tasks is None:
+            if len(self._groups) >= self.keep:
+                self._groups.pop(next(iter(self._groups)))
+            tasks = self._groups[group] = _tasks(self.file.read_row_group(group))
+        return tasks[index - self.starts[group]]
 
 
 _PLAN_SCHEMA = pa.schema(

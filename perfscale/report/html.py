@@ -13,6 +13,7 @@ from markupsafe import Markup
 
 from perfscale.plan.kinds import RENAMED
 from perfscale.report import plots
+from perfscale.results.metric_study import VARIANT_PREFIX
 from perfscale.status import run_status
 from perfscale.store.atomic import atomic_write_text
 from perfscale.store.run import RunStore, utcnow
@@ -124,6 +125,7 @@ def _metrics_section(store: RunStore, stage: str) -> Section | None:
         return None
     source = store.plan.of_stage(stage)[0].params["source"]
     summary = summary_rows(df, store.read_stage(source, provenance=False).column_names)
+    summary = summary[~summary["component"].str.startswith(VARIANT_PREFIX)]  # ranked by metric_study
     table = (
         summary.pivot_table(
             index=["metric", "component"], columns="generator", values="value", aggfunc="mean"
@@ -199,14 +201,56 @@ def _metric_study_section(store: RunStore, stage: str) -> Section | None:
         "ideal-value metrics as minus the distance to the ideal), so rho &gt; 0 means the metric ranks the "
         "sets as ML efficacy does. The scatter plots show raw values.",
     )
-    section.tables.append(_table(result, "{:.3g}"))
-    if result["spearman_rho"].notna().any():
-        section.images.append(_img(plots.rho_bars(result)))
-        section.images.append(_img(plots.metric_scatter(points, result, params.reference)))
+    variant = result["metric"].str.endswith("]")
+    base, variants = result[~variant], result[variant]
+    points = points[~points["metric"].str.endswith("]")]
+    section.tables.append(_table(base, "{:.3g}"))
+    if not variants.empty:
+        section.text += (
+            f" {len(variants)} variants of {html.escape(', '.join(params.variants))} are ranked too; the "
+            f"{min(len(variants), VARIANTS_SHOWN)} best (rho_low / rho_high: bootstrap 95% interval):"
+        )
+        section.tables.append(_table(variants.head(VARIANTS_SHOWN), "{:.3g}"))
+    if base["spearman_rho"].notna().any():
+        section.images.append(_img(plots.rho_bars(pd.concat([base, variants.head(3)]))))
+        section.images.append(_img(plots.metric_scatter(points, base, params.reference)))
     if not points.empty:
         wide = points.pivot_table(index="label", columns="metric", values="value", aggfunc="mean")
         reference = points.groupby("label")["reference"].first().rename(params.reference)
         section.tables.append(_table(pd.concat([reference, wide], axis=1).reset_index(), "{:.4g}"))
+    return section
+
+
+VARIANTS_SHOWN = 15
+
+
+def _metric_studies_section(store: RunStore) -> Section | None:
+    """Two or more metric_study stages (one per real table): every metric and variant's rho per table, the
+    mean rank across tables (perfscale.results.metric_study_summary), and a heat map."""
+    from perfscale.results.metric_study_summary import option_effects, summarise
+
+    stages = [s for s in store.plan.stages if store.plan.of_stage(s)[0].kind == "metric_study"]
+    results = {}
+    for stage in stages:
+        table = store.read_stage(stage, provenance=False).to_pandas()
+        if not table.empty and table["spearman_rho"].notna().any():
+            results[stage] = table
+    if len(results) < 2:
+        return None
+    summary = summarise(results)
+    section = Section(
+        "Metric validation across tables",
+        f"Spearman rho of every metric (and ranked variant) with ML efficacy on each of {len(results)} "
+        "tables, its rank there among all rows (1 = best) and the mean rank; sorted by mean rank. Shown: the "
+        f"{VARIANTS_SHOWN} best rows and every metric that is not a variant.",
+    )
+    variant = summary["metric"].str.endswith("]")
+    shown = pd.concat([summary.head(VARIANTS_SHOWN), summary[~variant]]).drop_duplicates("metric")
+    section.tables.append(_table(shown, "{:.3g}"))
+    section.images.append(_img(plots.rho_heatmap(shown, list(results))))
+    effects = option_effects(summary)
+    if not effects.empty:
+        section.tables.append(_table(effects, "{:.3g}"))
     return section
 
 
@@ -259,6 +303,27 @@ def _fit_predict_section(store: RunStore, stage: str) -> Section | None:
         section.tables.append(_table(fp.confusion_table(df)))
     else:
         section.images.append(_img(fp.predicted_vs_true(df)))
+    if "sos" in df:
+        section.tables.append(_table(fp.vector_table(df)))
+        section.images.append(_img(fp.sos_bars(df)))
+        section.images.append(_img(fp.mae_heatmap(df)))
+    return section
+
+
+def _simulate_section(store: RunStore, stage: str) -> Section | None:
+    """Makespan and mean wait per placement policy of the scheduling simulation."""
+    from perfscale.report import fit_predict as fp
+
+    df = store.read_stage(stage, provenance=False).to_pandas()
+    if df.empty:
+        return None
+    section = Section(
+        f"Scheduling simulation: {stage}",
+        "Jobs placed by predicted relative performance, the true best machine, or at random; FCFS + EASY "
+        "backfilling on each machine.",
+    )
+    section.tables.append(_table(df))
+    section.images.append(_img(fp.policy_bars(df)))
     return section
 
 
@@ -272,6 +337,7 @@ SECTIONS = {
     "predict_by_generation": _predict_section,
     "recommend": _recommend_section,
     "fit_predict": _fit_predict_section,
+    "simulate": _simulate_section,
 }
 
 TEMPLATE = """<!doctype html>
@@ -297,6 +363,11 @@ perfscale {{ version }} &middot; written {{ written }} &middot; run folder <code
 def build_report(store: RunStore) -> Path:
     """Write RUN/report/index.html from whatever the run holds now (a partial run gives a partial report)."""
     sections = [_status_section(store)]
+    try:
+        across = _metric_studies_section(store)
+    except Exception as exc:  # as below: a broken section is named, the report still written
+        error = html.escape(f"{type(exc).__name__}: {exc}")
+        across = Section("Metric validation across tables: not drawn", error)
     for stage in store.plan.stages:
         kind = store.plan.of_stage(stage)[0].kind
         builders = SECTIONS.get(RENAMED.get(kind, kind), ())  # one builder or a tuple (old plans: old names)
@@ -307,6 +378,8 @@ def build_report(store: RunStore) -> Path:
                 section = Section(f"{stage}: section not drawn", html.escape(f"{type(exc).__name__}: {exc}"))
             if section:
                 sections.append(section)
+    if across:
+        sections.append(across)
     manifest = store.manifest()
     env = Environment(autoescape=select_autoescape(default=True))
     page = env.from_string(TEMPLATE).render(

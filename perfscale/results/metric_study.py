@@ -38,9 +38,16 @@ Orientation: before ranking, a lower-is-better value v becomes -v and an ideal-v
 -|v - ideal|, and the reference likewise, so a positive rho always means "the metric agrees with ML
 efficacy". A metric with no direction (registry None and no headline entry) is ranked raw (orientation
 ``none``). Output, one row per metric, best agreement first: metric, component, orientation, spearman_rho,
-p_value, n_sets (sets that have both the component and the reference), status (``ok``; or why rho is missing:
-``missing``: no evaluate table has the metric, ``no component ...``, ``too few sets``, ``constant``), and
-reference. A listed metric absent from the evaluate tables is reported, never an error.
+rho_low and rho_high (the 2.5% and 97.5% percentiles of rho over BOOTSTRAP resamples of the sets, drawn with
+replacement from `bootstrap_seed`, the same draws for every metric; resamples where a side is constant are
+left out), p_value, n_sets (sets that have both the component and the reference), status (``ok``; or why rho
+is missing: ``missing``: no evaluate table has the metric, ``no component ...``, ``too few sets``,
+``constant``), and reference. A listed metric absent from the evaluate tables is reported, never an error.
+
+Variants: for each metric named in `variants` (e.g. ``dissimilarity`` evaluated with ``variants: true``),
+every component ``variant/NAME`` is ranked as a metric of its own, ``METRIC[NAME]`` with component ``score``
+and the metric's direction, after the listed metrics. Several studies side by side (one per real table):
+`perfscale.results.metric_study_summary`.
 """
 
 from __future__ import annotations
@@ -65,11 +72,15 @@ if TYPE_CHECKING:
 DEFAULT_REFERENCE = "ml_efficacy/synthetic/accuracy"
 GENERIC_COMPONENTS = ("score", "mean")
 MIN_SETS = 3  # a rank correlation of fewer points means nothing
+BOOTSTRAP = 1000  # resamples of the sets behind each rho's 95% interval
+VARIANT_PREFIX = "variant/"  # components of a metric that are whole scores of one of its variants
 RESULT_COLUMNS = [
     "metric",
     "component",
     "orientation",
     "spearman_rho",
+    "rho_low",
+    "rho_high",
     "p_value",
     "n_sets",
     "status",
@@ -107,6 +118,11 @@ class MetricStudyParams(StageParams):
         None, description="metrics to rank (default: every metric in the tables but the reference's)"
     )
     headline: dict[str, Headline] = Field(default_factory=dict, description="overrides of HEADLINES")
+    variants: list[str] = Field(
+        default_factory=list,
+        description="metrics whose `variant/NAME` components are each ranked as a metric `METRIC[NAME]`",
+    )
+    bootstrap_seed: int = Field(0, description="seed of the bootstrap behind rho_low / rho_high")
 
     def plan_check(self, check: PlanCheck) -> None:
         if self.sources is None:
@@ -119,6 +135,7 @@ class MetricStudyParams(StageParams):
             check.problem(str(exc), "reference")
         check.metric_names("metrics", self.metrics or [])
         check.metric_names("headline", self.headline)
+        check.metric_names("variants", self.variants)
 
 
 def split_reference(reference: str) -> tuple[str, str]:
@@ -169,7 +186,8 @@ def _direction(metric: str, headline: Headline) -> tuple[str, float | None]:
         return ("higher" if headline.higher_is_better else "lower"), None
     if headline.ideal is not None:
         return "ideal", headline.ideal
-    spec = next((m for m in list_metrics() if m.name == metric), None)
+    base = base_metric(metric)
+    spec = next((m for m in list_metrics() if m.name == base), None)
     if spec is None or spec.higher_is_better is None:
         return "none", None
     return ("higher" if spec.higher_is_better else "lower"), None
@@ -184,6 +202,25 @@ def orient(values: pd.Series | np.ndarray, direction: str, ideal: float | None) 
         assert ideal is not None
         return -np.abs(v - ideal)
     return v
+
+
+def base_metric(metric: str) -> str:
+    """'dissimilarity' for a variant row 'dissimilarity[dcr/var0.9/...]', else the name itself."""
+    return metric.split("[", 1)[0] if metric.endswith("]") else metric
+
+
+def expand_variants(sets: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """Each `variant/NAME` component of the given metrics becomes a metric `METRIC[NAME]` with component
+    `score`; those components leave their metric."""
+    if not metrics:
+        return sets
+    is_variant = sets["metric"].isin(metrics) & sets["component"].str.startswith(VARIANT_PREFIX)
+    variants = sets[is_variant]
+    renamed = variants.assign(
+        metric=variants["metric"] + "[" + variants["component"].str[len(VARIANT_PREFIX) :] + "]",
+        component="score",
+    )
+    return pd.concat([sets[~is_variant], renamed], ignore_index=True)
 
 
 def headline_of(metric: str, components: set[str], overrides: Mapping[str, Headline]) -> Headline | None:
@@ -213,17 +250,30 @@ def study_points(sets: pd.DataFrame, params: MetricStudyParams) -> tuple[pd.Data
         )
         raise BadInput(f"metric_study.reference {params.reference!r} is in no synthetic set; {hint}")
     ref_oriented = reference if params.reference_higher_is_better else -reference
+    sets = expand_variants(sets, params.variants)
     found = [m for m in dict.fromkeys(sets["metric"]) if m != ref_metric]
     wanted = list(dict.fromkeys(params.metrics)) if params.metrics is not None else found
+    if params.metrics is not None:
+        wanted += [m for m in found if base_metric(m) in params.variants and m not in wanted]
+    draws = bootstrap_draws(len(ref_oriented), params.bootstrap_seed)
+    components_of = sets.groupby("metric", sort=False)["component"].agg(set).to_dict()
+    headlines = {m: headline_of(m, components_of.get(m, set()), params.headline) for m in wanted}
+    wanted_component = sets["metric"].map({m: h.component for m, h in headlines.items() if h})
+    chosen = sets[sets["component"] == wanted_component]
+    wide = chosen.pivot_table(index="set", columns="metric", values="value", aggfunc="mean", sort=False)
+    order = ref_oriented.index  # every set with a reference value, in one order for all metrics
+    matrix = wide.reindex(index=order).to_numpy(dtype=float)
+    column = {m: i for i, m in enumerate(wide.columns)}
+    labels = sets.drop_duplicates("set").set_index("set")["label"].reindex(order).to_numpy()
+    ref_values, ref_y = reference[order].to_numpy(dtype=float), ref_oriented.to_numpy(dtype=float)
+    set_names = order.to_numpy()
     rows, points = [], []
     for metric in wanted:
-        part = sets[sets["metric"] == metric]
-        components = set(part["component"])
-        headline = headline_of(metric, components, params.headline)
+        components, headline = components_of.get(metric, set()), headlines[metric]
         row: dict[str, Any] = {"metric": metric, "component": headline.component if headline else ""}
         direction, ideal = _direction(metric, headline) if headline else ("none", None)
         row["orientation"] = f"ideal={ideal:g}" if direction == "ideal" else direction
-        if part.empty:
+        if not components:
             rows.append(row | _no_rho("missing: in no evaluate table", 0))
             continue
         if headline is None or headline.component not in components:
@@ -233,49 +283,110 @@ def study_points(sets: pd.DataFrame, params: MetricStudyParams) -> tuple[pd.Data
                 | _no_rho(f"no component {name!r} (has {len(components)}, e.g. {sorted(components)[:5]})", 0)
             )
             continue
-        values = part[part["component"] == headline.component].groupby("set")["value"].mean()
-        common = values.index.intersection(ref_oriented.index)
-        labels = part.drop_duplicates("set").set_index("set")["label"]
-        x = orient(values[common], direction, ideal)
-        y = ref_oriented[common].to_numpy(dtype=float)
+        raw = matrix[:, column[metric]] if metric in column else np.full(len(order), np.nan)
+        where = np.flatnonzero(~np.isnan(raw))
+        x = orient(raw[where], direction, ideal)
         points.append(
-            pd.DataFrame(
-                {
-                    "set": common,
-                    "label": labels[common].to_numpy(),
-                    "metric": metric,
-                    "component": headline.component,
-                    "orientation": row["orientation"],
-                    "value": values[common].to_numpy(),
-                    "oriented": x,
-                    "reference": reference[common].to_numpy(),
-                }
-            )
+            {
+                "set": set_names[where],
+                "label": labels[where],
+                "metric": metric,
+                "component": headline.component,
+                "orientation": row["orientation"],
+                "value": raw[where],
+                "oriented": x,
+                "reference": ref_values[where],
+            }
         )
-        rows.append(row | _rho(x, y))
+        rows.append(row | _rho(x, ref_y[where], draws, where))
     result = pd.DataFrame(rows, columns=RESULT_COLUMNS[:-1]).assign(reference=params.reference)
-    result = result.astype({"spearman_rho": "float64", "p_value": "float64", "n_sets": "int64"})
+    floats = dict.fromkeys(["spearman_rho", "rho_low", "rho_high", "p_value"], "float64")
+    result = result.astype(floats | {"n_sets": "int64"})
     result = result.sort_values("spearman_rho", ascending=False, na_position="last", kind="stable")
     point_columns = ["set", "label", "metric", "component", "orientation", "value", "oriented", "reference"]
-    all_points = pd.concat(points, ignore_index=True) if points else pd.DataFrame(columns=point_columns)
+    all_points = (
+        pd.concat([pd.DataFrame(p) for p in points], ignore_index=True)
+        if points
+        else pd.DataFrame(columns=point_columns)
+    )
     return all_points, result.reset_index(drop=True)
 
 
 def _no_rho(status: str, n: int) -> dict[str, Any]:
-    return {"spearman_rho": math.nan, "p_value": math.nan, "n_sets": n, "status": status}
+    nan = math.nan
+    rho = {"spearman_rho": nan, "rho_low": nan, "rho_high": nan, "p_value": nan}
+    return rho | {"n_sets": n, "status": status}
 
 
-def _rho(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    from scipy.stats import spearmanr
+def bootstrap_draws(n: int, seed: int) -> np.ndarray:
+    """BOOTSTRAP x n indices of the sets, drawn with replacement; the same draws for every metric of a study
+    (paired), so intervals of two metrics are comparable."""
+    return np.random.default_rng([seed, n]).integers(0, max(n, 1), size=(BOOTSTRAP, n))
 
+
+def bootstrap_rho(x: np.ndarray, y: np.ndarray, draws: np.ndarray) -> tuple[float, float]:
+    """The 2.5% and 97.5% percentiles of Spearman's rho over resamples of the (x, y) pairs; a resample where
+    either side is constant has no rho and is left out."""
+    rx, ry = average_ranks(x[draws]), average_ranks(y[draws])
+    rx -= rx.mean(axis=1, keepdims=True)
+    ry -= ry.mean(axis=1, keepdims=True)
+    norm = np.sqrt((rx**2).sum(axis=1) * (ry**2).sum(axis=1))
+    ok = norm > 0
+    if not ok.any():
+        return math.nan, math.nan
+    rho = (rx * ry).sum(axis=1)[ok] / norm[ok]
+    low, high = np.percentile(rho, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def average_ranks(a: np.ndarray) -> np.ndarray:
+    """Ranks (1-based, ties get their mean rank) along the last axis, as `scipy.stats.rankdata`; by pairwise
+    comparison, which for the few dozen sets of a study is much faster than a call per row."""
+    if a.shape[-1] > 200:
+        from scipy.stats import rankdata
+
+        return rankdata(a, axis=-1)
+    less = (a[..., :, None] > a[..., None, :]).sum(axis=-1)
+    equal = (a[..., :, None] == a[..., None, :]).sum(axis=-1)
+    return less + (equal + 1) / 2.0
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Spearman's rho and its two-sided p-value, as `scipy.stats.spearmanr` gives them (Pearson r of the
+    average ranks; p from Student's t with n - 2 degrees of freedom), without its per-call overhead."""
+    from scipy.special import stdtr
+
+    rx, ry = average_ranks(x) - (len(x) + 1) / 2, average_ranks(y) - (len(y) + 1) / 2
+    rho = float(np.clip((rx @ ry) / math.sqrt((rx @ rx) * (ry @ ry)), -1.0, 1.0))
+    dof = len(x) - 2
+    if abs(rho) == 1.0:
+        return rho, 0.0
+    t = rho * math.sqrt(dof / ((1.0 - rho) * (1.0 + rho)))
+    return rho, float(2 * stdtr(dof, -abs(t)))
+
+
+def _rho(x: np.ndarray, y: np.ndarray, draws: np.ndarray, where: np.ndarray) -> dict[str, Any]:
     n = len(x)
     if n < MIN_SETS:
         return _no_rho(f"too few sets ({n} < {MIN_SETS})", n)
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         which = "metric" if np.ptp(x) == 0 else "reference"
         return _no_rho(f"constant: the {which} is the same for every set", n)
-    rho, p = spearmanr(x, y)
-    return {"spearman_rho": float(rho), "p_value": float(p), "n_sets": n, "status": "ok"}
+    rho, p = spearman(x, y)
+    # the study's draws, restricted to the sets this metric has (all of them, usually)
+    full = np.full(draws.shape[1], -1)
+    full[where] = np.arange(n)
+    mapped = full[draws]
+    kept = mapped[(mapped >= 0).all(axis=1)] if len(where) < draws.shape[1] else mapped
+    low, high = bootstrap_rho(x, y, kept) if len(kept) else (math.nan, math.nan)
+    return {
+        "spearman_rho": float(rho),
+        "rho_low": low,
+        "rho_high": high,
+        "p_value": float(p),
+        "n_sets": n,
+        "status": "ok",
+    }
 
 
 def source_stages(params: MetricStudyParams, inputs: list[str]) -> list[str]:

@@ -23,11 +23,10 @@ REQUEUABLE = {FailureKind.TIMEOUT.value, FailureKind.PREEMPTED.value, FailureKin
 
 def requeue_allowed(store: RunStore, index: int) -> tuple[bool, str]:
     """(decision, reason) for task `index` of the run in `store`."""
-    task = store.plan.tasks[index]
+    task = store.task(index)
     if store.shard_path(task.stage, task.key).exists():
         return False, "the task is done"
-    attempts = store.attempts()
-    mine = attempts[attempts.task_key == task.key].sort_values("attempt", kind="stable")
+    mine = store.task_attempts(task.key)  # its bucket and batch files, not the whole table
     if mine.empty:
         return False, "the task recorded no attempt"
     last = mine.iloc[-1]

@@ -280,7 +280,7 @@ def record_scheduler_failures(store: RunStore, states: dict[int, ElementState]) 
         records.append(
             Attempt.recorded(task.key, task.stage, index, attempt, st.failure, message, st.exit_code)
         )
-    store.append_attempts(records)
+    store.append_task_attempts(records)  # in each task's bucket, where its next element numbers from
     return len(records)
 
 

@@ -34,7 +34,9 @@ class FitPredictParams(StageParams):
     split: SplitKind = "random"
     test_fraction: float = Field(0.25, gt=0, lt=1)
     folds: int = Field(5, ge=2, le=100, description="k of `kfold`")
-    group_column: str | None = Field(None, description="the group of `group` (leave one group out)")
+    group_column: str | None = Field(
+        None, description="`group`: leave one group out; random, holdout, kfold: whole groups per side"
+    )
     time_column: str | None = Field(None, description="submit time (Unix s): `time` split, calendar, history")
     calendar: bool = Field(False, description="add submit hour, day of week, day of month")
     history_by: list[str] = Field(default_factory=list, description="history features per user/project...")

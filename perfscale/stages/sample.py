@@ -1,21 +1,28 @@
-"""The `sample` stage: draw synthetic rows from the model of the upstream `train` task (`foreach: train`)."""
+"""The `sample` stage: draw synthetic rows from the model of the upstream `train` task (`foreach: train`).
+
+A sample can be split into parts like `evaluate`: ``params: {parts: k}`` and ``grid: {product: {part: [0, ...,
+k-1]}}``; part i draws the i-th share of `rows` (as numpy's array_split deals them) with a seed of its own
+(derived from the task's seed and i), so the parts fan out over workers. A stage reading the sample whole gets
+every part's rows. Each part's sampling.json holds its own figures (an LLM's valid-row rate and the counts it
+comes from); `perfscale.results.sampling.combined_sampling` adds the parts of each sample up.
+"""
 
 from __future__ import annotations
 
 import json
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from perfscale.results.sampling import SAMPLING_JSON
 from perfscale.stages.base import StageContext, StageParams, stage_kind
 from perfscale.stages.train import MODEL_FOLDER
 
 if TYPE_CHECKING:
     from perfscale.generators import Generator
     from perfscale.plan.named import PlanCheck
-
-SAMPLING_JSON = "sampling.json"
 
 
 class SampleParams(StageParams):
@@ -24,6 +31,19 @@ class SampleParams(StageParams):
         None, description="e.g. 'threads in [4, 8] and 5 <= wall_time_s <= 10' (see docs/generators.md)"
     )
     max_draws: int | None = Field(None, gt=0, description="rejection-sampling budget (default 100 x rows)")
+    part: int = Field(
+        0, ge=0, description="the part this task draws (0-based; grid: {product: {part: [...]}})"
+    )
+    parts: int = Field(1, ge=1, description="how many parts the sample is split into (1: unsplit)")
+
+    @model_validator(mode="after")
+    def _part_in_range(self) -> SampleParams:
+        if self.part >= self.parts:
+            raise ValueError(
+                f"part {self.part} is not below parts {self.parts}: set params.parts to the number of part "
+                "values in the grid (part: [0, ..., parts-1])"
+            )
+        return self
 
     def plan_check(self, check: PlanCheck) -> None:
         check.upstream("train")
@@ -47,10 +67,29 @@ def sample(ctx: StageContext, params: SampleParams) -> pd.DataFrame:
     is written to the task's artifacts as sampling.json, which the report shows.
     """
     generator, name = load_upstream_generator(ctx)
-    n = params.rows or int(ctx.upstream_table()["train_rows"].iloc[0])
-    rows = generator.sample(n, seed=ctx.seed, conditions=params.conditions, max_draws=params.max_draws)
-    report = generator.last_sampling.as_dict() if generator.last_sampling else {}
-    if "valid_row_rate" in rows.attrs:  # generators that write text (the LLM) report their valid-row rate
-        report["valid_row_rate"] = rows.attrs["valid_row_rate"]
-    (ctx.artifacts / SAMPLING_JSON).write_text(json.dumps(report | {"generator": name}, indent=2))
+    total = params.rows or int(ctx.upstream_table()["train_rows"].iloc[0])
+    n, seed = part_share(total, ctx.seed, params.part, params.parts)
+    if n == 0:  # more parts than rows: this one draws nothing
+        rows = generator.sample(1, seed=seed, conditions=params.conditions, max_draws=params.max_draws).iloc[
+            :0
+        ]
+    else:
+        rows = generator.sample(n, seed=seed, conditions=params.conditions, max_draws=params.max_draws)
+    report = generator.last_sampling.as_dict() if generator.last_sampling and n else {}
+    for key in TEXT_COUNTS:  # generators that write text (the LLM) report their valid-row rate
+        if key in rows.attrs and n:
+            report[key] = rows.attrs[key]
+    report |= {"generator": name, "part": params.part, "parts": params.parts, "rows": n}
+    (ctx.artifacts / SAMPLING_JSON).write_text(json.dumps(report, indent=2))
     return rows.assign(generator=name)
+
+
+TEXT_COUNTS = ("valid_row_rate", "generated_texts", "valid_texts")
+
+
+def part_share(total: int, seed: int, part: int, parts: int) -> tuple[int, int]:
+    """The rows and seed of part `part` of `parts` of a sample of `total` rows (unsplit: all, the seed)."""
+    if parts == 1:
+        return total, seed
+    rows = len(np.array_split(np.arange(total), parts)[part])
+    return rows, int(np.random.SeedSequence([seed, part]).generate_state(1)[0])

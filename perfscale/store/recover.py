@@ -86,7 +86,7 @@ def quarantine_shards(store: RunStore, stage: str, bad: dict[str, str], warn: bo
         attempt = int(last.get(key, 0)) + 1
         kind = FailureKind.CORRUPT_OUTPUT
         records.append(Attempt.recorded(key, stage, index.get(key, -1), attempt, kind, message, here=True))
-    store.append_attempts(records)
+    store.append_task_attempts(records)
     return messages
 
 

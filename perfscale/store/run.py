@@ -7,7 +7,8 @@ RUN/
   stages/<stage>/<key>.parquet     one shard per finished task: the only completion marker (its footer
                                    says which task, how many rows and which artifacts; see store/shards.py)
   artifacts/<stage>/<key>/         files a task leaves besides its shard (trained models, logs)
-  attempts/*.parquet               attempts table, appended in batches
+  attempts/*.parquet               attempts table, appended in batches (the runner)
+  attempts/tasks/<kkk>/<key>.a<N>.*.parquet   ... and per task (array elements, store/task_attempts.py)
   quarantine/                      damaged files moved out of the way (see store/recover.py)
   report/index.html
 """
@@ -20,7 +21,7 @@ import shutil
 import socket
 import uuid
 from collections.abc import Iterable
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
@@ -29,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from perfscale.errors import PerfscaleError
-from perfscale.plan.planner import Plan
+from perfscale.plan.planner import Plan, PlanRows, Task
 from perfscale.spec.site import Site
-from perfscale.store import recover
+from perfscale.store import recover, task_attempts
 from perfscale.store.atomic import atomic_write_table, atomic_write_text
 from perfscale.store.attempt import ATTEMPT_SCHEMA, Attempt, utcnow
 from perfscale.store.lock import LOCK_NAME
@@ -57,7 +58,15 @@ class Provenance:
 
     def columns(self, n: int) -> dict[str, pa.Array]:
         """The provenance columns (PROVENANCE_COLUMNS: each field's name with a leading `_`) of `n` rows."""
-        values = astuple(self)
+        values = (
+            self.task_key,
+            self.site,
+            self.host,
+            self.started_at,
+            self.duration_s,
+            self.attempt,
+            self.perfscale_version,
+        )  # not dataclasses.astuple, which deep-copies every field (~10% of a one-row shard's write)
         return {
             name: pa.array([v] * n, t) for name, v, t in zip(PROVENANCE_COLUMNS, values, _TYPES, strict=True)
         }
@@ -182,6 +191,17 @@ class RunStore:
         return Plan.read(self.check().plan_path)
 
     @cached_property
+    def plan_rows(self) -> PlanRows:
+        return PlanRows(self.check().plan_path)
+
+    def task(self, index: int) -> Task:
+        """Task `index` of the plan: from the plan when it is loaded, else from the one row group holding
+        it (a worker or array element never parses a million-task plan for one task)."""
+        if "plan" in self.__dict__:
+            return self.plan.tasks[index]
+        return self.plan_rows[index]
+
+    @cached_property
     def site(self) -> Site:
         """site.json; rebuilt with a warning when it is unreadable (see store/recover.py)."""
         return recover.read_site(self)
@@ -224,6 +244,13 @@ class RunStore:
     def shard_done(self, stage: str, key: str) -> bool:
         """Is this one task done? (The check of `done_keys`, for one shard.)"""
         return key in self.done_keys(stage, [key])
+
+    def finished_attempt(self, stage: str, key: str) -> Attempt | None:
+        """The record of the attempt that wrote this task's shard if the task is done (its footer has it)."""
+        if not self.shard_done(stage, key):
+            return None
+        footer, _problem = check_shard(self.shard_path(stage, key), key, None)
+        return footer.attempt() if footer is not None else None
 
     def _present(self, stage: str, keys: Iterable[str] | None) -> Iterable[str]:
         """The plan's keys of `stage` that have a file, from one listing; given `keys` are not listed: each
@@ -305,11 +332,25 @@ class RunStore:
             name = f"{utcnow():%Y%m%dT%H%M%S}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
             atomic_write_table(table, self.root / "attempts" / name)
 
+    def append_task_attempts(self, records: Iterable[Attempt]) -> None:
+        """Append the records of single tasks, each into its task's bucket (store/task_attempts.py), so that
+        `next_attempt` and `task_attempts` find them without reading the whole table."""
+        task_attempts.append_task_attempts(self.root, records)
+
+    def next_attempt(self, key: str) -> int:
+        """The number of task `key`'s next attempt, read from its bucket and the batch files only."""
+        return task_attempts.next_attempt(self.root, key)
+
+    def task_attempts(self, key: str) -> pd.DataFrame:
+        """Task `key`'s attempt rows, sorted by attempt (its bucket and the batch files only)."""
+        rows = task_attempts.task_attempts(self.root, key).to_pandas()
+        return rows.sort_values("attempt", kind="stable").reset_index(drop=True)
+
     def attempts(self) -> pd.DataFrame:
         """Every attempt row. An unreadable attempts file is quarantined with a warning and skipped; a done
         task without an `ok` row gets the row its shard's footer recorded (store/recover.py)."""
         folder = self.root / "attempts"
-        files = sorted(str(p) for p in folder.glob("*.parquet")) if folder.exists() else []
+        files = sorted(str(p) for p in folder.rglob("*.parquet")) if folder.exists() else []
         table = (
             recover.read_attempt_files(self, files, ATTEMPT_SCHEMA) if files else ATTEMPT_SCHEMA.empty_table()
         )

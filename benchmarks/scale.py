@@ -1,0 +1,128 @@
+"""Scaling: plan, run, status and no-op rerun of a noop grid study at growing task counts.
+
+    .venv/bin/python benchmarks/scale.py [--sizes 1000,10000,100000] [--workers 2]
+    .venv/bin/python benchmarks/scale.py --quick        # 1,000 tasks, for `make bench`
+
+Each phase is one `perfscale` command in its own process (`plan`, `run --engine local`, `status`, `run`
+again with everything done), timed from outside, its peak memory read from the child's rusage (ru_maxrss).
+The study is one noop stage over an `a x b` grid (b = 1,000 for sizes of 10^4 and more). Also reported: the
+most files in one folder of the run. Results go to benchmarks/results/scale.json with the machine
+description, and a log-log plot to benchmarks/results/scale.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import describe, write_results
+
+RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).parent.parent
+
+
+def grid_study(folder: Path, n: int) -> Path:
+    b = 1000 if n >= 10_000 else 100
+    a = max(1, n // b)
+    path = folder / f"noop-{n}.yaml"
+    path.write_text(
+        f"name: noop{n}\nstages:\n  noop:\n    kind: noop\n    grid:\n      product:\n"
+        f"        a: {list(range(a))}\n        b: {list(range(b))}\n"
+    )
+    return path
+
+
+def timed(*args: str) -> dict[str, float]:
+    """Run `perfscale ARGS`; its wall time and peak RSS."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "perfscale.cli", *args], env=env, stdout=subprocess.DEVNULL
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"perfscale {' '.join(args)} exited with {proc.returncode}")
+    return {"seconds": round(elapsed, 3), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+
+
+def most_files_in_a_folder(root: Path) -> int:
+    return max((len(files) + len(dirs) for _, dirs, files in os.walk(root)), default=0)
+
+
+def measure(n: int, workers: int, folder: Path, phases: list[str]) -> dict[str, object]:
+    study, run = grid_study(folder, n), folder / f"run-{n}"
+    row: dict[str, object] = {"tasks": n}
+    if "plan" in phases:
+        row["plan"] = timed("plan", str(study), "--out", str(folder / f"plan-{n}.parquet"))
+    if "run" in phases:
+        common = ["--run-dir", str(run), "--engine", "local", "--workers", str(workers), "--quiet"]
+        row["run"] = timed("run", str(study), *common, "--no-report")
+        row["status"] = timed("status", str(run))
+        row["rerun"] = timed("run", str(study), *common, "--no-report")
+        row["most_files_in_a_folder"] = most_files_in_a_folder(run)
+    return row
+
+
+def plot(rows: list[dict[str, object]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (wall, mem) = plt.subplots(1, 2, figsize=(10, 4))
+    for phase in ("plan", "run", "status", "rerun"):
+        points = [(r["tasks"], r[phase]) for r in rows if phase in r]
+        if points:
+            xs = [p[0] for p in points]
+            wall.plot(xs, [p[1]["seconds"] for p in points], "o-", label=phase)
+            mem.plot(xs, [p[1]["peak_rss_mb"] for p in points], "o-", label=phase)
+    for ax, label in ((wall, "seconds"), (mem, "peak RSS (MB)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("tasks")
+        ax.set_ylabel(label)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="1000,10000,100000")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--phases", default="plan,run", help="plan and/or run (run includes status and rerun)")
+    ap.add_argument("--quick", action="store_true", help="1,000 tasks, nothing written (make bench)")
+    args = ap.parse_args()
+    sizes = [1000] if args.quick else [int(s) for s in args.sizes.split(",")]
+    phases = args.phases.split(",")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sizes:
+            rows.append(measure(n, args.workers, Path(tmp), phases))
+            print(json.dumps(rows[-1]), flush=True)
+    out = {
+        "benchmark": "scale",
+        "command": " ".join(["benchmarks/scale.py", *sys.argv[1:]]),
+        "workers": args.workers,
+        "results": rows,
+        "machine": describe(),
+        "load_average": os.getloadavg(),
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if not args.quick:
+        write_results(RESULTS / "scale.json", out)
+        plot(rows, RESULTS / "scale.png")
+
+
+if __name__ == "__main__":
+    main()
