@@ -117,6 +117,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "perfscale.orphans",
             "perfscale.extras",
             "perfscale.logs",
+            "perfscale.distributed.shares",  # a rank's share of a batch (TabDDPM and GReaT use it)
         ),
     ),
     # the scheduler table the site model checks `scheduler:` and `launcher:` against

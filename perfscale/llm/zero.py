@@ -91,7 +91,7 @@ def config_problem(extra: dict[str, Any]) -> str | None:
         from deepspeed import __version__
         from deepspeed.runtime.config import DeepSpeedConfig
     except ImportError:
-        return "DeepSpeed is not installed; DS_BUILD_OPS=0 pip install 'perfscale[deepspeed]'"
+        return "DeepSpeed is not installed; DS_BUILD_OPS=0 pip install 'perfscale[llm]'"
     config = _Recording({**extra, "train_batch_size": 1, "train_micro_batch_size_per_gpu": 1})
     try:
         DeepSpeedConfig(config)
