@@ -195,6 +195,11 @@ stages:
     kind: infer
     inputs: [bad]
     params: {{source: bad, prompt_column: prompt, model: "{model}", max_new_tokens: 4}}
+  long: {{kind: ingest, params: {{kind: csv, source: long.csv}}}}
+  gen_long:
+    kind: infer
+    inputs: [long]
+    params: {{source: long, prompt_column: prompt, model: "{model}", max_new_tokens: 4}}
   gen_thin:
     kind: infer
     inputs: [good]
@@ -203,19 +208,23 @@ stages:
 """
 
 
-def test_a_bad_table_fails_with_no_shard_and_empty_parts_are_fine(
+def test_bad_tables_fail_with_no_shard_and_empty_parts_are_fine(
     model_folder, write_study, study_dir, tmp_path
 ):
     pd.DataFrame({"question": ["a", "b"]}).to_csv(study_dir / "questions.csv", index=False)
     pd.DataFrame({"prompt": ["a", "b"]}).to_csv(study_dir / "prompts.csv", index=False)
+    pd.DataFrame({"prompt": ["a", "1234567890" * 6]}).to_csv(study_dir / "long.csv", index=False)
     store = prepare_run(
         write_study(TWO_TABLES.format(model=model_folder)), load_site("local"), tmp_path / "r"
     )
     summary = run_plan(store, "local", workers=1, progress=False)
-    assert (summary["gen_bad"].done, summary["gen_thin"].done) == (0, 4)
+    assert (summary["gen_bad"].done, summary["gen_long"].done, summary["gen_thin"].done) == (0, 0, 4)
     messages = store.attempts()["message"].dropna().tolist()
     assert any("infer.prompt_column: ['prompt'] not in the table of stage 'bad'" in m for m in messages)
+    too_long = "prompt row 1 of stage 'long' takes 61 tokens, more than the 47 the model's 48-token context"
+    assert any(too_long in m for m in messages), messages
     assert not list((store.root / "stages" / "gen_bad").glob("*.parquet"))
+    assert not list((store.root / "stages" / "gen_long").glob("*.parquet"))
     # 2 rows in 4 parts: two parts generate one row each, two are empty; the stage reads as one table
     thin = store.read_stage("gen_thin").to_pandas()
     assert sorted(thin["row"]) == [0, 1] and (thin["tokens_in"] >= 2).all()

@@ -117,14 +117,15 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "perfscale.orphans",
             "perfscale.extras",
             "perfscale.logs",
-            "perfscale.distributed.shares",  # a rank's share of a batch (TabDDPM and GReaT use it)
         ),
     ),
     # the scheduler table the site model checks `scheduler:` and `launcher:` against
     ("scheduler table", ("perfscale.sched.base", "perfscale.sched.mpi", "perfscale.sched.client")),
+    # perfscale.distributed: the torch.distributed bootstrap from MPI and each rank's share of a batch, which
+    # the training loops below call (its task module, called by execute, sits higher)
+    ("distributed bootstrap", ("perfscale.distributed",)),
     # libraries: know nothing of studies, plans or runs
-    # perfscale.distributed: the torch.distributed bootstrap from MPI (its task module is called by execute)
-    ("libraries", ("perfscale.collect", "perfscale.ingest", "perfscale.llm", "perfscale.distributed")),
+    ("libraries", ("perfscale.collect", "perfscale.ingest", "perfscale.llm")),
     ("models and measures", ("perfscale.generators", "perfscale.metrics", "perfscale.models")),
     ("spec", ("perfscale.spec",)),
     ("plan", ("perfscale.plan",)),

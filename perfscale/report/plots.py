@@ -189,14 +189,18 @@ def rho_heatmap(summary: pd.DataFrame, tables: list[str]) -> bytes:
     """Rows: metrics (as `summary` orders them); columns: tables; colour and number: Spearman rho."""
     values = summary[[f"rho:{t}" for t in tables]].to_numpy(dtype=float)
     fig, ax = plt.subplots(figsize=(1.1 * len(tables) + 5.5, 0.3 * len(summary) + 1.5))
-    image = ax.imshow(values, cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
+    ax.imshow(values, cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
+    ax.set_title(
+        "Spearman rho with ML efficacy (blue: agrees, red: disagrees); D = dissimilarity, (N) = mean rank",
+        fontsize=9,
+    )
     ax.set_xticks(range(len(tables)), [t.removesuffix("_study") for t in tables], rotation=30, ha="right")
-    labels = [
-        f"{m}  (mean rank {r:.1f})" for m, r in zip(summary["metric"], summary["mean_rank"], strict=True)
+    labels = [  # 'dissimilarity[standard/...]' shown as 'D[standard/...]': long names overflow the margin
+        f"{m.replace('dissimilarity[', 'D[')} ({r:.0f})"
+        for m, r in zip(summary["metric"], summary["mean_rank"], strict=True)
     ]
     ax.set_yticks(range(len(summary)), labels, fontsize=7)
     for (i, j), v in np.ndenumerate(values):
         if np.isfinite(v):
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6)
-    fig.colorbar(image, ax=ax, label="Spearman rho with ML efficacy")
     return to_png(fig)
