@@ -10,7 +10,9 @@ study's `resources.expected_runtime` when it is set (shorter than the walltime),
 time of the tasks run so far (in their worker, shard and records included; a moving average per resource
 shape). A shape with no estimate yet gets bundles of one, and the first answers size the next. A bundle
 never holds more than `1 / SPREAD_SHARE` of the remaining tasks per worker (so every worker gets work and
-progress moves), nor tasks of different resource shapes, nor multi-rank tasks (one MPI job each).
+progress moves), nor tasks of different resource shapes, nor multi-rank tasks (one MPI job each), nor GPU
+tasks (each claims its GPUs in its worker, and CUDA keeps a process on the first ids it saw:
+perfscale/gpus.py).
 """
 
 from __future__ import annotations
@@ -64,8 +66,8 @@ class Bundler:
 
     def size(self, head: Task, remaining: int) -> int:
         """How many tasks, `head` first, the next bundle takes from `remaining` queued ones."""
-        if not self.enabled or head.ranks > 1:
-            return 1
+        if not self.enabled or head.ranks > 1 or head.gpus:
+            return 1  # a GPU task goes alone: CUDA binds a process to the first GPU ids it sees
         expected = self.expected_s(head)
         if expected is None:
             return 1

@@ -18,7 +18,7 @@ from perfscale.logs import LEVEL_ENV, LEVELS, configure, default_level
 from perfscale.version import __version__
 
 # written out so that `--help` need not import every importer (pandas, pyarrow); a test keeps it complete
-IMPORTER_NAMES = "caliper, sacct, sacct-steps, alibaba, alibaba-instances, sklearn, csv, parquet"
+IMPORTER_NAMES = "caliper, rajaperf, sacct, sacct-steps, alibaba, alibaba-instances, sklearn, csv, parquet"
 
 console = Console()
 err_console = Console(stderr=True)
@@ -46,16 +46,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from perfscale.plan.overrides import load_study_text
 
     study, _ = load_study_text(args.study, args.set)
-    plan = build_plan(study, str(args.study), _site(args))
+    site = _site(args)
+    plan = build_plan(study, str(args.study), site)
     out = Path(args.out or f"{study.name}.plan.parquet")
     if out.is_dir():
         suggestion = out / f"{study.name}.plan.parquet"
         raise PerfscaleError(f"--out {out} is a folder; give a file path, such as {suggestion}")
     plan.write(out)
-    table = Table("stage", "kind", "tasks", title=f"plan of {study.name}: {len(plan.tasks)} tasks -> {out}")
+    title = f"plan of {study.name}: {len(plan.tasks)} tasks -> {out}"
+    table = Table("stage", "kind", "tasks", "site", "partition", "GPUs per task", title=title)
     for stage in plan.stages:
         tasks = plan.of_stage(stage)
-        table.add_row(stage, tasks[0].kind, str(len(tasks)))
+        first = tasks[0]
+        where = (first.site or site.name, first.partition or "default", str(first.gpus))
+        table.add_row(stage, first.kind, str(len(tasks)), *where)
     console.print(table)
     return 0
 

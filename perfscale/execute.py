@@ -41,7 +41,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from perfscale.errors import FailureKind, TaskFailure
+from perfscale.gpus import GpuBinding, GpuShortage, bound
+from perfscale.plan.placement import site_of
 from perfscale.plan.planner import Task
+from perfscale.sched.base import scheduler_class
+from perfscale.spec.site import Site
 from perfscale.stages import StageContext, get_stage_kind
 from perfscale.store.attempt import Attempt, utcnow
 from perfscale.store.run import Provenance, RunStore
@@ -207,8 +211,17 @@ def execute_task(root: str | Path, index: int, first_attempt: int = 1) -> Outcom
 
         return launch(store, task, outcome, first_attempt)
     try:
-        with scheduler_signals():
+        with scheduler_signals(), bound(gpu_binding(site_of(task.site, store.site, store.root)), task.gpus):
             return _attempts(store, task, outcome, first_attempt)
+    except GpuShortage as exc:
+        outcome.failure_kind, outcome.message = FailureKind.BAD_INPUT.value, f"GpuShortage: {exc}"
+        attempt_no = first_attempt + len(outcome.attempts)
+        outcome.attempts.append(
+            _attempt_record(
+                task, attempt_no, utcnow(), 0.0, False, FailureKind.BAD_INPUT, None, outcome.message
+            )
+        )
+        return outcome
     except Interrupted as exc:  # the signal came between attempts or while one was being recorded
         if not outcome.ok and outcome.failure_kind is None:
             now = utcnow()
@@ -218,6 +231,15 @@ def execute_task(root: str | Path, index: int, first_attempt: int = 1) -> Outcom
                 _attempt_record(task, attempt, now, 0.0, False, exc.kind, 128 + exc.signum, outcome.message)
             )
         return outcome
+
+
+def gpu_binding(site: Site) -> GpuBinding | None:
+    """How tasks on the site's nodes are bound to GPUs (None: the site has none). The allocation is the job id
+    the site's scheduler sets in a job."""
+    if not site.gpus_per_node or site.gpu_vendor is None:
+        return None
+    job_env = scheduler_class(site.scheduler).job_id_env
+    return GpuBinding(site.gpu_vendor, site.gpus_per_node, os.environ.get(job_env) if job_env else None)
 
 
 def execute_bundle(root: str | Path, items: list[tuple[int, int]]) -> list[Outcome]:
@@ -259,7 +281,9 @@ def _attempts(store: RunStore, task: Task, outcome: Outcome, first_attempt: int,
             with _thread_limit(task.cores):
                 result = kind.run(StageContext(store, task, attempt, rank), params)
             duration = time.perf_counter() - t0
-            prov = Provenance(task.key, store.site.name, _HOST, started, duration, attempt)
+            prov = Provenance(
+                task.key, site_of(task.site, store.site, store.root).name, _HOST, started, duration, attempt
+            )
             record = _attempt_record(task, attempt, started, duration, True)
             if rank == 0:
                 store.write_shard(task.stage, task.key, result, prov, attempt=record)  # the footer keeps it

@@ -12,7 +12,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,8 +22,10 @@ from perfscale.bundles import Bundler
 from perfscale.engines import Engine, EngineStalled, make_engine
 from perfscale.errors import FailureKind
 from perfscale.execute import Outcome, execute_bundle
+from perfscale.gpus import GpuAdmission
 from perfscale.logs import run_log
 from perfscale.plan.overrides import load_study_text
+from perfscale.plan.placement import check_run_folder, placed, record_sites, site_of
 from perfscale.plan.planner import Plan, Task, build_plan
 from perfscale.spec.site import Site
 from perfscale.store import space
@@ -86,7 +88,9 @@ def _planned(
 ) -> tuple[Plan, Path, str]:
     """The plan, the run folder and the study text to record (overridden by `--set`s, see plan.overrides)."""
     study, text = load_study_text(study_path, overrides)
-    return build_plan(study, str(study_path), site), run_dir or default_run_dir(study.name, site), text
+    plan, root = build_plan(study, str(study_path), site), run_dir or default_run_dir(study.name, site)
+    check_run_folder(root, site, {t.site for t in plan.tasks if t.site})
+    return plan, root, text
 
 
 def prepare_run(
@@ -94,7 +98,9 @@ def prepare_run(
 ) -> RunStore:
     """Validate the study, expand its plan, and create (or re-open) its run folder. Nothing runs."""
     plan, root, text = _planned(study_path, site, run_dir, overrides)
-    return RunStore.create(root, text, site, plan, study_dir=study_path.parent)
+    store = RunStore.create(root, text, site, plan, study_dir=study_path.parent)
+    record_sites(store.root, site, {t.site for t in plan.tasks})
+    return store
 
 
 @contextmanager
@@ -116,6 +122,7 @@ def open_run(
         RunStore(root).refuse_foreign(plan.study)
     with disk_full_named(root), run_lock(root, wait=wait_lock):
         store = RunStore.create(root, text, site, plan, study_dir=study_path.parent)
+        record_sites(store.root, site, {t.site for t in plan.tasks})
         with run_log(store.root):
             log.info(
                 "run %s: study %s, site %s, %d tasks", store.root, study_path, site.name, len(plan.tasks)
@@ -169,15 +176,12 @@ def run_plan(
     done = {s: store.done_keys(s) for s in plan.stages}  # checks every shard's footer; bad ones quarantined
     next_attempt = _next_attempts(store)
     attempt_log = AttemptLog(store)
-    owned = not isinstance(engine, Engine)
-    if owned:
-        engine = make_engine(engine or store.site.engine, store.site, store.root, workers)
-    bundler = Bundler(engine.workers, enabled=bundle)
+    bundler = Bundler(workers or store.site.workers, enabled=bundle)
     space.reserve(store.root)
     try:
         with (
             disk_full_named(store.root),
-            engine if owned else nullcontext(engine),
+            _Engines(store, engine, workers) as engines,
             _progress(progress) as bars,
         ):
             for stage in plan.stages:
@@ -202,7 +206,13 @@ def run_plan(
                     s.blocked,
                 )
                 bar = bars.add_task(stage, total=len(tasks), completed=s.done, failed="")
-                for outcome in _run_tasks(engine, store, ready, next_attempt, bundler):
+                # a stage with nothing to run starts no engine
+                stage_engine = engines.of(tasks[0]) if ready else None
+                if stage_engine is not None:
+                    bundler.workers = stage_engine.workers
+                for outcome in (
+                    _run_tasks(stage_engine, store, ready, next_attempt, bundler) if stage_engine else ()
+                ):
                     attempt_log.add(outcome.attempts)
                     _log_outcome(outcome)
                     if outcome.retrying:
@@ -222,6 +232,47 @@ def run_plan(
         finally:
             space.release(store.root)
     return summary
+
+
+class _Engines:
+    """The engine of each stage's placement (its `resources.site` and `resources.partition`). Stages run one
+    after another, so one engine is live at a time: a stage placed elsewhere than the one before stops that
+    engine and starts its own (Parsl allows one loaded configuration per process). `given`: an engine name
+    for the run's site (default: the site's own), or an Engine the caller started, used for the stages on
+    the run's site and default partition; stages on another site use that site's engine."""
+
+    def __init__(self, store: RunStore, given: str | Engine | None, workers: int | None):
+        self.store, self.given, self.workers = store, given, workers
+        self.key: tuple[str | None, str | None] | None = None
+        self.engine: Engine | None = None
+        self.owned = False
+
+    def of(self, task: Task) -> Engine:
+        site = site_of(task.site, self.store.site, self.store.root)
+        key = (None if site is self.store.site else site.name, task.partition)
+        if key != self.key or self.engine is None:
+            self.close()
+            if key == (None, None) and isinstance(self.given, Engine):
+                self.engine, self.owned = self.given, False
+            else:
+                name = self.given if isinstance(self.given, str) and key[0] is None else None
+                where = placed(site, task.partition)
+                self.engine = make_engine(name or site.engine, where, self.store.root, self.workers)
+                self.engine.__enter__()
+                self.owned = True
+            self.key = key
+        return self.engine
+
+    def close(self, exc_type: type[BaseException] | None = None) -> None:
+        engine, self.engine, self.key = self.engine, None, None
+        if engine is not None and self.owned:
+            engine.__exit__(exc_type)
+
+    def __enter__(self) -> _Engines:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self.close(exc_type)
 
 
 def _log_outcome(outcome: Outcome) -> None:
@@ -311,10 +362,11 @@ def _run_tasks(
     (their footer holds their attempt record); each other one is a `node_lost` attempt and is rerun *alone*,
     so a task that kills its worker again is caught as the culprit and its budget spent, while its innocent
     neighbours succeed on their rerun. A stalled engine (see Watchdog) loses every bundle in flight the same
-    way.
+    way. Tasks that ask for GPUs go alone (never bundled) and wait in the queue while the engine's GPUs are
+    all in use (`perfscale.gpus.GpuAdmission`); tasks without GPUs go past them.
     """
     window = max(2, 2 * engine.workers)
-    queue, suspects = deque(tasks), deque()
+    queue, suspects = GpuAdmission(tasks, engine.gpu_capacity), deque()
     lost: Counter[str] = Counter()
     pending: dict[Future, list[Task]] = {}
     watchdog = Watchdog(engine, store.site.watchdog_s)
@@ -325,6 +377,7 @@ def _run_tasks(
     def submit(bundle: list[Task]) -> None:
         items = [(t.index, number(t)) for t in bundle]
         pending[engine.submit(execute_bundle, str(store.root), items)] = bundle
+        queue.started(bundle)
 
     def finished(t: Task) -> Outcome | None:
         """A task of a lost bundle that finished before the loss: done, with its footer's record."""
@@ -380,8 +433,8 @@ def _run_tasks(
             if not pending:
                 submit([suspects.popleft()])
         else:
-            while queue and len(pending) < window:
-                submit(bundler.take(queue))
+            while len(pending) < window and (source := queue.next_source()) is not None:
+                submit(bundler.take(source))
         try:
             fut = _next_done(pending, watchdog)
         except KeyboardInterrupt:  # SIGINT, or SIGTERM turned into one: record the tasks in flight, stop
@@ -389,6 +442,8 @@ def _run_tasks(
             raise
         if fut is None:  # stalled: every task in flight is lost; restart once, then stop
             stuck, stop = in_flight(), watchdog.restarted
+            for bundle in pending.values():
+                queue.ended(bundle)
             pending.clear()
             if not stop:
                 watchdog.restart()
@@ -399,6 +454,7 @@ def _run_tasks(
                 raise watchdog.error()
             continue
         bundle = pending.pop(fut)
+        queue.ended(bundle)
         try:
             outcomes: list[Outcome] = fut.result()
         except Exception as exc:  # the worker process died: the bundle never reported back

@@ -114,3 +114,18 @@ def die_once(x: int, kill: int, ctx) -> dict:
         marker.write_text(str(os.getpid()))
         os.kill(os.getpid(), signal.SIGKILL)
     return {"x": x}
+
+
+def gpus_seen(x: int, hold: float) -> dict:
+    """Records the GPU variables the task saw, its process and when it ran (GPU binding tests)."""
+    started = time.time()
+    time.sleep(hold)
+    return {
+        "x": x,
+        "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "rocr": os.environ.get("ROCR_VISIBLE_DEVICES"),
+        "hip": os.environ.get("HIP_VISIBLE_DEVICES"),
+        "pid": os.getpid(),
+        "t0": started,
+        "t1": time.time(),
+    }

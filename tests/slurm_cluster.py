@@ -44,6 +44,7 @@ DAEMONS = ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "sacct", "squeue", "scancel", "scontrol", "sinfo", "munge")
 SBIN = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
 PARTITION = "debug"
+SECOND_PARTITION = "second"  # the same node again: stages placed in another partition (docs/placement.md)
 NODE = "localhost"
 MAX_ARRAY_SIZE = 1001  # largest array index 1000
 MAX_JOB_COUNT = 50000
@@ -114,7 +115,8 @@ class SlurmCluster:
             "memory_gb_per_node": self.memory_mb // 1024,
             "max_workers": self.cpus,
             "partitions": {
-                self.partition: {"max_nodes": 1, "max_walltime": f"00:{self.max_time}", "default": True}
+                self.partition: {"max_nodes": 1, "max_walltime": f"00:{self.max_time}", "default": True},
+                SECOND_PARTITION: {"max_nodes": 1, "max_walltime": f"00:{self.max_time}"},
             },
             "limits": {
                 "max_array_size": MAX_ARRAY_SIZE,
@@ -152,7 +154,7 @@ TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
-MpiDefault=none
+MpiDefault=pmix
 MailProg=/bin/true
 SwitchType=switch/none
 AccountingStorageType=accounting_storage/slurmdbd
@@ -174,6 +176,7 @@ SchedulerParameters=sched_min_interval=0,batch_sched_delay=0
 TmpFS={root}/tmp
 NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
 PartitionName={partition} Nodes={node} Default=YES MaxTime={max_time} State=UP
+PartitionName={second_partition} Nodes={node} Default=NO MaxTime={max_time} State=UP
 """
 
 SLURMDBD_CONF = """\
@@ -295,7 +298,10 @@ class _Launcher:
         deadline = time.monotonic() + timeout_s
         state = ""
         while time.monotonic() < deadline:
-            state = self.c.run(["sinfo", "-h", "-N", "-n", NODE, "-o", "%T"], check=False).strip()
+            # one line per partition the node is in
+            state = " ".join(
+                set(self.c.run(["sinfo", "-h", "-N", "-n", NODE, "-o", "%T"], check=False).split())
+            )
             if state == "idle":
                 return
             if any(s in state for s in ("drain", "down")):
@@ -340,6 +346,7 @@ def start_cluster(root: Path, cpus: int | None = None) -> SlurmCluster:
         "cpus": cpus,
         "memory_mb": memory_mb,
         "partition": PARTITION,
+        "second_partition": SECOND_PARTITION,
         "max_time": MAX_TIME,
         "max_array_size": MAX_ARRAY_SIZE,
         "max_job_count": MAX_JOB_COUNT,

@@ -267,6 +267,10 @@ stages:
 def test_a_real_train_task_whose_model_folder_was_deleted_is_trained_again(write_study, tmp_path):
     store = prepare_run(write_study(REAL_TRAIN), load_site("local"), tmp_path / "run")
     assert all(s.failed == 0 for s in run_plan(store, "local", workers=1, progress=False).values())
+    # the train shard says where the fit ran (SMOTE: always the CPU)
+    assert store.read_stage("train").to_pandas()[
+        ["device", "precision"]
+    ].drop_duplicates().values.tolist() == [["cpu", "fp32"]]
     (train,) = store.plan.of_stage("train")
     shutil.rmtree(store.artifact_dir("train", train.key))
     (sample,) = store.plan.of_stage("sample")

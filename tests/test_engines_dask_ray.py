@@ -70,6 +70,13 @@ def engine(request):
 # ---------------------------------------------------------------------------------------------- end to end
 
 
+def test_gpu_tasks_are_bound_apart(write_study, tmp_path, engine):
+    """A 4-GPU site (declared; no GPU here): concurrent tasks see disjoint ids (tests/test_gpus.py)."""
+    from tests.test_gpus import run_gpu_study
+
+    run_gpu_study(write_study, tmp_path, engine, "nvidia" if engine == "ray" else "amd", 1, 4, 0.3)
+
+
 def test_study_runs_and_reruns_nothing(write_study, tmp_path, engine):
     store = prepare_run(write_study(STUDY), load_site("local"), tmp_path / "run")
     summary = run_plan(store, engine, workers=2, progress=False)

@@ -115,6 +115,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "perfscale.sched.slurm_fields",
             "perfscale.resources",
             "perfscale.orphans",
+            "perfscale.gpus",
             "perfscale.extras",
             "perfscale.logs",
         ),

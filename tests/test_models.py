@@ -330,3 +330,20 @@ def test_docs_list_every_hyperparameter() -> None:
         (row,) = [ln for ln in text.splitlines() if ln.startswith(f"| `{name}` | ") and ln.count("|") == 3]
         documented = set(re.findall(r"`(\w+)` ", row.split("|")[2]))
         assert documented == set(model.Hyper.model_fields), (name, documented)
+
+
+def test_given_split_and_one_hot(block: pd.DataFrame) -> None:
+    """`split: given` trains on a split stage's train rows and tests its holdout rows; `one_hot` turns a
+    categorical column into 0/1 features (categories from the whole table)."""
+    table = block.iloc[:300].assign(split=["holdout" if i % 4 == 0 else "train" for i in range(300)])
+    spec = FitSpec(["run_time"], ["node_num"], "linear", split="given", one_hot=["new_status"],
+                   allow_post_submit_features=True)  # fmt: skip
+    out = fit_predict(table, spec, seed=0)
+    assert sorted(out["row"]) == list(range(0, 300, 4)) and (out["train_rows"] == 225).all()
+    assert out["features"].iloc[0] == "node_num,new_status=Failed,new_status=Killed,new_status=Pass"
+    with pytest.raises(BadInput, match="split 'given' needs a 'split' column"):
+        fit_predict(table.drop(columns="split"), spec, seed=0)
+    with pytest.raises(BadInput, match="one_hot column 'queue' is not in the input"):
+        fit_predict(table, FitSpec(["run_time"], ["node_num"], "mean", split="given", one_hot=["queue"]), 0)
+    with pytest.raises(PostSubmitFeature):
+        fit_predict(table, FitSpec(["wall_time"], ["node_num"], "mean", split="given", one_hot=["state"]), 0)

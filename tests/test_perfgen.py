@@ -31,6 +31,10 @@ def reduced_perfgen(tmp_path: Path) -> Path:
     }
     study["stages"]["sample"]["params"]["rows"] = 50
     study["stages"]["evaluate"]["params"]["options"]["ml_efficacy"]["models"] = ["linear"]
+    study["stages"]["regress"]["grid"]["zip"] = {
+        "model": ["mean", "xgboost"],
+        "hyperparameters": [{}, {"n_estimators": 20, "max_depth": 3}],
+    }
     path = tmp_path / "perfgen-small.yaml"
     path.write_text(yaml.safe_dump(study, sort_keys=False))
     return path
@@ -52,6 +56,7 @@ def test_perfgen_end_to_end(reduced_perfgen: Path, tmp_path: Path):
         "evaluate": (3, 0),
         "predict": (3, 0),
         "recommend": (3, 0),
+        "regress": (2, 0),
     }
 
     profiles = store.read_stage("profile").to_pandas()
@@ -76,6 +81,13 @@ def test_perfgen_end_to_end(reduced_perfgen: Path, tmp_path: Path):
     predictions = store.read_stage("predict", provenance=False).to_pandas()
     assert len(predictions) == 3 * 6 and (predictions["target"] == "wall_time_s").all()
     assert (predictions["prediction"] > 0).all() and predictions["mse"].notna().all()
+    # direct regressors on the same partition: trained on the 18 train rows, scored on the 6 holdout rows
+    direct = store.read_stage("regress", provenance=False).to_pandas()
+    assert direct.groupby("model").size().to_dict() == {"mean": 6, "xgboost": 6}
+    assert set(direct["split"]) == {"given"} and (direct["train_rows"] == 18).all()
+    holdout = split[split["split"] == "holdout"].reset_index(drop=True)
+    assert sorted(direct.loc[direct.model == "mean", "truth_wall_time_s"]) == sorted(holdout["wall_time_s"])
+    assert {"kernel=matmul", "kernel=triad"} <= set(direct["features"].iloc[0].split(","))
     picks = store.read_stage("recommend", provenance=False).to_pandas()
     assert (picks.groupby("generator")["count"].sum() == 500).all()
     assert set(picks["kernel"]) <= {"triad", "matmul"}
@@ -94,3 +106,4 @@ def test_perfgen_end_to_end(reduced_perfgen: Path, tmp_path: Path):
     ):
         assert title in page
     assert len(re.findall(r'src="data:image/png;base64,', page)) >= 5
+    assert "xgboost (direct, regress)" in page and "gaussian_copula (generation)" in page

@@ -111,7 +111,9 @@ def test_cli_sites_list_show_and_probe(capsys, tmp_path):
     assert main(["sites", "show"]) == 2
     # a site file (by path) that claims one core more than this machine has: exit status 1
     wrong = tmp_path / "wrong.yaml"
-    claims = f"cores_per_node: {os.cpu_count() + 1}\ngpus_per_node: {gpus_here()[0]}\n"
+    gpus = gpus_here()[0]
+    claims = f"cores_per_node: {os.cpu_count() + 1}\ngpus_per_node: {gpus}\n"
+    claims += "gpu_vendor: nvidia\n" if gpus else ""  # the vendor is not probed
     wrong.write_text("name: wrong\nscheduler: none\n" + claims)
     assert main(["sites", "probe", str(wrong)]) == 1
     out = capsys.readouterr().out

@@ -286,7 +286,7 @@ def test_tables_of_one_kind_and_dropout(table, kind) -> None:
         ({"lr": 0}, r"'lr': Input should be greater than 0"),
         ({"dropout": 1.0}, r"'dropout': Input should be less than 1"),
         ({"batch_size": True}, r"'batch_size': Input should be a valid integer"),
-        ({"device": "tpu"}, r"'device': must be \"cpu\", \"cuda\" or \"cuda:N\""),
+        ({"device": "tpu"}, r"'device': must be \"auto\", \"cpu\", \"cuda\" or \"cuda:N\""),
         ({"dim_t": 7}, r"'dim_t': must be even"),
         ({"checkpoint_dir": 3}, r"'checkpoint_dir': Input should be a valid string"),
     ],

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from perfscale.errors import FailureKind, TaskFailure
+from perfscale.plan.placement import site_of
 from perfscale.plan.planner import Task
 from perfscale.sched.mpi import mpi_program, task_launch_line
 from perfscale.store.atomic import atomic_write
@@ -106,7 +107,7 @@ def launch(store: RunStore, task: Task, outcome: Outcome, first_attempt: int) ->
         record_path = outcome_file(store, task, attempt)
         record_path.unlink(missing_ok=True)
         argv = [
-            *task_launch_line(store.site, task),
+            *task_launch_line(site_of(task.site, store.site, store.root), task),
             *mpi_program(plan, str(task.index), "--attempt", str(attempt), "--outcome", str(record_path)),
         ]
         started, t0 = utcnow(), time.perf_counter()

@@ -42,6 +42,21 @@ class Engine(ABC):
     @abstractmethod
     def shutdown(self) -> None: ...
 
+    @property
+    def nodes(self) -> int:
+        """Nodes the engine's workers span: one without a scheduler, else `workers` over the site's workers
+        per node."""
+        from perfscale.sched.base import scheduler_class
+
+        if not scheduler_class(self.site.scheduler).batch:
+            return 1
+        return -(-self.workers // self.site.workers)
+
+    @property
+    def gpu_capacity(self) -> int:
+        """GPUs of the engine's nodes: how many GPUs' worth of tasks the runner lets run at once."""
+        return self.site.gpus_per_node * self.nodes
+
     def last_alive(self) -> float | None:
         """When (time.monotonic()) a worker last showed life, or the engine was waiting for resources it asked
         for. None: this engine cannot tell, and the runner's watchdog leaves it alone."""

@@ -21,9 +21,14 @@ class LocalEngine(Engine):
         # perfscale so each task pays no import cost
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(["perfscale.execute"])
-        # workers end with this process, even when it is SIGKILLed (see perfscale.orphans)
+        # workers end with this process, even when it is SIGKILLed (see perfscale.orphans). On a GPU site each
+        # task gets a fresh worker: CUDA and ROCm read the visible-devices variables once per process
         self._pool = ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=ctx, initializer=guard_worker, initargs=(os.getpid(),)
+            max_workers=self.workers,
+            mp_context=ctx,
+            initializer=guard_worker,
+            initargs=(os.getpid(),),
+            max_tasks_per_child=1 if self.site.gpus_per_node else None,
         )
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:

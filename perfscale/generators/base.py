@@ -104,6 +104,9 @@ class Generator(ABC):
     # takes a `checkpoint_dir` hyperparameter and resumes from it: the train stage passes a folder that
     # survives failed attempts, so a retried (e.g. preempted) fit continues instead of starting over
     resumable: ClassVar[bool] = False
+    # where the last fit ran ("cpu", "cuda") and in which precision: set by generators that can use a GPU
+    device_used: str = "cpu"
+    precision_used: str = "fp32"
 
     def __init__(self, **hyperparameters: Any) -> None:
         _check_json("hyperparameters", hyperparameters)

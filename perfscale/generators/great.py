@@ -195,7 +195,10 @@ class GReaTGenerator(Generator):
                     seed=seed,
                     device=self._device(),
                     parallelism=parallelism,
+                    bf16=params.precision == "bf16" and self._device().startswith("cuda"),
                 )
+        self.device_used = str(self._device()).split(":")[0]
+        self.precision_used = "bf16" if params.precision == "bf16" and self.device_used == "cuda" else "fp32"
         self._lm, self._codec = lm, codec
         self._state = {
             "token_limit": limit,

@@ -61,6 +61,8 @@ class Params(OptionsModel):
     checkpoint_dir, checkpoint_every: with zero_stage, DeepSpeed's own checkpoints are written there every
         `checkpoint_every` steps and at the end, and a fit resumes from the newest (the train stage passes
         the task's checkpoint folder, kept across attempts). Without zero_stage no checkpoints are kept.
+    precision: "fp32" (default) or "bf16": training steps under bfloat16 autocast on a GPU (refused with
+        device "cpu"; with "auto" on a machine without a GPU, fp32). The train shard records what ran.
     torch_threads: torch's intra-op threads while fitting and sampling (restored after); default 1 for "tiny"
         (faster for a model that small, and immune to busy cores), torch's own setting otherwise.
     """
@@ -84,6 +86,7 @@ class Params(OptionsModel):
     tiny_merges: NonNegativeInt = 256
     cache_dir: str | None = None
     device: Annotated[str, AfterValidator(check_device)] = "cpu"
+    precision: Literal["fp32", "bf16"] = "fp32"
     torch_threads: PositiveInt | None = None
     zero_stage: Literal[0, 1, 2, 3] | None = None
     deepspeed: Annotated[dict[str, Any], AfterValidator(_deepspeed)] = Field(default_factory=dict)
@@ -94,6 +97,19 @@ class Params(OptionsModel):
     def _deepspeed_needs_a_stage(self) -> Params:
         if self.deepspeed and self.zero_stage is None:
             raise ValueError("deepspeed keys are given but zero_stage is not; set zero_stage: 0, 1, 2 or 3")
+        return self
+
+    @model_validator(mode="after")
+    def _bf16_on_gpu(self) -> Params:
+        if self.precision == "bf16" and self.device == "cpu":
+            raise ValueError(
+                'precision "bf16" runs on a GPU only: set device "auto" or "cuda", or precision "fp32"'
+            )
+        if self.precision == "bf16" and self.zero_stage is not None:
+            raise ValueError(
+                'precision "bf16" is for plain torch training; under zero_stage set DeepSpeed\'s own: '
+                "deepspeed: {bf16: {enabled: true}}"
+            )
         return self
 
     @property

@@ -247,13 +247,15 @@ def fine_tune(
     seed: int,
     device: str,
     parallelism: Parallelism | None = None,
+    bf16: bool = False,
 ) -> TrainResult:
     """Train `lm.model` on token sequences (in place, or replaced by the trained copy under DeepSpeed); call
     inside `seeded(seed, torch=True)`.
 
     In a multi-rank task each rank takes its share of every global batch of `batch_size` sequences
     (parallel.py); with `parallelism.zero_stage` the DeepSpeed engine steps (zero.py) and its checkpoints are
-    resumed. The loss is the mean token loss of the global batch either way.
+    resumed. The loss is the mean token loss of the global batch either way. `bf16`: the forward pass and
+    loss under bfloat16 autocast (a GPU; weights and optimizer stay fp32).
     """
     import torch
 
@@ -303,7 +305,8 @@ def fine_tune(
                 batch = [sequences[i] for i in order[first : first + batch_size]]
                 lo, hi = batch_share(len(batch), world.rank, world.size)
                 share = tuple(t.to(device) for t in _pad(batch[lo:hi], lm.pad_id)) if hi > lo else None
-                loss, value = share_loss(stepper.model, share, world)  # type: ignore[arg-type]
+                with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+                    loss, value = share_loss(stepper.model, share, world)  # type: ignore[arg-type]
                 stepper.step(loss)
                 telemetry.append((epoch, step, value))
                 step += 1

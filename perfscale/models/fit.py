@@ -48,18 +48,20 @@ class FitSpec:
     post_submit_columns: list[str] = field(default_factory=list)
     nan: Literal["error", "drop"] = "error"
     rows: int | None = None
+    one_hot: list[str] = field(default_factory=list)
 
 
 def prepare(table: pd.DataFrame, spec: FitSpec, seed: int) -> tuple[pd.DataFrame, list[str]]:
     """The table with derived features added and the full feature list; checks inputs first."""
-    check_submit_time(spec.features, spec.allow_post_submit_features, spec.post_submit_columns)
+    inputs = [*spec.features, *spec.one_hot]
+    check_submit_time(inputs, spec.allow_post_submit_features, spec.post_submit_columns)
     missing = [c for c in spec.targets if c not in table.columns]
     if missing:
         raise BadInput(f"target columns {missing} are not in the input; columns: {sorted(table.columns)}")
     missing = [c for c in spec.features if c not in table.columns]
     if missing:
         raise BadInput(f"feature columns {missing} are not in the input; columns: {sorted(table.columns)}")
-    overlap = sorted(set(spec.targets) & set(spec.features))
+    overlap = sorted(set(spec.targets) & set(inputs))
     if overlap:
         raise BadInput(f"columns {overlap} are both target and feature")
     table = table.reset_index(drop=True).assign(_row=np.arange(len(table)))
@@ -79,6 +81,13 @@ def prepare(table: pd.DataFrame, spec: FitSpec, seed: int) -> tuple[pd.DataFrame
         cal = calendar_features(table[spec.time_column])
         table = pd.concat([table, cal], axis=1)
         features += list(cal.columns)
+    for column in spec.one_hot:  # categories from the whole table: known inputs, no target in them
+        if column not in table.columns:
+            raise BadInput(f"one_hot column {column!r} is not in the input; columns: {sorted(table.columns)}")
+        values = table[column].astype(str)
+        dummies = {f"{column}={v}": (values == v).astype(np.float64) for v in sorted(values.unique())}
+        table = table.assign(**dummies)
+        features += list(dummies)
     table, dropped = apply_nan_rule(table, features, spec.nan)
     if dropped:
         log.warning("dropped %d rows with NaN features (nan: drop)", dropped)

@@ -178,7 +178,8 @@ def rpv_table(
             + ", ".join(f"{s} {points.loc[points.system == s, 'kernel'].nunique()}" for s in systems)
             + ")"
         )
-    dropped.add("kernels not measured on every system", len(set(points["kernel"])) - len(common))
+    partial = (kernels >= 2) & ~kernels.index.isin(common)
+    dropped.add("kernels measured on some systems but not all", partial.sum())
     by = {key: part for key, part in points.groupby(["kernel", "system"])}
     vectors = []
     for kernel in sorted(common):

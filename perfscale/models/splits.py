@@ -6,6 +6,8 @@
 * `kfold`: k seeded folds (stratified for classes; with `group_column`, whole groups per fold); every row is
   tested once;
 * `group`: leave one group out (one fold per distinct value of `group_column`: a user, a kernel, a machine);
+* `given`: the `split` stage's own partition: rows labelled `train` in its `split` column are trained on,
+  rows labelled `holdout` tested (so direct regressors and prediction by generation see the same rows);
 * `time`: time-ordered: train on the earliest rows, test on the latest `test_fraction` by `time_column`;
   rows that share the cut's time all go to the test side, so no test row is earlier than a training row.
 """
@@ -19,7 +21,7 @@ import pandas as pd
 
 from perfscale.errors import BadInput
 
-SplitKind = Literal["holdout", "random", "kfold", "group", "time"]
+SplitKind = Literal["holdout", "random", "kfold", "group", "time", "given"]
 Fold = tuple[np.ndarray, np.ndarray]
 
 
@@ -35,6 +37,16 @@ def make_splits(
     time_column: str | None = None,
 ) -> list[Fold]:
     n = len(table)
+    if kind == "given":
+        from perfscale.tabular.columns import SPLIT_COLUMN
+
+        if SPLIT_COLUMN not in table.columns:
+            raise BadInput(f"split 'given' needs a {SPLIT_COLUMN!r} column (train | holdout): read a split")
+        part = table[SPLIT_COLUMN].astype(str).to_numpy()
+        train, test = np.flatnonzero(part == "train"), np.flatnonzero(part == "holdout")
+        if len(train) == 0 or len(test) == 0:
+            raise BadInput(f"split 'given': {len(train)} train and {len(test)} holdout rows; need both")
+        return [(train, test)]
     if group_column is not None and group_column not in table.columns:
         raise BadInput(f"split {kind!r}: group_column {group_column!r} is not a column of the table")
     if kind in ("holdout", "random", "kfold") and group_column is not None:
@@ -89,4 +101,4 @@ def make_splits(
         if len(train) == 0:
             raise BadInput(f"split 'time': every row has the cut's time {cut}; nothing earlier to train on")
         return [(train, test)]
-    raise BadInput(f"unknown split {kind!r}; choose holdout, random, kfold, group or time")
+    raise BadInput(f"unknown split {kind!r}; choose holdout, random, kfold, group, time or given")

@@ -31,6 +31,8 @@ class PlanCheck:
     inputs: tuple[str, ...]
     foreach: str | None
     kinds: Mapping[str, str]  # the kind of every stage before this one
+    gpus: int | None = None  # GPUs each task of the stage gets (None: planned without a site)
+    site: str | None = None
     problems: list[Problem] = field(default_factory=list)
 
     def add(self, found: Iterable[Problem], *at: str | int) -> None:
@@ -81,7 +83,19 @@ class PlanCheck:
             choices = ", ".join(list_generators())
             self.problem(f"unknown generator {name!r}; choose one of {choices}", name_field)
             return
-        self.add(hyperparameter_problems(name, hyperparameters), hp_field)
+        found = hyperparameter_problems(name, hyperparameters)
+        self.add(found, hp_field)
+        if not found and isinstance(hyperparameters, Mapping):
+            self.device(hyperparameters.get("device"), hp_field, "device")
+
+    def device(self, value: Any, *at: str | int) -> None:
+        """A forced CUDA device needs GPUs in the stage's resources (a task without sees none)."""
+        if self.gpus == 0 and isinstance(value, str) and value.startswith("cuda"):
+            self.problem(
+                f"device {value!r} needs a GPU, and the stage's tasks get none (resources.gpus: 0 on site "
+                f"{self.site!r}); set resources.gpus (on a site with GPUs), or device 'auto' or 'cpu'",
+                *at,
+            )
 
     def metrics(self, names: Sequence[str], options: Any, metrics_field: str, options_field: str) -> None:
         """Registered metrics, and options each metric's model accepts (`options` maps metric -> options)."""

@@ -17,6 +17,7 @@ from perfscale.plan.grid import expand_grid
 from perfscale.plan.keys import stage_digest, task_key
 from perfscale.plan.kinds import StageParams, canonical_kind, get_stage_kind
 from perfscale.plan.named import PARAMS, PlanCheck
+from perfscale.plan.placement import placed_site
 from perfscale.spec.loader import Loc, format_validation_error, line_prefix, read_yaml
 from perfscale.spec.site import Site
 from perfscale.spec.study import Stage, Study
@@ -46,6 +47,8 @@ class Task:
     ranks_per_node: int = 1
     cores_per_rank: int = 1
     gpus_per_rank: int = 0
+    site: str | None = None  # another site than the run's (resources.site)
+    partition: str | None = None  # resources.partition
 
 
 _JSON_FIELDS = ("params", "inputs", "retry")
@@ -165,6 +168,8 @@ _PLAN_SCHEMA = pa.schema(
         ("ranks_per_node", pa.int64()),
         ("cores_per_rank", pa.int64()),
         ("gpus_per_rank", pa.int64()),
+        ("site", pa.string()),
+        ("partition", pa.string()),
     ]
 )
 
@@ -263,6 +268,14 @@ def _validation_context(site: Site | None) -> dict[str, Any]:
     return {"site": site, CHECK_CACHE: CheckCache(site)}
 
 
+def _too_many_gpus(gpus: int, site: Site, where: str, stage: str) -> str:
+    has = "has no GPUs (gpus_per_node: 0)" if not site.gpus_per_node else f"nodes have {site.gpus_per_node}"
+    return (
+        f"{where}: stages.{stage}.resources.gpus: each task asks for {gpus} GPUs and site {site.name!r} "
+        f"{has}; a task runs on one node, so lower gpus or choose a site with more GPUs per node"
+    )
+
+
 def build_plan(study: Study, source: str = "<study>", site: Site | None = None) -> Plan:
     """Expand every stage's grid x repetitions x seeds (x upstream tasks for foreach stages). With `site`,
     what depends on where tasks run (counter events) is checked against it."""
@@ -270,7 +283,7 @@ def build_plan(study: Study, source: str = "<study>", site: Site | None = None) 
     keys_by_stage: dict[str, list[str]] = {}
     kinds_by_stage: dict[str, str] = {}
     lines = _StudyLines(source)
-    context = _validation_context(site)
+    contexts = {site.name if site else None: _validation_context(site)}
     for name, spec in study.stages.items():
         resources = study.resources_of(name)
         retry = study.retry_of(name).model_dump()
@@ -281,11 +294,20 @@ def build_plan(study: Study, source: str = "<study>", site: Site | None = None) 
         kind = canonical_kind(spec.kind, where=lines.where(("stages", name, "kind")))
         params_model = get_stage_kind(kind, where=f"{source}: stages.{name}.kind").params
         named = PlanCheck(name, tuple(spec.inputs), spec.foreach, kinds_by_stage)
-        checks = _Checks(spec, name, params_model, named, source, context, lines)
-        if site is not None and (resources.ranks > 1 or resources.gpus_per_rank):
-            from perfscale.sched.mpi import check_ranks
+        where = lines.where(("stages", name, "resources"))
+        stage_site = placed_site(resources, site, where, name) if site is not None else None
+        if stage_site is not None:
+            named.gpus, named.site = resources.gpus, stage_site.name
+            if resources.gpus > stage_site.gpus_per_node:
+                raise SpecError(_too_many_gpus(resources.gpus, stage_site, where, name))
+            if resources.ranks > 1 or resources.gpus_per_rank:
+                from perfscale.sched.mpi import check_ranks
 
-            check_ranks(resources, site, lines.where(("stages", name, "resources")), f"stages.{name}")
+                check_ranks(resources, stage_site, where, f"stages.{name}")
+        # what depends on where tasks run (counter events) is checked against the stage's own site
+        key = stage_site.name if stage_site is not None else None
+        context = contexts.setdefault(key, _validation_context(stage_site))
+        checks = _Checks(spec, name, params_model, named, source, context, lines)
         points = expand_grid(spec.grid)
         if not points:
             loc = ("stages", name, "grid", "exclude")
@@ -324,6 +346,8 @@ def build_plan(study: Study, source: str = "<study>", site: Site | None = None) 
                                 or -(-resources.ranks // resources.nodes),
                                 cores_per_rank=resources.cores_per_rank,
                                 gpus_per_rank=resources.gpus_per_rank,
+                                site=resources.site,
+                                partition=resources.partition,
                             )
                         )
         if len(set(keys)) != len(keys):

@@ -11,7 +11,9 @@ import pandas as pd
 from jinja2 import Environment, select_autoescape
 from markupsafe import Markup
 
+from perfscale.collect.gpu import GPU_COLUMNS
 from perfscale.plan.kinds import RENAMED
+from perfscale.plan.planner import Task
 from perfscale.report import plots
 from perfscale.results.metric_study import VARIANT_PREFIX
 from perfscale.status import run_status
@@ -43,11 +45,21 @@ def _table(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> Markup:
     )
 
 
+def _placement(store: RunStore, task: Task) -> dict[str, object]:
+    """Where a stage's tasks run: site, partition (the site's default when the stage names none), GPUs."""
+    site = task.site or store.site.name
+    partition = task.partition
+    if partition is None and site == store.site.name:
+        partition = store.site.partition()[0]
+    return {"site": site, "partition": partition or "-", "GPUs per task": task.gpus}
+
+
 def _status_section(store: RunStore) -> Section:
     rows = [
         {
             "stage": s.stage,
             "kind": store.plan.of_stage(s.stage)[0].kind,
+            **_placement(store, store.plan.of_stage(s.stage)[0]),
             "tasks": s.total,
             "done": s.done,
             "failed": s.failed,
@@ -85,6 +97,9 @@ def _profile_section(store: RunStore, stage: str) -> Section | None:
     if keys:
         summary = df.groupby(keys)["wall_time_s"].agg(["median", "min", "max", "count"]).reset_index()
         section.tables.append(_table(summary))
+    gpu = [c for c in GPU_COLUMNS if c in df and c != "gpu_source"]
+    if "gpu_status" in gpu:  # the GPU collector was on: its columns per measured run
+        section.tables.append(_table(df[[*keys, *gpu]].head(50)))
     return section
 
 
@@ -266,9 +281,47 @@ def _predict_section(store: RunStore, stage: str) -> Section | None:
         "Each generator fills the hidden target of the real holdout from the other columns.",
     )
     section.tables.append(_table(table))
+    direct = _direct_regressors(store, sorted(df["target"].unique()))
+    if not direct.empty:
+        generated = table.assign(method=table["generator"] + " (generation)").drop(columns="generator")
+        both = pd.concat([generated, direct], ignore_index=True)
+        section.text += (
+            " The second table sets beside them direct regressors (`fit_predict` with `split: given`) "
+            "trained on the same split's train rows and scored on its holdout rows."
+        )
+        scores = [c for c in ("mse", "mae", "r2") if c in both]
+        section.tables.append(_table(both[["target", "method", *scores]]))
     if "prediction" in df and df["prediction"].notna().any():
         section.images.append(_img(plots.predictions(df.dropna(subset=["prediction"]))))
     return section
+
+
+def _direct_regressors(store: RunStore, targets: list[str]) -> pd.DataFrame:
+    """Scores of `fit_predict` stages that used the split stage's own partition (`split: given`) on
+    `targets`: one row per target x model, named "<model> (direct)"."""
+    rows = []
+    for stage in store.plan.stages:
+        if store.plan.of_stage(stage)[0].kind != "fit_predict":
+            continue
+        df = store.read_stage(stage, provenance=False).to_pandas()
+        if df.empty or "split" not in df:
+            continue
+        for target in targets:
+            part = df[df["split"] == "given"]
+            if f"mae_{target}" not in part or part.empty:
+                continue
+            for model, m in part.groupby("model"):
+                first = m.iloc[0]
+                rows.append(
+                    {
+                        "target": target,
+                        "method": f"{model} (direct, {stage})",
+                        "mse": float(first[f"rmse_{target}"]) ** 2,
+                        "mae": float(first[f"mae_{target}"]),
+                        "r2": float(first[f"r2_{target}"]),
+                    }
+                )
+    return pd.DataFrame(rows)
 
 
 def _recommend_section(store: RunStore, stage: str) -> Section | None:

@@ -12,19 +12,24 @@ tasks again with dependencies on the new upstream arrays.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
 from perfscale.errors import FailureKind
+from perfscale.plan.placement import site_of
 from perfscale.sched.arrays import ArrayJob, stage_arrays
 from perfscale.sched.base import ElementState, Scheduler
 from perfscale.sched.client import CommandClient
 from perfscale.sched.render import Rendered, batch_scheduler, render_array
+from perfscale.spec.site import Site
 from perfscale.store.atomic import atomic_write_text
 from perfscale.store.attempt import Attempt, utcnow
 from perfscale.store.run import RunStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,11 +40,21 @@ class SubmittedArray:
     first_index: int  # the scheduler's array index base (0 for Slurm, 1 for LSF)
     elements: list[list[int]]  # task indices of each element
     submitted_at: str
+    site: str | None = None  # the stage's own site (resources.site), None: the run's
 
 
-def backend(store: RunStore, client: CommandClient | None = None) -> Scheduler:
-    """The run's scheduler (its state folder is RUN/arrays/); an error for sites without one."""
-    return batch_scheduler(store.site)(client, store.root / "arrays")
+def _site(store: RunStore, name: str | None) -> Site:
+    return site_of(name, store.site, store.root)
+
+
+def backend(store: RunStore, client: CommandClient | None = None, site: str | None = None) -> Scheduler:
+    """The scheduler of the run's site, or of `site` (a stage's own; its state folder is RUN/arrays/); an
+    error for sites without one."""
+    return batch_scheduler(_site(store, site))(client, store.root / "arrays")
+
+
+def _sites(arrays: list[SubmittedArray]) -> list[str | None]:
+    return list(dict.fromkeys(a.site for a in arrays))
 
 
 def _jobs_path(store: RunStore) -> Path:
@@ -74,14 +89,15 @@ def poll_elements(
     Back ends that read the controller itself (squeue, bjobs) are taken as they are.
     """
     arrays = submitted(store)
-    if not arrays:
-        return arrays, {}
-    sched = backend(store, client)
-    states = dict(sched.poll(sorted({a.job_id for a in arrays})))
-    if not sched.lags:
-        return arrays, states
+    states: dict[tuple[str, int], ElementState] = {}
+    lagging: list[SubmittedArray] = []
+    for site in _sites(arrays):  # one call per site the arrays went to (one, unless stages name sites)
+        mine = [a for a in arrays if a.site == site]
+        sched = backend(store, client, site)
+        states.update(sched.poll(sorted({a.job_id for a in mine})))
+        lagging += mine if sched.lags else []
     now = utcnow()
-    for arr in arrays:
+    for arr in lagging:
         if (now - _submitted_at(arr)).total_seconds() >= MISSING_GRACE_S:
             continue
         for k in range(len(arr.elements)):
@@ -115,8 +131,9 @@ def _superseded(
     states: dict[tuple[str, int], ElementState],
     todo: set[int],
 ) -> list[str]:
-    """Elements of earlier submissions that wait for ever (blocked on a failed dependency) and whose tasks are
-    submitted again now: cancelled, so they neither clutter the queue nor run twice."""
+    """Elements of earlier submissions (`arrays`: of one site) that wait for ever (blocked on a failed
+    dependency) and whose tasks are submitted again now: cancelled, so they neither clutter the queue nor run
+    twice."""
     ids = []
     for arr in arrays:
         for k, indices in enumerate(arr.elements):
@@ -158,8 +175,10 @@ def render_arrays(
     throttle: int | None = None,
 ) -> list[tuple[ArrayJob, Rendered]]:
     """The arrays of every task without a shard (or only `indices`) that is not `busy`, stage by stage, each
-    rendered and checked against the site's limits. Names carry the submission round after `previous`."""
-    site, plan = store.site, store.plan
+    rendered for and checked against the stage's site (its `resources.site`, else the run's) and partition
+    (its `resources.partition`, else `partition`, else the site's default; `partition` applies to stages on
+    the run's site only). Names carry the submission round after `previous`."""
+    plan = store.plan
     round_ = len({a.submitted_at for a in previous})
     prefix = plan.study if round_ == 0 else f"{plan.study}-r{round_}"
     pending = []
@@ -170,7 +189,12 @@ def render_arrays(
             for t in plan.of_stage(stage)
             if t.key not in done and t.index not in busy and (indices is None or t.index in indices)
         ]
-        for job in stage_arrays(prefix, stage, todo, site, partition, account, throttle):
+        if not todo:
+            continue
+        site = _site(store, todo[0].site)
+        part = todo[0].partition or (partition if site is store.site else None)
+        acct = account if site is store.site else None
+        for job in stage_arrays(prefix, stage, todo, site, part, acct, throttle):
             pending.append((job, render_array(job, site, store.root)))
     return pending
 
@@ -215,29 +239,50 @@ def submit_run(
     (afterok) and for earlier upstream arrays still running (afterany). `hold` submits held arrays
     (`sbatch --hold`, `bsub -H`): nothing runs until released.
     """
-    sched = backend(store, client)
     previous, states = poll_elements(store, client) if submitted(store) else ([], {})
     busy = {i for i, st in _by_task(previous, states).items() if st.active}
     pending = render_arrays(store, previous, busy, indices, partition, account, throttle)
     todo_all = {i for job, _ in pending for e in job.elements for i in e.indices}
-    stale = _superseded(sched, previous, states, todo_all)
-    if stale and pending:
-        sched.cancel(stale)
+    for site in _sites(previous) if pending else []:
+        stale = _superseded(
+            backend(store, client, site), [a for a in previous if a.site == site], states, todo_all
+        )
+        if stale:
+            backend(store, client, site).cancel(stale)
     job_ids: dict[str, list[str]] = {}  # stage -> job ids submitted now
+    stage_site = {t.stage: t.site if t.site != store.site.name else None for t in store.plan.tasks}
+    deferred: set[str] = set()
     now = utcnow().isoformat()
     new = []
     for job, rendered in pending:
-        script = write_scripts(store, job, rendered)
         upstream = _upstream(store, job.stage)
-        deps = [j for s in upstream for j in job_ids.get(s, [])]
+        site = stage_site[job.stage]
         after_any = _running_arrays(previous, states, upstream)
+        # a scheduler cannot wait for another site's jobs: a stage whose upstream work on another site is not
+        # finished waits for the next `perfscale submit` (as does everything downstream of it)
+        elsewhere = [
+            s
+            for s in upstream
+            if stage_site[s] != site and (s in job_ids or _running_arrays(previous, states, [s]))
+        ]
+        if job.stage in deferred or elsewhere or deferred.intersection(upstream):
+            if job.stage not in deferred:
+                log.warning(
+                    "stage %s waits for stage(s) %s on another site: run `perfscale submit` again once they "
+                    "are done",
+                    job.stage,
+                    ", ".join(elsewhere or sorted(deferred.intersection(upstream))),
+                )
+            deferred.add(job.stage)
+            continue
+        script = write_scripts(store, job, rendered)
+        sched = backend(store, client, site)
+        deps = [j for s in upstream if stage_site[s] == site for j in job_ids.get(s, [])]
+        after_any = [j for j in after_any if any(a.job_id == j and a.site == site for a in previous)]
         job_id = sched.submit(script, deps, hold, after_any)
         job_ids.setdefault(job.stage, []).append(job_id)
-        new.append(
-            SubmittedArray(
-                job.name, job.stage, job_id, sched.first_index, [list(e.indices) for e in job.elements], now
-            )
-        )
+        elements = [list(e.indices) for e in job.elements]
+        new.append(SubmittedArray(job.name, job.stage, job_id, sched.first_index, elements, now, site))
         _save(store, previous + new)  # after every submit: a crash mid-way forgets no job
     return new
 
@@ -311,6 +356,7 @@ def failed_or_missing(store: RunStore, states: dict[int, ElementState]) -> set[i
 
 
 def cancel(store: RunStore, client: CommandClient | None = None) -> list[str]:
-    ids = sorted({a.job_id for a in submitted(store)})
-    backend(store, client).cancel(ids)
-    return ids
+    arrays = submitted(store)
+    for site in _sites(arrays):
+        backend(store, client, site).cancel(sorted({a.job_id for a in arrays if a.site == site}))
+    return sorted({a.job_id for a in arrays})

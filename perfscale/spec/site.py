@@ -57,10 +57,21 @@ class Site(Strict):
     memory_gb_per_node: AutoSize = "auto"
     gpus_per_node: int = Field(0, ge=0)
     gpu_model: str | None = None
+    gpu_vendor: Literal["nvidia", "amd"] | None = Field(
+        None,
+        description="whose GPUs the nodes have: a task's GPUs are named in CUDA_VISIBLE_DEVICES (nvidia) or "
+        "ROCR_VISIBLE_DEVICES and HIP_VISIBLE_DEVICES (amd); required when gpus_per_node > 0",
+    )
     cpu_model: str | None = None
     arch: Literal["x86_64", "ppc64le", "aarch64"] = "x86_64"
     max_workers: AutoCount = Field("auto", description="concurrent tasks per node in pilot mode")
     accounts: list[str] = Field(default_factory=list)
+    shared_filesystems: list[str] = Field(
+        default_factory=list,
+        description="absolute paths of file systems this site's login and compute nodes mount and other "
+        "sites mount at the same path (e.g. /p/vast1): a study may run stages on two sites only when their "
+        "files name one in common and the run folder lies on it",
+    )
     partitions: dict[str, Partition] = Field(default_factory=dict)
     limits: Limits = Field(default_factory=Limits)
     counters: Counters = Field(default_factory=Counters)
@@ -98,6 +109,23 @@ class Site(Strict):
         defaults = [n for n, p in self.partitions.items() if p.default]
         if len(defaults) > 1:
             raise ValueError(f"at most one partition may be 'default: true', got {defaults}")
+        return self
+
+    @field_validator("shared_filesystems")
+    @classmethod
+    def _absolute(cls, paths: list[str]) -> list[str]:
+        for p in paths:
+            if not p.startswith("/"):
+                raise ValueError(f"{p!r} is not an absolute path; give the mount point, e.g. /p/vast1")
+        return paths
+
+    @model_validator(mode="after")
+    def _gpus_have_a_vendor(self) -> Site:
+        if self.gpus_per_node and self.gpu_vendor is None:
+            raise ValueError(
+                f"gpus_per_node is {self.gpus_per_node} but gpu_vendor is not set; add 'gpu_vendor: nvidia' "
+                "or 'gpu_vendor: amd' (it names the variable that binds a task to its GPUs)"
+            )
         return self
 
     @model_validator(mode="after")

@@ -29,6 +29,9 @@ class Resources(Strict):
     ranks_per_node: int | None = Field(None, ge=1, description="default: all ranks on one node")
     cores_per_rank: int = Field(1, ge=1)
     gpus_per_rank: int = Field(0, ge=0)
+    # where the stage runs (docs/placement.md); None: the run's site and its default partition
+    site: SafeName | None = Field(None, description="a site name (perfscale sites list) other than the run's")
+    partition: str | None = Field(None, min_length=1, description="a partition (Slurm) or queue (LSF, PBS)")
 
 
 class RetryPolicy(Strict):

@@ -49,7 +49,10 @@ class StageContext:
 
     @property
     def site(self) -> Site:
-        return self.store.site
+        """Where the task runs: its stage's `resources.site`, else the run's."""
+        from perfscale.plan.placement import site_of
+
+        return site_of(self.task.site, self.store.site, self.store.root)
 
     @property
     def seed(self) -> int:

@@ -47,6 +47,7 @@ class FitPredictParams(StageParams):
     post_submit_columns: list[str] = Field(default_factory=list, description="more post-submit names")
     nan: Literal["error", "drop"] = "error"
     rows: int | None = Field(None, ge=10, description="a seeded subset of this many rows, after features")
+    one_hot: list[str] = Field(default_factory=list, description="categorical inputs: a 0/1 feature a value")
     save_model: bool = True
 
     @model_validator(mode="after")
@@ -55,7 +56,9 @@ class FitPredictParams(StageParams):
             check_hyperparameters(self.model, self.hyperparameters)
         except Exception as exc:  # BadInput (unknown model) or pydantic's ValidationError
             raise ValueError(f"model {self.model!r} hyperparameters: {exc}") from None
-        check_submit_time(self.features, self.allow_post_submit_features, self.post_submit_columns)
+        check_submit_time(
+            [*self.features, *self.one_hot], self.allow_post_submit_features, self.post_submit_columns
+        )
         if self.split == "time" and not self.time_column:
             raise ValueError("split: time needs time_column")
         if self.split == "group" and not self.group_column:

@@ -24,9 +24,13 @@ collect/command.py). `perf` wraps the measured run in `perf stat` with `perf_eve
 `papi_events` in extra runs after it, one per event group (collect/papi.py). Where the site turns a counter
 source off (`counters:` in the site file), or this machine cannot count (no perf, paranoia, no PMU), the row
 still comes, with those columns null and `perf_status` / `papi_status` saying why; `counters_required: true`
-fails the task with unsupported_counter instead. Every row also gets the derived features (collect/derived.py)
-when a counter collector is on, the machine's description and the captured environment variables
-(`env_<name>`; ENV_CAPTURE plus `env_capture`). docs/profile-schema.md lists every column.
+fails the task with unsupported_counter instead. `gpu` samples the task's GPUs (nvidia-smi, else rocm-smi)
+while the measured run runs: peak and mean power, utilisation, memory and SM clock, and energy
+(collect/gpu.py); null with `gpu_status` saying why where there is no GPU or tool. `ncu` runs the command
+once more under Nsight Compute for `ncu_metrics` per kernel (ncu-kernels.csv; ncu_status, ncu_kernels).
+Every row also gets the derived features (collect/derived.py) when a counter collector is on, the machine's
+description and the captured environment variables (`env_<name>`; ENV_CAPTURE plus `env_capture`).
+docs/profile-schema.md lists every column.
 """
 
 from __future__ import annotations
@@ -36,9 +40,11 @@ import fnmatch
 import functools
 import os
 import shlex
+import shutil
 import signal
 import time
 from collections.abc import Callable, Hashable, Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,7 +60,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails
 
-from perfscale.collect import papi, perf
+from perfscale.collect import gpu, papi, perf
 from perfscale.collect.builtin_kernels import build_kernels
 from perfscale.collect.command import (
     USAGE_COLUMNS,
@@ -79,7 +85,7 @@ BUILTIN_NAMES = ("kernels", "rep", "seed", "artifacts")
 _RESERVED_COLUMNS = frozenset((*USAGE_COLUMNS, *MACHINE_COLUMNS, *PROVENANCE_COLUMNS, *DERIVED_COLUMNS))
 #: column prefixes of the collectors and the captured environment: variables and FOMs may not use them
 RESERVED_PREFIXES = ("perf_", "papi_", "env_")
-Collector = Literal["rusage", "perf", "papi"]
+Collector = Literal["rusage", "perf", "papi", "gpu", "ncu"]
 _SCALAR = (str, int, float, bool, type(None))
 _STDERR_LINES = 20
 _SIGNALS = {s.value for s in signal.Signals}
@@ -99,13 +105,20 @@ class ProfileParams(StageParams):
     warmup: int = Field(0, ge=0, description="runs before the measured one, discarded")
     fom: dict[str, str] = Field(default_factory=dict, description="figure of merit name -> regex, one group")
     collectors: list[Collector] = Field(
-        default_factory=lambda: ["rusage"], description="rusage (always on), perf, papi"
+        default_factory=lambda: ["rusage"],
+        description="rusage (always on), perf, papi, gpu (the task's GPUs sampled during the measured run), "
+        "ncu (Nsight Compute's ncu_metrics per kernel, in one more run)",
     )
     perf_events: list[str] = Field(
         default_factory=lambda: list(perf.DEFAULT_PERF_EVENTS), description="events for `perf stat -e`"
     )
     papi_events: list[str] = Field(
         default_factory=lambda: list(papi.DEFAULT_PAPI_EVENTS), description="PAPI preset or native events"
+    )
+    ncu_metrics: list[str] = Field(
+        default_factory=lambda: list(gpu.DEFAULT_NCU_METRICS),
+        min_length=1,
+        description="Nsight Compute metrics collected per kernel with the ncu collector",
     )
     env_capture: list[str] = Field(
         default_factory=list,
@@ -417,6 +430,24 @@ def _papi_columns(
     return papi.papi_row(events, counts, status, runs)
 
 
+def _ncu_columns(
+    ctx: StageContext, params: ProfileParams, run: Runner, env: Mapping[str, str]
+) -> dict[str, Any]:
+    """One more run under Nsight Compute: `ncu_metrics` per kernel into ncu-kernels.csv; the ncu_* columns."""
+    tool = shutil.which("ncu", path=env.get("PATH"))
+    if tool is None:
+        return gpu.ncu_row(None, "unavailable: ncu (Nsight Compute) is not on PATH")
+    out_file = ctx.artifacts / "ncu.csv"
+    try:
+        result = run(gpu.ncu_wrapper(tool, params.ncu_metrics, out_file), False)
+    except WrapperFailed as exc:
+        return gpu.ncu_row(None, "failed: " + " ".join(str(exc).split()))
+    check_result(result, "command (ncu run)")
+    records = gpu.parse_ncu_csv(out_file.read_text(errors="replace")) if out_file.exists() else []
+    gpu.write_kernel_table(records, ctx.artifacts / "ncu-kernels.csv")
+    return gpu.ncu_row(records, "ok" if records else "failed: ncu profiled no kernel (see ncu.csv)")
+
+
 def _counter_problems(params: ProfileParams, row: Mapping[str, Any]) -> list[str]:
     problems = []
     if "perf" in params.collectors:
@@ -450,11 +481,15 @@ def profile(ctx: StageContext, params: ProfileParams) -> pd.DataFrame:
         timeout = _timeout(params, deadline)
         return run_command(argv, env, cwd, timeout, stdout_path=out, stderr_path=err, wrapper=wrapper)
 
-    result, perf_columns = _measured_run(ctx, params, run, full_env)
+    sampled = "gpu" in params.collectors
+    with gpu.sampling(full_env, logs / "gpu-samples.txt") if sampled else nullcontext({}) as gpu_columns:
+        result, perf_columns = _measured_run(ctx, params, run, full_env)
     check_result(result)
-    row = {**params.variables, **result.usage(), **_foms(result, params), **perf_columns}
+    row = {**params.variables, **result.usage(), **_foms(result, params), **perf_columns, **gpu_columns}
     if "papi" in params.collectors:
         row |= _papi_columns(ctx, params, run, full_env)
+    if "ncu" in params.collectors:
+        row |= _ncu_columns(ctx, params, run, full_env)
     if "perf" in params.collectors or "papi" in params.collectors:
         row |= derive(row)
     row |= machine_metadata() | captured_env(full_env, params.env_capture)

@@ -56,4 +56,6 @@ def train(ctx: StageContext, params: TrainParams) -> pd.DataFrame:
         fit_elapsed_s=log.elapsed_s,
         peak_rss_bytes=log.peak_rss_bytes,
         train_rows=len(real),
+        device=generator.device_used,
+        precision=generator.precision_used,
     )

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, NonNegativeFloat, PositiveFloat, PositiveInt, field_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
 from perfscale.options import OptionsModel
 
@@ -20,9 +28,9 @@ NOT_IN_FINGERPRINT = (
 
 
 def _device(value: str) -> str:
-    if value in ("cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
         return value
-    raise ValueError('must be "cpu", "cuda" or "cuda:N"')
+    raise ValueError('must be "auto", "cpu", "cuda" or "cuda:N"')
 
 
 Device = Annotated[str, AfterValidator(_device)]
@@ -51,7 +59,13 @@ class TabDDPMConfig(OptionsModel):
         imputation and conditioned sampling use.
     discrete_as_categories: model integer columns with an `allowed` set (a few distinct values) with the
         categorical diffusion instead of the Gaussian one (see `transform.py` for why; default true).
-    device: "cpu" (default), "cuda" or "cuda:N". A model fitted on CUDA samples on the CPU where no GPU is.
+    device: "cpu" (default), "auto" (the task's GPU when it sees one, else the CPU), "cuda" or "cuda:N". A
+        model fitted on CUDA samples on the CPU where no GPU is. The train shard's `device` column says
+        which ran.
+    precision: "fp32" (default) or "bf16": training steps under bfloat16 autocast on a GPU (weights and
+        sampling stay fp32). "bf16" with device "cpu" is refused (CPU autocast is slower than fp32 on most
+        CPUs and changes the results); with "auto" on a machine without a GPU it trains in fp32, and the
+        train shard's `precision` column says so.
     repaint_resample: RePaint's r for imputation and equality conditions: each reverse step is done r times
         (see `sample.py`); the cost of conditioned sampling is r times that of plain sampling.
     sample_batch_size: rows denoised at once when sampling (bounds memory; changing it changes the rows).
@@ -73,6 +87,7 @@ class TabDDPMConfig(OptionsModel):
     ema_decay: float = Field(0.999, ge=0, lt=1)
     sample_with: Literal["model", "ema"] = "model"
     device: Device = "cpu"
+    precision: Literal["fp32", "bf16"] = "fp32"
     discrete_as_categories: bool = True
     repaint_resample: PositiveInt = 10
     sample_batch_size: PositiveInt = 8192
@@ -84,6 +99,14 @@ class TabDDPMConfig(OptionsModel):
         if value % 2:
             raise ValueError("must be even (half cosines, half sines)")
         return value
+
+    @model_validator(mode="after")
+    def _bf16_on_gpu(self) -> TabDDPMConfig:
+        if self.precision == "bf16" and self.device == "cpu":
+            raise ValueError(
+                'precision "bf16" runs on a GPU only: set device "auto" or "cuda", or precision "fp32"'
+            )
+        return self
 
     def fingerprint_fields(self) -> dict[str, Any]:
         """The values a checkpoint must agree on to be resumed."""

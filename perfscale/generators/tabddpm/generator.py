@@ -71,6 +71,8 @@ class TabDDPMGenerator(Generator):
         from perfscale.generators.tabddpm.transform import TableEncoder
 
         device = self._device(fitting=True)
+        self.device_used = device.type
+        self.precision_used = "bf16" if self.params.precision == "bf16" and device.type == "cuda" else "fp32"
         encoder = TableEncoder.fit(table, meta, seed, self.params.discrete_as_categories)
         x_num, x_cat = encoder.encode(table)
         data = TrainData(torch.as_tensor(x_num, device=device), torch.as_tensor(x_cat, device=device))
@@ -229,7 +231,9 @@ class TabDDPMGenerator(Generator):
         if self.params.device == "cpu":
             return torch.device("cpu")
         if torch.cuda.is_available():
-            return torch.device(self.params.device)
+            return torch.device("cuda" if self.params.device == "auto" else self.params.device)
+        if self.params.device == "auto":
+            return torch.device("cpu")
         if fitting:
             raise BadInput(
                 f"tabddpm hyperparameter 'device' is {self.params.device!r} but CUDA is not available here; "

@@ -169,16 +169,19 @@ def train_step(
     lr: float,
     part: RowPart | None = None,
     world: int = 1,
+    bf16: bool = False,
 ) -> tuple[float, float, float]:
     """One optimizer step on one batch; the batch's losses in LOSS_NAMES order.
 
     Data-parallel (`denoiser` wrapped in DistributedDataParallel, `part` this rank's rows): DDP averages the
     gradients over the `world` ranks, so each rank's share of the global mean is scaled by `world`; the
-    reported losses are the all-reduced sum of the shares, the global batch's losses.
+    reported losses are the all-reduced sum of the shares, the global batch's losses. `bf16`: the forward
+    pass and losses under bfloat16 autocast (GPU; weights and optimizer stay fp32).
     """
     denoiser.train()
     optimizer.zero_grad(set_to_none=True)
-    losses = batch_loss(denoiser, diffusion, x_num, x_cat, generator, part)  # type: ignore[arg-type]
+    with torch.autocast(x_num.device.type, dtype=torch.bfloat16, enabled=bf16):
+        losses = batch_loss(denoiser, diffusion, x_num, x_cat, generator, part)  # type: ignore[arg-type]
     (losses["total"] * world).backward()
     optimizer_step(optimizer, lr)
     values = torch.stack([losses[name].detach() for name in LOSS_NAMES])
@@ -338,7 +341,16 @@ def train_loop(
                 rows = rows[part.lo : part.hi]
             lr = annealed_lr(config.lr, state.step, config.steps)
             losses = train_step(
-                denoiser, diffusion, optimizer, data.x_num[rows], data.x_cat[rows], generator, lr, part, world
+                denoiser,
+                diffusion,
+                optimizer,
+                data.x_num[rows],
+                data.x_cat[rows],
+                generator,
+                lr,
+                part,
+                world,
+                bf16=config.precision == "bf16" and data.x_num.device.type == "cuda",
             )
             if ema is not None:
                 ema.update(denoiser)
