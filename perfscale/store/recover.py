@@ -140,11 +140,14 @@ def recovered_attempts(store: RunStore, table: pa.Table) -> list[Attempt]:
     """Attempt rows, read from their shards' footers, of finished tasks that have no `ok` row in `table`."""
     if not store.plan_path.exists():
         return []
-    ok_keys = pc.filter(table.column("task_key"), table.column("ok")).unique()
+    ok_keys = set(pc.filter(table.column("task_key"), table.column("ok")).unique().to_pylist())
     rows = []
     for stage, wanted in store.plan_keys.items():
-        listed = pa.array(sorted(store.listed_keys(stage) & wanted.keys()), pa.string())
-        for key in listed.filter(pc.invert(pc.is_in(listed, value_set=ok_keys))).to_pylist():
+        without_ok = [k for k in wanted if k not in ok_keys]
+        if not without_ok:
+            continue  # the usual case: no listing of the stage folder needed
+        listed = store.listed_keys(stage)
+        for key in sorted(k for k in without_ok if k in listed):
             footer, problem = check_shard(store.shard_path(stage, key), key, None)
             record = footer.attempt() if footer is not None and problem is None else None
             if record is not None:
