@@ -169,7 +169,7 @@ def reference(lm: training.LanguageModel, seed: int, samples: int) -> dict[tuple
     return {key: g.text for key, g in zip(keys, out, strict=True)}
 
 
-@pytest.mark.parametrize("engine", ["local", "parsl", "ray", "dask"])
+@pytest.mark.parametrize("engine", ["local", "parsl", "ray"])
 def test_an_infer_study_in_parts_on_two_workers(engine, lm, model_folder, write_study, study_dir, tmp_path):
     pd.DataFrame({"prompt": PROMPTS}).to_csv(study_dir / "prompts.csv", index=False)
     study = write_study(PROMPT_STUDY.format(model=model_folder))
