@@ -17,6 +17,7 @@ sequence-classification head, fine-tuned) beside mean, LR, random forest and XGB
 ROWS jobs (histories computed on the whole trace first), random and time-ordered splits, same features:
 
   PERFSCALE_SHARED_DATA=../shared/data python benchmarks/endstate.py --llm 2000 [--base-model smollm2]
+      [--epochs 8] [--splits random,time]
 
 Results: benchmarks/results/endstate-llm-<base model>-<ROWS>.json.
 """
@@ -82,12 +83,14 @@ def raw_logistic(table: pd.DataFrame) -> float:
     return float(class_scores(y[test], lr.predict_proba(x[test]), classes)["auc_macro"])
 
 
-def llm_beside_classical(table: pd.DataFrame, rows: int, base_model: str, epochs: int) -> None:
+def llm_beside_classical(
+    table: pd.DataFrame, rows: int, base_model: str, epochs: int, splits: list[str]
+) -> None:
     """AUC of every model, the LLM classifier included, on the same subset and splits."""
     llm = {"base_model": base_model, "epochs": epochs, "threads": max(1, (os.cpu_count() or 1) // 2)}
     models = {"mean": {}, "linear": {}, "random_forest": {}, "xgboost": {}, "llm_classifier": llm}
     out = []
-    for split in ("random", "time"):
+    for split in splits:
         for model, hyper in models.items():
             start = time.perf_counter()
             spec = FitSpec(**BASE, **HISTORY, model=model, hyperparameters=hyper, split=split, rows=rows)
@@ -123,10 +126,11 @@ def main() -> None:
     parser.add_argument("--llm", type=int, metavar="ROWS", help="the LLM classifier beside the others")
     parser.add_argument("--base-model", default="tiny", help="llm_classifier base_model: tiny, smollm2, ...")
     parser.add_argument("--epochs", type=int, default=8, help="llm_classifier fine-tuning epochs")
+    parser.add_argument("--splits", default="random,time", help="with --llm: random, time or both")
     args = parser.parse_args()
     table = pd.read_csv(DATA / "jobs" / "mira" / "data_mira.csv")
     if args.llm:
-        llm_beside_classical(table, args.llm, args.base_model, args.epochs)
+        llm_beside_classical(table, args.llm, args.base_model, args.epochs, args.splits.split(","))
         return
     rows = []
     for model in MODELS:
