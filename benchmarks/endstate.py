@@ -100,8 +100,8 @@ def llm_beside_classical(
                 {
                     "model": model,
                     "split": split,
-                    "auc_macro": float(first["auc_macro"]),
-                    "accuracy": float(first["accuracy"]),
+                    "auc_macro": round(float(first["auc_macro"]), 4),
+                    "accuracy": round(float(first["accuracy"]), 4),
                     "train_rows": int(first["train_rows"]),
                     "test_rows": int(first["test_rows"]),
                     "seconds": round(time.perf_counter() - start, 1),
