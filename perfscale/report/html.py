@@ -318,12 +318,13 @@ def _direct_regressors(store: RunStore, targets: list[str], predict_params: dict
         if task.kind != "fit_predict":
             continue
         df = store.read_stage(stage, provenance=False).to_pandas()
-        if df.empty or "split" not in df:
+        part = df[df["split"] == "given"] if "split" in df else df.iloc[:0]
+        if part.empty:
             continue
-        source = store.read_stage(task.params["source"], provenance=False).to_pandas()
+        choose = predict_params.get("choose")
+        source = store.read_stage(task.params["source"], provenance=False).to_pandas() if choose else None
         for target in targets:
-            part = df[df["split"] == "given"]
-            if f"mae_{target}" not in part or part.empty:
+            if f"mae_{target}" not in part:
                 continue
             for model, m in part.groupby("model"):
                 first = m.iloc[0]
@@ -334,8 +335,7 @@ def _direct_regressors(store: RunStore, targets: list[str], predict_params: dict
                     "mae": float(first[f"mae_{target}"]),
                     "r2": float(first[f"r2_{target}"]),
                 }
-                choose = predict_params.get("choose")
-                if choose and predict_params.get("target") == target:
+                if source is not None and predict_params.get("target") == target:
                     config = source.iloc[m["row"].to_numpy()]
                     hits = choice_hits(
                         config,
