@@ -3,7 +3,7 @@ built here (float32, CPU): per-prompt seeds make outputs independent of batch si
 parts and worker count; models load once per worker process; bad input gives named errors.
 
 For real: the engine on a tiny GPT-2 and a GReaT model trained in a study; `infer` studies on the local
-process pool, Parsl (HTEX, LocalProvider) and a local Ray session.
+process pool, Parsl (HTEX, LocalProvider), a local Ray session and a Dask LocalCluster.
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def reference(lm: training.LanguageModel, seed: int, samples: int) -> dict[tuple
     return {key: g.text for key, g in zip(keys, out, strict=True)}
 
 
-@pytest.mark.parametrize("engine", ["local", "parsl", "ray"])
+@pytest.mark.parametrize("engine", ["local", "parsl", "ray", "dask"])
 def test_an_infer_study_in_parts_on_two_workers(engine, lm, model_folder, write_study, study_dir, tmp_path):
     pd.DataFrame({"prompt": PROMPTS}).to_csv(study_dir / "prompts.csv", index=False)
     study = write_study(PROMPT_STUDY.format(model=model_folder))
