@@ -52,9 +52,13 @@ except ImportError:  # pragma: no cover  (tests/ not a package: it is on sys.pat
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    """One local Ray session for the module; the engines of the tests find it running and reuse it."""
-    engine = make_engine("ray", load_site("local"), Path("."), workers=2)
+def ray_session(tmp_path_factory):
+    """One local Ray session for the module, with 4 declared GPUs (there are none: Ray only counts them); the
+    engines of the tests find it running and reuse it."""
+    from tests.test_gpus import gpu_site
+
+    site = gpu_site(tmp_path_factory.mktemp("ray"), engine="ray")
+    engine = make_engine("ray", site, Path("."), workers=2)
     engine.start()
     yield engine
     engine.shutdown()
@@ -71,10 +75,12 @@ def engine(request):
 
 
 def test_gpu_tasks_are_bound_apart(write_study, tmp_path, engine):
-    """A 4-GPU site (declared; no GPU here): concurrent tasks see disjoint ids (tests/test_gpus.py)."""
+    """A 4-GPU site (declared; no GPU here): concurrent tasks see disjoint ids (tests/test_gpus.py). Dask:
+    worker resources GPU=1 and each worker pinned at its start; Ray: num_gpus=1, Ray's ids."""
     from tests.test_gpus import run_gpu_study
 
-    run_gpu_study(write_study, tmp_path, engine, "nvidia" if engine == "ray" else "amd", 1, 4, 0.3)
+    vendor = "nvidia" if engine == "ray" else "amd"
+    run_gpu_study(write_study, tmp_path, engine, vendor, 1, 6, 0.2, cpu=engine == "ray")
 
 
 def test_study_runs_and_reruns_nothing(write_study, tmp_path, engine):
