@@ -216,7 +216,11 @@ def test_dask_cluster_config_for_quartz_field_by_field(tmp_path):
     with pytest.raises(SpecError, match="walltime 01:00:00 requested, the limit is 00:30:00"):
         dask_cluster_config(quartz, partition="pdebug", walltime_s=3600)
     # GPU nodes (corona: 8 MI50 per node) ask Slurm for their GPUs, so tasks can use them
-    assert dask_cluster_config(load_site("corona"))["job_extra_directives"] == ["--gpus-per-node=8"]
+    corona = dask_cluster_config(load_site("corona"))
+    assert corona["job_extra_directives"] == ["--gpus-per-node=8"] and "worker_extra_args" not in corona
+    # a stage of 2-GPU tasks: 4 workers a job (8 GPUs in pairs), each with the resource GPU=2
+    pairs = dask_cluster_config(load_site("corona"), task_gpus=2)
+    assert pairs["processes"] == 4 and pairs["worker_extra_args"] == ["--resources", "GPU=2"]
 
 
 def test_slurm_job_script_has_the_right_sbatch_lines(tmp_path):
