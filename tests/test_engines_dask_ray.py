@@ -80,7 +80,9 @@ def test_gpu_tasks_are_bound_apart(write_study, tmp_path, engine):
     from tests.test_gpus import run_gpu_study
 
     vendor = "nvidia" if engine == "ray" else "amd"
-    run_gpu_study(write_study, tmp_path, engine, vendor, 1, 6, 0.2, cpu=engine == "ray")
+    # Dask: 6 tasks on 2 pinned workers, each reused for 3 tasks on its one id
+    workers = 2 if engine == "dask" else 4
+    run_gpu_study(write_study, tmp_path, engine, vendor, 1, 6, 0.2, cpu=engine == "ray", workers=workers)
 
 
 def test_study_runs_and_reruns_nothing(write_study, tmp_path, engine):

@@ -68,7 +68,15 @@ def check_bound(rows: list[dict], per_task: int, per_node: int, vendor: str) -> 
 
 
 def run_gpu_study(
-    write_study, tmp_path, engine: str, vendor: str, gpus: int, tasks: int, hold: float, cpu: bool = True
+    write_study,
+    tmp_path,
+    engine: str,
+    vendor: str,
+    gpus: int,
+    tasks: int,
+    hold: float,
+    cpu: bool = True,
+    workers: int = 4,
 ):
     """`tasks` tasks of `gpus` GPUs on a declared 4-GPU node, then (`cpu`) two tasks without GPUs. Parsl and
     Dask start a second engine for the CPU stage (engines that bind GPUs are built per stage shape): the
@@ -77,7 +85,7 @@ def run_gpu_study(
     xs = ", ".join(str(i) for i in range(tasks))
     study = write_study(GPU_STUDY.format(gpus=gpus, xs=xs, hold=hold) + (CPU_STAGE if cpu else ""))
     store = prepare_run(study, site, tmp_path / "run")
-    summary = run_plan(store, engine, workers=4, progress=False)
+    summary = run_plan(store, engine, workers=workers, progress=False)
     assert summary["bound"].done == tasks and (not cpu or summary["cpu"].done == 2)
     rows = store.read_stage("bound").to_pandas().to_dict("records")
     check_bound(rows, gpus, 4, vendor)
@@ -87,7 +95,7 @@ def run_gpu_study(
     if engine in ("parsl", "dask"):
         # workers pinned for life, one per group of `gpus` ids: a reused worker always sees the same GPUs
         assert all(len(seen) == 1 for seen in ids_of.values()), ids_of
-        assert len(ids_of) <= 4 // gpus
+        assert len(ids_of) <= min(workers, 4 // gpus) < tasks  # so workers ran several tasks each
     else:  # local and Ray run each GPU task in a fresh process
         assert len(ids_of) == tasks
     # tasks without GPUs on a GPU node see none: the variables are set, empty
