@@ -41,9 +41,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from perfscale.errors import FailureKind, TaskFailure
-from perfscale.gpus import GpuShortage, bound, gpu_binding
+from perfscale.gpus import GpuBinding, GpuShortage, bound
 from perfscale.plan.placement import site_of
 from perfscale.plan.planner import Task
+from perfscale.sched.base import scheduler_class
+from perfscale.spec.site import Site
 from perfscale.stages import StageContext, get_stage_kind
 from perfscale.store.attempt import Attempt, utcnow
 from perfscale.store.run import Provenance, RunStore
@@ -229,6 +231,15 @@ def execute_task(root: str | Path, index: int, first_attempt: int = 1) -> Outcom
                 _attempt_record(task, attempt, now, 0.0, False, exc.kind, 128 + exc.signum, outcome.message)
             )
         return outcome
+
+
+def gpu_binding(site: Site) -> GpuBinding | None:
+    """How tasks on the site's nodes are bound to GPUs (None: the site has none). The allocation is the job id
+    the site's scheduler sets in a job."""
+    if not site.gpus_per_node or site.gpu_vendor is None:
+        return None
+    job_env = scheduler_class(site.scheduler).job_id_env
+    return GpuBinding(site.gpu_vendor, site.gpus_per_node, os.environ.get(job_env) if job_env else None)
 
 
 def execute_bundle(root: str | Path, items: list[tuple[int, int]]) -> list[Outcome]:

@@ -31,10 +31,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
-
-if TYPE_CHECKING:
-    from perfscale.spec.site import Site
+from typing import Generic, Protocol, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -188,17 +185,6 @@ class WorkerPin:
     def release(self) -> None:
         os.environ.pop(ASSIGNED_ENV, None)
         self._claim.__exit__(None, None, None)
-
-
-def gpu_binding(site: Site) -> GpuBinding | None:
-    """How tasks on the site's nodes are bound to GPUs (None: the site has none). The allocation is the job id
-    the site's scheduler sets in a job."""
-    from perfscale.sched.base import scheduler_class
-
-    if not site.gpus_per_node or site.gpu_vendor is None:
-        return None
-    job_env = scheduler_class(site.scheduler).job_id_env
-    return GpuBinding(site.gpu_vendor, site.gpus_per_node, os.environ.get(job_env) if job_env else None)
 
 
 def worker_groups(per_node: int, count: int) -> list[str]:

@@ -159,7 +159,8 @@ def gpu_pin_plugin(site: Site, count: int) -> Any:
             self.site, self.count = site, count
 
         def setup(self, worker: Any) -> None:
-            from perfscale.gpus import WorkerPin, gpu_binding
+            from perfscale.execute import gpu_binding
+            from perfscale.gpus import WorkerPin
 
             binding = gpu_binding(self.site)
             if binding is not None:
