@@ -49,8 +49,8 @@ def cuda_loop(seconds: float) -> None:
 
 
 def hold_gpu(x: int, seconds: float) -> dict:
+    t0 = time.time()  # before torch's import: a reused worker (parsl, dask) has it loaded already
     import torch
-    t0 = time.time()
     seen = os.environ.get("CUDA_VISIBLE_DEVICES")
     name = bus = None
     if torch.cuda.is_available():
@@ -64,7 +64,7 @@ def hold_gpu(x: int, seconds: float) -> dict:
     else:
         time.sleep(seconds)
     return {"x": x, "cuda_visible_devices": seen, "device_name": name, "pci_bus_id": bus,
-            "t0": t0, "t1": time.time()}
+            "pid": os.getpid(), "t0": t0, "t1": time.time()}
 """
 
 STUDY = """\
