@@ -48,6 +48,9 @@ class FitPredictParams(StageParams):
     nan: Literal["error", "drop"] = "error"
     rows: int | None = Field(None, ge=10, description="a seeded subset of this many rows, after features")
     one_hot: list[str] = Field(default_factory=list, description="categorical inputs: a 0/1 feature a value")
+    classes: list[str] | None = Field(
+        None, min_length=2, description="keep only rows of these target classes (drop e.g. RUNNING), counted"
+    )
     save_model: bool = True
 
     @model_validator(mode="after")
