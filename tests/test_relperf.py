@@ -92,6 +92,10 @@ def test_refused_with_the_cause():
         profile_points([pd.DataFrame({"x": [1]})], Dropped())
     with pytest.raises(BadInput, match=r"a RAJAPerf table lacks columns \['kernel', 'machine'"):
         profile_points([pd.DataFrame({"time_per_rep_s": [1.0]})], Dropped())
+    # a profile without bytes per rep (NaN): refused, naming the feature (nothing is imputed)
+    holes = HAND.assign(bytes_per_rep=HAND["bytes_per_rep"].where(HAND["system"] != "Y"))
+    with pytest.raises(BadInput, match=r"features \['log_bytes_per_rep', 'flops_per_byte'\] have NaN"):
+        rpv_table(holes, base="X")
 
 
 def test_points_from_rajaperf_rows():
