@@ -70,6 +70,11 @@ class FitPredictParams(StageParams):
             raise ValueError("calendar and history_by need time_column")
         if self.history_outcome and not self.history_by:
             raise ValueError("history_outcome needs history_by (the user or project column)")
+        if self.history_outcome and not self.end_columns:
+            raise ValueError(
+                "history_outcome needs end_columns (when each job ended): counting earlier jobs' outcomes by "
+                "submit time would let a job see the end state of jobs still queued or running"
+            )
         return self
 
     def plan_check(self, check: PlanCheck) -> None:
