@@ -29,6 +29,7 @@ from perfscale.plan.placement import check_run_folder, placed, record_sites, sit
 from perfscale.plan.planner import Plan, Task, build_plan
 from perfscale.spec.site import Site
 from perfscale.store import space
+from perfscale.store.atomic import remove_dead_writers_temps
 from perfscale.store.attempt import Attempt
 from perfscale.store.lock import LOCK_NAME, run_lock
 from perfscale.store.run import RunStore
@@ -225,6 +226,12 @@ def run_plan(
                         s.failed += 1
                         s.failure_kinds[outcome.failure_kind or "?"] += 1
                     bars.update(bar, advance=1, failed=f"[red]{s.failed} failed" if s.failed else "")
+    except BaseException:
+        # a run that stops early (disk full, a signal, a broken engine) may have killed workers mid-write
+        removed = remove_dead_writers_temps(store.root)
+        if removed:
+            log.info("removed %d temp files of killed workers", removed)
+        raise
     finally:
         try:
             with disk_full_named(store.root):

@@ -231,9 +231,11 @@ stages:
       source: split
       generator: tabddpm
       hyperparameters:
-        {num_timesteps: 20, steps: 60, batch_size: 32, d_layers: [32, 32], dim_t: 16, threads: 1,
+        {num_timesteps: 20, steps: 400, batch_size: 32, d_layers: [32, 32], dim_t: 16, threads: 1,
          checkpoint_every: 5}
 """
+# 400 steps: the kill lands after the first checkpoint (step 5) and long before the end, even on a loaded
+# machine (with 60 steps it sometimes landed after training had finished, and nothing was lost)
 
 
 def run_study(study: Path, run: Path) -> subprocess.Popen[str]:

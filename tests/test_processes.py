@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from perfscale.engines.guard import cap_logs
-from perfscale.runner import prepare_run, run_plan
+from perfscale.runner import AttemptLog, prepare_run, run_plan
 from perfscale.spec import load_site
 from perfscale.store import RunStore
 from perfscale.store.lock import LOCK_NAME, run_lock
@@ -371,6 +371,8 @@ def test_a_full_disk_at_the_attempts_flush_keeps_the_records(write_study, tmp_pa
         real_append(self, records)
 
     monkeypatch.setattr(RunStore, "append_attempts", append)
+    # every record reaches the run's last flush (a 2 s mid-run flush on a slow start would stop the run first)
+    monkeypatch.setattr(AttemptLog, "add", lambda self, records: self.buffer.extend(records))
     with pytest.raises(DiskFull, match=f"^disk full in {store.root}: free space and run again to resume"):
         run_plan(store, "local", workers=2, progress=False)
     attempts = RunStore(store.root).attempts()

@@ -130,3 +130,21 @@ def test_attempt_schema_is_the_dataclass():
         "node_lost",
     )
     assert Attempt.from_json(json.loads(json.dumps(lost.to_json()))) == lost
+
+
+def test_temp_files_of_dead_writers_are_removed_and_live_ones_kept(tmp_path: Path):
+    import subprocess
+
+    from perfscale.store.atomic import remove_dead_writers_temps
+
+    dead_pid = subprocess.Popen(["true"])  # a process that has ended and been reaped: its pid is free
+    dead_pid.wait()
+    shard = tmp_path / "stage" / "k.parquet"
+    shard.parent.mkdir()
+    dead = shard.with_name(f".{shard.name}.{dead_pid.pid}.0123abcd.tmp")
+    live = shard.with_name(f".{shard.name}.{os.getpid()}.0123abcd.tmp")
+    foreign = shard.with_name(".notes.tmp")  # not a name atomic writes make
+    for path in (dead, live, foreign):
+        path.write_bytes(b"half")
+    assert remove_dead_writers_temps(tmp_path) == 1
+    assert not dead.exists() and live.exists() and foreign.exists()

@@ -22,8 +22,12 @@ machine compiles a small shared-memory extension (about 30 s, cached in ~/.cache
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +95,7 @@ def config_problem(extra: dict[str, Any]) -> str | None:
         from deepspeed import __version__
         from deepspeed.runtime.config import DeepSpeedConfig
     except ImportError:
-        return "DeepSpeed is not installed; DS_BUILD_OPS=0 pip install 'perfscale[deepspeed]'"
+        return "DeepSpeed is not installed; DS_BUILD_OPS=0 pip install 'perfscale[llm]'"
     config = _Recording({**extra, "train_batch_size": 1, "train_micro_batch_size_per_gpu": 1})
     try:
         DeepSpeedConfig(config)
@@ -144,6 +148,22 @@ def engine_config(stage: int, batch_size: int, world: World, extra: dict[str, An
     }
 
 
+@contextlib.contextmanager
+def _this_interpreters_ninja() -> Iterator[None]:
+    """The interpreter's own bin folder first on PATH while DeepSpeed builds its shared-memory extension.
+
+    torch builds extensions with whichever `ninja` PATH finds, and rebuilds (about 100 s) whenever the cached
+    build was made by another ninja version: with the venv's ninja (a DeepSpeed dependency) and a system one
+    (Debian's ninja-build), runs with different PATHs kept rebuilding it. The venv's ninja is always there."""
+    old = os.environ.get("PATH", "")
+    here = str(Path(sys.executable).parent)
+    os.environ["PATH"] = os.pathsep.join([here, *(p for p in old.split(os.pathsep) if p != here)])
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = old
+
+
 class ZeroStepper:
     """The DeepSpeed engine around the model, perfscale's AdamW and schedule (see the module doc)."""
 
@@ -157,9 +177,10 @@ class ZeroStepper:
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(0.0, 1.0 - s / total))
         config = engine_config(stage, batch_size, world, extra)
         log.info("DeepSpeed ZeRO-%d engine on %d ranks: %s", stage, world.size, config)
-        self.engine, *_ = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=schedule, config=config
-        )
+        with _this_interpreters_ninja():
+            self.engine, *_ = deepspeed.initialize(
+                model=model, optimizer=optimizer, lr_scheduler=schedule, config=config
+            )
         self.model = self.engine
 
     def step(self, loss: Any) -> None:

@@ -23,6 +23,29 @@ def _temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_dead_writers_temps(folder: Path) -> int:
+    """Remove the temp files under `folder` whose writer process is gone (a worker killed mid-write leaves
+    its temp file: its `except` never ran). Files of live writers, and names not made here, are kept.
+    Returns how many were removed."""
+    removed = 0
+    for tmp in folder.rglob(".*.tmp"):
+        parts = tmp.name.rsplit(".", 3)  # ".NAME", pid, uuid, "tmp"
+        if len(parts) == 4 and parts[1].isdigit() and not _alive(int(parts[1])):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp)` then rename tmp onto `path`; the temp file is removed if writing fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
