@@ -163,3 +163,7 @@ def test_real_sacct_output_names_its_one_job_classes(tmp_path: Path) -> None:
     spec = FitSpec(**{**params, "classes": ["COMPLETED", "BOOT_FAIL"]}, model="mean")
     with pytest.raises(BadInput, match=r"classes \['BOOT_FAIL'\] do not occur in 'state'"):
         fit_predict(table, spec, 0)
+    numeric = FitSpec(**{**params, "targets": ["elapsed_s"], "classes": ["1", "2"]}, model="mean",
+                      allow_post_submit_features=True)  # fmt: skip
+    with pytest.raises(BadInput, match=r"targets \['elapsed_s'\] are not one class column"):
+        fit_predict(table, numeric, 0)

@@ -104,8 +104,8 @@ def keep_classes(table: pd.DataFrame, targets: list[str], classes: list[str]) ->
     """Only the rows whose (single) target is one of `classes`; the others are dropped and counted (sacct's
     RUNNING, PENDING or REQUEUED records have no end state yet). Before any feature: a dropped job is not in
     the history of later jobs either."""
-    if len(targets) != 1:
-        raise BadInput(f"classes filters one class target; targets are {targets}")
+    if len(targets) != 1 or not is_categorical(table[targets[0]]):
+        raise BadInput(f"classes filters one class target; targets {targets} are not one class column")
     labels = table[targets[0]].astype(str)
     absent = sorted(set(classes) - set(labels))
     if absent:
