@@ -1,8 +1,9 @@
 """workflows/endstate.yaml with a sacct source: Slurm's end states (COMPLETED, FAILED, CANCELLED, TIMEOUT,
 OUT_OF_MEMORY, NODE_FAIL) through the same ingest -> fit_predict -> report as the Mira trace.
 
-Two sources: the real sacct output of tests/data/sacct (captured on a one-node Slurm; too few jobs to model,
-and its rarer classes have one job each, which is refused with the classes named), and a 300-job export
+Three sources: the real sacct output of tests/data/sacct (captured on a one-node Slurm; its rarer classes
+have one job each, which is refused with the classes named), real sacct output of a 33-job mixed workload
+on the localhost Slurm (tests/data/sacct-endstate: four classes), and a 300-job export
 written here line by line in sacct's documented `--parsable2 --noconvert` format (SACCT_FIELDS, UTC
 times), whose end states depend on the user, the requested walltime and memory, as they do on real clusters.
 """
@@ -167,3 +168,25 @@ def test_real_sacct_output_names_its_one_job_classes(tmp_path: Path) -> None:
                       allow_post_submit_features=True)  # fmt: skip
     with pytest.raises(BadInput, match=r"targets \['elapsed_s'\] are not one class column"):
         fit_predict(table, numeric, 0)
+
+
+def test_endstate_workflow_on_real_local_slurm_output(tmp_path: Path) -> None:
+    """Real sacct output of 33 jobs on the localhost Slurm (tests/data/sacct-endstate: COMPLETED, FAILED,
+    TIMEOUT, CANCELLED) through the same workflow: every model x split x resampling runs on it."""
+    source = Path(__file__).parent / "data" / "sacct-endstate" / "endstate-mixed-allocations.txt"
+    study = sacct_study(tmp_path, source, ["mean", "xgboost"])
+    text = yaml.safe_load(study.read_text())
+    four = ["COMPLETED", "FAILED", "TIMEOUT", "CANCELLED"]
+    text["stages"]["fit"]["params"]["classes"] = four
+    study.write_text(yaml.safe_dump(text, sort_keys=False))
+    store = prepare_run(study, load_site("local"), tmp_path / "r")
+    summary = run_plan(store, "local", workers=2, progress=False)
+    assert {s: (v.done, v.failed) for s, v in summary.items()} == {"trace": (1, 0), "fit": (6, 0)}
+    out = store.read_stage("fit", provenance=False).to_pandas()
+    for (_, split, _), part in out.groupby(["model", "split", "resample"]):
+        assert set(part["truth_label"]) == set(four), split  # each split tests every class
+        assert len(part) == 9 and (part["train_rows"] == 24).all()
+    auc = out.groupby(["model", "split", "resample"])["auc_macro"].first()
+    # each kind of job asked for its own walltime and memory, so the classes are separable: a check that the
+    # features reach the model, not a measure of skill
+    assert (auc.loc["mean"] == 0.5).all() and (auc.loc["xgboost"] > 0.9).all(), auc
