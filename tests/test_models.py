@@ -157,6 +157,10 @@ def test_history_that_would_look_into_the_future_is_refused(block: pd.DataFrame)
     bad = block.iloc[:20].assign(wait_time=-(10**7))
     with pytest.raises(FutureHistory, match="before the submit time"):
         history_features(bad, ["user"], "submit_time", END, "new_status")
+    with pytest.raises(ValidationError, match="history_outcome needs end_columns"):  # at plan time
+        FitPredictParams(source="t", targets=["new_status"], features=FEATURES, model="mean",
+                         time_column="submit_time", history_by=["user"],
+                         history_outcome="new_status")  # fmt: skip
 
 
 def test_smotetomek_changes_training_rows_never_test_rows(block: pd.DataFrame) -> None:
