@@ -32,7 +32,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
@@ -52,9 +54,49 @@ LLM = {
 LLM_BATCH, LLM_TOKENS = 64, 96
 
 
-def great_worker(steps: int, threads: int, out: Path) -> None:
+def time_steps(step: Callable[[], None], model: Any, world: int, steps: int) -> tuple[float, float, float]:
+    """(seconds per step, the same without the gradient all-reduce (DDP `no_sync`), rank 0's CPU share over
+    the timed steps): each after one warm-up step, between barriers."""
     import contextlib
 
+    import torch
+
+    cpu: list[float] = []
+
+    def timed(sync: bool) -> float:
+        quiet = contextlib.nullcontext() if sync or world == 1 else model.no_sync()
+        with quiet:
+            step()  # warm-up
+            torch.distributed.barrier()
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(steps):
+                step()
+            torch.distributed.barrier()
+            wall = time.perf_counter() - t0
+            cpu.append((time.process_time() - c0) / wall)
+            return wall / steps
+
+    with_sync = timed(True)
+    without = timed(False) if world > 1 else with_sync
+    return with_sync, without, cpu[0]
+
+
+def write_run(out: Path, world: int, timing: tuple[float, float, float], batch: int, parameters: int) -> None:
+    with_sync, without, cpu_share = timing
+    run = {
+        "ranks": world,
+        "step_s": with_sync,
+        "step_s_no_allreduce": without,
+        "samples_per_s": batch / with_sync,
+        "allreduce_share": max(0.0, 1 - without / with_sync),
+        # rank 0's CPU time / wall time while timed: below 1, the rank waited for a core (or the all-reduce)
+        "rank0_cpu_share": cpu_share,
+        "parameters": parameters,
+    }
+    out.write_text(json.dumps(run))
+
+
+def great_worker(steps: int, threads: int, out: Path) -> None:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -76,43 +118,16 @@ def great_worker(steps: int, threads: int, out: Path) -> None:
         )
         lo, hi = batch_share(LLM_BATCH, s.rank, world_size)
         batch = (ids[lo:hi], torch.ones_like(ids[lo:hi]), ids[lo:hi])
-        cpu: list[float] = []
 
-        def timed(sync: bool) -> float:
-            ddp = stepper.model
-            quiet = contextlib.nullcontext() if sync or world_size == 1 else ddp.no_sync()
-            with quiet:
-                stepper.step(share_loss(ddp, batch, world)[0])  # warm-up
-                torch.distributed.barrier()
-                t0, c0 = time.perf_counter(), time.process_time()
-                for _ in range(steps):
-                    stepper.step(share_loss(ddp, batch, world)[0])
-                torch.distributed.barrier()
-                wall = time.perf_counter() - t0
-                cpu.append((time.process_time() - c0) / wall)
-                return wall / steps
+        def step() -> None:
+            stepper.step(share_loss(stepper.model, batch, world)[0])
 
-        with_sync = timed(True)
-        without = timed(False) if world_size > 1 else with_sync
+        timing = time_steps(step, stepper.model, world_size, steps)
         if s.is_root:
-            out.write_text(
-                json.dumps(
-                    {
-                        "ranks": world_size,
-                        "step_s": with_sync,
-                        "step_s_no_allreduce": without,
-                        "samples_per_s": LLM_BATCH / with_sync,
-                        "allreduce_share": max(0.0, 1 - without / with_sync),
-                        "rank0_cpu_share": cpu[0],
-                        "parameters": sum(p.numel() for p in model.parameters()),
-                    }
-                )
-            )
+            write_run(out, world_size, timing, LLM_BATCH, sum(p.numel() for p in model.parameters()))
 
 
 def worker(steps: int, threads: int, out: Path) -> None:
-    import contextlib
-
     import torch
 
     from perfscale.distributed import session
@@ -148,39 +163,9 @@ def worker(steps: int, threads: int, out: Path) -> None:
         def step() -> None:
             train_step(model, diffusion, optimizer, x_num[lo:hi], x_cat[lo:hi], noise, 1e-4, part, world)  # type: ignore[arg-type]
 
-        cpu: list[float] = []
-
-        def timed(sync: bool) -> float:
-            quiet = contextlib.nullcontext() if sync or world == 1 else model.no_sync()  # type: ignore[operator]
-            with quiet:
-                step()  # warm-up
-                torch.distributed.barrier()
-                t0, c0 = time.perf_counter(), time.process_time()
-                for _ in range(steps):
-                    step()
-                torch.distributed.barrier()
-                wall = time.perf_counter() - t0
-                cpu.append((time.process_time() - c0) / wall)
-                return wall / steps
-
-        with_sync = timed(True)
-        without = timed(False) if world > 1 else with_sync
+        timing = time_steps(step, model, world, steps)
         if s.is_root:
-            out.write_text(
-                json.dumps(
-                    {
-                        "ranks": world,
-                        "step_s": with_sync,
-                        "step_s_no_allreduce": without,
-                        "samples_per_s": BATCH / with_sync,
-                        "allreduce_share": max(0.0, 1 - without / with_sync),
-                        # rank 0's CPU time / wall time while timed: below 1, the rank waited for a core
-                        # (or for the all-reduce)
-                        "rank0_cpu_share": cpu[0],
-                        "parameters": sum(p.numel() for p in denoiser.parameters()),
-                    }
-                )
-            )
+            write_run(out, world, timing, BATCH, sum(p.numel() for p in denoiser.parameters()))
 
 
 def derive(runs: list[dict[str, float]]) -> None:

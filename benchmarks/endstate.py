@@ -11,10 +11,20 @@ one-vs-rest AUC on the test rows:
   PERFSCALE_SHARED_DATA=../shared/data python benchmarks/endstate.py
 
 Results: benchmarks/results/endstate.json with the machine description.
+
+With `--llm ROWS` it instead sets the LLM classifier (`llm_classifier`: rows as text, a causal LM with a
+sequence-classification head, fine-tuned) beside mean, LR, random forest and XGBoost on one seeded subset of
+ROWS jobs (histories computed on the whole trace first), random and time-ordered splits, same features:
+
+  PERFSCALE_SHARED_DATA=../shared/data python benchmarks/endstate.py --llm 2000 [--base-model smollm2]
+      [--epochs 8] [--splits random,time]
+
+Results: benchmarks/results/endstate-llm-<base model>-<ROWS>.json.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -73,8 +83,55 @@ def raw_logistic(table: pd.DataFrame) -> float:
     return float(class_scores(y[test], lr.predict_proba(x[test]), classes)["auc_macro"])
 
 
+def llm_beside_classical(
+    table: pd.DataFrame, rows: int, base_model: str, epochs: int, splits: list[str]
+) -> None:
+    """AUC of every model, the LLM classifier included, on the same subset and splits."""
+    llm = {"base_model": base_model, "epochs": epochs, "threads": max(1, (os.cpu_count() or 1) // 2)}
+    models = {"mean": {}, "linear": {}, "random_forest": {}, "xgboost": {}, "llm_classifier": llm}
+    out = []
+    for split in splits:
+        for model, hyper in models.items():
+            start = time.perf_counter()
+            spec = FitSpec(**BASE, **HISTORY, model=model, hyperparameters=hyper, split=split, rows=rows)
+            scored = fit_predict(table, spec, SEED)
+            first = scored.iloc[0]
+            out.append(
+                {
+                    "model": model,
+                    "split": split,
+                    "auc_macro": round(float(first["auc_macro"]), 4),
+                    "accuracy": round(float(first["accuracy"]), 4),
+                    "train_rows": int(first["train_rows"]),
+                    "test_rows": int(first["test_rows"]),
+                    "seconds": round(time.perf_counter() - start, 1),
+                }
+            )
+            print(*out[-1].values(), sep="\t", flush=True)
+    result = {
+        "data": f"ALCF Mira, a seeded subset of {rows} of 22,508 jobs (histories from the whole trace)",
+        "seed": SEED,
+        "test_fraction": 0.25,
+        "llm_classifier": llm,
+        "rows": out,
+        "machine": describe(),
+    }
+    name = f"endstate-llm-{Path(base_model).name}-{rows}.json"
+    print(write_results(Path(__file__).parent / "results" / name, result))
+
+
 def main() -> None:
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
+    parser.add_argument("--llm", type=int, metavar="ROWS", help="the LLM classifier beside the others")
+    parser.add_argument("--base-model", default="tiny", help="llm_classifier base_model: tiny, smollm2, ...")
+    parser.add_argument("--epochs", type=int, default=8, help="llm_classifier fine-tuning epochs")
+    parser.add_argument("--splits", default="random,time", help="with --llm: random, time or both")
+    args = parser.parse_args()
     table = pd.read_csv(DATA / "jobs" / "mira" / "data_mira.csv")
+    if args.llm:
+        llm_beside_classical(table, args.llm, args.base_model, args.epochs, args.splits.split(","))
+        return
     rows = []
     for model in MODELS:
         for history in (True, False):

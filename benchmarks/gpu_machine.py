@@ -1,8 +1,9 @@
 """The GPU-machine check of issue 17: one script, under 10 minutes, for a node with NVIDIA GPUs.
 
-    .venv/bin/python benchmarks/gpu_machine.py [--out DIR] [--gpus N]
+    .venv/bin/python benchmarks/gpu_machine.py [--out DIR] [--gpus N] [--engine local|parsl|dask|ray]
 
-It writes a site file for this node (`gpus_per_node` from nvidia-smi, vendor nvidia, local engine) and a
+It writes a site file for this node (`gpus_per_node` from nvidia-smi, vendor nvidia, the engine given:
+local by default; parsl, dask and ray check their own binding, docs/placement.md) and a
 study with three stages, runs it, and prints (and writes to DIR/gpu_machine.json, with the machine
 description) what happened:
 
@@ -48,8 +49,8 @@ def cuda_loop(seconds: float) -> None:
 
 
 def hold_gpu(x: int, seconds: float) -> dict:
+    t0 = time.time()  # before torch's import: a reused worker (parsl, dask) has it loaded already
     import torch
-    t0 = time.time()
     seen = os.environ.get("CUDA_VISIBLE_DEVICES")
     name = bus = None
     if torch.cuda.is_available():
@@ -63,7 +64,7 @@ def hold_gpu(x: int, seconds: float) -> dict:
     else:
         time.sleep(seconds)
     return {"x": x, "cuda_visible_devices": seen, "device_name": name, "pci_bus_id": bus,
-            "t0": t0, "t1": time.time()}
+            "pid": os.getpid(), "t0": t0, "t1": time.time()}
 """
 
 STUDY = """\
@@ -107,6 +108,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="folder for the run and the results")
     parser.add_argument("--gpus", type=int, default=None, help="declare this many GPUs (default: nvidia-smi)")
+    parser.add_argument("--engine", default="local", choices=["local", "parsl", "dask", "ray"])
     args = parser.parse_args()
     from machine import describe
 
@@ -124,13 +126,13 @@ def main() -> int:
     (out / "fns.py").write_text(FNS)
     site = out / "gpunode.yaml"
     site.write_text(
-        f"name: gpunode\nscheduler: none\nengine: local\ngpus_per_node: {gpus}\ngpu_vendor: nvidia\n"
+        f"name: gpunode\nscheduler: none\nengine: {args.engine}\ngpus_per_node: {gpus}\ngpu_vendor: nvidia\n"
         "max_workers: 4\n"
     )
     study = out / "study.yaml"
     study.write_text(STUDY.format(python=sys.executable))
     store = prepare_run(study, load_site(site), out / "run")
-    summary = run_plan(store, "local", workers=4, progress=False)
+    summary = run_plan(store, args.engine, workers=4, progress=False)
     profile = store.read_stage("profile").to_pandas().iloc[0]
     train = store.read_stage("train").to_pandas()
     bound = store.read_stage("bound").to_pandas().sort_values("x").to_dict("records")
@@ -138,6 +140,7 @@ def main() -> int:
     result = {
         "machine": describe(),
         "gpus_declared": gpus,
+        "engine": args.engine,
         "failed": {s: v.failed for s, v in summary.items() if v.failed},
         "profile": {
             c: (None if profile.get(c) != profile.get(c) else profile.get(c))

@@ -1,7 +1,10 @@
 """GPU binding: which GPUs a task sees, claimed from its node's pool and given back when the task ends.
 
-One mechanism on every engine and in array elements. `execute_task` runs each single-rank task inside
-`bound(binding, count)`, on the node where the task runs:
+`execute_task` runs each single-rank task inside `bound(binding, count)`, on the node where the task runs.
+Where the engine assigns GPUs itself it says so in PERFSCALE_GPUS_ASSIGNED (`ASSIGNED_ENV`), and the task
+takes those ids as they are: Parsl pins each worker with HTEX `available_accelerators`, Dask pins each
+worker at its start (`pin_worker`, a claim from the pool below held for the worker's life) and Ray assigns
+ids per task (`num_gpus`). Everywhere else (the local engine, array elements) the task claims its ids:
 
 - the node's pool is the GPUs the allocation gave this process (the vendor's visible-devices variable, set
   by Slurm, LSF, PBS or Flux when a job asks for GPUs), else ids 0 to `gpus_per_node - 1` of the site;
@@ -37,6 +40,7 @@ VISIBLE_ENV: dict[str, tuple[str, ...]] = {
     "nvidia": ("CUDA_VISIBLE_DEVICES",),
     "amd": ("ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES"),
 }
+ASSIGNED_ENV = "PERFSCALE_GPUS_ASSIGNED"  # ids the engine gave this worker or task (see bound)
 LOCKS_ENV = "PERFSCALE_GPU_LOCKS"  # the folder of the id locks (default: see lock_dir)
 WAIT_S = 0.2  # first pause between claims when the node's ids are all held (doubles up to 2 s)
 
@@ -134,16 +138,60 @@ def visible(binding: GpuBinding, ids: list[str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
+def assigned() -> list[str] | None:
+    """The GPU ids the engine assigned to this worker or task (None: it assigned none, the task claims)."""
+    given = os.environ.get(ASSIGNED_ENV)
+    return None if given is None else [i.strip() for i in given.split(",") if i.strip()]
+
+
+@contextmanager
+def engine_ids(binding: GpuBinding, count: int, ids: list[str]) -> Iterator[list[str]]:
+    """The engine's assignment, taken as it is: the engine keeps it apart from its other workers' (no claim:
+    a Dask worker holds the locks of its ids itself, and a second flock on them would wait for ever)."""
+    if count > len(ids):
+        raise GpuShortage(
+            f"the task asks for {count} GPUs; the engine assigned its worker {len(ids)} ({ids})"
+        )
+    yield ids[:count]
+
+
 @contextmanager
 def bound(binding: GpuBinding | None, count: int) -> Iterator[list[str]]:
-    """Claim `count` GPUs and make them the only ones visible (nothing to do on a site without GPUs)."""
+    """Claim `count` GPUs (or take the engine's, see `assigned`) and make them the only ones visible (nothing
+    to do on a site without GPUs)."""
     if binding is None:
         yield []
         return
-    with claim(binding, count) as ids, visible(binding, ids):
+    given = assigned()
+    ids_of = claim(binding, count) if given is None else engine_ids(binding, count, given)
+    with ids_of as ids, visible(binding, ids):
         if ids:
-            log.info("task bound to GPUs %s (%s)", ids, ",".join(binding.names))
+            how = "claimed" if given is None else "assigned by the engine"
+            log.info("task bound to GPUs %s (%s, %s)", ids, ",".join(binding.names), how)
         yield ids
+
+
+class WorkerPin:
+    """A worker's GPUs for its life (Dask: `pin_worker` at worker start): `count` ids claimed from the node's
+    pool, visible to every task of the worker and named in ASSIGNED_ENV. The locks go with the process."""
+
+    def __init__(self, binding: GpuBinding, count: int):
+        self._claim = claim(binding, count)
+        self.ids = self._claim.__enter__()
+        os.environ.update({name: ",".join(self.ids) for name in binding.names})
+        os.environ[ASSIGNED_ENV] = ",".join(self.ids)
+        log.info("worker %d pinned to GPUs %s (%s)", os.getpid(), self.ids, ",".join(binding.names))
+
+    def release(self) -> None:
+        os.environ.pop(ASSIGNED_ENV, None)
+        self._claim.__exit__(None, None, None)
+
+
+def worker_groups(per_node: int, count: int) -> list[str]:
+    """A node's GPU ids cut into one group of `count` per pinned worker (Parsl's available_accelerators):
+    4 GPUs in ones: ["0", "1", "2", "3"]; in twos: ["0,1", "2,3"]."""
+    ids = [str(i) for i in range(per_node)]
+    return [",".join(ids[i : i + count]) for i in range(0, per_node - count + 1, count)]
 
 
 class _Task(Protocol):

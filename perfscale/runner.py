@@ -19,7 +19,7 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from perfscale.bundles import Bundler
-from perfscale.engines import Engine, EngineStalled, make_engine
+from perfscale.engines import Engine, EngineStalled, engine_class, make_engine
 from perfscale.errors import FailureKind
 from perfscale.execute import Outcome, execute_bundle
 from perfscale.gpus import GpuAdmission
@@ -250,24 +250,29 @@ class _Engines:
 
     def __init__(self, store: RunStore, given: str | Engine | None, workers: int | None):
         self.store, self.given, self.workers = store, given, workers
-        self.key: tuple[str | None, str | None] | None = None
+        self.key: tuple[str | None, str | None, int] | None = None
         self.engine: Engine | None = None
         self.owned = False
 
     def of(self, task: Task) -> Engine:
         site = site_of(task.site, self.store.site, self.store.root)
-        key = (None if site is self.store.site else site.name, task.partition)
+        here = None if site is self.store.site else site.name
+        if here is None and task.partition is None and isinstance(self.given, Engine):
+            key: tuple[str | None, str | None, int] = (None, None, 0)
+            if key != self.key or self.engine is None:
+                self.close()
+                self.engine, self.owned, self.key = self.given, False, key
+            return self.engine
+        name = (self.given if isinstance(self.given, str) and here is None else None) or site.engine
+        # an engine that binds GPUs itself is built for its tasks' GPUs: one per stage shape
+        shape = task.gpus if site.gpus_per_node and engine_class(name).binds_gpus else 0
+        key = (here, task.partition, shape)
         if key != self.key or self.engine is None:
             self.close()
-            if key == (None, None) and isinstance(self.given, Engine):
-                self.engine, self.owned = self.given, False
-            else:
-                name = self.given if isinstance(self.given, str) and key[0] is None else None
-                where = placed(site, task.partition)
-                self.engine = make_engine(name or site.engine, where, self.store.root, self.workers)
-                self.engine.__enter__()
-                self.owned = True
-            self.key = key
+            where = placed(site, task.partition)
+            self.engine = make_engine(name, where, self.store.root, self.workers, shape)
+            self.engine.__enter__()
+            self.owned, self.key = True, key
         return self.engine
 
     def close(self, exc_type: type[BaseException] | None = None) -> None:

@@ -52,9 +52,13 @@ except ImportError:  # pragma: no cover  (tests/ not a package: it is on sys.pat
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    """One local Ray session for the module; the engines of the tests find it running and reuse it."""
-    engine = make_engine("ray", load_site("local"), Path("."), workers=2)
+def ray_session(tmp_path_factory):
+    """One local Ray session for the module, with 4 declared GPUs (there are none: Ray only counts them); the
+    engines of the tests find it running and reuse it."""
+    from tests.test_gpus import gpu_site
+
+    site = gpu_site(tmp_path_factory.mktemp("ray"), engine="ray")
+    engine = make_engine("ray", site, Path("."), workers=2)
     engine.start()
     yield engine
     engine.shutdown()
@@ -71,10 +75,14 @@ def engine(request):
 
 
 def test_gpu_tasks_are_bound_apart(write_study, tmp_path, engine):
-    """A 4-GPU site (declared; no GPU here): concurrent tasks see disjoint ids (tests/test_gpus.py)."""
+    """A 4-GPU site (declared; no GPU here): concurrent tasks see disjoint ids (tests/test_gpus.py). Dask:
+    worker resources GPU=1 and each worker pinned at its start; Ray: num_gpus=1, Ray's ids."""
     from tests.test_gpus import run_gpu_study
 
-    run_gpu_study(write_study, tmp_path, engine, "nvidia" if engine == "ray" else "amd", 1, 4, 0.3)
+    vendor = "nvidia" if engine == "ray" else "amd"
+    # Dask: 6 tasks on 2 pinned workers, each reused for 3 tasks on its one id
+    workers = 2 if engine == "dask" else 4
+    run_gpu_study(write_study, tmp_path, engine, vendor, 1, 6, 0.2, cpu=engine == "ray", workers=workers)
 
 
 def test_study_runs_and_reruns_nothing(write_study, tmp_path, engine):
@@ -210,7 +218,11 @@ def test_dask_cluster_config_for_quartz_field_by_field(tmp_path):
     with pytest.raises(SpecError, match="walltime 01:00:00 requested, the limit is 00:30:00"):
         dask_cluster_config(quartz, partition="pdebug", walltime_s=3600)
     # GPU nodes (corona: 8 MI50 per node) ask Slurm for their GPUs, so tasks can use them
-    assert dask_cluster_config(load_site("corona"))["job_extra_directives"] == ["--gpus-per-node=8"]
+    corona = dask_cluster_config(load_site("corona"))
+    assert corona["job_extra_directives"] == ["--gpus-per-node=8"] and "worker_extra_args" not in corona
+    # a stage of 2-GPU tasks: 4 workers a job (8 GPUs in pairs), each with the resource GPU=2
+    pairs = dask_cluster_config(load_site("corona"), task_gpus=2)
+    assert pairs["processes"] == 4 and pairs["worker_extra_args"] == ["--resources", "GPU=2"]
 
 
 def test_slurm_job_script_has_the_right_sbatch_lines(tmp_path):

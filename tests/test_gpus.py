@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from perfscale.errors import SpecError
-from perfscale.gpus import GpuAdmission, GpuBinding, GpuShortage, bound, claim
+from perfscale.gpus import ASSIGNED_ENV, GpuAdmission, GpuBinding, GpuShortage, bound, claim, worker_groups
 from perfscale.runner import prepare_run, run_plan
 from perfscale.spec.site import Site, load_site
 
@@ -31,11 +31,13 @@ stages:
     resources: {{gpus: {gpus}}}
     grid:
       product: {{x: [{xs}]}}
+"""
+CPU_STAGE = """\
   cpu:
     kind: function
-    params: {{callable: "fns.py:gpus_seen", hold: 0.0}}
+    params: {callable: "fns.py:gpus_seen", hold: 0.0}
     grid:
-      product: {{x: [1, 2]}}
+      product: {x: [1, 2]}
 """
 
 
@@ -52,8 +54,10 @@ def check_bound(rows: list[dict], per_task: int, per_node: int, vendor: str) -> 
     """Exactly `per_task` ids each, within the node's, and disjoint between tasks that overlapped."""
     for row in rows:
         seen = row["cuda"] if vendor == "nvidia" else row["rocr"]
-        if vendor == "amd":
-            assert row["hip"] == row["rocr"] and row["cuda"] is None
+        if (
+            vendor == "amd"
+        ):  # Parsl's pinned workers also set CUDA_VISIBLE_DEVICES, to the same ids (HIP reads it)
+            assert row["hip"] == row["rocr"] and row["cuda"] in (None, row["rocr"])
         ids = {int(i) for i in seen.split(",")}
         assert len(ids) == per_task and ids <= set(range(per_node)), row
         row["ids"] = ids
@@ -63,17 +67,39 @@ def check_bound(rows: list[dict], per_task: int, per_node: int, vendor: str) -> 
                 assert not a["ids"] & b["ids"], (a, b)
 
 
-def run_gpu_study(write_study, tmp_path, engine: str, vendor: str, gpus: int, tasks: int, hold: float):
+def run_gpu_study(
+    write_study,
+    tmp_path,
+    engine: str,
+    vendor: str,
+    gpus: int,
+    tasks: int,
+    hold: float,
+    cpu: bool = True,
+    workers: int = 4,
+):
+    """`tasks` tasks of `gpus` GPUs on a declared 4-GPU node, then (`cpu`) two tasks without GPUs. Parsl and
+    Dask start a second engine for the CPU stage (engines that bind GPUs are built per stage shape): the
+    tests of those engines leave it out, the local and Ray tests keep it."""
     site = gpu_site(tmp_path, vendor, engine)
     xs = ", ".join(str(i) for i in range(tasks))
-    study = write_study(GPU_STUDY.format(gpus=gpus, xs=xs, hold=hold))
+    study = write_study(GPU_STUDY.format(gpus=gpus, xs=xs, hold=hold) + (CPU_STAGE if cpu else ""))
     store = prepare_run(study, site, tmp_path / "run")
-    summary = run_plan(store, engine, workers=4, progress=False)
-    assert summary["bound"].done == tasks and summary["cpu"].done == 2
+    summary = run_plan(store, engine, workers=workers, progress=False)
+    assert summary["bound"].done == tasks and (not cpu or summary["cpu"].done == 2)
     rows = store.read_stage("bound").to_pandas().to_dict("records")
     check_bound(rows, gpus, 4, vendor)
+    ids_of: dict[int, set[frozenset[int]]] = {}
+    for row in rows:
+        ids_of.setdefault(row["pid"], set()).add(frozenset(row["ids"]))
+    if engine in ("parsl", "dask"):
+        # workers pinned for life, one per group of `gpus` ids: a reused worker always sees the same GPUs
+        assert all(len(seen) == 1 for seen in ids_of.values()), ids_of
+        assert len(ids_of) <= min(workers, 4 // gpus) < tasks  # so workers ran several tasks each
+    else:  # local and Ray run each GPU task in a fresh process
+        assert len(ids_of) == tasks
     # tasks without GPUs on a GPU node see none: the variables are set, empty
-    for row in store.read_stage("cpu").to_pandas().to_dict("records"):
+    for row in store.read_stage("cpu").to_pandas().to_dict("records") if cpu else []:
         assert row["rocr" if vendor == "amd" else "cuda"] == ""
     return rows
 
@@ -87,8 +113,10 @@ def test_local_engine_binds_tasks_apart_and_reuses_ids(write_study, tmp_path):
     assert len({r["pid"] for r in rows}) == 6  # a fresh worker process per task on a GPU site
 
 
-def test_parsl_engine_binds_amd_tasks_apart(write_study, tmp_path):
-    run_gpu_study(write_study, tmp_path, "parsl", "amd", gpus=1, tasks=4, hold=0.3)
+def test_parsl_engine_pins_workers_to_amd_gpu_pairs(write_study, tmp_path):
+    # available_accelerators ["0,1", "2,3"]: two workers, each on its pair for life, 4 tasks on them
+    rows = run_gpu_study(write_study, tmp_path, "parsl", "amd", gpus=2, tasks=4, hold=0.2, cpu=False)
+    assert {frozenset(r["ids"]) for r in rows} <= {frozenset({0, 1}), frozenset({2, 3})}
 
 
 # Dask and Ray: tests/test_engines_dask_ray.py (its Ray session is started once per module)
@@ -141,6 +169,22 @@ def test_allocation_mask_is_the_pool_and_variables_are_restored(tmp_path, monkey
         pass
     monkeypatch.delenv("PERFSCALE_GPU_LOCKS")
     assert binding.lock_dir().name == "1234"  # one pool per allocation on a shared node
+
+
+def test_an_engines_assignment_is_taken_as_it_is(tmp_path, monkeypatch):
+    """Ids the engine assigned (Parsl accelerator, Dask pin, Ray) are used without a claim: a Dask worker
+    holds their locks itself. Parsl's groups cut the node's ids per task size."""
+    monkeypatch.setenv("PERFSCALE_GPU_LOCKS", str(tmp_path / "locks"))
+    monkeypatch.setenv(ASSIGNED_ENV, "2,3")
+    binding = GpuBinding("nvidia", 4)
+    with claim(binding, 4) as held, bound(binding, 2) as ids:  # every lock is held elsewhere
+        assert (
+            held == ["0", "1", "2", "3"] and ids == ["2", "3"] and os.environ["CUDA_VISIBLE_DEVICES"] == "2,3"
+        )
+    with pytest.raises(GpuShortage, match="the engine assigned its worker 2"), bound(binding, 3):
+        pass
+    assert worker_groups(4, 1) == ["0", "1", "2", "3"] and worker_groups(4, 2) == ["0,1", "2,3"]
+    assert worker_groups(8, 3) == ["0,1,2", "3,4,5"]
 
 
 class T:

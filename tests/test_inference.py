@@ -3,7 +3,7 @@ built here (float32, CPU): per-prompt seeds make outputs independent of batch si
 parts and worker count; models load once per worker process; bad input gives named errors.
 
 For real: the engine on a tiny GPT-2 and a GReaT model trained in a study; `infer` studies on the local
-process pool, Parsl (HTEX, LocalProvider) and a local Ray session.
+process pool, Parsl (HTEX, LocalProvider), a local Ray session and a Dask LocalCluster.
 """
 
 from __future__ import annotations
@@ -96,13 +96,16 @@ def test_greedy_stop_strings_and_limits(lm):
             assert s.finish == "stop" and s.text == g.text[: g.text.index(word)]
         else:
             assert (s.finish, s.text) == (g.finish, g.text)
+    # stop strings that never appear: no error, the rows end as without them (EOS or max_new_tokens)
+    never = inference.generate(lm, prompts, [0] * 6, inference.Sampling(10, 0, stop=("\x00never", "\x01")))
+    assert [(n.finish, n.tokens) for n in never] == [(g.finish, g.tokens) for g in plain]
     # a prompt near the end of the 48-token context stops there
     long = [[lm.bos_id] + [lm.encode("a")[0]] * 44]
     (edge,) = inference.generate(lm, long, [0], inference.Sampling(10, 0))
     assert edge.finish in ("context", "eos") and edge.tokens_out <= 3
 
 
-def test_bad_input_is_named(lm, tmp_path):
+def test_bad_input_is_named(lm, model_folder, tmp_path):
     with pytest.raises(inference.PromptTooLong, match=r"prompt row 0 of x takes 60 tokens, more than the 47"):
         inference.generate(lm, [[lm.bos_id] * 60], [0], SAMPLING, names=["row 0 of x"])
     with pytest.raises(BadInput, match=r"max_new_tokens must be at least 1 .got 0"):
@@ -113,6 +116,19 @@ def test_bad_input_is_named(lm, tmp_path):
     (tmp_path / "broken" / "config.json").write_text("{not json")
     with pytest.raises(BadInput, match=r"broken/config.json is corrupted"):
         inference.cached_model(tmp_path / "broken", "model 'x'")
+    # corrupt weights are named; pickled weights alone are refused, not unpickled
+    import shutil
+
+    shutil.copytree(model_folder, tmp_path / "torn")
+    weights = tmp_path / "torn" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(BadInput, match=r"torn/model.safetensors is corrupted"):
+        inference.cached_model(tmp_path / "torn", "model 'x'")
+    weights.rename(tmp_path / "torn" / "pytorch_model.bin")
+    with pytest.raises(
+        BadInput, match=r"model.safetensors is missing .*found pytorch_model.bin, which is not read"
+    ):
+        inference.cached_model(tmp_path / "torn", "model 'x'")
 
 
 def test_the_model_cache_loads_once_per_folder_content(model_folder, tmp_path):
@@ -153,7 +169,7 @@ def reference(lm: training.LanguageModel, seed: int, samples: int) -> dict[tuple
     return {key: g.text for key, g in zip(keys, out, strict=True)}
 
 
-@pytest.mark.parametrize("engine", ["local", "parsl", "ray"])
+@pytest.mark.parametrize("engine", ["local", "parsl", "ray", "dask"])
 def test_an_infer_study_in_parts_on_two_workers(engine, lm, model_folder, write_study, study_dir, tmp_path):
     pd.DataFrame({"prompt": PROMPTS}).to_csv(study_dir / "prompts.csv", index=False)
     study = write_study(PROMPT_STUDY.format(model=model_folder))
@@ -178,9 +194,10 @@ def test_infer_bad_input_is_named_at_plan_time(write_study, tmp_path):
     from perfscale.plan import build_plan
     from perfscale.spec import load_study
 
-    bad = PROMPT_STUDY.format(model="x").replace("max_new_tokens: 8", "max_new_tokens: 0")
-    with pytest.raises(SpecError, match=r"max_new_tokens"):
-        build_plan(load_study(write_study(bad)), "study.yaml")
+    for n in (0, -3):
+        bad = PROMPT_STUDY.format(model="x").replace("max_new_tokens: 8", f"max_new_tokens: {n}")
+        with pytest.raises(SpecError, match=r"max_new_tokens"):
+            build_plan(load_study(write_study(bad)), "study.yaml")
     neither = PROMPT_STUDY.format(model="x").replace("prompt_column: prompt, ", "")
     with pytest.raises(SpecError, match=r"exactly one of prompt_column"):
         build_plan(load_study(write_study(neither, "b.yaml")), "b.yaml")
@@ -205,6 +222,11 @@ stages:
     inputs: [good]
     params: {{source: good, prompt_column: prompt, model: "{model}", max_new_tokens: 4, parts: 4}}
     grid: {{product: {{part: [0, 1, 2, 3]}}}}
+  empty: {{kind: ingest, params: {{kind: csv, source: empty.csv}}}}
+  gen_empty:
+    kind: infer
+    inputs: [empty]
+    params: {{source: empty, prompt_column: prompt, model: "{model}", max_new_tokens: 4}}
 """
 
 
@@ -214,17 +236,21 @@ def test_bad_tables_fail_with_no_shard_and_empty_parts_are_fine(
     pd.DataFrame({"question": ["a", "b"]}).to_csv(study_dir / "questions.csv", index=False)
     pd.DataFrame({"prompt": ["a", "b"]}).to_csv(study_dir / "prompts.csv", index=False)
     pd.DataFrame({"prompt": ["a", "1234567890" * 6]}).to_csv(study_dir / "long.csv", index=False)
+    (study_dir / "empty.csv").write_text("prompt\n")  # a header, no rows
     store = prepare_run(
         write_study(TWO_TABLES.format(model=model_folder)), load_site("local"), tmp_path / "r"
     )
     summary = run_plan(store, "local", workers=1, progress=False)
     assert (summary["gen_bad"].done, summary["gen_long"].done, summary["gen_thin"].done) == (0, 0, 4)
+    assert summary["gen_empty"].done == 0
     messages = store.attempts()["message"].dropna().tolist()
     assert any("infer.prompt_column: ['prompt'] not in the table of stage 'bad'" in m for m in messages)
     too_long = "prompt row 1 of stage 'long' takes 61 tokens, more than the 47 the model's 48-token context"
     assert any(too_long in m for m in messages), messages
     assert not list((store.root / "stages" / "gen_bad").glob("*.parquet"))
     assert not list((store.root / "stages" / "gen_long").glob("*.parquet"))
+    assert any("the prompt table of stage 'empty' has no rows" in m for m in messages), messages
+    assert not list((store.root / "stages" / "gen_empty").glob("*.parquet"))
     # 2 rows in 4 parts: two parts generate one row each, two are empty; the stage reads as one table
     thin = store.read_stage("gen_thin").to_pandas()
     assert sorted(thin["row"]) == [0, 1] and (thin["tokens_in"] >= 2).all()

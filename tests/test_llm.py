@@ -270,6 +270,10 @@ def test_impute_generates_the_missing_cells(fitted: GReaTGenerator, table: pd.Da
     pd.testing.assert_series_equal(out["threads"], table["threads"].iloc[:6], check_names=False)
     assert out.loc[:2, "petal length (cm)"].tolist() == table.loc[:2, "petal length (cm)"].tolist()
     assert 0 < fitted.last_valid_rate <= 1
+    # predict_by_generation's call: a category never seen in training is no condition, the row a fallback
+    known.loc[0, "species"], known.loc[3, "species"] = None, "unseen-species"
+    relaxed = fitted.impute(known, seed=SAMPLE_SEED, relax_unseen=True)
+    assert relaxed["petal length (cm)"].notna().all() and 3 in fitted.last_imputation.fallback_rows
 
 
 def test_save_load_gives_identical_samples(fitted: GReaTGenerator, tmp_path: Path) -> None:

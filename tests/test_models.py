@@ -157,6 +157,10 @@ def test_history_that_would_look_into_the_future_is_refused(block: pd.DataFrame)
     bad = block.iloc[:20].assign(wait_time=-(10**7))
     with pytest.raises(FutureHistory, match="before the submit time"):
         history_features(bad, ["user"], "submit_time", END, "new_status")
+    with pytest.raises(ValidationError, match="history_outcome needs end_columns"):  # at plan time
+        FitPredictParams(source="t", targets=["new_status"], features=FEATURES, model="mean",
+                         time_column="submit_time", history_by=["user"],
+                         history_outcome="new_status")  # fmt: skip
 
 
 def test_smotetomek_changes_training_rows_never_test_rows(block: pd.DataFrame) -> None:
@@ -347,3 +351,35 @@ def test_given_split_and_one_hot(block: pd.DataFrame) -> None:
         fit_predict(table, FitSpec(["run_time"], ["node_num"], "mean", split="given", one_hot=["queue"]), 0)
     with pytest.raises(PostSubmitFeature):
         fit_predict(table, FitSpec(["wall_time"], ["node_num"], "mean", split="given", one_hot=["state"]), 0)
+
+
+def test_choice_hits_pick_the_fastest_or_the_smallest_thread_count_meeting_the_bound():
+    from perfscale.models.scoring import choice_hits
+    from perfscale.stages.predict import PredictParams
+
+    # two configurations x threads 1, 2, 4, two repetitions each; config b has one thread count only
+    table = pd.DataFrame(
+        {
+            "kernel": ["a"] * 6 + ["b"] * 2,
+            "threads": [1, 1, 2, 2, 4, 4, 1, 1],
+        }
+    )
+    truth = np.array([0.9, 1.1, 0.5, 0.5, 0.3, 0.4, 1.0, 1.0])  # means a: 1.0, 0.5, 0.35
+    pred = np.array([1.0, 1.0, 0.7, 0.7, 0.8, 0.8, 2.0, 2.0])  # means a: 1.0, 0.7, 0.8
+    fastest = choice_hits(table, "threads", ["kernel"], truth, pred)
+    assert fastest[["kernel", "measured", "predicted", "hit"]].values.tolist() == [["a", 4, 2, False]]
+    # bound 0.75: measured 2 threads (0.5) is the smallest meeting it, predicted 2 threads (0.7) too
+    bounded = choice_hits(table, "threads", ["kernel"], truth, pred, bound=0.75)
+    assert bounded[["measured", "predicted", "hit"]].values.tolist() == [[2, 2, True]]
+    # a bound nobody meets falls back to the fastest
+    assert choice_hits(table, "threads", ["kernel"], truth, pred, bound=0.1)["measured"].tolist() == [4]
+    with pytest.raises(BadInput, match=r"choice columns \['size'\] are not in the table"):
+        choice_hits(table, "threads", ["size"], truth, pred)
+    # the question's params go together, checked when the study is planned
+    base = {"source": "split", "target": "wall_time_s"}
+    with pytest.raises(ValidationError, match="choose and group_by go together"):
+        PredictParams(**base, choose="threads")
+    with pytest.raises(ValidationError, match="time_bound needs choose"):
+        PredictParams(**base, time_bound=1.0)
+    with pytest.raises(ValidationError, match="also in group_by or the target"):
+        PredictParams(**base, choose="kernel", group_by=["kernel"])

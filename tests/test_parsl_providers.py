@@ -133,6 +133,11 @@ def test_config_and_pilot_walltime(tmp_path: Path):
     local = parsl_config(load_site("local"), tmp_path, workers=2)
     assert local.strategy == "none" and local.executors[0].address == "127.0.0.1"
     assert worker_init(load_site("local")) == f"export PATH={BIN}:$PATH"
+    assert htex.available_accelerators == []
+    # a stage of 2-GPU tasks on Lassen (4 V100 a node): two workers a node, each pinned to its pair for life
+    gpu = parsl_config(load_site("lassen"), tmp_path, workers=40, walltime_s=1800, task_gpus=2)
+    assert gpu.executors[0].available_accelerators == ["0,1", "2,3"]
+    assert gpu.executors[0].workers_per_node == 2
 
     study = Study.model_validate(
         {

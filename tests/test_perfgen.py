@@ -81,6 +81,9 @@ def test_perfgen_end_to_end(reduced_perfgen: Path, tmp_path: Path):
     predictions = store.read_stage("predict", provenance=False).to_pandas()
     assert len(predictions) == 3 * 6 and (predictions["target"] == "wall_time_s").all()
     assert (predictions["prediction"] > 0).all() and predictions["mse"].notna().all()
+    # the thread-count question: the holdout's configuration columns and the hit rate over its configurations
+    assert {"kernel", "size", "threads", "choice_hit_rate", "choice_groups"} <= set(predictions.columns)
+    assert predictions["choice_groups"].between(0, 4).all()
     # direct regressors on the same partition: trained on the 18 train rows, scored on the 6 holdout rows
     direct = store.read_stage("regress", provenance=False).to_pandas()
     assert direct.groupby("model").size().to_dict() == {"mean": 6, "xgboost": 6}
@@ -107,3 +110,4 @@ def test_perfgen_end_to_end(reduced_perfgen: Path, tmp_path: Path):
         assert title in page
     assert len(re.findall(r'src="data:image/png;base64,', page)) >= 5
     assert "xgboost (direct, regress)" in page and "gaussian_copula (generation)" in page
+    assert "choice_hit_rate: per configuration (kernel, size) the threads value" in page

@@ -92,6 +92,10 @@ def test_refused_with_the_cause():
         profile_points([pd.DataFrame({"x": [1]})], Dropped())
     with pytest.raises(BadInput, match=r"a RAJAPerf table lacks columns \['kernel', 'machine'"):
         profile_points([pd.DataFrame({"time_per_rep_s": [1.0]})], Dropped())
+    # a profile without bytes per rep (NaN): refused, naming the feature (nothing is imputed)
+    holes = HAND.assign(bytes_per_rep=HAND["bytes_per_rep"].where(HAND["system"] != "Y"))
+    with pytest.raises(BadInput, match=r"features \['log_bytes_per_rep', 'flops_per_byte'\] have NaN"):
+        rpv_table(holes, base="X")
 
 
 def test_points_from_rajaperf_rows():
@@ -198,7 +202,8 @@ def test_relperf_workflow_end_to_end(write_study, tmp_path: Path):
               source: fit
               model: xgboost
               split: group:kernel
-              machines: {{quartz_cpu: 4, lassen_gpu: 4, H100_gpu: 4}}
+              machines: [quartz_cpu, lassen_gpu, H100_gpu]
+              nodes: {{H100_gpu: 4}}   # quartz_cpu and lassen_gpu: their site files' nodes
               jobs: 300
               mean_interarrival: 20
         """
@@ -217,6 +222,10 @@ def test_relperf_workflow_end_to_end(write_study, tmp_path: Path):
     sim = store.read_stage("sim", provenance=False).to_pandas().set_index("policy")
     assert list(sim.index) == ["predicted", "true", "random"] and (sim["jobs"] == 300).all()
     assert sim.loc["true", "mean_runtime"] < sim.loc["random", "mean_runtime"]
+    nodes = {m: load_site(m.split("_")[0]).nodes for m in ("quartz_cpu", "lassen_gpu")}
+    assert nodes == {"quartz_cpu": 3018, "lassen_gpu": 795}
+    for m, n in {**nodes, "H100_gpu": 4}.items():
+        assert (sim[f"nodes_{m}"] == n).all()
     page = build_report(store).read_text()
     assert "mae_below_mean_pct" in page and "Scheduling simulation: sim" in page
     assert "section not drawn" not in page

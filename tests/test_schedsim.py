@@ -48,3 +48,43 @@ def test_policies():
         place_and_simulate(true, true, {"fast": 2, "slow": 2}, n_jobs=10, seed=1, max_nodes=3)
     with pytest.raises(BadInput, match=r"machines \['other'\] have no speed column"):
         place_and_simulate(true, true, {"fast": 2, "other": 2}, n_jobs=10, seed=1)
+
+
+def test_simulate_node_counts_come_from_site_files(tmp_path, monkeypatch):
+    """The `simulate` stage: a system's node count is its site file's `nodes` (quartz_cpu -> quartz.yaml);
+    only systems without a site file take one from `nodes`; every other mix is refused, naming the fix."""
+    from pydantic import ValidationError
+
+    from perfscale.spec import load_site
+    from perfscale.stages.simulate import SimulateParams, node_counts
+
+    quartz, lassen = load_site("quartz").nodes, load_site("lassen").nodes
+    assert (quartz, lassen) == (3018, 795)
+    assert node_counts(["quartz_cpu", "lassen_gpu", "H100_gpu"], {}, {"H100_gpu": 16}) == {
+        "quartz_cpu": quartz, "lassen_gpu": lassen, "H100_gpu": 16
+    }  # fmt: skip
+    assert node_counts(["cpu_side", "gpu_side"], {"cpu_side": "ruby", "gpu_side": "corona"}, {}) == {
+        "cpu_side": load_site("ruby").nodes, "gpu_side": load_site("corona").nodes
+    }  # fmt: skip
+    base = {"source": "fit", "model": "xgboost"}
+    refused = [
+        ({"machines": ["quartz_cpu", "H100_gpu"]}, r"H100_gpu: no site file named 'H100'.*add 'H100_gpu: N'"),
+        ({"machines": ["quartz_cpu", "H100_gpu"], "nodes": {"quartz_cpu": 8, "H100_gpu": 8}},
+         r"'quartz_cpu' has a site file .*quartz.yaml.*remove 'quartz_cpu' from nodes"),
+        ({"machines": ["quartz_cpu", "H100_gpu"], "nodes": {"H100_gpu": 8, "B200_gpu": 4}},
+         r"systems \['B200_gpu'\] that are not in machines"),
+        ({"machines": ["quartz_cpu", "H100_gpu"], "sites": {"H100_gpu": "nowhere"}},
+         r"H100_gpu -> 'nowhere', but no site file has that name"),
+        ({"machines": ["local_cpu", "H100_gpu"], "nodes": {"H100_gpu": 8}},
+         r"site file .*local.yaml has no `nodes`.*add it there"),
+    ]  # fmt: skip
+    for params, message in refused:
+        with pytest.raises(ValidationError, match=message):
+            SimulateParams(**base, **params)
+    # a site on $PERFSCALE_SITE_PATH counts like a shipped one
+    (tmp_path / "h100.yaml").write_text("name: h100\nnodes: 12\n")
+    monkeypatch.setenv("PERFSCALE_SITE_PATH", str(tmp_path))
+    assert node_counts(["H100_gpu", "quartz_cpu"], {"H100_gpu": "h100"}, {}) == {
+        "H100_gpu": 12,
+        "quartz_cpu": quartz,
+    }

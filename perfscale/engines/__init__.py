@@ -1,5 +1,5 @@
 """Where tasks run: local process pool, Parsl (and, with the clusters work, Ray and Dask)."""
 
-from perfscale.engines.base import ENGINES, Engine, EngineStalled, make_engine
+from perfscale.engines.base import ENGINES, Engine, EngineStalled, engine_class, make_engine
 
-__all__ = ["ENGINES", "Engine", "EngineStalled", "make_engine"]
+__all__ = ["ENGINES", "Engine", "EngineStalled", "engine_class", "make_engine"]

@@ -27,11 +27,21 @@ log = logging.getLogger(__name__)
 
 class Engine(ABC):
     name: ClassVar[str]
+    # the engine gives tasks their GPUs itself (Parsl, Dask: pinned workers; Ray: num_gpus): it is built for
+    # the GPUs each of its tasks takes (`task_gpus`), one engine per stage shape (runner._Engines). False
+    # (local): each task claims its GPUs from the node's pool (perfscale.gpus)
+    binds_gpus: ClassVar[bool] = False
 
-    def __init__(self, site: Site, run_root: Path, workers: int | None = None):
+    def __init__(self, site: Site, run_root: Path, workers: int | None = None, task_gpus: int = 0):
         self.site = site
         self.run_root = Path(run_root)
         self.workers = workers or site.workers
+        self.task_gpus = task_gpus if site.gpus_per_node else 0
+
+    @property
+    def gpu_slots(self) -> int:
+        """Workers per node when each is pinned to `task_gpus` GPUs (0: workers are not pinned)."""
+        return self.site.gpus_per_node // self.task_gpus if self.task_gpus else 0
 
     @abstractmethod
     def start(self) -> None: ...
@@ -110,10 +120,18 @@ ENGINES: dict[str, str] = {
 ENGINE_MODULES: dict[str, str] = {"parsl": "parsl", "dask": "distributed", "ray": "ray"}
 
 
-def make_engine(name: str, site: Site, run_root: Path, workers: int | None = None) -> Engine:
+def engine_class(name: str) -> type[Engine]:
     if name not in ENGINES:
         raise SpecError(f"engine {name!r} is not available; choose one of {', '.join(sorted(ENGINES))}")
     if name in ENGINE_MODULES:
         require("engines", ENGINE_MODULES[name], f"the {name} engine", hint=" (or use --engine local)")
     module, cls = ENGINES[name].split(":")
-    return getattr(import_module(module), cls)(site, run_root, workers)
+    return getattr(import_module(module), cls)  # type: ignore[no-any-return]
+
+
+def make_engine(
+    name: str, site: Site, run_root: Path, workers: int | None = None, task_gpus: int = 0
+) -> Engine:
+    """Engine `name` on `site`; `task_gpus`: the GPUs each task it will run takes (engines that bind GPUs
+    themselves are built for one such shape, see Engine.binds_gpus)."""
+    return engine_class(name)(site, run_root, workers, task_gpus)

@@ -15,6 +15,13 @@ Settings that make Dask behave like every other perfscale engine (see `DASK_SETT
   innocent tasks with it.
 - worker processes are not daemonic, so a task may start its own processes (joblib, data loaders).
 
+GPUs (`task_gpus` > 0: the engine runs a stage whose tasks take that many GPUs, on a GPU site): each worker
+declares the resource `{"GPU": task_gpus}` and each task asks for it (`resources=`), and a worker plugin
+(`GpuPinPlugin`) pins every worker at its start, before any task, to its own `task_gpus` of the node's GPUs
+(claimed from the node's pool, perfscale.gpus.WorkerPin, held for the worker's life): the vendor's variables
+are set in the worker process, so a task that initialises CUDA in a reused worker sees the same GPUs as every
+task before it. A node runs no more workers than it has such groups (`Engine.gpu_slots`).
+
 Dask futures are copied into `concurrent.futures.Future`s: the runner waits on them with
 `concurrent.futures.as_completed`.
 
@@ -76,13 +83,16 @@ def dask_cluster_config(
     partition: str | None = None,
     account: str | None = None,
     walltime_s: float | None = None,
+    task_gpus: int = 0,
 ) -> dict[str, Any]:
     """Keyword arguments of the dask-jobqueue cluster class for `site` (see `jobqueue_cluster`).
 
     One job is one node: `cores` and `memory` are the node's, split into `site.workers` single-threaded
     worker processes. The queue is the given or default partition, the account the given or the site's
     first, the walltime the given or the partition's limit. The site's scheduler adds its own fields
-    (`Scheduler.dask_cluster`). Nothing is submitted here.
+    (`Scheduler.dask_cluster`). `task_gpus` > 0: as many worker processes as the node has groups of that
+    many GPUs, each with the resource `GPU=task_gpus` (the engine pins them, see `gpu_pin_plugin`). Nothing is
+    submitted here.
     """
     sched = _jobqueue_scheduler(site)
     cores, memory_gb = _node_shape(site)
@@ -90,9 +100,10 @@ def dask_cluster_config(
     walltime = walltime_s or (part.max_walltime if part else site.limits.max_walltime)
     site.check_request(1, walltime, partition=queue)
     account = account or (site.accounts[0] if site.accounts else None)
+    processes = min(site.workers, site.gpus_per_node // task_gpus) if task_gpus else site.workers
     config: dict[str, Any] = {
         "cores": cores,
-        "processes": site.workers,
+        "processes": processes,
         "memory": f"{memory_gb:g}GiB",
         "queue": queue,
         "job_name": f"perfscale-{site.name}",
@@ -101,6 +112,8 @@ def dask_cluster_config(
         # no dashboard; the scheduler's small HTTP server (health checks) on a free port, not on 8787
         "scheduler_options": {"dashboard": False, "dashboard_address": ":0"},
     }
+    if task_gpus:
+        config["worker_extra_args"] = ["--resources", f"GPU={task_gpus}"]
     return sched.dask_options(site, config, account, walltime)
 
 
@@ -134,11 +147,39 @@ def _copy_outcome(done: Any, out: Future[Any]) -> None:
             out.set_exception(exc)
 
 
+def gpu_pin_plugin(site: Site, count: int) -> Any:
+    """A WorkerPlugin that pins each worker, at its start, to `count` GPUs of its node (see the module
+    docstring); the plugin travels to the workers pickled, with the site."""
+    from distributed import WorkerPlugin
+
+    class GpuPinPlugin(WorkerPlugin):  # type: ignore[misc]
+        name = "perfscale-gpu-pin"
+
+        def __init__(self, site: Site, count: int):
+            self.site, self.count = site, count
+
+        def setup(self, worker: Any) -> None:
+            from perfscale.execute import gpu_binding
+            from perfscale.gpus import WorkerPin
+
+            binding = gpu_binding(self.site)
+            if binding is not None:
+                self.pin = WorkerPin(binding, self.count)
+
+        def teardown(self, worker: Any) -> None:
+            pin = getattr(self, "pin", None)
+            if pin is not None:
+                pin.release()
+
+    return GpuPinPlugin(site, count)
+
+
 class DaskEngine(Engine):
     name = "dask"
+    binds_gpus = True
 
-    def __init__(self, site: Site, run_root: Path, workers: int | None = None):
-        super().__init__(site, run_root, workers)
+    def __init__(self, site: Site, run_root: Path, workers: int | None = None, task_gpus: int = 0):
+        super().__init__(site, run_root, workers, task_gpus)
         self._cluster: Any = None
         self._client: Any = None
         self._config: AbstractContextManager[Any] | None = None
@@ -156,6 +197,8 @@ class DaskEngine(Engine):
             batch = scheduler_class(self.site.scheduler).batch
             self._cluster = self._job_cluster() if batch else self._local_cluster()
             self._client = Client(self._cluster)
+            if self.task_gpus:
+                self._client.register_plugin(gpu_pin_plugin(self.site, self.task_gpus))
         except BaseException:
             self.shutdown()
             raise
@@ -167,7 +210,8 @@ class DaskEngine(Engine):
         if self.site.memory_gb_per_node != "auto":
             memory = f"{float(self.site.memory_gb_per_node) / self.workers:.3f}GiB"
         return LocalCluster(
-            n_workers=self.workers,
+            n_workers=min(self.workers, self.gpu_slots) if self.task_gpus else self.workers,
+            resources={"GPU": self.task_gpus} if self.task_gpus else None,
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
@@ -187,7 +231,8 @@ class DaskEngine(Engine):
                 f"site {self.site.name!r}: {self.workers} workers need {jobs} one-node jobs, more than the "
                 f"site's max_nodes {self.site.limits.max_nodes}"
             )
-        cluster = jobqueue_cluster(self.site, **dask_cluster_config(self.site, self.run_root / "dask"))
+        config = dask_cluster_config(self.site, self.run_root / "dask", task_gpus=self.task_gpus)
+        cluster = jobqueue_cluster(self.site, **config)
         cluster.scale(jobs=jobs)
         return cluster
 
@@ -196,7 +241,8 @@ class DaskEngine(Engine):
         out: Future[Any] = Future()
         out.set_running_or_notify_cancel()
         # pure=False: a resubmitted task (same arguments) must run again, not reuse a cached result
-        fut = self._client.submit(fn, *args, pure=False, retries=0)
+        gpus = {"resources": {"GPU": self.task_gpus}} if self.task_gpus else {}
+        fut = self._client.submit(fn, *args, pure=False, retries=0, **gpus)
         with self._lock:
             self._inflight.add(fut)
 

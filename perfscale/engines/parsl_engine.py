@@ -32,6 +32,7 @@ from typing import Any
 
 from perfscale.engines.base import Engine
 from perfscale.engines.guard import HeartbeatMonitor, cap_logs
+from perfscale.gpus import ASSIGNED_ENV, worker_groups
 from perfscale.plan.planner import Task
 from perfscale.sched.base import scheduler_class
 from perfscale.sched.lsf import JSRUN_OVERRIDES  # noqa: F401  (kept importable from here)
@@ -102,8 +103,13 @@ def parsl_config(
     partition: str | None = None,
     account: str | None = None,
     nodes_per_block: int = 1,
+    task_gpus: int = 0,
 ) -> Any:
     """A Parsl Config for `site`: one HTEX, `workers` workers per node, logs under `run_dir`.
+
+    `task_gpus` > 0 (a stage whose tasks take that many GPUs, on a GPU site): HTEX `available_accelerators`
+    pins each worker for its life to its own group of `task_gpus` of the node's GPUs (`worker_groups`), and
+    a node runs no more workers than it has groups.
 
     On a scheduler site the interchange listens on every interface and workers probe the submit host's
     addresses (HTEX's default), unless PERFSCALE_PARSL_ADDRESS names the one compute nodes can reach.
@@ -120,6 +126,7 @@ def parsl_config(
         address="127.0.0.1" if local else os.environ.get("PERFSCALE_PARSL_ADDRESS"),
         max_workers_per_node=workers,
         cores_per_worker=1,
+        available_accelerators=worker_groups(site.gpus_per_node, task_gpus) if task_gpus else (),
         provider=provider,
         # the interchange dies with this process, even by SIGKILL (see perfscale.orphans)
         interchange_launch_cmd=[
@@ -145,13 +152,17 @@ LOG_KEEP_BYTES = 4 << 20  # ... keeping its last bytes in <name>.log.1
 MAINTAIN_S = 5.0  # how often the engine checks its log sizes
 
 
-def _call(heartbeat_dir: str, beat_s: float, fn: Callable[..., Any], *args: Any) -> Any:
-    """What a Parsl worker runs: it beats for the watchdog and dies with its pool (no orphans)."""
+def _call(heartbeat_dir: str, beat_s: float, pinned: bool, fn: Callable[..., Any], *args: Any) -> Any:
+    """What a Parsl worker runs: it beats for the watchdog and dies with its pool (no orphans). A worker
+    `pinned` by available_accelerators hands its GPUs to the task as the engine's (perfscale.gpus.bound):
+    HTEX sets ROCR_VISIBLE_DEVICES (and CUDA_VISIBLE_DEVICES) to the worker's accelerator at its start."""
     from perfscale.engines.guard import start_heartbeat
     from perfscale.orphans import die_with_parent
 
     die_with_parent()
     start_heartbeat(heartbeat_dir, beat_s)
+    if pinned and ASSIGNED_ENV not in os.environ:
+        os.environ[ASSIGNED_ENV] = os.environ["ROCR_VISIBLE_DEVICES"]
     return fn(*args)
 
 
@@ -165,6 +176,7 @@ def interpreter_on_path() -> None:
 
 class ParslEngine(Engine):
     name = "parsl"
+    binds_gpus = True
 
     def _plan_tasks(self) -> list[Task]:
         """The run's tasks, to size a pilot's walltime (none when the engine runs outside a run folder)."""
@@ -179,7 +191,9 @@ class ParslEngine(Engine):
         if scheduler_class(self.site.scheduler).batch:
             _, limit = _limit(self.site, None)
             walltime = pilot_walltime(self._plan_tasks(), self.workers, limit)
-        return parsl_config(self.site, self.run_root / "parsl", self.workers, walltime)
+        return parsl_config(
+            self.site, self.run_root / "parsl", self.workers, walltime, task_gpus=self.task_gpus
+        )
 
     @property
     def log_dir(self) -> Path:
@@ -214,7 +228,7 @@ class ParslEngine(Engine):
         return self._alive.poll()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        return self._app(str(self._heartbeats), self._beat_s, fn, *args)
+        return self._app(str(self._heartbeats), self._beat_s, bool(self.task_gpus), fn, *args)
 
     def shutdown(self) -> None:
         import parsl

@@ -7,6 +7,12 @@ head on the allocation's first node and one worker on each other node, both thro
 (`mpi.Launcher`: its line and its host pinning), and the driver connects to the head. Ray has no wheels for
 ppc64le: Lassen-like sites are refused.
 
+GPUs: an engine built for tasks of `task_gpus` GPUs (a GPU stage on a GPU site) gives each task
+`num_gpus=task_gpus`. Ray keeps count of each node's GPUs (`--num-gpus` of `ray start`, `num_gpus` of a
+local `ray.init`), assigns the task its ids and runs it in a fresh worker process (Ray's default
+`max_calls=1` for GPU tasks); the task takes Ray's ids as the engine's (`ray.get_gpu_ids()` into
+PERFSCALE_GPUS_ASSIGNED, perfscale.gpus.bound), so the vendor's variables always name what Ray gave it.
+
 Each task is a Ray task with `num_cpus=1` and `max_retries=0`: a task whose worker dies fails at once
 (`WorkerCrashedError`) and `run_plan` records `node_lost` and applies the study's retry policy, as on every
 other engine. `ObjectRef.future()` gives the `concurrent.futures.Future` the runner waits on.
@@ -44,6 +50,7 @@ from typing import IO, Any
 
 from perfscale.engines.base import Engine
 from perfscale.errors import SpecError
+from perfscale.gpus import ASSIGNED_ENV
 from perfscale.sched.base import scheduler_class
 from perfscale.sched.mpi import Layout, launch_line, launcher_for
 from perfscale.spec.site import Site
@@ -240,12 +247,24 @@ def _call(fn: Callable[..., Any], *args: Any) -> Any:
     return fn(*args)
 
 
+def _call_on_gpus(fn: Callable[..., Any], *args: Any) -> Any:
+    """A GPU task: the ids Ray assigned it are the task's (perfscale.gpus.ASSIGNED_ENV)."""
+    import ray
+
+    os.environ[ASSIGNED_ENV] = ",".join(str(i) for i in ray.get_gpu_ids())
+    try:
+        return fn(*args)
+    finally:
+        os.environ.pop(ASSIGNED_ENV, None)
+
+
 class RayEngine(Engine):
     name = "ray"
+    binds_gpus = True
 
-    def __init__(self, site: Site, run_root: Path, workers: int | None = None):
+    def __init__(self, site: Site, run_root: Path, workers: int | None = None, task_gpus: int = 0):
         _refuse_arch(site)
-        super().__init__(site, run_root, workers)
+        super().__init__(site, run_root, workers, task_gpus)
         self._owned = False
         self._procs: list[subprocess.Popen[bytes]] = []
         self._logs: list[IO[bytes]] = []
@@ -261,13 +280,27 @@ class RayEngine(Engine):
                 self._start_in_allocation()
         import ray
 
-        self._remote = ray.remote(num_cpus=1, max_retries=0)(_call)
+        if self.task_gpus:
+            self._check_gpus(ray.cluster_resources().get("GPU", 0))
+            self._remote = ray.remote(num_cpus=1, num_gpus=self.task_gpus, max_retries=0)(_call_on_gpus)
+        else:
+            self._remote = ray.remote(num_cpus=1, max_retries=0)(_call)
+
+    def _check_gpus(self, have: float) -> None:
+        """A task asking Ray for more GPUs than any node has would wait for ever: say so instead."""
+        if have < self.task_gpus:
+            raise SpecError(
+                f"site {self.site.name!r}: tasks take {self.task_gpus} GPUs but the Ray session has {have:g} "
+                f"(a session started elsewhere in this process? start it with num_gpus="
+                f"{self.site.gpus_per_node}, or let the engine start it)"
+            )
 
     def _start_local(self) -> None:
         import ray
 
         ray.init(
             num_cpus=self.workers,
+            num_gpus=self.site.gpus_per_node,
             include_dashboard=False,
             _node_ip_address="127.0.0.1",
             runtime_env={"env_vars": dict(self.site.env)} if self.site.env else None,

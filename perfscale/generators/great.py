@@ -134,10 +134,12 @@ class GReaTGenerator(Generator):
             out.attrs["generated_texts"], out.attrs["valid_texts"] = self._drawn, self._valid
         return out
 
-    def impute(self, table: pd.DataFrame, seed: int, draws: int = 1) -> pd.DataFrame:
+    def impute(
+        self, table: pd.DataFrame, seed: int, draws: int = 1, relax_unseen: bool = False
+    ) -> pd.DataFrame:
         """`Generator.impute`; the frame's ``attrs["valid_row_rate"]`` is the call's valid-row rate."""
         with self._scope():
-            out = super().impute(table, seed, draws=draws)
+            out = super().impute(table, seed, draws=draws, relax_unseen=relax_unseen)
         if self.last_valid_rate is not None:
             out.attrs["valid_row_rate"] = self.last_valid_rate
         return out

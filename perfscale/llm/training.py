@@ -196,9 +196,13 @@ def check_files(folder: Path, what: str) -> None:
         raise BadInput(f"{what}: {config} is corrupted: {exc}") from exc
     weights = sorted(folder.glob("*.safetensors"))
     if not weights:  # pickled weights (pytorch_model.bin) are not read: loading a pickle can run code
+        pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl"))
+        found = (
+            f"; found {', '.join(pickled)}, which is not read (unpickling can run code)" if pickled else ""
+        )
         raise BadInput(
             f"{what}: {folder / 'model.safetensors'} is missing (only safetensors weights are read; convert "
-            "other formats with save_pretrained)"
+            f"other formats with save_pretrained(safe_serialization=True)){found}"
         )
     for path in weights:
         try:

@@ -49,6 +49,7 @@ class FitSpec:
     nan: Literal["error", "drop"] = "error"
     rows: int | None = None
     one_hot: list[str] = field(default_factory=list)
+    classes: list[str] | None = None
 
 
 def prepare(table: pd.DataFrame, spec: FitSpec, seed: int) -> tuple[pd.DataFrame, list[str]]:
@@ -64,6 +65,8 @@ def prepare(table: pd.DataFrame, spec: FitSpec, seed: int) -> tuple[pd.DataFrame
     overlap = sorted(set(spec.targets) & set(inputs))
     if overlap:
         raise BadInput(f"columns {overlap} are both target and feature")
+    if spec.classes is not None:
+        table = keep_classes(table, spec.targets, spec.classes)
     table = table.reset_index(drop=True).assign(_row=np.arange(len(table)))
     features = list(spec.features)
     # history is computed on the whole trace before any subsampling: a job's history is every earlier job
@@ -95,6 +98,25 @@ def prepare(table: pd.DataFrame, spec: FitSpec, seed: int) -> tuple[pd.DataFrame
         keep = np.sort(np.random.default_rng([seed, 7]).choice(len(table), spec.rows, replace=False))
         table = table.iloc[keep]
     return table.reset_index(drop=True), features
+
+
+def keep_classes(table: pd.DataFrame, targets: list[str], classes: list[str]) -> pd.DataFrame:
+    """Only the rows whose (single) target is one of `classes`; the others are dropped and counted (sacct's
+    RUNNING, PENDING or REQUEUED records have no end state yet). Before any feature: a dropped job is not in
+    the history of later jobs either."""
+    if len(targets) != 1 or not is_categorical(table[targets[0]]):
+        raise BadInput(f"classes filters one class target; targets {targets} are not one class column")
+    labels = table[targets[0]].astype(str)
+    absent = sorted(set(classes) - set(labels))
+    if absent:
+        raise BadInput(f"classes {absent} do not occur in {targets[0]!r}; it holds {sorted(labels.unique())}")
+    keep = labels.isin(classes)
+    dropped = labels[~keep].value_counts()
+    if len(dropped):
+        counts = {str(k): int(v) for k, v in dropped.items()}
+        n = sum(counts.values())
+        log.warning("dropped %d rows whose %s is not in classes: %s", n, targets[0], counts)
+    return table[keep.to_numpy()]
 
 
 def fit_predict(table: pd.DataFrame, spec: FitSpec, seed: int, model_dir: Path | None = None) -> pd.DataFrame:

@@ -1,5 +1,6 @@
 """Scores of predictions: macro one-vs-rest AUC-ROC, per-class F1, accuracy and the confusion matrix for
-classes; MAE, RMSE and R^2 per target for regression. ROC curve points for the report."""
+classes; MAE, RMSE and R^2 per target for regression. ROC curve points for the report. The hit rate of a
+choice (which thread count meets a time bound) picked from predicted vs measured times."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import json
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
+
+from perfscale.errors import BadInput
 
 
 def class_scores(truth: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> dict[str, float | str]:
@@ -61,3 +65,46 @@ def roc_points(truth: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.nda
 
     fpr, tpr, _ = roc_curve(truth, score)
     return fpr, tpr
+
+
+def choice_hits(
+    table: pd.DataFrame,
+    choose: str,
+    group_by: Sequence[str],
+    truth: np.ndarray,
+    prediction: np.ndarray,
+    bound: float | None = None,
+) -> pd.DataFrame:
+    """PERFGEN's decision question scored against measurements: per configuration (`group_by` values), which
+    value of `choose` (e.g. the thread count) to run with, picked once from the measured times (`truth`) and
+    once from the predicted ones (`prediction`), each averaged per `choose` value. Without `bound`: the
+    fastest value. With it: the smallest value whose mean time meets the bound (<= bound), else the fastest.
+    One row per configuration with at least two values of `choose` (otherwise there is nothing to choose):
+    the group's values, `measured`, `predicted` and `hit` (they agree). Hit rate: `hit.mean()`."""
+    missing = [c for c in [choose, *group_by] if c not in table.columns]
+    if missing:
+        raise BadInput(f"choice columns {missing} are not in the table; columns: {sorted(table.columns)}")
+    frame = (
+        table[[*group_by, choose]]
+        .reset_index(drop=True)
+        .assign(_truth=np.asarray(truth, np.float64), _pred=np.asarray(prediction, np.float64))
+    )
+    rows = []
+    for keys, part in frame.groupby(list(group_by), sort=True, dropna=False):
+        means = part.groupby(choose, sort=True)[["_truth", "_pred"]].mean()
+        if len(means) < 2:
+            continue
+        measured, predicted = _pick(means["_truth"], bound), _pick(means["_pred"], bound)
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        rows.append({**dict(zip(group_by, keys, strict=True)), "measured": measured, "predicted": predicted})
+    out = pd.DataFrame(rows, columns=[*group_by, "measured", "predicted"])
+    return out.assign(hit=out["measured"] == out["predicted"])
+
+
+def _pick(times: pd.Series, bound: float | None) -> object:
+    """The smallest index value whose time meets the bound, else (or without a bound) the fastest one."""
+    if bound is not None:
+        meeting = times[times <= bound]
+        if not meeting.empty:
+            return meeting.index[0]
+    return times.idxmin()

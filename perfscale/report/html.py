@@ -270,18 +270,20 @@ def _metric_studies_section(store: RunStore) -> Section | None:
 
 
 def _predict_section(store: RunStore, stage: str) -> Section | None:
-    """Scores of prediction by generation per generator and target, and predicted-vs-true plots."""
+    """Scores of prediction by generation per generator and target beside direct regressors trained on the
+    same rows (one table), the thread-count hit rate of each, and predicted-vs-true plots."""
     df = store.read_stage(stage, provenance=False).to_pandas()
     if df.empty:
         return None
-    scores = [c for c in ("mse", "mae", "r2", "accuracy", "fallback_share") if c in df]
+    scores = [c for c in ("mse", "mae", "r2", "accuracy", "fallback_share", "choice_hit_rate") if c in df]
     table = df.groupby(["target", "generator"])[scores].first().reset_index()
     section = Section(
         f"Prediction by generation: {stage}",
         "Each generator fills the hidden target of the real holdout from the other columns.",
     )
     section.tables.append(_table(table))
-    direct = _direct_regressors(store, sorted(df["target"].unique()))
+    params = store.plan.of_stage(stage)[0].params
+    direct = _direct_regressors(store, sorted(df["target"].unique()), params)
     if not direct.empty:
         generated = table.assign(method=table["generator"] + " (generation)").drop(columns="generator")
         both = pd.concat([generated, direct], ignore_index=True)
@@ -289,38 +291,62 @@ def _predict_section(store: RunStore, stage: str) -> Section | None:
             " The second table sets beside them direct regressors (`fit_predict` with `split: given`) "
             "trained on the same split's train rows and scored on its holdout rows."
         )
-        scores = [c for c in ("mse", "mae", "r2") if c in both]
+        if params.get("choose"):
+            bound = params.get("time_bound")
+            rule = f"the smallest meeting {bound}, else the fastest" if bound else "the fastest"
+            section.text += (
+                f" choice_hit_rate: per configuration ({', '.join(params['group_by'])}) the "
+                f"{params['choose']} value picked from predicted times ({rule}) equals the one picked from "
+                "the measured holdout times."
+            )
+        scores = [c for c in ("mse", "mae", "r2", "choice_hit_rate") if c in both]
         section.tables.append(_table(both[["target", "method", *scores]]))
     if "prediction" in df and df["prediction"].notna().any():
         section.images.append(_img(plots.predictions(df.dropna(subset=["prediction"]))))
     return section
 
 
-def _direct_regressors(store: RunStore, targets: list[str]) -> pd.DataFrame:
+def _direct_regressors(store: RunStore, targets: list[str], predict_params: dict) -> pd.DataFrame:
     """Scores of `fit_predict` stages that used the split stage's own partition (`split: given`) on
-    `targets`: one row per target x model, named "<model> (direct)"."""
+    `targets`: one row per target x model, named "<model> (direct)", with the choice hit rate of the
+    prediction stage's `choose` question where it asks one."""
+    from perfscale.models.scoring import choice_hits
+
     rows = []
     for stage in store.plan.stages:
-        if store.plan.of_stage(stage)[0].kind != "fit_predict":
+        task = store.plan.of_stage(stage)[0]
+        if task.kind != "fit_predict":
             continue
         df = store.read_stage(stage, provenance=False).to_pandas()
-        if df.empty or "split" not in df:
+        part = df[df["split"] == "given"] if "split" in df else df.iloc[:0]
+        if part.empty:
             continue
+        choose = predict_params.get("choose")
+        source = store.read_stage(task.params["source"], provenance=False).to_pandas() if choose else None
         for target in targets:
-            part = df[df["split"] == "given"]
-            if f"mae_{target}" not in part or part.empty:
+            if f"mae_{target}" not in part:
                 continue
             for model, m in part.groupby("model"):
                 first = m.iloc[0]
-                rows.append(
-                    {
-                        "target": target,
-                        "method": f"{model} (direct, {stage})",
-                        "mse": float(first[f"rmse_{target}"]) ** 2,
-                        "mae": float(first[f"mae_{target}"]),
-                        "r2": float(first[f"r2_{target}"]),
-                    }
-                )
+                row = {
+                    "target": target,
+                    "method": f"{model} (direct, {stage})",
+                    "mse": float(first[f"rmse_{target}"]) ** 2,
+                    "mae": float(first[f"mae_{target}"]),
+                    "r2": float(first[f"r2_{target}"]),
+                }
+                if source is not None and predict_params.get("target") == target:
+                    config = source.iloc[m["row"].to_numpy()]
+                    hits = choice_hits(
+                        config,
+                        choose,
+                        predict_params["group_by"],
+                        m[f"truth_{target}"].to_numpy(),
+                        m[f"pred_{target}"].to_numpy(),
+                        predict_params.get("time_bound"),
+                    )
+                    row["choice_hit_rate"] = float(hits["hit"].mean()) if len(hits) else float("nan")
+                rows.append(row)
     return pd.DataFrame(rows)
 
 

@@ -56,6 +56,12 @@ class Site(Strict):
     cores_per_node: AutoCount = "auto"
     memory_gb_per_node: AutoSize = "auto"
     gpus_per_node: int = Field(0, ge=0)
+    nodes: int | None = Field(
+        None,
+        ge=1,
+        description="compute nodes in the whole machine (not a job's limit: that is limits.max_nodes); the "
+        "`simulate` stage's capacity for this machine. Unset: unknown",
+    )
     gpu_model: str | None = None
     gpu_vendor: Literal["nvidia", "amd"] | None = Field(
         None,

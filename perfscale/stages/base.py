@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import pandas as pd
 import pyarrow as pa
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, model_validator
 
 from perfscale.errors import BadInput
 from perfscale.plan import kinds
@@ -26,6 +26,7 @@ from perfscale.spec.site import Site
 from perfscale.store.run import RunStore
 
 __all__ = [
+    "PartedParams",
     "Problems",
     "StageContext",
     "StageKind",
@@ -38,6 +39,23 @@ __all__ = [
 ]
 
 P = TypeVar("P", bound=BaseModel)
+
+
+class PartedParams(StageParams):
+    """Params of a stage whose work is cut into `parts` tasks (sample, evaluate, infer): task `part` does
+    one, with `params: {parts: k}` and `grid: {product: {part: [0, ..., k-1]}}`."""
+
+    part: int = Field(0, ge=0, description="this task's part (0-based; grid: {product: {part: [...]}})")
+    parts: int = Field(1, ge=1, description="how many parts the work is cut into (1: uncut)")
+
+    @model_validator(mode="after")
+    def _part_in_range(self) -> PartedParams:
+        if self.part >= self.parts:
+            raise ValueError(
+                f"part {self.part} is not below parts {self.parts}: set params.parts to the number of part "
+                "values in the grid (part: [0, ..., parts-1])"
+            )
+        return self
 
 
 @dataclass

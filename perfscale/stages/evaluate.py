@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from perfscale.errors import BadInput
 from perfscale.plan.keys import task_key
-from perfscale.stages.base import StageContext, StageParams, stage_kind
+from perfscale.stages.base import PartedParams, StageContext, stage_kind
 from perfscale.tabular.columns import SPLIT_COLUMN, split_part
 
 if TYPE_CHECKING:
@@ -40,23 +40,10 @@ DEFAULT_METRICS = ["column_shapes", "kl_divergence", "wasserstein", "jsd", "dcr"
 GENERATOR_COLUMN = "generator"
 
 
-class EvaluateParams(StageParams):
+class EvaluateParams(PartedParams):
     source: str = Field(description="the `split` stage holding the real train/holdout table")
     metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS))
     options: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    part: int = Field(
-        0, ge=0, description="the part this task computes (0-based; grid: {product: {part: [...]}})"
-    )
-    parts: int = Field(1, ge=1, description="how many parts the evaluation is split into (1: unsplit)")
-
-    @model_validator(mode="after")
-    def _part_in_range(self) -> EvaluateParams:
-        if self.part >= self.parts:
-            raise ValueError(
-                f"part {self.part} is not below parts {self.parts}: set params.parts to the number of part "
-                "values in the grid (part: [0, ..., parts-1])"
-            )
-        return self
 
     def plan_check(self, check: PlanCheck) -> None:
         check.source("source", self.source)

@@ -48,6 +48,9 @@ class FitPredictParams(StageParams):
     nan: Literal["error", "drop"] = "error"
     rows: int | None = Field(None, ge=10, description="a seeded subset of this many rows, after features")
     one_hot: list[str] = Field(default_factory=list, description="categorical inputs: a 0/1 feature a value")
+    classes: list[str] | None = Field(
+        None, min_length=2, description="keep only rows of these target classes (drop e.g. RUNNING), counted"
+    )
     save_model: bool = True
 
     @model_validator(mode="after")
@@ -67,6 +70,11 @@ class FitPredictParams(StageParams):
             raise ValueError("calendar and history_by need time_column")
         if self.history_outcome and not self.history_by:
             raise ValueError("history_outcome needs history_by (the user or project column)")
+        if self.history_outcome and not self.end_columns:
+            raise ValueError(
+                "history_outcome needs end_columns (when each job ended): counting earlier jobs' outcomes by "
+                "submit time would let a job see the end state of jobs still queued or running"
+            )
         return self
 
     def plan_check(self, check: PlanCheck) -> None:

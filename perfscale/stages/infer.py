@@ -36,7 +36,7 @@ from pydantic import AfterValidator, Field, model_validator
 
 from perfscale.errors import BadInput
 from perfscale.llm.params import check_device
-from perfscale.stages.base import StageContext, StageParams, stage_kind
+from perfscale.stages.base import PartedParams, StageContext, stage_kind
 from perfscale.stages.train import MODEL_FOLDER
 from perfscale.tabular.columns import SPLIT_COLUMN, split_part
 
@@ -61,7 +61,7 @@ OUTPUT_COLUMNS = [
 PARSED_COLUMNS = ["valid", "invalid_reason"]
 
 
-class InferParams(StageParams):
+class InferParams(PartedParams):
     source: str = Field(description="the stage whose table holds the prompts (list it in `inputs`)")
     prompt_column: str | None = Field(None, description="the column holding each row's prompt text")
     prefix_columns: list[str] | None = Field(
@@ -90,19 +90,12 @@ class InferParams(StageParams):
     cache_dir: str | None = Field(
         None, description="where 'smollm2' is converted to (see docs/generators.md)"
     )
-    part: int = Field(0, ge=0, description="this task's part (grid: {product: {part: [...]}})")
-    parts: int = Field(1, ge=1, description="how many parts the prompt rows are cut into")
 
     @model_validator(mode="after")
     def _consistent(self) -> InferParams:
         if (self.prompt_column is None) == (self.prefix_columns is None):
             raise ValueError(
                 "set exactly one of prompt_column (a text column) and prefix_columns (GReaT rows)"
-            )
-        if self.part >= self.parts:
-            raise ValueError(
-                f"part {self.part} is not below parts {self.parts}: set params.parts to the number of part "
-                "values in the grid (part: [0, ..., parts-1])"
             )
         if any(s == "" for s in self.stop):
             raise ValueError("stop strings must not be empty")

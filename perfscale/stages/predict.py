@@ -4,7 +4,10 @@
   conditioned on the other columns, and score the predictions against the truth (MSE, MAE and R^2 for a
   numeric target, accuracy for a categorical one). A row whose other columns the model generates too
   rarely is predicted by a relaxed match (`method` = fallback, see perfscale.generators.conditional)
-  instead of failing the task; `fallback_share` is the share of such rows;
+  instead of failing the task; `fallback_share` is the share of such rows. With `choose` (e.g. threads) and
+  `group_by` (e.g. kernel, size) it also answers "which thread count meets `time_bound`?" per configuration
+  from the predicted times and from the measured ones (perfscale.models.scoring.choice_hits):
+  `choice_hit_rate` is the share of configurations where the two agree;
 * `recommend`: the configurations a model generates under conditions (e.g. "wall_time_s < 0.5"), most
   frequent first: PERFGEN's decision-making question "which settings meet this runtime bound?".
 
@@ -18,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from perfscale.errors import BadInput
+from perfscale.models.scoring import choice_hits
 from perfscale.stages.base import StageContext, StageParams, stage_kind
 from perfscale.stages.sample import load_upstream_generator
 from perfscale.stages.train import real_table
@@ -36,6 +40,25 @@ class PredictParams(StageParams):
     target: str = Field(description="the column to hide and predict (grid over it for several)")
     draws: int = Field(10, ge=1, description="conditional draws averaged (numeric) or voted (categorical)")
     rows: int | None = Field(None, gt=0, description="predict at most this many holdout rows (seeded choice)")
+    choose: str | None = Field(None, description="a column to choose per configuration, e.g. threads")
+    group_by: list[str] = Field(
+        default_factory=list, description="the configuration columns, e.g. kernel, size"
+    )
+    time_bound: float | None = Field(
+        None, gt=0, description="choose the smallest value meeting it (else fastest)"
+    )
+
+    @model_validator(mode="after")
+    def _choice(self) -> PredictParams:
+        if (self.choose is None) != (not self.group_by):
+            raise ValueError(
+                "choose and group_by go together: e.g. choose: threads, group_by: [kernel, size]"
+            )
+        if self.time_bound is not None and self.choose is None:
+            raise ValueError("time_bound needs choose and group_by")
+        if self.choose is not None and self.choose in (*self.group_by, self.target):
+            raise ValueError(f"choose {self.choose!r} is also in group_by or the target")
+        return self
 
     def plan_check(self, check: PlanCheck) -> None:
         check.source("source", self.source)
@@ -82,6 +105,18 @@ def predict_by_generation(ctx: StageContext, params: PredictParams) -> pd.DataFr
         values = {"truth": truth.astype(float), "prediction": prediction.astype(float)}
     method = np.where(fallback, "fallback", "generation")
     out = pd.DataFrame({"row": np.arange(len(holdout)), **values, "method": method})
+    if params.choose is not None:
+        if column_type in ("categorical", "boolean"):
+            raise BadInput(
+                f"predict_by_generation.choose needs a numeric target (a time); {params.target!r} is not"
+            )
+        config = [*params.group_by, params.choose]
+        hits = choice_hits(holdout, params.choose, params.group_by, truth, prediction, params.time_bound)
+        out = pd.concat([out, holdout[config].reset_index(drop=True)], axis=1)
+        scores |= {
+            "choice_hit_rate": float(hits["hit"].mean()) if len(hits) else np.nan,
+            "choice_groups": len(hits),
+        }
     return out.assign(generator=name, target=params.target, fallback_share=float(fallback.mean()), **scores)
 
 

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from perfscale.results.sampling import SAMPLING_JSON
-from perfscale.stages.base import StageContext, StageParams, stage_kind
+from perfscale.stages.base import PartedParams, StageContext, stage_kind
 from perfscale.stages.train import MODEL_FOLDER
 
 if TYPE_CHECKING:
@@ -25,25 +25,12 @@ if TYPE_CHECKING:
     from perfscale.plan.named import PlanCheck
 
 
-class SampleParams(StageParams):
+class SampleParams(PartedParams):
     rows: int | None = Field(None, gt=0, description="rows to draw (default: as many as the training table)")
     conditions: str | dict[str, Any] | None = Field(
         None, description="e.g. 'threads in [4, 8] and 5 <= wall_time_s <= 10' (see docs/generators.md)"
     )
     max_draws: int | None = Field(None, gt=0, description="rejection-sampling budget (default 100 x rows)")
-    part: int = Field(
-        0, ge=0, description="the part this task draws (0-based; grid: {product: {part: [...]}})"
-    )
-    parts: int = Field(1, ge=1, description="how many parts the sample is split into (1: unsplit)")
-
-    @model_validator(mode="after")
-    def _part_in_range(self) -> SampleParams:
-        if self.part >= self.parts:
-            raise ValueError(
-                f"part {self.part} is not below parts {self.parts}: set params.parts to the number of part "
-                "values in the grid (part: [0, ..., parts-1])"
-            )
-        return self
 
     def plan_check(self, check: PlanCheck) -> None:
         check.upstream("train")
