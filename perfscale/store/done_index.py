@@ -30,7 +30,7 @@ from perfscale.store.atomic import atomic_write_text
 
 INDEX = "index"
 
-Entry = tuple[int, int]  # (size in bytes, mtime in ns) of a shard when it was checked
+Entry = str  # "<size in bytes> <mtime in ns>" of a shard when it was checked: compared as text, not parsed
 
 
 def index_path(root: Path | str, stage: str) -> str:
@@ -38,43 +38,37 @@ def index_path(root: Path | str, stage: str) -> str:
 
 
 def read_index(root: Path | str, stage: str) -> tuple[dict[str, Entry], int]:
-    """({key: (size, mtime_ns)} of the stage's index, last line of a key wins; number of lines read)."""
+    """({key: "size mtime_ns"} of the stage's index, last line of a key wins; number of lines read).
+    A line that is not three fields is skipped; one with garbled numbers never equals a stat, so it is a
+    cache miss."""
     try:
         with open(index_path(root, stage), "rb") as f:
-            data = f.read()
+            text = f.read().decode(errors="replace")
     except FileNotFoundError:
         return {}, 0
-    entries: dict[str, Entry] = {}
-    lines = data.split(b"\n")
+    lines = text.split("\n")
     if lines and lines[-1]:
         lines.pop()  # a torn last line (a writer killed mid-write)
-    lines = [line for line in lines if line]  # each append starts with a newline (see append_index)
-    for line in lines:
-        parts = line.split(b" ")
-        if len(parts) != 3:
-            continue
-        try:
-            entries[parts[0].decode()] = (int(parts[1]), int(parts[2]))
-        except ValueError:
-            continue
-    return entries, len(lines)
+    fields = [line.split(" ", 1) for line in lines if line]  # each append starts with a newline
+    entries = dict(f for f in fields if len(f) == 2 and f[1].count(" ") == 1)
+    return entries, len(fields)
 
 
 def stat_entry(path: str) -> Entry | None:
-    """(size, mtime_ns) of the file at `path`; None when there is none."""
+    """ "size mtime_ns" of the file at `path`; None when there is none."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return None
-    return st.st_size, st.st_mtime_ns
+    return f"{st.st_size} {st.st_mtime_ns}"
 
 
 def _line(key: str, entry: Entry) -> str:
-    return f"{key} {entry[0]} {entry[1]}\n"
+    return f"{key} {entry}\n"
 
 
 def append_index(root: Path | str, stage: str, entries: Iterable[tuple[str, Entry]]) -> None:
-    """Append lines for `entries` ((key, (size, mtime_ns))) with one write. It starts with a newline, so a
+    """Append lines for `entries` ((key, "size mtime_ns")) with one write. It starts with a newline, so a
     line torn by a killed writer never swallows the first one appended after it."""
     text = "".join(_line(k, e) for k, e in entries)
     if not text:

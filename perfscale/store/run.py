@@ -247,14 +247,29 @@ class RunStore:
         this check before and lists no artifacts: it is not opened again; every other one is checked, and
         added to the index when it passes."""
         shards, artifacts = str(self.stage_dir(stage)), str(self.root / "artifacts" / stage)
-        # given keys (one task's own check): its footer is read; the index, which grows with the stage, is not
-        indexed, lines = done_index.read_index(self.root, stage) if keys is None else ({}, 0)
+        if keys is None:
+            # one stat per indexed shard; the folder is listed only if some plan key is not indexed
+            indexed, lines = done_index.read_index(self.root, stage)
+            plan_keys = self.plan_keys.get(stage, {})
+            listed: set[str] | None = None
+            candidates = []
+            for key in plan_keys:  # string paths: pathlib costs ~10 us a shard here
+                if key not in indexed:
+                    if listed is None:
+                        listed = self.listed_keys(stage)
+                    if key not in listed:
+                        continue
+                candidates.append(key)
+        else:
+            # given keys (one task's own check): its footer is read; the index, which grows with the stage,
+            # is not
+            indexed, lines, candidates = {}, 0, list(keys)
         good, bad, new, kept = set(), {}, [], {}
-        for key in self._present(stage, keys):  # string paths: pathlib costs ~10 us a shard here
+        for key in candidates:
             path = f"{shards}/{key}.parquet"
             now = done_index.stat_entry(path)
             if now is None:
-                continue  # gone (moved by another reader)
+                continue  # gone (moved by another reader), or never written
             if indexed.get(key) == now:
                 good.add(key)
                 kept[key] = now
