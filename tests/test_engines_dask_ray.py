@@ -12,9 +12,11 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -130,6 +132,21 @@ def test_a_dying_worker_is_node_lost_and_the_campaign_goes_on(write_study, tmp_p
     assert lost["failure_kind"].tolist() == ["node_lost"] * 3
     assert lost["attempt"].tolist() == [1, 2, 3]
     assert "worker lost" in lost["message"].iloc[0]
+
+
+def test_ray_cpu_calls_run_on_actors_that_live_on_and_a_killed_one_is_replaced(ray_session, tmp_path):
+    """The actor pool: calls reuse the actor's process (its model cache); SIGKILL of that process fails the
+    call in flight with Ray's RayActorError (the runner's node_lost) and the next call runs on a new actor."""
+    from ray.exceptions import RayActorError
+
+    with make_engine("ray", load_site("local"), tmp_path, workers=1) as engine:
+        first = engine.submit(os.getpid).result(timeout=60)
+        assert engine.submit(os.getpid).result(timeout=60) == first
+        in_flight = engine.submit(time.sleep, 60)
+        os.kill(first, signal.SIGKILL)
+        with pytest.raises(RayActorError):
+            in_flight.result(timeout=60)
+        assert engine.submit(os.getpid).result(timeout=60) not in (first, os.getpid())
 
 
 def test_perfscale_run_with_the_dask_engine(write_study, tmp_path):

@@ -178,7 +178,7 @@ def test_an_infer_study_in_parts_on_two_workers(engine, lm, model_folder, write_
     assert summary["gen"].done == 8
     out = store.read_stage("gen").to_pandas()
     assert len(out) == 2 * len(PROMPTS) and sorted(set(out["row"])) == list(range(len(PROMPTS)))
-    # one load per worker process over 8 tasks: the other tasks found the model in the worker's cache
+    # one load per worker process (Ray: per actor) over 8 tasks: the others found the model in its cache
     loads = (
         out.drop_duplicates("_task_key").groupby("worker")["model_cached"].apply(lambda c: int((~c).sum()))
     )

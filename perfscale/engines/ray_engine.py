@@ -13,9 +13,14 @@ local `ray.init`), assigns the task its ids and runs it in a fresh worker proces
 `max_calls=1` for GPU tasks); the task takes Ray's ids as the engine's (`ray.get_gpu_ids()` into
 PERFSCALE_GPUS_ASSIGNED, perfscale.gpus.bound), so the vendor's variables always name what Ray gave it.
 
-Each task is a Ray task with `num_cpus=1` and `max_retries=0`: a task whose worker dies fails at once
-(`WorkerCrashedError`) and `run_plan` records `node_lost` and applies the study's retry policy, as on every
-other engine. `ObjectRef.future()` gives the `concurrent.futures.Future` the runner waits on.
+CPU tasks run on a pool of long-lived Ray actors (`ActorPool`: one per worker, `num_cpus=1`), as Ray Data
+runs its map batches: what a task loads into its process, the inference model cache above all
+(perfscale.llm.inference.cached_model), stays in that actor for the next task, so model residency is explicit
+rather than an accident of Ray reusing worker processes. Actors start on their first call, so an engine
+that runs nothing holds no CPUs. An actor whose process dies (`max_restarts=0`) fails its call at once
+(`ActorDiedError`) and is replaced on its next one; `run_plan` records `node_lost` and applies the study's
+retry policy, as on every other engine. GPU tasks are Ray tasks with `max_retries=0` (`WorkerCrashedError`
+when their process dies); `ObjectRef.future()` gives the `concurrent.futures.Future` the runner waits on.
 
 Offline and quiet (`ray_environment`):
 - Ray 2.59+ turns token authentication on for a new local cluster, writes a token to ~/.ray/auth_token and
@@ -34,12 +39,14 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import secrets
 import shlex
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -243,10 +250,6 @@ def _apply_environment(env: dict[str, str]) -> None:
         AuthenticationTokenLoader.instance().reset_cache()
 
 
-def _call(fn: Callable[..., Any], *args: Any) -> Any:
-    return fn(*args)
-
-
 def _call_on_gpus(fn: Callable[..., Any], *args: Any) -> Any:
     """A GPU task: the ids Ray assigned it are the task's (perfscale.gpus.ASSIGNED_ENV)."""
     import ray
@@ -256,6 +259,85 @@ def _call_on_gpus(fn: Callable[..., Any], *args: Any) -> Any:
         return fn(*args)
     finally:
         os.environ.pop(ASSIGNED_ENV, None)
+
+
+class _Worker:
+    """A long-lived worker process (a Ray actor): the modules and models its calls load stay for its life."""
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return fn(*args)
+
+
+_Call = tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]
+
+
+class ActorPool:
+    """Up to `size` actors of `num_cpus=1`, each fed by a driver thread of its own from one queue of calls.
+
+    A thread starts its actor on its first call and waits for each call's result (`ray.get`), so a call goes
+    to whichever actor is free. An actor that dies fails its call with Ray's `RayActorError` and its thread
+    starts a new actor for the next call. `close` kills the actors: calls in flight or still queued fail.
+    """
+
+    def __init__(self, size: int):
+        import ray
+
+        self._cls = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(_Worker)
+        self._calls: queue.Queue[_Call | None] = queue.Queue()
+        self._actors: set[Any] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"ray-actor-{i}", daemon=True) for i in range(size)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._calls.put((future, fn, args))
+        return future
+
+    def _start_actor(self) -> Any:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the Ray engine was shut down before this call ran")
+            actor = self._cls.remote()
+            self._actors.add(actor)
+            return actor
+
+    def _serve(self) -> None:
+        import ray
+        from ray.exceptions import RayActorError
+
+        actor = None
+        while (item := self._calls.get()) is not None:
+            future, fn, args = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                actor = actor or self._start_actor()
+                future.set_result(ray.get(actor.call.remote(fn, *args)))
+            except RayActorError as exc:  # its process died: the next call gets a new actor
+                logger.warning("Ray actor died: %s", str(exc).splitlines()[0])
+                with self._lock:
+                    self._actors.discard(actor)
+                actor = None
+                future.set_exception(exc)
+            except Exception as exc:  # the runner judges what it was
+                future.set_exception(exc)
+
+    def close(self) -> None:
+        import ray
+
+        with self._lock:
+            self._closed, actors = True, list(self._actors)
+        for _ in self._threads:
+            self._calls.put(None)
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
+        for thread in self._threads:
+            thread.join(timeout=30)
 
 
 class RayEngine(Engine):
@@ -269,6 +351,7 @@ class RayEngine(Engine):
         self._procs: list[subprocess.Popen[bytes]] = []
         self._logs: list[IO[bytes]] = []
         self._remote: Any = None
+        self._pool: ActorPool | None = None
 
     def start(self) -> None:
         if not _ray_running():
@@ -284,7 +367,9 @@ class RayEngine(Engine):
             self._check_gpus(ray.cluster_resources().get("GPU", 0))
             self._remote = ray.remote(num_cpus=1, num_gpus=self.task_gpus, max_retries=0)(_call_on_gpus)
         else:
-            self._remote = ray.remote(num_cpus=1, max_retries=0)(_call)
+            # a session started elsewhere may have fewer CPUs than workers: an actor beyond them never starts
+            cpus = int(ray.cluster_resources().get("CPU", 0))
+            self._pool = ActorPool(self.workers if self._owned else max(1, min(self.workers, cpus)))
 
     def _check_gpus(self, have: float) -> None:
         """A task asking Ray for more GPUs than any node has would wait for ever: say so instead."""
@@ -336,12 +421,17 @@ class RayEngine(Engine):
         self._procs.append(proc)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        if self._pool is not None:
+            return self._pool.submit(fn, *args)
         assert self._remote is not None, "engine not started"
         return self._remote.remote(fn, *args).future()
 
     def shutdown(self) -> None:
         import ray
 
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         if self._owned:
             ray.shutdown()
             self._owned = False
