@@ -353,6 +353,18 @@ def test_given_split_and_one_hot(block: pd.DataFrame) -> None:
         fit_predict(table, FitSpec(["wall_time"], ["node_num"], "mean", split="given", one_hot=["state"]), 0)
 
 
+def test_rows_kept_by_classes_are_numbered_in_the_input(block: pd.DataFrame) -> None:
+    """`classes` drops the rows of other classes; `row` still points into the input table."""
+    table = block.iloc[:300].reset_index(drop=True)
+    table["new_status"] = table["new_status"].astype(str)
+    keep = ["Pass", "Failed"]
+    spec = FitSpec(["new_status"], ["node_num"], "mean", classes=keep)
+    out = fit_predict(table, spec, seed=0)
+    assert set(out["truth_label"]) <= set(keep)
+    assert (table.loc[out["row"], "new_status"].to_numpy() == out["truth_label"].to_numpy()).all()
+    assert table["new_status"].isin(["Killed"]).any()  # something was dropped, so positions could shift
+
+
 def test_choice_hits_pick_the_fastest_or_the_smallest_thread_count_meeting_the_bound():
     from perfscale.models.scoring import choice_hits
     from perfscale.stages.predict import PredictParams

@@ -65,9 +65,10 @@ def prepare(table: pd.DataFrame, spec: FitSpec, seed: int) -> tuple[pd.DataFrame
     overlap = sorted(set(spec.targets) & set(inputs))
     if overlap:
         raise BadInput(f"columns {overlap} are both target and feature")
+    # `row` is the position in the input, so numbered before rows of other classes are dropped
+    table = table.reset_index(drop=True).assign(_row=np.arange(len(table)))
     if spec.classes is not None:
         table = keep_classes(table, spec.targets, spec.classes)
-    table = table.reset_index(drop=True).assign(_row=np.arange(len(table)))
     features = list(spec.features)
     # history is computed on the whole trace before any subsampling: a job's history is every earlier job
     if spec.history_by:
