@@ -36,6 +36,7 @@ def main() -> None:
     args = ap.parse_args()
     b = 1000
     a = max(1, args.tasks // b)
+    args.folder.mkdir(parents=True, exist_ok=True)
     study = args.folder / f"noop-{args.tasks}.yaml"
     study.write_text(
         f"name: noop{args.tasks}\nstages:\n  noop:\n    kind: noop\n    grid:\n      product:\n"
