@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
+from perfscale.environ import environ
+
 log = logging.getLogger(__name__)
 
 # what a task of each vendor's GPUs reads to know its devices
@@ -126,16 +128,8 @@ def claim(binding: GpuBinding, count: int) -> Iterator[list[str]]:
 @contextmanager
 def visible(binding: GpuBinding, ids: list[str]) -> Iterator[None]:
     """The vendor's variables name exactly `ids` (empty: no GPU) inside the block; restored after."""
-    before = {name: os.environ.get(name) for name in binding.names}
-    os.environ.update({name: ",".join(ids) for name in binding.names})
-    try:
+    with environ({name: ",".join(ids) for name in binding.names}):
         yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def assigned() -> list[str] | None:

@@ -101,7 +101,7 @@ def test_unknown_kind_names_the_known_ones():
 # plan.kinds.KINDS, engines.base.ENGINES, sched.base.SCHEDULERS) are not edges: they are how a lower layer
 # finds what registers itself above it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("perfscale.version", "perfscale.errors")),
+    ("base", ("perfscale.version", "perfscale.errors", "perfscale.devices", "perfscale.environ")),
     (
         "leaves",
         (

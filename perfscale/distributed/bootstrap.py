@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from perfscale.environ import environ
 from perfscale.errors import FailureKind, PerfscaleError, TaskFailure
 
 log = logging.getLogger(__name__)
@@ -211,17 +212,12 @@ def session(
         dist.init_process_group(
             backend, store=store, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s)
         )
-        env = _torchrun_env(rank, world, local.Get_rank(), local.Get_size(), addr, port)
-        saved = {name: os.environ.get(name) for name in env}
-        os.environ.update(env)
+        local_rank, local_size = local.Get_rank(), local.Get_size()
+        env = _torchrun_env(rank, world, local_rank, local_size, addr, port)
         try:
-            yield Session(rank, world, local.Get_rank(), local.Get_size(), backend, device, addr, port, job)
+            with environ(env):
+                yield Session(rank, world, local_rank, local_size, backend, device, addr, port, job)
         finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
             dist.destroy_process_group()
             del store
     finally:

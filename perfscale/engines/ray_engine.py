@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from perfscale.engines.base import Engine
+from perfscale.environ import environ
 from perfscale.errors import SpecError
 from perfscale.gpus import ASSIGNED_ENV
 from perfscale.sched.base import scheduler_class
@@ -254,11 +255,8 @@ def _call_on_gpus(fn: Callable[..., Any], *args: Any) -> Any:
     """A GPU task: the ids Ray assigned it are the task's (perfscale.gpus.ASSIGNED_ENV)."""
     import ray
 
-    os.environ[ASSIGNED_ENV] = ",".join(str(i) for i in ray.get_gpu_ids())
-    try:
+    with environ({ASSIGNED_ENV: ",".join(str(i) for i in ray.get_gpu_ids())}):
         return fn(*args)
-    finally:
-        os.environ.pop(ASSIGNED_ENV, None)
 
 
 class _Worker:

@@ -6,9 +6,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
+from perfscale.devices import check_device, check_precision
 from perfscale.options import OptionsModel
 
-DEVICES = ("cpu", "cuda", "auto")
 TINY_LR, PRETRAINED_LR = 1e-3, 5e-5
 
 
@@ -21,12 +21,6 @@ def _deepspeed(value: dict[str, Any]) -> dict[str, Any]:
         if problem:
             raise ValueError(problem)
     return value
-
-
-def check_device(value: str) -> str:
-    if value in DEVICES or (value.startswith("cuda:") and value[5:].isdigit()):
-        return value
-    raise ValueError(f"must be one of {', '.join(DEVICES)} or cuda:<index>")
 
 
 class Params(OptionsModel):
@@ -101,10 +95,7 @@ class Params(OptionsModel):
 
     @model_validator(mode="after")
     def _bf16_on_gpu(self) -> Params:
-        if self.precision == "bf16" and self.device == "cpu":
-            raise ValueError(
-                'precision "bf16" runs on a GPU only: set device "auto" or "cuda", or precision "fp32"'
-            )
+        check_precision(self.precision, self.device)
         if self.precision == "bf16" and self.zero_stage is not None:
             raise ValueError(
                 'precision "bf16" is for plain torch training; under zero_stage set DeepSpeed\'s own: '

