@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from perfscale.store import done_index
 from perfscale.store.packs import INDEX_SCHEMA, write_pack
@@ -34,7 +35,7 @@ from perfscale.store.run import RunStore
 from perfscale.store.shards import read_footer
 
 MAX_PACK_BYTES = 256 << 20  # of shard files per pack: bounds the memory a compaction holds
-MAX_PACK_TASKS = 100_000
+MAX_PACK_TASKS = 20_000
 log = logging.getLogger(__name__)
 
 
@@ -97,12 +98,19 @@ def _chunks(store: RunStore, stage: str, keys: list[str]) -> Iterable[list[tuple
         yield chunk
 
 
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with exactly `schema`'s columns, in its order: missing ones null, others cast (promoted)."""
+    columns = [
+        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(len(table), f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
 def _pack(store: RunStore, stage: str, chunk: list[tuple[str, str]]) -> int:
     """Write one pack of `chunk`'s shards, then delete them; the number of shards packed."""
-    import pyarrow.dataset as ds
-
     folder = store.stage_dir(stage)
-    paths, schemas, index = [], {}, []
+    paths, schemas, index, tables = [], {}, [], []
     for key, stat in chunk:
         path = f"{folder}/{key}.parquet"
         footer = read_footer(path)
@@ -120,10 +128,13 @@ def _pack(store: RunStore, stage: str, chunk: list[tuple[str, str]]) -> int:
                 "schema": schemas.setdefault(own, len(schemas)),
             }
         )
+        if footer.num_rows:  # the footer just parsed is reused; an empty shard has nothing more to read
+            with pa.OSFile(path) as source:
+                tables.append(pq.ParquetFile(source, metadata=footer.parquet).read().replace_schema_metadata())
     distinct = list(schemas)
     schema = pa.unify_schemas(distinct, promote_options="permissive")
-    data = ds.dataset(paths, schema=schema, format="parquet").to_table()
-    write_pack(folder, data, pa.Table.from_pylist(index, schema=INDEX_SCHEMA), distinct)
+    rows = pa.concat_tables(tables, promote_options="permissive") if tables else schema.empty_table()
+    write_pack(folder, _conform(rows, schema), pa.Table.from_pylist(index, schema=INDEX_SCHEMA), distinct)
     removed = []
     for (key, stat), path in zip(chunk, paths, strict=True):
         if done_index.stat_entry(path) == stat:  # a shard rewritten since it was read is newer: kept
