@@ -130,7 +130,8 @@ def _pack(store: RunStore, stage: str, chunk: list[tuple[str, str]]) -> int:
         )
         if footer.num_rows:  # the footer just parsed is reused; an empty shard has nothing more to read
             with pa.OSFile(path) as source:
-                tables.append(pq.ParquetFile(source, metadata=footer.parquet).read().replace_schema_metadata())
+                table = pq.ParquetFile(source, metadata=footer.parquet).read()
+            tables.append(table.replace_schema_metadata())
     distinct = list(schemas)
     schema = pa.unify_schemas(distinct, promote_options="permissive")
     rows = pa.concat_tables(tables, promote_options="permissive") if tables else schema.empty_table()
