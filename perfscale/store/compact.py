@@ -55,17 +55,15 @@ def finish_deletes(store: RunStore, stage: str) -> int:
     """Delete the loose shards that a pack already holds unchanged (an earlier compaction was killed before
     deleting them): same size and mtime as the pack recorded. Returns how many."""
     packs = store.packs(stage)
-    listed = store.listed_keys(stage)
-    if not listed or not packs.packs:
-        return 0
+    owner = packs.owner()
     folder = store.stage_dir(stage)
     removed = []
-    for pack in packs.packs.values():
-        index = pack.index
-        for key, stat in zip(index.column("key").to_pylist(), index.column("shard").to_pylist(), strict=True):
-            if key in listed and done_index.stat_entry(f"{folder}/{key}.parquet") == stat:
-                os.unlink(folder / f"{key}.parquet")
-                removed.append(key)
+    for key in store.listed_keys(stage) if owner else ():
+        pack = packs.pack_of(key)
+        path = f"{folder}/{key}.parquet"
+        if pack is not None and done_index.stat_entry(path) == pack.shard_of(key):
+            os.unlink(path)
+            removed.append(key)
     _forget(store, stage, removed)
     return len(removed)
 

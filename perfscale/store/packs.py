@@ -107,12 +107,24 @@ class Pack:
     def _schema_of(self) -> dict[str, int]:
         return dict(zip(self.keys(), self.index.column("schema").to_pylist(), strict=True))
 
+    @cached_property
+    def _shard_of(self) -> dict[str, str]:
+        return dict(zip(self.keys(), self.index.column("shard").to_pylist(), strict=True))
+
     def schema_of(self, key: str) -> pa.Schema:
         """The schema of the task's own shard."""
         return self.schemas[self._schema_of[key]]
 
-    def keys(self) -> list[str]:
+    def shard_of(self, key: str) -> str:
+        """ "size mtime_ns" of the loose shard the task was packed from."""
+        return self._shard_of[key]
+
+    @cached_property
+    def _keys(self) -> list[str]:
         return self.index.column("key").to_pylist()
+
+    def keys(self) -> list[str]:
+        return self._keys
 
     def entry(self, key: str) -> dict[str, Any] | None:
         """The index row of `key` (None if the pack does not hold it); a linear scan: for single lookups."""
@@ -121,6 +133,7 @@ class Pack:
         rows = self.index.filter(pc.equal(self.index.column("key"), key))
         return rows.to_pylist()[0] if rows.num_rows else None
 
+    @cached_property
     def with_artifacts(self) -> dict[str, dict[str, int]]:
         """{key: artifacts} of the packed tasks that list artifacts (the done-check checks their files)."""
         import pyarrow.compute as pc
@@ -169,8 +182,8 @@ def read_pack(path: Path | str) -> Pack:
 
 
 class StagePacks:
-    """The packs of one stage folder, their indexes cached while the files are unchanged (packs are written
-    once and never modified, so a listing and one `stat` per pack tell whether the cache is current)."""
+    """The packs of one stage folder, their indexes cached (packs are written once under unique names and
+    never modified, so a listing tells whether the cache is current)."""
 
     def __init__(self, stage_dir: Path | str):
         self.folder = pack_folder(stage_dir)
@@ -201,11 +214,16 @@ class StagePacks:
                 continue
             except BadShard as exc:
                 bad.append((path, str(exc)))
+        old = self._listing
+        if old is not None and not bad and names[: len(old)] == old:  # only newer packs were added
+            for name in names[len(old) :]:
+                self._owner.update(dict.fromkeys(packs[name].keys(), name))
+        else:
+            owner: dict[str, str] = {}
+            for name, pack in packs.items():  # oldest first: a newer pack's keys overwrite an older one's
+                owner.update(dict.fromkeys(pack.keys(), name))
+            self._owner = owner
         self.packs, self._listing = packs, names if not bad else None
-        owner: dict[str, str] = {}
-        for name, pack in packs.items():  # oldest first: a newer pack's keys overwrite an older one's
-            owner.update(dict.fromkeys(pack.keys(), name))
-        self._owner = owner
         return bad
 
     def owner(self) -> dict[str, str]:
@@ -219,9 +237,6 @@ class StagePacks:
     def schema_of(self, key: str) -> pa.Schema:
         """The schema of the shard a packed task's rows came from (from the pack that owns it)."""
         return self.packs[self._owner[key]].schema_of(key)
-
-    def forget(self) -> None:
-        self.packs, self._owner, self._listing = {}, {}, None
 
 
 def read_packed(

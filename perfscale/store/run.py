@@ -322,7 +322,7 @@ class RunStore:
         wanted = self.plan_keys.get(stage, {}) if keys is None else keys
         found = {k for k in wanted if k in owner}
         for name, pack in packs.packs.items():
-            for key, listed in pack.with_artifacts().items():
+            for key, listed in pack.with_artifacts.items():
                 if key in found and owner[key] == name:
                     problem = artifact_problem(f"{artifacts}/{key}", listed)
                     if problem is not None:
