@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from perfscale.errors import PerfscaleError
+from perfscale.plan.cache import CachedPlan
 from perfscale.plan.planner import Plan, PlanRows, Task
 from perfscale.spec.site import Site
 from perfscale.store import done_index, recover, task_attempts
@@ -121,16 +122,27 @@ class RunStore:
     # ---- creation -----------------------------------------------------------------------------------
     @classmethod
     def create(
-        cls, root: Path | str, study_text: str, site: Site, plan: Plan, study_dir: Path | None = None
+        cls,
+        root: Path | str,
+        study_text: str,
+        site: Site,
+        plan: Plan | CachedPlan,
+        study_dir: Path | None = None,
+        digest: str | None = None,
     ) -> RunStore:
-        """Create or re-open a run; the plan is rewritten, shards of unchanged tasks are kept."""
+        """Create or re-open a run; the plan is rewritten (with `digest`, see perfscale.plan.cache), shards
+        of unchanged tasks are kept. A CachedPlan is the run's own plan.parquet, kept as it is."""
         store = cls(root)
         store.refuse_foreign(plan.study)
         store.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(study_text, store.root / "study.yaml")
         atomic_write_text(json.dumps(site.model_dump(mode="json"), indent=2), store.root / "site.json")
-        plan.write(store.plan_path)
-        store.__dict__["plan"] = plan  # the plan just written: not read back (3.5 s at 10^5 tasks)
+        if isinstance(plan, Plan):
+            plan.write(store.plan_path, digest)
+            store.__dict__["plan"] = plan  # the plan just written: not read back (3.5 s at 10^5 tasks)
+            count = len(plan.tasks)
+        else:
+            count = plan.tasks
         manifest = store.manifest() if store.manifest_path.exists() else {"created_at": utcnow().isoformat()}
         manifest.update(
             {
@@ -140,7 +152,7 @@ class RunStore:
                 "host": socket.gethostname(),
                 "updated_at": utcnow().isoformat(),
                 "stages": plan.stages,
-                "tasks": len(plan.tasks),
+                "tasks": count,
                 "study_dir": str(Path(study_dir or ".").resolve()),
             }
         )
@@ -196,6 +208,13 @@ class RunStore:
     @cached_property
     def plan_rows(self) -> PlanRows:
         return PlanRows(self.check().plan_path)
+
+    @property
+    def task_count(self) -> int:
+        """How many tasks the plan holds: from the loaded plan, else plan.parquet's footer (not its rows)."""
+        if "plan" in self.__dict__:
+            return len(self.plan.tasks)
+        return len(self.plan_rows)
 
     def task(self, index: int) -> Task:
         """Task `index` of the plan: from the plan when it is loaded, else from the one row group holding
@@ -404,16 +423,22 @@ class RunStore:
     def attempts(self) -> pd.DataFrame:
         """Every attempt row. An unreadable attempts file is quarantined with a warning and skipped; a done
         task without an `ok` row gets the row its shard's footer recorded (store/recover.py)."""
+        return self.attempts_table().to_pandas()
+
+    def attempts_table(self, columns: list[str] | None = None) -> pa.Table:
+        """`attempts()` as an Arrow table, of `columns` only where given (a million rows of every column
+        cost seconds to read and more to turn into pandas)."""
         folder = self.root / "attempts"
         files = sorted(str(p) for p in folder.rglob("*.parquet")) if folder.exists() else []
-        table = (
-            recover.read_attempt_files(self, files, ATTEMPT_SCHEMA) if files else ATTEMPT_SCHEMA.empty_table()
-        )
+        schema = ATTEMPT_SCHEMA
+        if columns is not None:
+            schema = pa.schema([schema.field(c) for c in dict.fromkeys([*columns, "task_key", "ok"])])
+        table = recover.read_attempt_files(self, files, schema) if files else schema.empty_table()
         recovered = recover.recovered_attempts(self, table)
         if recovered:
-            rows = [r.row() for r in recovered]
-            table = pa.concat_tables([table, pa.Table.from_pylist(rows, schema=ATTEMPT_SCHEMA)])
-        return table.to_pandas()
+            rows = [{c: r.row()[c] for c in schema.names} for r in recovered]
+            table = pa.concat_tables([table, pa.Table.from_pylist(rows, schema=schema)])
+        return table
 
     def clear_artifacts(self, stage: str, key: str) -> Path:
         """A fresh, empty artifact folder for a task attempt (leftovers of a killed attempt are removed)."""
