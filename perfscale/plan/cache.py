@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 DIGEST_KEY = "plan_digest"
 
 #: kinds whose plan-time checks read only their params, the study and the site: nothing on disk or the host
-CACHEABLE_KINDS = frozenset({"noop"})
+#: (`function` checks its `callable`'s form, not the file: that is read where the task runs). A kind joins
+#: only after a look at its params model and plan_check (and at whatever they call).
+CACHEABLE_KINDS = frozenset({"noop", "function"})
 
 
 @dataclass(frozen=True)
