@@ -237,14 +237,17 @@ class RunStore:
             for t in self.plan.tasks:
                 keys.setdefault(t.stage, {})[t.key] = t.index
             return keys
+        import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        table = pq.read_table(self.check().plan_path, columns=["index", "stage", "key"])
-        stages = table.column("stage").to_pylist()
-        for stage, key, index in zip(
-            stages, table.column("key").to_pylist(), table.column("index").to_pylist(), strict=True
-        ):
-            keys.setdefault(stage, {})[key] = index
+        # the file, not pq.read_table, which imports pyarrow.dataset and pandas (~0.5 s)
+        table = pq.ParquetFile(self.check().plan_path).read(columns=["index", "stage", "key"])
+        # one filter per stage, its dict built by zip: no Python loop over a million rows
+        for stage in pc.unique(table.column("stage")).to_pylist():
+            rows = table.filter(pc.equal(table.column("stage"), stage))
+            keys[stage] = dict(
+                zip(rows.column("key").to_pylist(), rows.column("index").to_pylist(), strict=True)
+            )
         return keys
 
     # ---- shards -------------------------------------------------------------------------------------
