@@ -3,10 +3,13 @@
     .venv/bin/python benchmarks/scale.py [--sizes 1000,10000,100000] [--workers 2] [--run-max N]
     .venv/bin/python benchmarks/scale.py --quick        # 1,000 tasks, for `make bench`
 
-Each phase is one `perfscale` command in its own process (`plan`, `run --engine local`, `status`, `run`
-again with everything done), timed from outside, its peak memory read from the child's rusage (ru_maxrss).
+Each phase is one `perfscale` command in its own process, timed from outside, its peak memory read from the
+child's rusage (ru_maxrss): `plan`; `run --engine local --compact-every 0` (loose shards), `status`, `run`
+again with everything done; `compact`, then `status` and the rerun again on the compacted run; and a second
+`run` that compacts as it goes (the site's default `compact_every`).
 The study is one noop stage over an `a x b` grid (b = 1,000 for sizes of 10^4 and more). Also reported: the
-most files in one folder of the run. Results go to benchmarks/results/scale.json with the machine
+most files in one folder of the run, with loose shards, after `perfscale compact`, and compacting as it
+goes. Results go to benchmarks/results/scale.json with the machine
 description, and a log-log plot to benchmarks/results/scale.png.
 """
 
@@ -69,13 +72,34 @@ def measure(n: int, workers: int, folder: Path, phases: list[str]) -> dict[str, 
     row: dict[str, object] = {"tasks": n}
     if "plan" in phases:
         row["plan"] = timed("plan", str(study), "--out", str(folder / f"plan-{n}.parquet"))
-    if "run" in phases:
-        common = ["--run-dir", str(run), "--engine", "local", "--workers", str(workers), "--quiet"]
-        row["run"] = timed("run", str(study), *common, "--no-report")
+    common = ["--engine", "local", "--workers", str(workers), "--quiet", "--no-report"]
+    if "run" in phases:  # loose shards only, then the same run compacted afterwards
+        loose = [*common, "--run-dir", str(run), "--compact-every", "0"]
+        row["run"] = timed("run", str(study), *loose)
         row["status"] = timed("status", str(run))
-        row["rerun"] = timed("run", str(study), *common, "--no-report")
+        row["rerun"] = timed("run", str(study), *loose)
         row["most_files_in_a_folder"] = most_files_in_a_folder(run)
+        row["compact"] = timed("compact", str(run))
+        row["status_compacted"] = timed("status", str(run))
+        row["rerun_compacted"] = timed("run", str(study), *loose)
+        row["most_files_in_a_folder_compacted"] = most_files_in_a_folder(run)
+    if "compacting" in phases:  # the runner compacting as it goes (the site's default compact_every)
+        packed = folder / f"run-{n}-compacting"
+        row["run_compacting"] = timed("run", str(study), *common, "--run-dir", str(packed))
+        row["most_files_in_a_folder_compacting"] = most_files_in_a_folder(packed)
     return row
+
+
+PHASES = (
+    "plan",
+    "run",
+    "status",
+    "rerun",
+    "compact",
+    "status_compacted",
+    "rerun_compacted",
+    "run_compacting",
+)
 
 
 def plot(rows: list[dict[str, object]], path: Path) -> None:
@@ -84,19 +108,31 @@ def plot(rows: list[dict[str, object]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (wall, mem) = plt.subplots(1, 2, figsize=(10, 4))
-    for phase in ("plan", "run", "status", "rerun"):
+    fig, (wall, mem, files) = plt.subplots(1, 3, figsize=(15, 4))
+    for phase in PHASES:
         points = [(r["tasks"], r[phase]) for r in rows if phase in r]
         if points:
             xs = [p[0] for p in points]
             wall.plot(xs, [p[1]["seconds"] for p in points], "o-", label=phase)
             mem.plot(xs, [p[1]["peak_rss_mb"] for p in points], "o-", label=phase)
-    for ax, label in ((wall, "seconds"), (mem, "peak RSS (MB)")):
+    for suffix, label in (
+        ("", "loose shards"),
+        ("_compacted", "after perfscale compact"),
+        ("_compacting", "compacting as it goes"),
+    ):
+        points = [
+            (r["tasks"], r[f"most_files_in_a_folder{suffix}"])
+            for r in rows
+            if f"most_files_in_a_folder{suffix}" in r
+        ]
+        if points:
+            files.plot([p[0] for p in points], [p[1] for p in points], "o-", label=label)
+    for ax, label in ((wall, "seconds"), (mem, "peak RSS (MB)"), (files, "most files in one folder")):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("tasks")
         ax.set_ylabel(label)
-        ax.legend()
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -105,7 +141,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1000,10000,100000")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--phases", default="plan,run", help="plan and/or run (run includes status and rerun)")
+    ap.add_argument(
+        "--phases",
+        default="plan,run,compacting",
+        help="plan, run (then status, rerun, compact, status and rerun again) and/or compacting (a run that "
+        "compacts as it goes)",
+    )
     ap.add_argument("--run-max", type=int, default=10**9, help="sizes above this are only planned")
     ap.add_argument("--quick", action="store_true", help="1,000 tasks, nothing written (make bench)")
     ap.add_argument("--keep", type=Path, help="keep the runs in this folder")
@@ -118,7 +159,7 @@ def main() -> None:
         folder = args.keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         for n in sizes:
-            sized = [p for p in phases if p != "run" or n <= args.run_max]
+            sized = [p for p in phases if p == "plan" or n <= args.run_max]
             rows.append(measure(n, args.workers, folder, sized))
             print(json.dumps(rows[-1]), flush=True)
     out = {

@@ -30,15 +30,24 @@ def _site(args: argparse.Namespace):
     return load_site(args.site)
 
 
-def _positive_int(text: str) -> int:
-    """argparse type of counts (--workers, --throttle): a whole number >= 1."""
+def _count(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+        value = least - 1
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= {least}, got {text!r}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    """argparse type of counts (--workers, --throttle): a whole number >= 1."""
+    return _count(text, 1)
+
+
+def _non_negative_int(text: str) -> int:
+    """argparse type of counts where 0 turns a feature off (--compact-every)."""
+    return _count(text, 0)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -195,7 +204,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{args.engine or store.site.engine})"
         )
         summary = run_plan(
-            store, args.engine, args.workers, progress=not args.quiet, bundle=not args.no_bundle
+            store,
+            args.engine,
+            args.workers,
+            progress=not args.quiet,
+            bundle=not args.no_bundle,
+            compact_every=args.compact_every,
         )
         code = _print_status(store, {stage: s.done_keys for stage, s in summary.items()})
         if not args.no_report:
@@ -210,6 +224,35 @@ def cmd_status(args: argparse.Namespace) -> int:
     from perfscale.store import RunStore
 
     return _print_status(RunStore(args.run).check())
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    """Merge each stage's loose shards into packs, under the run's lock (one compaction at a time)."""
+    from perfscale.store import RunStore
+    from perfscale.store.compact import compact_run
+    from perfscale.store.lock import run_lock
+
+    store = RunStore(args.run).check()
+    unknown = sorted(set(args.stages) - set(store.plan_keys))
+    if unknown:
+        raise PerfscaleError(
+            f"{store.plan_path}: no stage {', '.join(map(repr, unknown))} in the plan; its stages are "
+            f"{', '.join(store.plan_keys)}"
+        )
+    with run_lock(store.root, wait=args.wait_lock):
+        results = compact_run(store, args.stages or None)
+    table = Table(
+        "stage",
+        "shards packed",
+        "packs written",
+        "loose files before",
+        "after",
+        title=f"compacted {store.root}",
+    )
+    for r in results:
+        table.add_row(r.stage, str(r.packed), str(r.packs), str(r.loose_before), str(r.loose_after))
+    console.print(table)
+    return 0
 
 
 def cmd_task_run(args: argparse.Namespace) -> int:
@@ -366,9 +409,25 @@ def parser() -> argparse.ArgumentParser:
         help="one task per engine call (default: short tasks are bundled, several per call)",
     )
     r.add_argument(
+        "--compact-every",
+        type=_non_negative_int,
+        help="merge a stage's shards into packs each time it has this many new ones, and at its end "
+        "(default: the site's compact_every, 10000; 0: never)",
+    )
+    r.add_argument(
         "--wait-lock", action="store_true", help="if another run holds the run folder, wait for it to end"
     )
     r.set_defaults(fn=cmd_run)
+
+    co = sub.add_parser(
+        "compact", help="merge a run's small shards into a few packs (Parquet files with a key index)"
+    )
+    co.add_argument("run", type=Path)
+    co.add_argument("stages", nargs="*", help="stages to compact (default: all)")
+    co.add_argument(
+        "--wait-lock", action="store_true", help="if a run holds the run folder, wait for it to end"
+    )
+    co.set_defaults(fn=cmd_compact)
 
     sb = sub.add_parser("submit", help="array mode: submit a study's missing tasks as scheduler job arrays")
     sb.add_argument("study", type=Path)

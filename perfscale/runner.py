@@ -195,12 +195,14 @@ def run_plan(
     stages: list[str] | None = None,
     progress: bool = True,
     bundle: bool = True,
+    compact_every: int | None = None,
 ) -> dict[str, StageSummary]:
     """Run every missing task of the run's plan (optionally only some stages) and summarise per stage.
 
     `engine` is an engine name (started and stopped here) or an Engine the caller has already started.
     `bundle`: pack short tasks into bundles, several per engine call (perfscale/bundles.py); False sends
-    one task per call.
+    one task per call. `compact_every` (default: the site's): each time a stage has this many new shards,
+    they are merged into packs (store/compact.py), and so is the rest when the stage ends; 0: never.
     """
     plan_keys = store.plan_keys  # {stage: {key: index}}: three columns, not a Task per row
     summary: dict[str, StageSummary] = {}
@@ -208,6 +210,7 @@ def run_plan(
     next_attempt: dict[str, int] | None = None  # read from the attempts table once something is to run
     attempt_log = AttemptLog(store)
     bundler = Bundler(workers or store.site.workers, enabled=bundle)
+    compactor = Compactor(store, store.site.compact_every if compact_every is None else compact_every)
     space.reserve(store.root)
     try:
         with (
@@ -256,10 +259,12 @@ def run_plan(
                         s.done += 1
                         s.ran += not outcome.skipped
                         done[stage].add(outcome.key)
+                        compactor.wrote(stage)
                     else:
                         s.failed += 1
                         s.failure_kinds[outcome.failure_kind or "?"] += 1
                     bars.update(bar, advance=1, failed=f"[red]{s.failed} failed" if s.failed else "")
+                compactor.stage_ended(stage)
     except BaseException:
         # a run that stops early (disk full, a signal, a broken engine) may have killed workers mid-write
         removed = remove_dead_writers_temps(store.root)
@@ -273,6 +278,35 @@ def run_plan(
         finally:
             space.release(store.root)
     return summary
+
+
+class Compactor:
+    """Compaction as the run goes (store/compact.py): a stage is compacted each time `every` new shards
+    have been written since its last compaction, and once more when it ends if it was compacted before or
+    has `every` loose shards (so a stage of fewer tasks keeps its loose shards). The run holds the lock."""
+
+    def __init__(self, store: RunStore, every: int):
+        self.store, self.every = store, every
+        self.fresh: Counter[str] = Counter()
+        self.compacted: set[str] = set()
+
+    def wrote(self, stage: str) -> None:
+        if not self.every:
+            return
+        self.fresh[stage] += 1
+        if self.fresh[stage] >= self.every:
+            self._compact(stage)
+
+    def stage_ended(self, stage: str) -> None:
+        if self.every and (stage in self.compacted or len(self.store.listed_keys(stage)) >= self.every):
+            self._compact(stage)
+
+    def _compact(self, stage: str) -> None:
+        from perfscale.store.compact import compact_stage
+
+        compact_stage(self.store, stage)
+        self.fresh[stage] = 0
+        self.compacted.add(stage)
 
 
 class _Engines:

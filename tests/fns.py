@@ -129,3 +129,13 @@ def gpus_seen(x: int, hold: float) -> dict:
         "t0": started,
         "t1": time.time(),
     }
+
+
+def rows_of(x: int) -> list[dict]:
+    """x rows (none for x = 0): `v` is an int for even x and a float for odd x (a schema to unify), `tag`
+    is only there for x divisible by 3 (a column some shards lack)."""
+    rows = [{"x": x, "i": i, "v": (x * i if x % 2 == 0 else x * i + 0.5)} for i in range(x)]
+    for row in rows:
+        if x % 3 == 0:
+            row["tag"] = f"t{x}-{row['i']}"
+    return rows

@@ -35,8 +35,9 @@ def _values(store: RunStore, stage: str):
     )
 
 
-@pytest.mark.parametrize("seed", [11, 12])
-def test_sigkill_then_resume_equals_uninterrupted(write_study, tmp_path, seed):
+@pytest.mark.parametrize(("seed", "compact_every"), [(11, 0), (12, 4)])
+def test_sigkill_then_resume_equals_uninterrupted(write_study, tmp_path, seed, compact_every):
+    """`compact_every` 4: the run merges shards into packs as it goes, so a kill may land in a compaction."""
     study = write_study(slow_squares(N, 0.15, "killme") + TOTAL)
     run = tmp_path / "killed"
     cmd = [
@@ -53,13 +54,15 @@ def test_sigkill_then_resume_equals_uninterrupted(write_study, tmp_path, seed):
         "2",
         "--no-report",
         "--quiet",
+        "--compact-every",
+        str(compact_every),
     ]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     stage_dir = run / "stages" / "square"
     wanted = random.Random(seed).randint(2, N - 5)  # kill after a random number of finished tasks
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        done = [p for p in stage_dir.glob("*.parquet")] if stage_dir.exists() else []
+        done = RunStore(run).done_keys("square") if stage_dir.exists() else set()  # shards and packs
         if len(done) >= wanted or proc.poll() is not None:
             break
         time.sleep(0.01)
@@ -67,14 +70,17 @@ def test_sigkill_then_resume_equals_uninterrupted(write_study, tmp_path, seed):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 
-    visible = list(stage_dir.glob("*.parquet"))
+    files = list(stage_dir.rglob("*.parquet"))
+    for file in files:  # every visible shard or pack is complete and readable
+        assert pq.read_table(file).num_rows >= 1
+    visible = RunStore(run).done_keys("square")
     assert 0 < len(visible) < N
-    for shard in visible:  # every visible shard is complete and readable
-        assert pq.read_table(shard).num_rows == 1
+    if compact_every:
+        assert len(files) < len(visible) or len(visible) < compact_every  # packs hold several tasks
     assert not (run / "stages" / "total").exists() or not list((run / "stages" / "total").glob("*.parquet"))
 
     store = prepare_run(study, load_site("local"), run)
-    summary = run_plan(store, "local", workers=2, progress=False)
+    summary = run_plan(store, "local", workers=2, progress=False, compact_every=compact_every)
     assert summary["square"].ran == N - len(visible)
     assert summary["square"].done == N and summary["total"].done == 1
 

@@ -24,7 +24,7 @@ REQUEUABLE = {FailureKind.TIMEOUT.value, FailureKind.PREEMPTED.value, FailureKin
 def requeue_allowed(store: RunStore, index: int) -> tuple[bool, str]:
     """(decision, reason) for task `index` of the run in `store`."""
     task = store.task(index)
-    if store.shard_path(task.stage, task.key).exists():
+    if store.shard_done(task.stage, task.key):  # a loose shard or a pack
         return False, "the task is done"
     mine = store.task_attempts(task.key)  # its bucket and batch files, not the whole table
     if mine.empty:

@@ -310,7 +310,7 @@ def record_scheduler_failures(store: RunStore, states: dict[int, ElementState]) 
         if st.failure is None or st.failure is FailureKind.APP_ERROR or (st.job_id, st.element) in blamed:
             continue  # app errors are recorded by the task itself
         task = plan.tasks[index]
-        if store.shard_path(task.stage, task.key).exists():
+        if store.shard_done(task.stage, task.key):
             continue
         blamed.add((st.job_id, st.element))
         message = f"scheduler {_element_tag(st.job_id, st.element)}: {st.state}"

@@ -87,6 +87,13 @@ class Site(Strict):
         description="pilot mode: no task finished and no worker alive for this long restarts the engine; "
         "the same again right after a restart stops the run with a named error",
     )
+    compact_every: int = Field(
+        10_000,
+        ge=0,
+        description="pilot mode: each time a stage has this many new shards, `perfscale run` merges them "
+        "into packs (store/packs.py), and packs the rest when the stage ends, so that a stage's file count "
+        "grows with its data, not its task count; 0: never (`perfscale compact` still does)",
+    )
     setup: list[str] = Field(default_factory=list, description="shell lines run before each task (modules)")
     env: dict[EnvName, str] = Field(default_factory=dict, description="exported before each task")
     directives: list[str] = Field(

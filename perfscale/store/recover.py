@@ -90,6 +90,16 @@ def quarantine_shards(store: RunStore, stage: str, bad: dict[str, str], warn: bo
     return messages
 
 
+def quarantine_packs(store: RunStore, bad: list[tuple[Path, str]]) -> None:
+    """Quarantine packs that cannot be read (store/packs.py), with a warning each: their tasks are not done
+    and run again at the next `perfscale run`."""
+    for path, why in bad:
+        dest = quarantine(store, path)
+        logger.warning(
+            "corrupt pack: %s: %s; %s; `perfscale run` runs its tasks again", path, why, _moved(dest)
+        )
+
+
 def corrupt_shards_error(store: RunStore, stage: str, bad: dict[str, str]) -> CorruptFile:
     """Quarantine `bad` and return the error that names it (no warning as well: the error is the message)."""
     messages = quarantine_shards(store, stage, bad, warn=False)
@@ -154,7 +164,23 @@ def recovered_attempts(store: RunStore, table: pa.Table) -> list[Attempt]:
             record = footer.attempt() if footer is not None and problem is None else None
             if record is not None:
                 rows.append(replace(record, message=RECOVERED_MESSAGE))
+        rows += _packed_records(store, stage, {k for k in without_ok if k not in listed})
     return rows
+
+
+def _packed_records(store: RunStore, stage: str, keys: set[str]) -> list[Attempt]:
+    """The attempt records that the stage's packs hold for `keys` (from the newest pack listing each)."""
+    packs = store.packs(stage)
+    owner = packs.owner()
+    found = []
+    for name, pack in packs.packs.items():
+        index = pack.index
+        for key, record in zip(
+            index.column("key").to_pylist(), index.column("attempt").to_pylist(), strict=True
+        ):
+            if key in keys and record and owner.get(key) == name:
+                found.append(replace(Attempt.from_json(json.loads(record)), message=RECOVERED_MESSAGE))
+    return sorted(found, key=lambda r: r.task_key)
 
 
 def read_manifest(store: RunStore) -> dict[str, Any]:

@@ -4,8 +4,10 @@ RUN/
   manifest.json            run metadata (study, site, host, created, perfscale version)
   study.yaml  site.yaml    the exact inputs the run was started from
   plan.parquet             one row per task (see perfscale.plan)
-  stages/<stage>/<key>.parquet     one shard per finished task: the only completion marker (its footer
+  stages/<stage>/<key>.parquet     one shard per finished task: the completion marker (its footer
                                    says which task, how many rows and which artifacts; see store/shards.py)
+  stages/<stage>/packs/*.parquet   many tasks' shards merged into one file with a key index in its footer
+                                   (`perfscale compact`, store/packs.py): a packed task is done too
   index/<stage>.done               shards already checked (key, size, mtime): the done-check's cache
                                    (store/done_index.py)
   artifacts/<stage>/<key>/         files a task leaves besides its shard (trained models, logs)
@@ -18,6 +20,7 @@ RUN/
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -39,7 +42,8 @@ from perfscale.store import done_index, recover, task_attempts
 from perfscale.store.atomic import atomic_write_table, atomic_write_text
 from perfscale.store.attempt import ATTEMPT_SCHEMA, Attempt, utcnow
 from perfscale.store.lock import LOCK_NAME
-from perfscale.store.shards import check_shard, list_artifacts, shard_metadata
+from perfscale.store.packs import StagePacks, in_key_order, read_packed
+from perfscale.store.shards import artifact_problem, check_shard, list_artifacts, shard_metadata
 from perfscale.tabular.arrow import to_arrow
 from perfscale.tabular.columns import PROVENANCE_COLUMNS
 from perfscale.version import __version__
@@ -47,6 +51,8 @@ from perfscale.version import __version__
 if TYPE_CHECKING:
     import pandas as pd
     import pyarrow.dataset as ds
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,7 @@ class RunStore:
 
     def __init__(self, root: Path | str):
         self.root = Path(root)
+        self._packs: dict[str, StagePacks] = {}
 
     # ---- layout -------------------------------------------------------------------------------------
     @property
@@ -260,6 +267,18 @@ class RunStore:
             return set()
         return {n[: -len(".parquet")] for n in names if n.endswith(".parquet") and not n.startswith(".")}
 
+    def packs(self, stage: str) -> StagePacks:
+        """The stage's packs (store/packs.py), re-listed on each call and their indexes cached; a pack that
+        cannot be read is quarantined with a warning (its tasks are then not done and run again)."""
+        packs = self._packs.get(stage)
+        if packs is None:
+            packs = self._packs[stage] = StagePacks(self.stage_dir(stage))
+        bad = packs.refresh()
+        if bad:
+            recover.quarantine_packs(self, bad)
+            packs.refresh()
+        return packs
+
     def done_keys(self, stage: str, keys: Iterable[str] | None = None) -> set[str]:
         """The plan's tasks of `stage` (or `keys`) that are done: their shard's footer names the task, holds
         its row count, and every artifact it lists is there (store/shards.py). A shard that fails is moved to
@@ -267,7 +286,8 @@ class RunStore:
 
         A shard in the stage's done index (store/done_index.py) whose size and mtime are unchanged passed
         this check before and lists no artifacts: it is not opened again; every other one is checked, and
-        added to the index when it passes."""
+        added to the index when it passes. A task with no loose shard is done when a pack lists it and the
+        artifacts its entry lists are there."""
         shards, artifacts = str(self.stage_dir(stage)), str(self.root / "artifacts" / stage)
         if keys is None:
             # one stat per indexed shard; the folder is listed only if some plan key is not indexed
@@ -305,6 +325,7 @@ class RunStore:
                     new.append((key, now))
         if bad:
             recover.quarantine_shards(self, stage, bad)
+        good |= self._packed_done(stage, None if keys is None else candidates, artifacts)
         if keys is not None:
             return good
         if lines > 2 * len(kept) + 1000:  # mostly stale lines: keep the valid ones only
@@ -312,6 +333,24 @@ class RunStore:
         else:
             done_index.append_index(self.root, stage, new)
         return good
+
+    def _packed_done(self, stage: str, keys: Iterable[str] | None, artifacts: str) -> set[str]:
+        """Keys of `keys` (default: the plan's) that a pack of the stage holds, with the artifacts its entry
+        lists still there. (A packed task may also have a loose shard, newer: it is read instead.)"""
+        packs = self.packs(stage)
+        owner = packs.owner()
+        if not owner:
+            return set()
+        wanted = self.plan_keys.get(stage, {}) if keys is None else keys
+        found = {k for k in wanted if k in owner}
+        for name, pack in packs.packs.items():
+            for key, listed in pack.with_artifacts.items():
+                if key in found and owner[key] == name:
+                    problem = artifact_problem(f"{artifacts}/{key}", listed)
+                    if problem is not None:
+                        log.warning("packed task %s of stage %s is not done: %s", key, stage, problem)
+                        found.discard(key)
+        return found
 
     def shard_done(self, stage: str, key: str) -> bool:
         """Is this one task done? (The check of `done_keys`, for one shard.)"""
@@ -322,7 +361,11 @@ class RunStore:
         if not self.shard_done(stage, key):
             return None
         footer, _problem = check_shard(self.shard_path(stage, key), key, None)
-        return footer.attempt() if footer is not None else None
+        if footer is not None:
+            return footer.attempt()
+        pack = self.packs(stage).pack_of(key)
+        entry = pack.entry(key) if pack is not None else None
+        return Attempt.from_json(json.loads(entry["attempt"])) if entry and entry["attempt"] else None
 
     def _present(self, stage: str, keys: Iterable[str] | None) -> Iterable[str]:
         """The plan's keys of `stage` that have a file, from one listing; given `keys` are not listed: each
@@ -375,31 +418,46 @@ class RunStore:
         raises CorruptFile naming it.
         """
         folder = str(self.stage_dir(stage))
-        files, schemas, bad = [], [], {}
-        for key in self._present(stage, keys):
+        wanted = list(self.plan_keys.get(stage, {})) if keys is None else list(dict.fromkeys(keys))
+        files, loose, bad = [], {}, {}
+        for key in self._present(stage, None if keys is None else wanted):
             path = f"{folder}/{key}.parquet"
             footer, problem = check_shard(path, key, None)
             if problem is not None:
                 bad[key] = problem
             elif footer is not None:
                 files.append(path)
-                schemas.append(footer.schema)
+                loose[key] = footer.schema
         if bad:
             raise recover.corrupt_shards_error(self, stage, bad)
-        if not files:
+        packs = self.packs(stage)
+        owner = packs.owner()
+        packed = [k for k in wanted if k in owner and k not in loose]  # a loose shard is the newer copy
+        # each task's own schema, in the order of `wanted`: the union is what reading its shards gives
+        schemas = [loose[k] if k in loose else packs.schema_of(k) for k in wanted if k in loose or k in owner]
+        if not schemas:
             return pa.table({})
-        schema = pa.unify_schemas(schemas, promote_options="permissive").remove_metadata()
+        distinct = list(dict.fromkeys(s.remove_metadata() for s in schemas))
+        schema = pa.unify_schemas(distinct, promote_options="permissive")
         import pyarrow.dataset as ds  # here: importing it imports pandas, which the store needs only to read
 
-        dataset = ds.dataset(files, schema=schema, format="parquet")
         columns = None if provenance else [n for n in schema.names if not n.startswith("_")]
-        try:
-            return dataset.to_table(columns=columns, filter=filter)
-        except (pa.ArrowException, OSError):
-            bad = recover.unreadable_shards(self, stage, files)  # footers parsed, a data page did not
-            if bad:
-                raise recover.corrupt_shards_error(self, stage, bad) from None
-            raise
+        if packed and columns is not None:  # the rows are put in plan order below, by their task key
+            columns = [*columns, "_task_key"]
+        parts = []
+        if files:
+            dataset = ds.dataset(files, schema=schema, format="parquet")
+            try:
+                parts.append(dataset.to_table(columns=columns, filter=filter))
+            except (pa.ArrowException, OSError):
+                bad = recover.unreadable_shards(self, stage, files)  # footers parsed, a data page did not
+                if bad:
+                    raise recover.corrupt_shards_error(self, stage, bad) from None
+                raise
+        if not packed:
+            return parts[0]
+        parts += read_packed(packs, packed, schema, columns, filter)
+        return in_key_order(pa.concat_tables(parts), wanted, provenance)
 
     # ---- attempts -----------------------------------------------------------------------------------
     def append_attempts(self, records: Iterable[Attempt]) -> None:

@@ -100,14 +100,21 @@ def footer_problem(footer: Footer, key: str, artifact_dir: str | Path | None) ->
     if meta.get("rows") != footer.num_rows:
         return f"its footer metadata says {meta.get('rows')} rows but the file holds {footer.num_rows}"
     if artifact_dir is not None:
-        for name, size in (meta.get("artifacts") or {}).items():
-            path = Path(artifact_dir, name)
-            try:
-                found = path.stat().st_size
-            except FileNotFoundError:
-                return f"its artifact {path} is missing"
-            if found != size:
-                return f"its artifact {path} has {found} bytes, the shard recorded {size}"
+        return artifact_problem(artifact_dir, meta.get("artifacts") or {})
+    return None
+
+
+def artifact_problem(artifact_dir: str | Path, artifacts: Mapping[str, int]) -> str | None:
+    """Why the artifacts a shard lists ({path under `artifact_dir`: bytes}) are not all there (None if they
+    are)."""
+    for name, size in artifacts.items():
+        path = Path(artifact_dir, name)
+        try:
+            found = path.stat().st_size
+        except FileNotFoundError:
+            return f"its artifact {path} is missing"
+        if found != size:
+            return f"its artifact {path} has {found} bytes, the shard recorded {size}"
     return None
 
 

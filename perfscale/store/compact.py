@@ -1,0 +1,173 @@
+"""Compaction: a stage's loose shards merged into packs (store/packs.py), atomically, losing nothing.
+
+`compact_stage` packs the stage's done loose shards, in plan order, into packs of at most `MAX_PACK_BYTES`
+of shard files and `MAX_PACK_TASKS` tasks each. For each pack:
+
+1. the shards' footers are read (key, rows, attempt, artifacts) with each file's size and mtime, then their
+   rows, as one table with the stage's unified schema;
+2. the pack is written whole and renamed into place;
+3. each packed shard is deleted while its size and mtime are still those recorded in step 1, and the
+   stage's done index forgets it.
+
+A kill before step 2 leaves a temp file (removed as a dead writer's) and every shard as it was. A kill
+during step 3 leaves loose shards identical to their packed copies; readers take the loose copy (the same
+rows), and the next compaction deletes them first (`finish_deletes`). So at every moment each done task has
+at least one readable copy, and tables read the same.
+
+Only one compaction runs on a run folder at a time: callers hold the run's lock (RUN/.lock), as
+`perfscale compact` and `perfscale run` (which compacts as it goes) do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from perfscale.store import done_index
+from perfscale.store.packs import INDEX_SCHEMA, write_pack
+from perfscale.store.run import RunStore
+from perfscale.store.shards import read_footer
+
+MAX_PACK_BYTES = 256 << 20  # of shard files per pack: bounds the memory a compaction holds
+MAX_PACK_TASKS = 20_000
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Compacted:
+    """What one compaction of a stage did."""
+
+    stage: str
+    packed: int = 0  # shards merged into new packs
+    packs: int = 0  # packs written
+    leftovers: int = 0  # shards of an interrupted compaction deleted (already packed)
+    loose_before: int = 0
+    loose_after: int = 0
+
+
+def finish_deletes(store: RunStore, stage: str) -> int:
+    """Delete the loose shards that a pack already holds unchanged (an earlier compaction was killed before
+    deleting them): same size and mtime as the pack recorded. Returns how many."""
+    packs = store.packs(stage)
+    owner = packs.owner()
+    folder = store.stage_dir(stage)
+    removed = []
+    for key in store.listed_keys(stage) if owner else ():
+        pack = packs.pack_of(key)
+        path = f"{folder}/{key}.parquet"
+        if pack is not None and done_index.stat_entry(path) == pack.shard_of(key):
+            os.unlink(path)
+            removed.append(key)
+    _forget(store, stage, removed)
+    return len(removed)
+
+
+def _forget(store: RunStore, stage: str, keys: Iterable[str]) -> None:
+    """Drop `keys` from the stage's done index (their loose shards are gone)."""
+    gone = set(keys)
+    if not gone:
+        return
+    entries, _lines = done_index.read_index(store.root, stage)
+    done_index.rewrite_index(store.root, stage, {k: e for k, e in entries.items() if k not in gone})
+
+
+def _chunks(store: RunStore, stage: str, keys: list[str]) -> Iterable[list[tuple[str, str]]]:
+    """(key, "size mtime_ns") of the loose shards to pack, cut into packs by size and count."""
+    folder = store.stage_dir(stage)
+    chunk: list[tuple[str, str]] = []
+    size = 0
+    for key in keys:
+        stat = done_index.stat_entry(f"{folder}/{key}.parquet")
+        if stat is None:
+            continue
+        nbytes = int(stat.split(" ", 1)[0])
+        if chunk and (size + nbytes > MAX_PACK_BYTES or len(chunk) >= MAX_PACK_TASKS):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append((key, stat))
+        size += nbytes
+    if chunk:
+        yield chunk
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with exactly `schema`'s columns, in its order: missing ones null, others cast (promoted)."""
+    columns = [
+        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(len(table), f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _pack(store: RunStore, stage: str, chunk: list[tuple[str, str]]) -> int:
+    """Write one pack of `chunk`'s shards, then delete them; the number of shards packed."""
+    folder = store.stage_dir(stage)
+    paths, schemas, index, tables = [], {}, [], []
+    for key, stat in chunk:
+        path = f"{folder}/{key}.parquet"
+        footer = read_footer(path)
+        meta = footer.meta or {}
+        attempt, artifacts = meta.get("attempt"), meta.get("artifacts")
+        paths.append(path)
+        own = footer.schema.remove_metadata()
+        index.append(
+            {
+                "key": key,
+                "rows": footer.num_rows,
+                "shard": stat,
+                "attempt": json.dumps(attempt, sort_keys=True) if attempt else None,
+                "artifacts": json.dumps(artifacts, sort_keys=True) if artifacts else None,
+                "schema": schemas.setdefault(own, len(schemas)),
+            }
+        )
+        if footer.num_rows:  # the footer just parsed is reused; an empty shard has nothing more to read
+            with pa.OSFile(path) as source:
+                table = pq.ParquetFile(source, metadata=footer.parquet).read()
+            tables.append(table.replace_schema_metadata())
+    distinct = list(schemas)
+    schema = pa.unify_schemas(distinct, promote_options="permissive")
+    rows = pa.concat_tables(tables, promote_options="permissive") if tables else schema.empty_table()
+    write_pack(folder, _conform(rows, schema), pa.Table.from_pylist(index, schema=INDEX_SCHEMA), distinct)
+    removed = []
+    for (key, stat), path in zip(chunk, paths, strict=True):
+        if done_index.stat_entry(path) == stat:  # a shard rewritten since it was read is newer: kept
+            os.unlink(path)
+            removed.append(key)
+    _forget(store, stage, removed)
+    return len(chunk)
+
+
+def compact_stage(store: RunStore, stage: str, min_shards: int = 2) -> Compacted:
+    """Merge the stage's done loose shards into packs (nothing when fewer than `min_shards`)."""
+    result = Compacted(stage)
+    result.leftovers = finish_deletes(store, stage)
+    loose = store.listed_keys(stage)
+    result.loose_before = result.loose_after = len(loose)
+    if len(loose) < min_shards:
+        return result
+    done = store.done_keys(stage)  # checks the loose shards' footers; bad ones are quarantined
+    keys = [k for k in store.plan_keys.get(stage, {}) if k in loose and k in done]  # plan order
+    for chunk in _chunks(store, stage, keys):
+        result.packed += _pack(store, stage, chunk)
+        result.packs += 1
+    result.loose_after = len(store.listed_keys(stage))
+    log.info(
+        "compacted stage %s: %d shards into %d packs (%d loose files left, %d leftovers removed)",
+        stage,
+        result.packed,
+        result.packs,
+        result.loose_after,
+        result.leftovers,
+    )
+    return result
+
+
+def compact_run(store: RunStore, stages: Iterable[str] | None = None, min_shards: int = 2) -> list[Compacted]:
+    """Compact each stage of the run (default: every stage of its plan)."""
+    return [compact_stage(store, s, min_shards) for s in (stages or list(store.plan_keys))]
