@@ -250,8 +250,9 @@ class RunStore:
         # the file, not pq.read_table, which imports pyarrow.dataset and pandas (~0.5 s)
         table = pq.ParquetFile(self.check().plan_path).read(columns=["index", "stage", "key"])
         # one filter per stage, its dict built by zip: no Python loop over a million rows
-        for stage in pc.unique(table.column("stage")).to_pylist():
-            rows = table.filter(pc.equal(table.column("stage"), stage))
+        stages = pc.unique(table.column("stage")).to_pylist()
+        for stage in stages:
+            rows = table if len(stages) == 1 else table.filter(pc.equal(table.column("stage"), stage))
             keys[stage] = dict(
                 zip(rows.column("key").to_pylist(), rows.column("index").to_pylist(), strict=True)
             )
