@@ -123,15 +123,16 @@ def test_validation_still_runs_and_a_broken_plan_file_is_replanned(write_study, 
     assert plans == ["tiny", "tiny"] and len(RunStore(again.root).plan.tasks) == 3
 
 
+def _no_plan_read(*_args, **_kwargs):
+    raise AssertionError("a whole plan was read")
+
+
 def test_a_rerun_with_everything_done_builds_no_task(write_study, tmp_path, monkeypatch):
     study, site = write_study(STUDY), load_site("local")
     store = prepare_run(study, site, tmp_path / "run")
     assert run_plan(store, "local", workers=2, progress=False)["square"].ran == 5
 
-    def no_tasks(*_args, **_kwargs):
-        raise AssertionError("a whole plan was read")
-
-    monkeypatch.setattr(Plan, "read", no_tasks)
+    monkeypatch.setattr(Plan, "read", _no_plan_read)
     again = prepare_run(study, site, tmp_path / "run")
     summary = run_plan(again, "local", workers=2, progress=False)
     assert {s: (x.done, x.ran) for s, x in summary.items()} == {"square": (5, 0), "total": (1, 0)}
@@ -144,7 +145,7 @@ def test_a_rerun_with_everything_done_builds_no_task(write_study, tmp_path, monk
     assert key in summary["square"].done_keys
 
 
-def test_perfscale_run_checks_shards_once(write_study, tmp_path, monkeypatch):
+def test_perfscale_run_checks_shards_once_and_reads_no_plan(write_study, tmp_path, monkeypatch):
     study = write_study(STUDY)
     argv = ["run", str(study), "--run-dir", str(tmp_path / "run"), "--quiet", "--no-report"]
     assert main(argv) == 0
@@ -157,6 +158,7 @@ def test_perfscale_run_checks_shards_once(write_study, tmp_path, monkeypatch):
         return real(self, stage, keys)
 
     monkeypatch.setattr(RunStore, "done_keys", counted)
+    monkeypatch.setattr(Plan, "read", _no_plan_read)
     assert main(argv) == 0
     assert sorted(checked) == ["square", "total"]
 
