@@ -25,7 +25,8 @@ from machine import describe, write_results
 
 
 def measure(tree: Path, run: Path, study: Path, workers: int) -> dict[str, dict[str, float]]:
-    scale.ROOT = tree.resolve()  # timed() runs `python -m perfscale.cli` with PYTHONPATH=ROOT
+    scale.ROOT = tree.resolve()  # timed() runs `python -m perfscale.cli` with PYTHONPATH=ROOT ...
+    os.chdir(scale.ROOT)  # ... and `-m` puts the working folder first on sys.path: it must be the tree too
     rerun = ["run", str(study), "--run-dir", str(run), "--engine", "local", "--workers", str(workers)]
     rerun += ["--quiet", "--no-report", "--compact-every", "0"]
     return {
