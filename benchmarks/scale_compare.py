@@ -53,19 +53,42 @@ def main() -> None:
             loads.append(os.getloadavg())
             results[name].append(measure(Path(path), args.run, args.study, args.workers))
             print(name, results[name][-1], flush=True)
-    write_results(
-        args.out,
-        {
-            "benchmark": "scale_compare",
-            "command": " ".join(["benchmarks/scale_compare.py", *sys.argv[1:]]),
-            "run": str(args.run),
-            "tasks": plan_size(args.run),
-            "results": results,
-            "machine": describe(),
-            "load_average_before_each": loads,
-            "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        },
-    )
+    result = {
+        "benchmark": "scale_compare",
+        "command": " ".join(["benchmarks/scale_compare.py", *sys.argv[1:]]),
+        "run": str(args.run),
+        "tasks": plan_size(args.run),
+        "results": results,
+        "machine": describe(),
+        "load_average_before_each": loads,
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_results(args.out, result)
+    plot(result, args.out.with_suffix(".png"))
+
+
+def plot(result: dict, path: Path) -> None:
+    """Bars per phase, one per tree (the mean over repetitions): wall seconds, CPU seconds, peak RSS."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    trees = list(result["results"])
+    phases = list(result["results"][trees[0]][0])
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, measure in zip(axes, ("seconds", "cpu_s", "peak_rss_mb"), strict=True):
+        for i, tree in enumerate(trees):
+            reps = result["results"][tree]
+            means = [sum(r[p][measure] for r in reps) / len(reps) for p in phases]
+            xs = [j + i * 0.8 / len(trees) for j in range(len(phases))]
+            ax.bar(xs, means, width=0.8 / len(trees), label=tree)
+        ax.set_xticks([j + 0.4 - 0.4 / len(trees) for j in range(len(phases))], phases, fontsize=8)
+        ax.set_ylabel(measure)
+        ax.legend()
+    fig.suptitle(f"{result['tasks']:,} tasks: {result['run']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 def plan_size(run: Path) -> int:
