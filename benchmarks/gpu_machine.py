@@ -126,14 +126,14 @@ def main() -> int:
     if args.quick:
         with tempfile.TemporaryDirectory(prefix="perfscale-gpu-") as tmp:
             return quick(Path(tmp), args.engine)
-    out = args.out or Path(tempfile.mkdtemp(prefix="perfscale-gpu-"))
-    out.mkdir(parents=True, exist_ok=True)
     gpus = gpu_count() if args.gpus is None else args.gpus
     if gpus < 2:
         print(
             f"this check needs 2 GPUs (found {gpus}); pass --gpus 2 to run it without them", file=sys.stderr
         )
         return 2
+    out = args.out or Path(tempfile.mkdtemp(prefix="perfscale-gpu-"))
+    out.mkdir(parents=True, exist_ok=True)
     result = check(out, gpus, args.engine, FULL)
     text = json.dumps(result, indent=1, default=str)
     (out / "gpu_machine.json").write_text(text)
