@@ -186,3 +186,15 @@ def test_sigkill_during_perfscale_compact_loses_nothing(finished):
     _assert_same(before, _snapshot(RunStore(store.root)))
     assert killed_mid >= 1  # at least one kill landed while packs and loose shards coexisted
     assert probe.done_keys("rows") == before["done"]["rows"]
+
+
+def test_compaction_quarantines_a_bad_shard_instead_of_packing_it(finished):
+    _study, store = finished
+    victim = _loose(store, "rows")[5]
+    victim.write_bytes(b"PAR1 not a footer")
+    result = compact_stage(store, "rows")
+    assert (result.packed, result.loose_after) == (N - 1, 0)
+    assert victim.name.removesuffix(".parquet") not in RunStore(store.root).done_keys("rows")
+    assert list((store.root / "quarantine" / "stages" / "rows").glob(f"{victim.name}*"))
+    attempts = store.attempts()
+    assert (attempts["failure_kind"] == "corrupt_output").sum() == 1

@@ -5,6 +5,8 @@ of shard files and `MAX_PACK_TASKS` tasks each. For each pack:
 
 1. the shards' footers are read (key, rows, attempt, artifacts) with each file's size and mtime, then their
    rows, as one table with the stage's unified schema;
+   (each shard passes the done-check first: its footer names the task, holds its rows, its artifacts are
+   there; one that fails is quarantined as the done-check would);
 2. the pack is written whole and renamed into place;
 3. each packed shard is deleted while its size and mtime are still those recorded in step 1, and the
    stage's done index forgets it.
@@ -29,10 +31,10 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from perfscale.store import done_index
+from perfscale.store import done_index, recover
 from perfscale.store.packs import INDEX_SCHEMA, write_pack
 from perfscale.store.run import RunStore
-from perfscale.store.shards import read_footer
+from perfscale.store.shards import check_shard
 
 MAX_PACK_BYTES = 256 << 20  # of shard files per pack: bounds the memory a compaction holds
 MAX_PACK_TASKS = 20_000
@@ -108,10 +110,15 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 def _pack(store: RunStore, stage: str, chunk: list[tuple[str, str]]) -> int:
     """Write one pack of `chunk`'s shards, then delete them; the number of shards packed."""
     folder = store.stage_dir(stage)
-    paths, schemas, index, tables = [], {}, [], []
+    paths, schemas, index, tables, bad, kept = [], {}, [], [], {}, []
     for key, stat in chunk:
         path = f"{folder}/{key}.parquet"
-        footer = read_footer(path)
+        footer, problem = check_shard(path, key, store.artifact_dir(stage, key))  # the done-check's
+        if footer is None or problem is not None:
+            if problem is not None:
+                bad[key] = problem
+            continue
+        kept.append((key, stat))
         meta = footer.meta or {}
         attempt, artifacts = meta.get("attempt"), meta.get("artifacts")
         paths.append(path)
@@ -130,17 +137,21 @@ def _pack(store: RunStore, stage: str, chunk: list[tuple[str, str]]) -> int:
             with pa.OSFile(path) as source:
                 table = pq.ParquetFile(source, metadata=footer.parquet).read()
             tables.append(table.replace_schema_metadata())
+    if bad:
+        recover.quarantine_shards(store, stage, bad)
+    if not kept:
+        return 0
     distinct = list(schemas)
     schema = pa.unify_schemas(distinct, promote_options="permissive")
     rows = pa.concat_tables(tables, promote_options="permissive") if tables else schema.empty_table()
     write_pack(folder, _conform(rows, schema), pa.Table.from_pylist(index, schema=INDEX_SCHEMA), distinct)
     removed = []
-    for (key, stat), path in zip(chunk, paths, strict=True):
+    for (key, stat), path in zip(kept, paths, strict=True):
         if done_index.stat_entry(path) == stat:  # a shard rewritten since it was read is newer: kept
             os.unlink(path)
             removed.append(key)
     _forget(store, stage, removed)
-    return len(chunk)
+    return len(kept)
 
 
 def compact_stage(store: RunStore, stage: str, min_shards: int = 2) -> Compacted:
@@ -151,11 +162,11 @@ def compact_stage(store: RunStore, stage: str, min_shards: int = 2) -> Compacted
     result.loose_before = result.loose_after = len(loose)
     if len(loose) < min_shards:
         return result
-    done = store.done_keys(stage)  # checks the loose shards' footers; bad ones are quarantined
-    keys = [k for k in store.plan_keys.get(stage, {}) if k in loose and k in done]  # plan order
+    keys = [k for k in store.plan_keys.get(stage, {}) if k in loose]  # plan order; each is checked in _pack
     for chunk in _chunks(store, stage, keys):
-        result.packed += _pack(store, stage, chunk)
-        result.packs += 1
+        packed = _pack(store, stage, chunk)
+        result.packed += packed
+        result.packs += packed > 0
     result.loose_after = len(store.listed_keys(stage))
     log.info(
         "compacted stage %s: %d shards into %d packs (%d loose files left, %d leftovers removed)",

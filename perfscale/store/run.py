@@ -326,7 +326,9 @@ class RunStore:
                     new.append((key, now))
         if bad:
             recover.quarantine_shards(self, stage, bad)
-        good |= self._packed_done(stage, None if keys is None else candidates, artifacts)
+        unsure = None if keys is None else [k for k in candidates if k not in good]
+        if unsure is None or unsure:  # a task's own check opens no pack when its loose shard is there
+            good |= self._packed_done(stage, unsure, artifacts)
         if keys is not None:
             return good
         if lines > 2 * len(kept) + 1000:  # mostly stale lines: keep the valid ones only
