@@ -280,10 +280,14 @@ def run_plan(
     return summary
 
 
+ATTEMPT_FILES_KEPT = 64  # the runner merges its attempt batch files (one per 2 s) when it compacts past this
+
+
 class Compactor:
     """Compaction as the run goes (store/compact.py): a stage is compacted each time `every` new shards
     have been written since its last compaction, and once more when it ends if it was compacted before or
-    has `every` loose shards (so a stage of fewer tasks keeps its loose shards). The run holds the lock."""
+    has `every` loose shards (so a stage of fewer tasks keeps its loose shards); each compaction also merges
+    the attempt batch files when there are more than ATTEMPT_FILES_KEPT. The run holds the lock."""
 
     def __init__(self, store: RunStore, every: int):
         self.store, self.every = store, every
@@ -302,9 +306,10 @@ class Compactor:
             self._compact(stage)
 
     def _compact(self, stage: str) -> None:
-        from perfscale.store.compact import compact_stage
+        from perfscale.store.compact import compact_attempts, compact_stage
 
         compact_stage(self.store, stage)
+        compact_attempts(self.store, min_files=ATTEMPT_FILES_KEPT)
         self.fresh[stage] = 0
         self.compacted.add(stage)
 

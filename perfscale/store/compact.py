@@ -27,12 +27,15 @@ import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from perfscale.store import done_index, recover
-from perfscale.store.packs import INDEX_SCHEMA, write_pack
+from perfscale.store import done_index, recover, task_attempts
+from perfscale.store.atomic import atomic_write_table
+from perfscale.store.attempt import ATTEMPT_SCHEMA
+from perfscale.store.packs import INDEX_SCHEMA, new_pack_name, write_pack
 from perfscale.store.run import RunStore
 from perfscale.store.shards import check_shard
 
@@ -179,6 +182,33 @@ def compact_stage(store: RunStore, stage: str, min_shards: int = 2) -> Compacted
     return result
 
 
+def compact_attempts(store: RunStore, min_files: int = 2) -> int:
+    """Merge the runner's attempt batch files (one per 2 s of a run: they grow with time) into one, named
+    `merged-...` with the names of the files it holds in its footer, then delete those. Returns how many
+    files were merged (0 when fewer than `min_files`). Unreadable files are quarantined (recover.py)."""
+    folder = store.root / "attempts"
+    for merged in folder.glob(f"{task_attempts.MERGED_PREFIX}*.parquet"):  # a merge killed before deleting
+        for name in task_attempts.merged_sources(merged):
+            (folder / name).unlink(missing_ok=True)
+    files = task_attempts.batch_files(store.root)
+    if len(files) < min_files:
+        return 0
+    held = [Path(f).name for f in files]
+    for f in files:  # a merged file merged again: the names it holds stay held
+        if Path(f).name.startswith(task_attempts.MERGED_PREFIX):
+            held += task_attempts.merged_sources(f)
+    table = recover.read_attempt_files(store, files, ATTEMPT_SCHEMA)
+    meta = {task_attempts.MERGED_META: json.dumps(sorted(set(held))).encode()}
+    name = f"{task_attempts.MERGED_PREFIX}{new_pack_name()}.parquet"
+    atomic_write_table(table.replace_schema_metadata(meta), folder / name)
+    for f in files:
+        Path(f).unlink(missing_ok=True)
+    log.info("merged %d attempt batch files of %s into %s", len(files), store.root, name)
+    return len(files)
+
+
 def compact_run(store: RunStore, stages: Iterable[str] | None = None, min_shards: int = 2) -> list[Compacted]:
-    """Compact each stage of the run (default: every stage of its plan)."""
-    return [compact_stage(store, s, min_shards) for s in (stages or list(store.plan_keys))]
+    """Compact each stage of the run (default: every stage of its plan), then its attempt batch files."""
+    done = [compact_stage(store, s, min_shards) for s in (stages or list(store.plan_keys))]
+    compact_attempts(store)
+    return done

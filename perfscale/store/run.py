@@ -492,8 +492,7 @@ class RunStore:
     def attempts_table(self, columns: list[str] | None = None) -> pa.Table:
         """`attempts()` as an Arrow table, of `columns` only where given (a million rows of every column
         cost seconds to read and more to turn into pandas)."""
-        folder = self.root / "attempts"
-        files = sorted(str(p) for p in folder.rglob("*.parquet")) if folder.exists() else []
+        files = task_attempts.attempt_files(self.root)
         schema = ATTEMPT_SCHEMA
         if columns is not None:
             schema = pa.schema([schema.field(c) for c in dict.fromkeys([*columns, "task_key", "ok"])])
