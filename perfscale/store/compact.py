@@ -60,10 +60,9 @@ def finish_deletes(store: RunStore, stage: str) -> int:
     """Delete the loose shards that a pack already holds unchanged (an earlier compaction was killed before
     deleting them): same size and mtime as the pack recorded. Returns how many."""
     packs = store.packs(stage)
-    owner = packs.owner()
     folder = store.stage_dir(stage)
     removed = []
-    for key in store.listed_keys(stage) if owner else ():
+    for key in store.listed_keys(stage) if packs.keys() else ():
         pack = packs.pack_of(key)
         path = f"{folder}/{key}.parquet"
         if pack is not None and done_index.stat_entry(path) == pack.shard_of(key):

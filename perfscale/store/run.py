@@ -341,14 +341,12 @@ class RunStore:
         """Keys of `keys` (default: the plan's) that a pack of the stage holds, with the artifacts its entry
         lists still there. (A packed task may also have a loose shard, newer: it is read instead.)"""
         packs = self.packs(stage)
-        owner = packs.owner()
-        if not owner:
+        if not packs.keys():
             return set()
-        wanted = self.plan_keys.get(stage, {}) if keys is None else keys
-        found = {k for k in wanted if k in owner}
+        found = packs.keys().intersection(self.plan_keys.get(stage, {}) if keys is None else keys)
         for name, pack in packs.packs.items():
             for key, listed in pack.with_artifacts.items():
-                if key in found and owner[key] == name:
+                if key in found and packs.owner()[key] == name:
                     problem = artifact_problem(f"{artifacts}/{key}", listed)
                     if problem is not None:
                         log.warning("packed task %s of stage %s is not done: %s", key, stage, problem)
@@ -434,10 +432,12 @@ class RunStore:
         if bad:
             raise recover.corrupt_shards_error(self, stage, bad)
         packs = self.packs(stage)
-        owner = packs.owner()
-        packed = [k for k in wanted if k in owner and k not in loose]  # a loose shard is the newer copy
+        in_packs = packs.keys()
+        packed = [k for k in wanted if k in in_packs and k not in loose]  # a loose shard is the newer copy
         # each task's own schema, in the order of `wanted`: the union is what reading its shards gives
-        schemas = [loose[k] if k in loose else packs.schema_of(k) for k in wanted if k in loose or k in owner]
+        schemas = [
+            loose[k] if k in loose else packs.schema_of(k) for k in wanted if k in loose or k in in_packs
+        ]
         if not schemas:
             return pa.table({})
         distinct = list(dict.fromkeys(s.remove_metadata() for s in schemas))
