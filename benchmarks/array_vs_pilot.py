@@ -1,6 +1,7 @@
 """Array mode vs a Parsl pilot on a real (one-node, local) Slurm: N no-op tasks each way, side by side.
 
     .venv/bin/python benchmarks/array_vs_pilot.py [--tasks 1000] [--poll 5] [--packed]
+    .venv/bin/python benchmarks/array_vs_pilot.py --quick   # make bench: 10 tasks each way, nothing written
 
 Starts its own Slurm with tests/slurm_cluster.py (needs root and the Debian packages of scripts/setup.sh),
 declaring the machine's real CPU count, then runs the same `kind: noop` study:
@@ -31,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1]))  # tests.slurm_cluster
-from machine import describe, write_results
+from machine import describe, quick_line, write_results
 
 from perfscale.runner import prepare_run, run_plan
 from perfscale.sched.client import CommandClient
@@ -133,8 +134,19 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=1000)
     ap.add_argument("--poll", type=float, default=5.0, help="array mode: seconds between polls")
     ap.add_argument("--packed", action="store_true", help="also array mode with 100 tasks per element")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="10 tasks each way, polls every second, nothing written (make bench)",
+    )
     args = ap.parse_args()
+    started = time.perf_counter()
+    if args.quick:
+        args.tasks, args.poll, args.packed = 10, 1.0, False
     why = missing_requirements()
+    if why and args.quick:
+        quick_line("array_vs_pilot", started, not_exercised=f"no local Slurm can start here: {why}")
+        return
     if why:
         sys.exit(why)
     root = Path(tempfile.mkdtemp(prefix="perfscale-slurm-bench-"))
@@ -147,6 +159,16 @@ def main() -> None:
         stop_cluster(cluster)
         shutil.rmtree(root, ignore_errors=True)
     array, pilot = results["array"], results["pilot"]
+    if args.quick:
+        seconds = {name: r["seconds"] for name, r in results.items()}
+        quick_line(
+            "array_vs_pilot",
+            started,
+            tasks=args.tasks,
+            slurm_startup_s=round(cluster.startup_s, 2),
+            **seconds,
+        )
+        return
     out = {
         "benchmark": "array_vs_pilot",
         "tasks": args.tasks,

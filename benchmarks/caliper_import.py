@@ -1,6 +1,7 @@
 """Caliper import: perfscale's `caliper` importer vs `thicket.Thicket.from_caliperreader` on the same files.
 
     .venv/bin/python benchmarks/caliper_import.py [--repeats 5] [--copies 20]
+    .venv/bin/python benchmarks/caliper_import.py --quick    # every 8th file, one run each, nothing written
 
 Both read every profile in ../shared/data/caliper (RAJAPerf on Quartz and Lassen, an MPI scaling series) in
 one process, after one untimed warm-up run each; the best of N wall times is kept. perfscale's result is an
@@ -16,6 +17,7 @@ description.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -30,17 +32,18 @@ from importlib import metadata
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe, write_results
+from machine import describe, quick_line, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "caliper"
+DATA = Path(os.environ.get("PERFSCALE_SHARED_DATA", ROOT.parent / "shared" / "data")) / "caliper"
 RESULTS = Path(__file__).parent / "results"
 
 
-def cali_files(folder: Path) -> list[Path]:
+def cali_files(folder: Path, quick: bool = False) -> list[Path]:
+    """Every profile under `folder`; `quick`: every 8th (3 of the 23, from different series)."""
     from perfscale.ingest.registry import source_files
 
-    return source_files(folder, ("*.cali",))
+    return source_files(folder, ("*.cali",))[:: 8 if quick else 1]
 
 
 def run_perfscale(files: list[Path]) -> object:
@@ -82,14 +85,14 @@ def _status_mb(key: str) -> float:
         return next(int(line.split()[1]) for line in f if line.startswith(key)) / 1024
 
 
-def child_memory(tool: str) -> dict[str, float]:
+def child_memory(tool: str, quick: bool) -> dict[str, float]:
     """Runs in a fresh process: import the tool and read one file (lazy imports), reset the RSS high-water
     mark, read all the files once.
 
     ru_maxrss is not used: Linux keeps the parent's peak across fork + exec."""
     import pyarrow as pa
 
-    files = cali_files(DATA)
+    files = cali_files(DATA, quick)
     TOOLS[tool](files[:1])
     rss_before = _status_mb("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:  # "5": reset VmHWM to the current RSS
@@ -109,10 +112,9 @@ def child_memory(tool: str) -> dict[str, float]:
     }
 
 
-def memory(tool: str) -> dict[str, float]:
-    out = subprocess.run(
-        [sys.executable, __file__, "--child-memory", tool], capture_output=True, text=True, check=True
-    )
+def memory(tool: str, quick: bool = False) -> dict[str, float]:
+    line = [sys.executable, __file__, "--child-memory", tool, *(["--quick"] if quick else [])]
+    out = subprocess.run(line, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -176,16 +178,49 @@ def versions() -> dict[str, str | None]:
     return out
 
 
+INSTALL_THICKET = "pip install -e '.[bench]' (llnl-thicket)"
+
+
+def has_thicket() -> bool:
+    return importlib.util.find_spec("thicket") is not None
+
+
+def quick_run() -> None:
+    """The smoke run of `make bench`: every tool once on 3 files, the memory children, the cross-check;
+    without Thicket installed, perfscale's side only (and the line says so)."""
+    started = time.perf_counter()
+    files = cali_files(DATA, quick=True)
+    tools = [t for t in TOOLS if has_thicket() or t != "thicket"]
+    os.environ["PERFSCALE_INGEST_WORKERS"] = "1"
+    best = {tool: best_of(TOOLS[tool], files, 1)["best_s"] for tool in tools}
+    os.environ.pop("PERFSCALE_INGEST_WORKERS")
+    growth = {t: memory(t, quick=True)["peak_rss_growth_mb"] for t in ("perfscale", "thicket") if t in tools}
+    figures: dict[str, object] = {"files": len(files), "best_s": best, "peak_rss_growth_mb": growth}
+    if has_thicket():
+        figures["cross_check"] = cross_check(files)
+    else:
+        figures["not_exercised"] = f"Thicket (timing, memory, cross-check): not installed; {INSTALL_THICKET}"
+    quick_line("caliper_import", started, **figures)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--copies", type=int, default=0, help="also time N copies of the folder (many files)")
     p.add_argument("--child-memory", choices=sorted(TOOLS), help=argparse.SUPPRESS)
+    p.add_argument(
+        "--quick", action="store_true", help="every 8th file, one run each, nothing written (make bench)"
+    )
     args = p.parse_args()
     if args.child_memory:
-        print(json.dumps(child_memory(args.child_memory)))
+        print(json.dumps(child_memory(args.child_memory, args.quick)))
         return
 
+    if args.quick:
+        quick_run()
+        return
+    if not has_thicket():
+        sys.exit(f"thicket is not installed: {INSTALL_THICKET}")
     load_at_start = os.getloadavg()
     files = cali_files(DATA)
     os.environ["PERFSCALE_INGEST_WORKERS"] = "1"  # 23 files: serial (the default below 64 files anyway)

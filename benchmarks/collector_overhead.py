@@ -1,6 +1,7 @@
 """Collector overhead: one ~1 s kernel run bare, through perfscale's rusage launcher, and under perf stat too.
 
     .venv/bin/python benchmarks/collector_overhead.py [--reps 10] [--target-s 1.0] [--threads 1]
+    .venv/bin/python benchmarks/collector_overhead.py --quick   # 0.05 s kernel, 2 + 3 reps, nothing written
 
 The kernel is the built-in triad (OpenMP), its iteration count tuned so a bare run takes about --target-s.
 Each repetition runs the three modes back to back, in an order rotated from one repetition to the next:
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe, write_results
+from machine import describe, quick_line, write_results
 
 from perfscale.collect import perf
 from perfscale.collect.builtin_kernels import build_kernels
@@ -124,12 +125,21 @@ def main() -> None:
     parser.add_argument("--target-s", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--short-reps", type=int, default=30)
+    parser.add_argument(
+        "--quick", action="store_true", help="a 0.05 s kernel, 2 and 3 reps, nothing written (make bench)"
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.reps, args.target_s, args.short_reps = 2, 0.05, 3
+    started = time.perf_counter()
 
     load_before = os.getloadavg()
     kernel = build_kernels() / "triad"
     env = {"OMP_NUM_THREADS": str(args.threads)}
     perf_path, problem = perf.perf_problem(os.environ, perf.DEFAULT_PERF_EVENTS)
+    if perf_path is None and args.quick:
+        quick_line("collector_overhead", started, not_exercised=f"perf cannot count here: {problem}")
+        return
     if perf_path is None:
         sys.exit(f"perf cannot count here: {problem}")
     iters = calibrate(kernel, env, args.target_s)
@@ -151,6 +161,10 @@ def main() -> None:
         "machine": describe(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if args.quick:
+        ratios = {name: r["median_ratio_to_bare"] for name, r in results.items()}
+        quick_line("collector_overhead", started, median_ratio_to_bare=ratios, fixed_cost_ms=fixed_ms)
+        return
     out = write_results(RESULTS / "collector_overhead.json", report)
     for name, r in results.items():
         print(

@@ -3,6 +3,7 @@ efficacy on each real table of a run of workflows/dissimilarity_study.yaml, and 
 
     nice -n 10 perfscale run workflows/dissimilarity_study.yaml --site local --workers 2 --run-dir RUN
     python benchmarks/dissimilarity_study.py RUN
+    python benchmarks/dissimilarity_study.py --quick     (make bench: builds and analyses a tiny run itself)
 
 The rank correlations are recomputed from the run's evaluate tables with the code of this checkout
 (`perfscale.results.metric_study.study_points`, the metric_study stage's own analysis), so a change of the
@@ -10,6 +11,10 @@ analysis needs no new run. Writes benchmarks/results/dissimilarity_study.json (p
 the other metrics and of the default variant; across tables: the 25 best rows by mean rank, every
 non-variant metric, the effect of each option, and where the paper's definition and the default stand) with
 the machine description.
+
+`--quick` runs the workflow cut to two tables (wine and diabetes, 80 rows each) and four corruptions of each,
+no generator (kl_divergence and dissimilarity against a decision tree's ML efficacy), in a temporary folder,
+then the same analysis on it; nothing written.
 """
 
 from __future__ import annotations
@@ -17,19 +22,25 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from machine import describe, write_results
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import describe, quick_line, write_results
 
 from perfscale.metrics.dissimilarity import Variant
 from perfscale.results.metric_study import MetricStudyParams, collect_sets, source_stages, study_points
 from perfscale.results.metric_study_summary import held_out_choice, option_effects, summarise
 from perfscale.store.run import RunStore
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
 TOP = 25
 # the definition docs/metrics.md gave before this study, and the paper's formula read literally
 BEFORE = Variant("dcr", "variance", 0.9, 3, "normalised", "projected", "product")
@@ -61,13 +72,44 @@ def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     ]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("run", type=Path)
-    ap.add_argument("--out", type=Path, default=RESULTS / "dissimilarity_study.json")
-    args = ap.parse_args()
+def tiny_run(folder: Path) -> Path:
+    """workflows/dissimilarity_study.yaml cut to wine and diabetes (80 rows each), four corruptions each and
+    no generator (as tests/test_metric_study.py does), run on the local engine: the run folder."""
+    from perfscale.runner import prepare_run, run_plan
+    from perfscale.spec import load_site
+
+    study = yaml.safe_load((ROOT / "workflows" / "dissimilarity_study.yaml").read_text())
+    keep = [
+        f"{t}_{s}"
+        for t in ("wine", "diabetes")
+        for s in ("data", "split", "corrupt", "eval_corrupt", "study")
+    ]
+    study["stages"] = {k: v for k, v in study["stages"].items() if k in keep}
+    for name in ("wine", "diabetes"):
+        stages = study["stages"]
+        stages[f"{name}_split"]["params"]["rows"] = 80
+        stages[f"{name}_corrupt"]["grid"] = {
+            "zip": {"corruption": ["identity", "noise", "noise", "shuffle"], "level": [0, 0.5, 2.0, 1.0]}
+        }
+        params = stages[f"{name}_eval_corrupt"]["params"]
+        params["metrics"] = ["kl_divergence", "dissimilarity", "ml_efficacy"]
+        params["options"]["ml_efficacy"]["models"] = ["decision_tree"]
+        stages[f"{name}_study"]["inputs"] = [f"{name}_eval_corrupt"]
+        stages[f"{name}_study"]["params"]["metrics"] = ["kl_divergence", "dissimilarity"]
+    path = folder / "dissimilarity-tiny.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    store = prepare_run(path, load_site("local"), folder / "run")
+    summary = run_plan(store, "local", workers=2, progress=False)
+    failed = {stage: v.failed for stage, v in summary.items() if v.failed or v.done != v.total}
+    if failed:
+        sys.exit(f"the tiny dissimilarity study failed in {failed}: see {store.root}")
+    return store.root
+
+
+def analysis(run: Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The results document of `run`, and the frames printed: summary, plain metrics, landmarks, held out."""
     started = time.perf_counter()
-    results = studies(args.run)
+    results = studies(run)
     summary = summarise(results)
     plain = summary[~summary["metric"].str.endswith("]")]
     named = {f"dissimilarity[{v.name}]": label for v, label in ((BEFORE, "before"), (PAPER, "paper_literal"))}
@@ -81,7 +123,7 @@ def main() -> None:
         per_table[table] = records(result[keep])
     out = {
         "benchmark": "dissimilarity_study",
-        "run": str(args.run),
+        "run": str(run),
         "tables": {t: int(r["n_sets"].max()) for t, r in results.items()},
         "best": records(summary.head(TOP)),
         "metrics": records(plain),
@@ -95,6 +137,36 @@ def main() -> None:
         "analysis_s": round(time.perf_counter() - started, 1),
         "machine": describe(),
     }
+    return out, summary, plain, landmarks, held_out
+
+
+def quick() -> None:
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="perfscale-dissimilarity-") as tmp:
+        out, summary, *_ = analysis(tiny_run(Path(tmp)))
+    best = out["best"][0]
+    quick_line(
+        "dissimilarity_study",
+        started,
+        tables=out["tables"],
+        metrics_and_variants_ranked=len(summary),
+        best={"metric": best["metric"], "mean_rank": best["mean_rank"]},
+        analysis_s=out["analysis_s"],
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run", type=Path, nargs="?")
+    ap.add_argument("--out", type=Path, default=RESULTS / "dissimilarity_study.json")
+    ap.add_argument("--quick", action="store_true", help="build a tiny run and analyse it; nothing written")
+    args = ap.parse_args()
+    if args.quick:
+        quick()
+        return
+    if args.run is None:
+        ap.error("RUN (a run folder of workflows/dissimilarity_study.yaml) is needed, or --quick")
+    out, summary, plain, landmarks, held_out = analysis(args.run)
     print(json.dumps({k: out[k] for k in ("tables", "landmarks")}, indent=1))
     columns = ["metric", "mean_rank", "mean_rho", "worst_rank", "beats:sdmetrics_quality"]
     with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_colwidth", 70):

@@ -1,6 +1,7 @@
 """Strong scaling of TabDDPM training and GReaT fine-tuning under DDP (gloo on CPU) at 1, 2 and 4 MPI ranks.
 
     .venv/bin/python benchmarks/distributed.py [--model tabddpm|great] [--ranks 1 2 4] [--steps 3]
+    .venv/bin/python benchmarks/distributed.py --quick  # make bench: both models small, 1 and 2 ranks, 1 step
 
 GReaT (`--model great`, results to benchmarks/results/distributed-great.json): a GPT-2 of 4 layers, width 256
 (3.4 M parameters with its 512-token vocabulary) fine-tuned on a global batch of 64 sequences of 96 tokens
@@ -31,6 +32,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -52,6 +54,10 @@ LLM = {
     "eos_token_id": 1,
 }
 LLM_BATCH, LLM_TOKENS = 64, 96
+# --quick (make bench): the same steps on small models, nothing written
+QUICK_BATCH, QUICK_D_LAYERS, QUICK_DIM_T, QUICK_T = 256, [128, 128], 32, 100
+QUICK_LLM = LLM | {"n_layer": 2, "n_head": 2, "n_embd": 64}
+QUICK_LLM_BATCH, QUICK_LLM_TOKENS = 8, 32
 
 
 def time_steps(step: Callable[[], None], model: Any, world: int, steps: int) -> tuple[float, float, float]:
@@ -96,7 +102,7 @@ def write_run(out: Path, world: int, timing: tuple[float, float, float], batch: 
     out.write_text(json.dumps(run))
 
 
-def great_worker(steps: int, threads: int, out: Path) -> None:
+def great_worker(steps: int, threads: int, out: Path, quick: bool) -> None:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -108,15 +114,18 @@ def great_worker(steps: int, threads: int, out: Path) -> None:
     from mpi4py import MPI
 
     world_size = MPI.COMM_WORLD.Get_size()
+    llm, batch_size, tokens = (
+        (QUICK_LLM, QUICK_LLM_BATCH, QUICK_LLM_TOKENS) if quick else (LLM, LLM_BATCH, LLM_TOKENS)
+    )
     with session("benchmark-distributed-great", ranks=world_size) as s:
         torch.manual_seed(1)
-        model = GPT2LMHeadModel(GPT2Config(**LLM, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+        model = GPT2LMHeadModel(GPT2Config(**llm, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
         world = World.current()
         stepper = TorchStepper(model, 1e-4, 10**6, world, "cpu")
         ids = torch.randint(
-            0, LLM["vocab_size"], (LLM_BATCH, LLM_TOKENS), generator=torch.Generator().manual_seed(2)
+            0, llm["vocab_size"], (batch_size, tokens), generator=torch.Generator().manual_seed(2)
         )
-        lo, hi = batch_share(LLM_BATCH, s.rank, world_size)
+        lo, hi = batch_share(batch_size, s.rank, world_size)
         batch = (ids[lo:hi], torch.ones_like(ids[lo:hi]), ids[lo:hi])
 
         def step() -> None:
@@ -124,10 +133,10 @@ def great_worker(steps: int, threads: int, out: Path) -> None:
 
         timing = time_steps(step, stepper.model, world_size, steps)
         if s.is_root:
-            write_run(out, world_size, timing, LLM_BATCH, sum(p.numel() for p in model.parameters()))
+            write_run(out, world_size, timing, batch_size, sum(p.numel() for p in model.parameters()))
 
 
-def worker(steps: int, threads: int, out: Path) -> None:
+def worker(steps: int, threads: int, out: Path, quick: bool) -> None:
     import torch
 
     from perfscale.distributed import session
@@ -141,14 +150,17 @@ def worker(steps: int, threads: int, out: Path) -> None:
     from mpi4py import MPI
 
     world = MPI.COMM_WORLD.Get_size()
+    batch, d_layers, dim_t, t = (
+        (QUICK_BATCH, QUICK_D_LAYERS, QUICK_DIM_T, QUICK_T) if quick else (BATCH, D_LAYERS, DIM_T, T)
+    )
     with session("benchmark-distributed", ranks=world) as s:
-        config = TabDDPMConfig(d_layers=D_LAYERS, dim_t=DIM_T, num_timesteps=T)
+        config = TabDDPMConfig(d_layers=d_layers, dim_t=dim_t, num_timesteps=t)
         device = torch.device("cpu")
-        diffusion = Diffusion.create(T, NUMERIC, CLASSES, device)
+        diffusion = Diffusion.create(t, NUMERIC, CLASSES, device)
         denoiser = build_denoiser(config, NUMERIC + diffusion.num_onehot, seed=1)
         data = new_generator(2, device)
-        x_num = torch.randn((BATCH, NUMERIC), generator=data)
-        x_cat = torch.stack([torch.randint(0, k, (BATCH,), generator=data) for k in CLASSES], dim=1)
+        x_num = torch.randn((batch, NUMERIC), generator=data)
+        x_cat = torch.stack([torch.randint(0, k, (batch,), generator=data) for k in CLASSES], dim=1)
         optimizer = torch.optim.AdamW(denoiser.parameters(), lr=1e-4, foreach=True)
         model: torch.nn.Module = denoiser
         part = None
@@ -156,8 +168,8 @@ def worker(steps: int, threads: int, out: Path) -> None:
             from torch.nn.parallel import DistributedDataParallel
 
             model = DistributedDataParallel(denoiser)
-            part = RowPart.of(BATCH, s.rank, world)
-        lo, hi = (part.lo, part.hi) if part else (0, BATCH)
+            part = RowPart.of(batch, s.rank, world)
+        lo, hi = (part.lo, part.hi) if part else (0, batch)
         noise = new_generator(3, device)
 
         def step() -> None:
@@ -165,7 +177,7 @@ def worker(steps: int, threads: int, out: Path) -> None:
 
         timing = time_steps(step, model, world, steps)
         if s.is_root:
-            write_run(out, world, timing, BATCH, sum(p.numel() for p in denoiser.parameters()))
+            write_run(out, world, timing, batch, sum(p.numel() for p in denoiser.parameters()))
 
 
 def derive(runs: list[dict[str, float]]) -> None:
@@ -180,34 +192,51 @@ def derive(runs: list[dict[str, float]]) -> None:
         )
 
 
+def measure(model: str, ranks: list[int], steps: int, threads: int, quick: bool) -> list[dict[str, Any]]:
+    """One `mpirun` per rank count, its rank 0 writing the run's figures to a file read back here."""
+    mpirun = shutil.which("mpirun")
+    if mpirun is None:
+        raise SystemExit("mpirun not found: install Open MPI (scripts/setup.sh)")
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="perfscale-distributed-") as tmp:
+        for count in ranks:
+            out = Path(tmp) / f"{model}-{count}.json"
+            root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
+            line = [mpirun, *root, "--oversubscribe", "-n", str(count), sys.executable, "-m", "mpi4py"]
+            line += [__file__, "--worker", str(out), "--steps", str(steps), "--threads", str(threads)]
+            line += ["--model", model, *(["--quick"] if quick else [])]
+            subprocess.run(line, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            runs.append(json.loads(out.read_text()))
+            print(runs[-1], flush=True)
+    derive(runs)
+    return runs
+
+
 def main() -> None:
-    from machine import describe, write_results
+    from machine import describe, quick_line, write_results
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", choices=["tabddpm", "great"], default="tabddpm")
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--quick", action="store_true", help="both models, small, 1 and 2 ranks, 1 step, nothing written"
+    )
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        (great_worker if args.model == "great" else worker)(args.steps, args.threads, args.worker)
+        (great_worker if args.model == "great" else worker)(args.steps, args.threads, args.worker, args.quick)
         return
-    mpirun = shutil.which("mpirun")
-    if mpirun is None:
-        raise SystemExit("mpirun not found: install Open MPI (scripts/setup.sh)")
-    runs = []
-    for ranks in args.ranks:
-        out = ROOT / "benchmarks" / "results" / f".distributed-{ranks}.json"
-        root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
-        line = [mpirun, *root, "--oversubscribe", "-n", str(ranks), sys.executable, "-m", "mpi4py"]
-        line += [__file__, "--worker", str(out), "--steps", str(args.steps), "--threads", str(args.threads)]
-        line += ["--model", args.model]
-        subprocess.run(line, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        runs.append(json.loads(out.read_text()))
-        out.unlink()
-        print(runs[-1], flush=True)
-    derive(runs)
+    if args.quick:
+        started = time.perf_counter()
+        efficiency = {
+            model: {r["ranks"]: round(r["efficiency"], 2) for r in measure(model, [1, 2], 1, 1, quick=True)}
+            for model in ("tabddpm", "great")
+        }
+        quick_line("distributed", started, ranks=[1, 2], steps=1, efficiency=efficiency)
+        return
+    runs = measure(args.model, args.ranks, args.steps, args.threads, quick=False)
     great = args.model == "great"
     model = (
         {"gpt2": LLM, "batch": LLM_BATCH, "tokens": LLM_TOKENS}

@@ -1,6 +1,7 @@
 """Cost of the done-check: which of N finished tasks are done, as `perfscale run` and `status` ask it.
 
     .venv/bin/python benchmarks/done_check.py [--shards 2000] [--repeat 7]
+    .venv/bin/python benchmarks/done_check.py --quick    # 50 shards, one round, nothing written (make bench)
 
 Writes N one-row shards (with footer metadata, as tasks write them) into a noop run, then times:
 - `listing`: one directory listing (the check before shards carried footers: a file exists = done);
@@ -30,11 +31,12 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
 from dispatch import noop_study
-from machine import describe, write_results
+from machine import describe, quick_line, write_results
 
 from perfscale.runner import prepare_run
 from perfscale.spec import load_site
 from perfscale.store import Provenance, RunStore
+from perfscale.store.attempt import Attempt
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -53,21 +55,9 @@ def _finished_run(folder: Path, n: int) -> RunStore:
     now = datetime.now(timezone.utc)
     records = []
     for t in store.plan.tasks:
-        record = {
-            "task_key": t.key,
-            "stage": t.stage,
-            "index": t.index,
-            "attempt": 1,
-            "host": "bench",
-            "pid": os.getpid(),
-            "started_at": now,
-            "ended_at": now,
-            "duration_s": 0.001,
-            "ok": True,
-            "exit_status": 0,
-            "failure_kind": None,
-            "message": None,
-        }
+        record = Attempt(
+            t.key, t.stage, t.index, 1, "bench", os.getpid(), now, now, 0.001, True, 0, None, None
+        )
         prov = Provenance(t.key, "local", "bench", now, 0.001, 1)
         store.write_shard(t.stage, t.key, pd.DataFrame({"i": [t.index]}), prov, attempt=record)
         records.append(record)
@@ -79,7 +69,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--shards", type=int, default=2000)
     ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--quick", action="store_true", help="50 shards, one round, nothing written (make bench)")
     args = ap.parse_args()
+    if args.quick:
+        args.shards, args.repeat = 50, 1
+    started = time.perf_counter()
     folder = Path(tempfile.mkdtemp(prefix="perfscale-done-check-"))
     try:
         store = _finished_run(folder, args.shards)
@@ -102,7 +96,10 @@ def main() -> None:
         "attempts read, every row recovered from footers": recovered,
         "machine": describe(),
     }
-    print(write_results(RESULTS / "done_check.json", result).read_text())
+    if args.quick:
+        quick_line("done_check", started, shards=args.shards, footer_check_ms=footers["best_ms"])
+    else:
+        print(write_results(RESULTS / "done_check.json", result).read_text())
 
 
 if __name__ == "__main__":

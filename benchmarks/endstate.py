@@ -20,6 +20,10 @@ ROWS jobs (histories computed on the whole trace first), random and time-ordered
       [--epochs 8] [--splits random,time]
 
 Results: benchmarks/results/endstate-llm-<base model>-<ROWS>.json.
+
+`--quick` (make bench) runs both on a seeded subset of 1,000 jobs (histories still from the whole trace):
+every model and setting, then the tiny LLM classifier beside the others on 200 jobs, one epoch, the random
+split; nothing written.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe, write_results
+from machine import describe, quick_line, write_results
 
 from perfscale.models import build_model
 from perfscale.models.fit import FitSpec, fit_predict, prepare
@@ -58,9 +62,9 @@ MODELS = ["linear", "random_forest", "xgboost"]
 SEED = 2018
 
 
-def leaky(table: pd.DataFrame, model: str) -> float:
+def leaky(table: pd.DataFrame, model: str, rows: int | None = None) -> float:
     """The thesis's order: resample everything, then split at random."""
-    prepared, features = prepare(table, FitSpec(**BASE, **HISTORY, model=model), SEED)
+    prepared, features = prepare(table, FitSpec(**BASE, **HISTORY, model=model, rows=rows), SEED)
     classes = sorted(prepared["new_status"].unique())
     y = prepared["new_status"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
     x, y = resample_training(prepared[features].to_numpy(float), y, "smotetomek", SEED)
@@ -71,10 +75,10 @@ def leaky(table: pd.DataFrame, model: str) -> float:
     return float(class_scores(truth, fitted.predict_proba(resampled.iloc[test]), classes)["auc_macro"])
 
 
-def raw_logistic(table: pd.DataFrame) -> float:
+def raw_logistic(table: pd.DataFrame, rows: int | None = None) -> float:
     from sklearn.linear_model import LogisticRegression
 
-    prepared, features = prepare(table, FitSpec(**BASE, **HISTORY, model="linear"), SEED)
+    prepared, features = prepare(table, FitSpec(**BASE, **HISTORY, model="linear", rows=rows), SEED)
     ((train, test),) = make_splits(prepared, "random", seed=SEED, stratify="new_status")
     classes = sorted(prepared["new_status"].unique())
     y = prepared["new_status"].map({c: i for i, c in enumerate(classes)}).to_numpy()
@@ -85,7 +89,7 @@ def raw_logistic(table: pd.DataFrame) -> float:
 
 def llm_beside_classical(
     table: pd.DataFrame, rows: int, base_model: str, epochs: int, splits: list[str]
-) -> None:
+) -> dict[str, object]:
     """AUC of every model, the LLM classifier included, on the same subset and splits."""
     llm = {"base_model": base_model, "epochs": epochs, "threads": max(1, (os.cpu_count() or 1) // 2)}
     models = {"mean": {}, "linear": {}, "random_forest": {}, "xgboost": {}, "llm_classifier": llm}
@@ -116,8 +120,7 @@ def llm_beside_classical(
         "rows": out,
         "machine": describe(),
     }
-    name = f"endstate-llm-{Path(base_model).name}-{rows}.json"
-    print(write_results(Path(__file__).parent / "results" / name, result))
+    return result
 
 
 def main() -> None:
@@ -127,11 +130,18 @@ def main() -> None:
     parser.add_argument("--base-model", default="tiny", help="llm_classifier base_model: tiny, smollm2, ...")
     parser.add_argument("--epochs", type=int, default=8, help="llm_classifier fine-tuning epochs")
     parser.add_argument("--splits", default="random,time", help="with --llm: random, time or both")
+    parser.add_argument(
+        "--quick", action="store_true", help="a 1,000-job subset, nothing written (make bench)"
+    )
     args = parser.parse_args()
+    started = time.perf_counter()
     table = pd.read_csv(DATA / "jobs" / "mira" / "data_mira.csv")
-    if args.llm:
-        llm_beside_classical(table, args.llm, args.base_model, args.epochs, args.splits.split(","))
+    if args.llm and not args.quick:
+        result = llm_beside_classical(table, args.llm, args.base_model, args.epochs, args.splits.split(","))
+        name = f"endstate-llm-{Path(args.base_model).name}-{args.llm}.json"
+        print(write_results(Path(__file__).parent / "results" / name, result))
         return
+    subset = 1000 if args.quick else None
     rows = []
     for model in MODELS:
         for history in (True, False):
@@ -141,18 +151,26 @@ def main() -> None:
                         continue
                     start = time.perf_counter()
                     spec = FitSpec(**BASE, **(HISTORY if history else {}), model=model, split=split,
-                                   resample=resample)  # fmt: skip
+                                   resample=resample, rows=subset)  # fmt: skip
                     auc = fit_predict(table, spec, SEED)["auc_macro"].iloc[0]
                     setting = "ours" if history else "no-history"
                     rows.append((model, setting, split, resample, auc, time.perf_counter() - start))
                     print(*rows[-1], sep="\t", flush=True)
         start = time.perf_counter()
-        rows.append((model, "leaky", "random", "smotetomek-before-split", leaky(table, model),
+        rows.append((model, "leaky", "random", "smotetomek-before-split", leaky(table, model, subset),
                      time.perf_counter() - start))  # fmt: skip
         print(*rows[-1], sep="\t", flush=True)
-    rows.append(("linear", "raw-LR", "random", "none", raw_logistic(table), 0.0))
+    rows.append(("linear", "raw-LR", "random", "none", raw_logistic(table, subset), 0.0))
     out = pd.DataFrame(rows, columns=["model", "setting", "split", "resample", "auc_macro", "seconds"])
     out.to_csv(sys.stdout, sep="\t", index=False, float_format="%.3f")
+    if args.quick:
+        llm = llm_beside_classical(table, 200, "tiny", 1, ["random"])["rows"]
+        ours = out[(out["setting"] == "ours") & (out["split"] == "random") & (out["resample"] == "none")]
+        auc = dict(zip(ours["model"], ours["auc_macro"].round(3), strict=True)) | {
+            r["model"] + " (200 jobs)": r["auc_macro"] for r in llm if r["model"] == "llm_classifier"
+        }
+        quick_line("endstate", started, jobs=subset, fits=len(out) + len(llm), auc_macro_random_split=auc)
+        return
     result = {
         "data": "ALCF Mira, 22,508 jobs (../shared/data/jobs/mira/data_mira.csv)",
         "seed": SEED,

@@ -1,6 +1,7 @@
 """Generators side by side: cost (fit time, sampling speed, peak memory) and quality on two real tables.
 
-    .venv/bin/python benchmarks/generators.py [--quick] [--generators smote,ctgan] [--datasets digits]
+    .venv/bin/python benchmarks/generators.py [--reduced] [--generators smote,ctgan] [--datasets digits]
+    .venv/bin/python benchmarks/generators.py --quick   (make bench: a smoke run on profiles, nothing written)
     .venv/bin/python benchmarks/generators.py --refresh-profiles runs/perfgen-local   (rebuild the data file)
 
 Every registered generator (`perfscale.generators.list_generators()`, GReaT included) is run on each
@@ -14,7 +15,7 @@ ml_efficacy (target and holdout below) when those metrics are registered. A gene
 
 Datasets:
 * digits: scikit-learn's load_digits, 64 pixel columns (int64 0..16) and `digit` (the target, as a string
-  category); a seeded 75/25 train/holdout split (--quick: 400 train and 150 holdout rows of it).
+  category); a seeded 75/25 train/holdout split (--reduced, --quick: 400 train and 150 holdout rows of it).
 * profiles: benchmarks/data/profiles.parquet, the `split` stage of `perfscale run workflows/perfgen.yaml
   --site local` (built-in kernels x size x threads x 5 repetitions on this machine: 112 train, 38 holdout
   rows, 11 columns); ml_efficacy predicts wall_time_s (regression). --refresh-profiles RUN_DIR rewrites the
@@ -23,6 +24,10 @@ Datasets:
 Hyperparameters are chosen to fit a CPU budget (a busy 2-core machine): they are in HYPERPARAMETERS below and
 copied into the results. Results: benchmarks/results/generators.json (one row per generator x dataset, the
 machine description, the options) and a table per dataset printed like Table I of the BNL job-record study.
+
+Modes: full (the default), `--reduced` (fewer epochs and rows; recorded as mode "quick", the name this
+flag had before `--quick` became `make bench`'s smoke run) and `--quick`: every generator with a token
+budget (one epoch, a few steps) on profiles only, a one-line summary, nothing written.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe, write_results
+from machine import describe, quick_line, write_results
 
 from perfscale.tabular.meta import TableMeta, infer_meta
 
@@ -56,6 +61,7 @@ ML_EFFICACY = {
     "full": {"models": ["linear", "random_forest", "xgboost"], "n_estimators": 100},
     "quick": {"models": ["linear", "decision_tree"]},
 }
+ML_EFFICACY["smoke"] = ML_EFFICACY["quick"]
 # per mode, generator -> hyperparameters; a dataset name key overrides them on that dataset, and a "skip"
 # entry there (the reason) leaves the generator out on it. Chosen for a busy 2-core CPU machine: SDV's
 # mode-specific normalisation fits a Gaussian mixture per numeric column (64 on digits), TabDDPM runs one
@@ -100,6 +106,17 @@ HYPERPARAMETERS: dict[str, dict[str, dict[str, Any]]] = {
             "threads": 1,
         },
         "great": _GREAT,
+    },
+    "smoke": {  # --quick: the code path only; the figures mean nothing
+        "gaussian_copula": {},
+        "ctgan": {"epochs": 1, "enable_gpu": False},
+        "tvae": {"epochs": 1, "enable_gpu": False},
+        "copulagan": {"epochs": 1, "enable_gpu": False},
+        "smote": {"k_neighbors": 5},
+        "tabddpm": {"steps": 10, "num_timesteps": 10, "batch_size": 64, "d_layers": [32, 32], "threads": 1},
+        # GReaT needs ~2,500 steps for valid rows here: at 50 it fits and generates, then stops at its
+        # valid-row budget (one attempt per row), a failure the summary line shows; its scoring is not reached
+        "great": {**_GREAT, "steps": 50, "max_train_seconds": 15, "max_attempts": 1},
     },
 }
 
@@ -325,9 +342,16 @@ def merged(path: Path, mode: str, rows: list[dict[str, Any]], elapsed_s: float) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small epochs and data: a smoke run")
+    parser.add_argument(
+        "--reduced", action="store_true", help="fewer epochs and rows (recorded as mode quick)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run on profiles, nothing written (make bench)"
+    )
     parser.add_argument("--generators", help="comma-separated names (default: every registered generator)")
-    parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated: digits,profiles")
+    parser.add_argument(
+        "--datasets", help="comma-separated: digits,profiles (default both; --quick: profiles)"
+    )
     parser.add_argument("--timeout", type=float, default=900, help="seconds per generator and dataset")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON (rows of other runs merged)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -339,18 +363,19 @@ def main() -> None:
     if args.refresh_profiles:
         refresh_profiles(args.refresh_profiles)
         return
-    mode = "quick" if args.quick else "full"
+    mode = "smoke" if args.quick else "quick" if args.reduced else "full"
     known = available_generators()
     names = args.generators.split(",") if args.generators else known
     unknown = sorted(set(names) - set(known))
     if unknown:
         raise SystemExit(f"unknown generators {unknown}; registered: {', '.join(known)}")
-    datasets = args.datasets.split(",")
+    datasets = (args.datasets or ("profiles" if args.quick else ",".join(DATASETS))).split(",")
     start, rows = time.perf_counter(), []
     for dataset in datasets:
         for name in names:
             params = hyperparameters(mode, name, dataset)
-            job = {"generator": name, "dataset": dataset, "quick": args.quick, "hyperparameters": params}
+            reduced = mode != "full"
+            job = {"generator": name, "dataset": dataset, "quick": reduced, "hyperparameters": params}
             if "skip" in params:
                 row = {**job, "ok": False, "skipped": True, "error": f"skipped: {params['skip']}"}
             else:
@@ -358,6 +383,11 @@ def main() -> None:
             rows.append(row)
             status = f"fit {row['fit_s']:.1f} s" if row["ok"] else row["error"]
             print(f"{dataset:9s} {name:16s} {status}", flush=True)
+    if args.quick:
+        ok = {r["generator"]: "ok" if r["ok"] else r["error"][:120] for r in rows}
+        fit_s = {r["generator"]: round(r["fit_s"], 1) for r in rows if r["ok"]}
+        quick_line("generators", start, datasets=datasets, generators=ok, fit_s=fit_s)
+        return
     result = merged(args.out, mode, rows, time.perf_counter() - start)
     print()
     for dataset in result["datasets"]:

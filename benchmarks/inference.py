@@ -18,6 +18,7 @@ machine's other load is noted in the results (load average before and after).
 
     python benchmarks/inference.py --model tiny --prompts 2000
     python benchmarks/inference.py --model smollm2 --prompts 64 --naive-prompts 8 --max-new-tokens 16
+    python benchmarks/inference.py --quick    # make bench: tiny, 16 prompts, 4 tokens, nothing written
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.machine import describe, write_results
+from benchmarks.machine import describe, quick_line, write_results
 
 HERE = Path(__file__).resolve().parent
 PROFILES = HERE / "data" / "profiles.parquet"
@@ -160,7 +161,16 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--batches", default="1,8,32,64")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in the 1-worker modes")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny model, 16 prompts (4 naive, 2 per task), 4 new tokens, batches 1 and 8; nothing written",
+    )
     args = parser.parse_args()
+    started = time.perf_counter()
+    if args.quick:
+        args.model, args.prompts, args.naive_prompts, args.task_rows = "tiny", 16, 4, 2
+        args.max_new_tokens, args.batches = 4, "1,8"
     import torch
 
     torch.set_num_threads(args.threads)
@@ -188,6 +198,10 @@ def main() -> None:
         "results": results,
         "speedup_best_batched_vs_naive": round(best / results["naive"]["rows_per_s"], 1),
     }
+    if args.quick:
+        rates = {mode: r["rows_per_s"] for mode, r in results.items()}
+        quick_line("inference", started, model=args.model, rows_per_s=rates)
+        return
     path = write_results(HERE / "results" / f"inference-{args.model}.json", out)
     print(f"speedup {out['speedup_best_batched_vs_naive']}x; wrote {path}")
 

@@ -43,3 +43,12 @@ def write_results(path: Path, result: dict[str, Any]) -> Path:
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def quick_line(benchmark: str, started: float, **figures: Any) -> None:
+    """The one-line summary a `--quick` smoke run prints instead of writing a results file (`make bench`):
+    the benchmark, its wall time since `started` (time.perf_counter()), and the figures it measured."""
+    import time
+
+    line = {"benchmark": benchmark, "quick": True, "seconds": round(time.perf_counter() - started, 1)}
+    print(json.dumps(line | figures, default=str), flush=True)

@@ -19,7 +19,7 @@ numbers and 5% of the categories redrawn).
   that reason, as is a metric that failed at a smaller size.
 
 Results go to benchmarks/results/metrics_speed.json (or ``--out``) with the machine description; a
-``--quick`` run only prints them unless ``--out`` is given.
+``--quick`` run (make bench) prints a one-line summary and writes them only where ``--out`` is given.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe, write_results
+from machine import describe, quick_line, write_results
 
 RESULTS = Path(__file__).parent / "results"
 CARDINALITIES = (2, 3, 5, 10, 30, 100)
@@ -256,7 +256,7 @@ def scaling(sizes: list[int], budget: float) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small smoke run (5,000 rows, sizes 1k/5k)")
+    parser.add_argument("--quick", action="store_true", help="small smoke run (2,000 rows, sizes 500/1k)")
     parser.add_argument("--rows", type=int, default=100_000, help="rows of the quality and dcr comparisons")
     parser.add_argument("--sizes", default="10000,100000,1000000", help="row counts of the scaling runs")
     parser.add_argument(
@@ -271,7 +271,7 @@ def main() -> None:
         return
     rows, sizes = args.rows, [int(s) for s in args.sizes.split(",")]
     if args.quick:
-        rows, sizes, args.budget = 5_000, [1_000, 5_000], 60.0
+        rows, sizes, args.budget = 2_000, [500, 1_000], 30.0
     started = time.perf_counter()
     print(f"quality comparison at {rows} rows", flush=True)
     quality = quality_comparison(rows, args.timeout)
@@ -296,7 +296,8 @@ def main() -> None:
     result["total_s"] = round(time.perf_counter() - started, 1)
     path = args.out or (None if args.quick else RESULTS / "metrics_speed.json")
     if path is None:
-        print(json.dumps(result, indent=2))
+        seconds = {m: t[str(sizes[-1])].get("wall_s") for m, t in result["scaling"]["metrics"].items()}
+        quick_line("metrics_speed", started, rows=rows, dcr_s=dcr.get("wall_s"), scaling_wall_s=seconds)
         return
     write_results(path, result)
     print(f"wrote {path}")

@@ -1,6 +1,7 @@
 """Planning cost: microseconds per task of `build_plan` on a noop grid and a profile grid.
 
     .venv/bin/python benchmarks/planning.py [--tasks 10000] [--repeat 3]
+    .venv/bin/python benchmarks/planning.py --quick    # 200 tasks, one round, nothing written (make bench)
 
 Each grid has `--tasks` points (one task each). The profile grid counts with perf and PAPI, so its params
 checks include the event checks (against the `local` site, whose PAPI events are checked on this host).
@@ -17,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe, write_results
+from machine import describe, quick_line, write_results
 
 from perfscale.plan import build_plan
 from perfscale.spec import load_site
@@ -66,7 +67,11 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=10_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", type=Path, default=RESULTS / "planning.json")
+    ap.add_argument("--quick", action="store_true", help="200 tasks, one round, nothing written (make bench)")
     args = ap.parse_args()
+    if args.quick:
+        args.tasks, args.repeat = 200, 1
+    started = time.perf_counter()
     results = {}
     for name, make in (("noop", noop_study), ("profile", profile_study)):
         wall, cpu, tasks = us_per_task(make(args.tasks), args.repeat)
@@ -79,7 +84,10 @@ def main() -> None:
         "repeat": args.repeat,
         "results": results,
     }
-    print(f"-> {write_results(args.out, out)}")
+    if args.quick:
+        quick_line("planning", started, us_per_task={k: r["us_per_task"] for k, r in results.items()})
+    else:
+        print(f"-> {write_results(args.out, out)}")
 
 
 if __name__ == "__main__":

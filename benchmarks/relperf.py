@@ -7,12 +7,15 @@ vectors, leave one kernel out, leave one profiled system out) and prints MAE (po
 below the mean's MAE and SOS. The share of vectors the *mean* orders right is the chance level to beat.
 
   PERFSCALE_SHARED_DATA=../shared/data python benchmarks/relperf.py
+  PERFSCALE_SHARED_DATA=../shared/data python benchmarks/relperf.py --quick   (make bench: the four-system
+      set, XGBoost of 10 trees, every split; nothing written)
 
 Results: benchmarks/results/relperf.json with the machine description.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -21,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import describe, write_results
+from machine import describe, quick_line, write_results
 
 from perfscale.ingest import read_source
 from perfscale.models.fit import FitSpec, fit_predict
@@ -41,19 +44,27 @@ MODELS = {"mean": {}, "xgboost": {"n_estimators": 200, "max_depth": 4}}
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="fcr4 only, XGBoost of 10 trees, nothing written (make bench)"
+    )
+    args = parser.parse_args()
+    started = time.perf_counter()
+    sets = {"fcr4": SETS["fcr4"]} if args.quick else SETS
+    models = {"mean": {}, "xgboost": {"n_estimators": 10, "max_depth": 4}} if args.quick else MODELS
     tables = [
         read_source("caliper", DATA / "caliper" / "rajaperf").to_pandas(),
         read_source("rajaperf", DATA / "rajaperf-fcr2026").to_pandas(),
     ]
     points = profile_points(tables, Dropped())
     rows = []
-    for name, systems in SETS.items():
+    for name, systems in sets.items():
         t = rpv_table(points, base="H100_gpu", systems=systems)
         targets = [f"speed_{s}" for s in systems]
         features = [*FEATURES, *(f"on_{s}" for s in systems)]
         for split, group in SPLITS:
             outs = []
-            for model, hp in MODELS.items():
+            for model, hp in models.items():
                 start = time.perf_counter()
                 spec = FitSpec(targets, features, model, hp, split=split, group_column=group)
                 outs.append(fit_predict(t, spec, SEED))
@@ -76,6 +87,15 @@ def main() -> None:
                 )
                 print(*rows[-1].values(), sep="\t", flush=True)
     out = pd.DataFrame(rows)
+    if args.quick:
+        xgb = out[out["model"] == "xgboost"]
+        quick_line(
+            "relperf",
+            started,
+            sets=list(sets),
+            xgboost_mae=dict(zip(xgb["split"], xgb["mae"].round(3), strict=True)),
+        )
+        return
     out.to_csv(sys.stdout, sep="\t", index=False, float_format="%.3f")
     result = {
         "data": "Caliper Quartz/Lassen RAJAPerf profiles + RAJAPerf FCR 2026 CSVs (../shared/data)",

@@ -84,11 +84,12 @@ def _scheduler_states(store) -> dict:
     return states
 
 
-def _print_status(store) -> int:
+def _print_status(store, done: dict[str, set[str]] | None = None) -> int:
+    """The status table; `done`: each stage's done keys when the caller has just checked them."""
     from perfscale.status import run_status
 
     sched = _scheduler_states(store)
-    states = run_status(store)
+    states = run_status(store, done)
     columns = [
         "stage",
         "total",
@@ -109,7 +110,7 @@ def _print_status(store) -> int:
             str(st.missing),
         ]
         if sched:
-            mine = [sched[t.index] for t in store.plan.of_stage(st.stage) if t.index in sched]
+            mine = [sched[i] for i in store.plan_keys[st.stage].values() if i in sched]
             row += [
                 str(sum(s.active and s.state.startswith("PEND") for s in mine)),
                 str(sum(s.active and not s.state.startswith("PEND") for s in mine)),
@@ -199,10 +200,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else None
     with open_run(Path(args.study), _site(args), run_dir, args.wait_lock, args.set) as store:
         console.print(
-            f"run folder: [bold]{store.root}[/] ({len(store.plan.tasks)} tasks, engine "
+            f"run folder: [bold]{store.root}[/] ({store.task_count} tasks, engine "
             f"{args.engine or store.site.engine})"
         )
-        run_plan(
+        summary = run_plan(
             store,
             args.engine,
             args.workers,
@@ -210,7 +211,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             bundle=not args.no_bundle,
             compact_every=args.compact_every,
         )
-        code = _print_status(store)
+        code = _print_status(store, {stage: s.done_keys for stage, s in summary.items()})
         if not args.no_report:
             from perfscale.report import build_report
 

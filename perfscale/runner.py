@@ -24,10 +24,12 @@ from perfscale.errors import FailureKind
 from perfscale.execute import Outcome, execute_bundle
 from perfscale.gpus import GpuAdmission
 from perfscale.logs import run_log
+from perfscale.plan.cache import CachedPlan, cached_plan, plan_digest
 from perfscale.plan.overrides import load_study_text
 from perfscale.plan.placement import check_run_folder, placed, record_sites, site_of
 from perfscale.plan.planner import Plan, Task, build_plan
 from perfscale.spec.site import Site
+from perfscale.spec.study import Study
 from perfscale.store import space
 from perfscale.store.atomic import remove_dead_writers_temps
 from perfscale.store.attempt import Attempt
@@ -47,6 +49,8 @@ class StageSummary:
     failed: int = 0
     blocked: int = 0
     failure_kinds: Counter[str] = field(default_factory=Counter)
+    # the stage's done tasks at the run's end (what the status table shows: not checked a second time)
+    done_keys: set[str] = field(default_factory=set, repr=False)
 
 
 class AttemptLog:
@@ -84,24 +88,50 @@ def default_run_dir(study_name: str, site: Site) -> Path:
     return Path("runs") / f"{study_name}-{site.name}"
 
 
-def _planned(
-    study_path: Path, site: Site, run_dir: Path | None, overrides: Sequence[str] = ()
-) -> tuple[Plan, Path, str]:
-    """The plan, the run folder and the study text to record (overridden by `--set`s, see plan.overrides)."""
+@dataclass
+class _Planned:
+    """A study ready to open its run: its plan (built now, or the run's own plan.parquet when the study, the
+    site and perfscale are unchanged: perfscale.plan.cache), the run folder and the study text to record."""
+
+    study: Study
+    plan: Plan | CachedPlan
+    root: Path
+    text: str  # overridden by `--set`s, see plan.overrides
+    digest: str | None
+    sites: set[str]  # the sites stages are placed on (resources.site)
+
+
+def _planned(study_path: Path, site: Site, run_dir: Path | None, overrides: Sequence[str] = ()) -> _Planned:
+    """Validate the study (always: its errors must be seen) and plan it unless its run's plan is current."""
     study, text = load_study_text(study_path, overrides)
-    plan, root = build_plan(study, str(study_path), site), run_dir or default_run_dir(study.name, site)
-    check_run_folder(root, site, {t.site for t in plan.tasks if t.site})
-    return plan, root, text
+    root = run_dir or default_run_dir(study.name, site)
+    digest = plan_digest(study, text, site)
+    plan: Plan | CachedPlan | None = cached_plan(root / "plan.parquet", digest, study)
+    if plan is None:
+        plan = build_plan(study, str(study_path), site)
+    sites = {s for name in study.stages if (s := study.resources_of(name).site)}
+    check_run_folder(root, site, sites)
+    return _Planned(study, plan, root, text, digest, sites)
+
+
+def _create(planned: _Planned, site: Site, study_path: Path) -> RunStore:
+    """The run folder written. A cached plan is looked at again first: under the run's lock now, it may
+    have been rewritten by a run of another version of the study since `_planned` found it."""
+    if isinstance(planned.plan, CachedPlan):
+        again = cached_plan(planned.plan.path, planned.digest, planned.study)
+        planned.plan = again or build_plan(planned.study, str(study_path), site)
+    store = RunStore.create(
+        planned.root, planned.text, site, planned.plan, study_dir=study_path.parent, digest=planned.digest
+    )
+    record_sites(store.root, site, planned.sites)
+    return store
 
 
 def prepare_run(
     study_path: Path, site: Site, run_dir: Path | None = None, overrides: Sequence[str] = ()
 ) -> RunStore:
     """Validate the study, expand its plan, and create (or re-open) its run folder. Nothing runs."""
-    plan, root, text = _planned(study_path, site, run_dir, overrides)
-    store = RunStore.create(root, text, site, plan, study_dir=study_path.parent)
-    record_sites(store.root, site, {t.site for t in plan.tasks})
-    return store
+    return _create(_planned(study_path, site, run_dir, overrides), site, study_path)
 
 
 @contextmanager
@@ -115,18 +145,18 @@ def open_run(
     """`prepare_run` under the run folder's lock (RUN/.lock), held until the block ends: one run per folder.
 
     The study is checked and planned before the lock; the folder is written only once the lock is held."""
-    plan, root, text = _planned(study_path, site, run_dir, overrides)
+    planned = _planned(study_path, site, run_dir, overrides)
+    root = planned.root
     if not (root / LOCK_NAME).exists():
         # before a lock file is made in a folder that is not ours. A folder with one is a run's, maybe one in
         # progress that has not written its manifest yet: its lock names the holder, and `create` checks the
         # folder again once the lock is ours.
-        RunStore(root).refuse_foreign(plan.study)
+        RunStore(root).refuse_foreign(planned.plan.study)
     with disk_full_named(root), run_lock(root, wait=wait_lock):
-        store = RunStore.create(root, text, site, plan, study_dir=study_path.parent)
-        record_sites(store.root, site, {t.site for t in plan.tasks})
+        store = _create(planned, site, study_path)
         with run_log(store.root):
             log.info(
-                "run %s: study %s, site %s, %d tasks", store.root, study_path, site.name, len(plan.tasks)
+                "run %s: study %s, site %s, %d tasks", store.root, study_path, site.name, store.task_count
             )
             yield store
 
@@ -174,10 +204,10 @@ def run_plan(
     one task per call. `compact_every` (default: the site's): each time a stage has this many new shards,
     they are merged into packs (store/compact.py), and so is the rest when the stage ends; 0: never.
     """
-    plan: Plan = store.plan
+    plan_keys = store.plan_keys  # {stage: {key: index}}: three columns, not a Task per row
     summary: dict[str, StageSummary] = {}
-    done = {s: store.done_keys(s) for s in plan.stages}  # checks every shard's footer; bad ones quarantined
-    next_attempt = _next_attempts(store)
+    done = {s: store.done_keys(s) for s in plan_keys}  # checks every shard's footer; bad ones quarantined
+    next_attempt: dict[str, int] | None = None  # read from the attempts table once something is to run
     attempt_log = AttemptLog(store)
     bundler = Bundler(workers or store.site.workers, enabled=bundle)
     compactor = Compactor(store, store.site.compact_every if compact_every is None else compact_every)
@@ -188,19 +218,19 @@ def run_plan(
             _Engines(store, engine, workers) as engines,
             _progress(progress) as bars,
         ):
-            for stage in plan.stages:
-                tasks = plan.of_stage(stage)
-                s = summary[stage] = StageSummary(total=len(tasks))
+            for stage, keys in plan_keys.items():
+                s = summary[stage] = StageSummary(total=len(keys), done_keys=done[stage])
                 if stages and stage not in stages:
-                    s.done = len(done[stage] & {t.key for t in tasks})
+                    s.done = len(done[stage] & keys.keys())
                     continue
-                todo = [t for t in tasks if t.key not in done[stage]]
+                # only the tasks still to do become Task objects (a rerun with everything done builds none)
+                todo = [store.task(i) for k, i in keys.items() if k not in done[stage]]
                 # whole-stage inputs checked once per stage, not once per task (O(plan) each)
                 inputs = {s for t in todo for s in t.inputs}
-                complete = {s: done[s].issuperset(store.plan_keys.get(s, {})) for s in inputs}
+                complete = {s: done[s].issuperset(plan_keys.get(s, {})) for s in inputs}
                 ready = [t for t in todo if _ready(t, done, complete)]
                 s.blocked = len(todo) - len(ready)
-                s.done = len(tasks) - len(todo)
+                s.done = len(keys) - len(todo)
                 log.info(
                     "stage %s: %d tasks, %d done, %d to run, %d blocked",
                     stage,
@@ -209,13 +239,17 @@ def run_plan(
                     len(ready),
                     s.blocked,
                 )
-                bar = bars.add_task(stage, total=len(tasks), completed=s.done, failed="")
+                if ready and next_attempt is None:
+                    next_attempt = _next_attempts(store)
+                bar = bars.add_task(stage, total=len(keys), completed=s.done, failed="")
                 # a stage with nothing to run starts no engine
-                stage_engine = engines.of(tasks[0]) if ready else None
+                stage_engine = engines.of(ready[0]) if ready else None
                 if stage_engine is not None:
                     bundler.workers = stage_engine.workers
                 for outcome in (
-                    _run_tasks(stage_engine, store, ready, next_attempt, bundler) if stage_engine else ()
+                    _run_tasks(stage_engine, store, ready, next_attempt or {}, bundler)
+                    if stage_engine
+                    else ()
                 ):
                     attempt_log.add(outcome.attempts)
                     _log_outcome(outcome)
@@ -246,10 +280,14 @@ def run_plan(
     return summary
 
 
+ATTEMPT_FILES_KEPT = 64  # the runner merges its attempt batch files (one per 2 s) when it compacts past this
+
+
 class Compactor:
     """Compaction as the run goes (store/compact.py): a stage is compacted each time `every` new shards
     have been written since its last compaction, and once more when it ends if it was compacted before or
-    has `every` loose shards (so a stage of fewer tasks keeps its loose shards). The run holds the lock."""
+    has `every` loose shards (so a stage of fewer tasks keeps its loose shards); each compaction also merges
+    the attempt batch files when there are more than ATTEMPT_FILES_KEPT. The run holds the lock."""
 
     def __init__(self, store: RunStore, every: int):
         self.store, self.every = store, every
@@ -268,9 +306,10 @@ class Compactor:
             self._compact(stage)
 
     def _compact(self, stage: str) -> None:
-        from perfscale.store.compact import compact_stage
+        from perfscale.store.compact import compact_attempts, compact_stage
 
         compact_stage(self.store, stage)
+        compact_attempts(self.store, min_files=ATTEMPT_FILES_KEPT)
         self.fresh[stage] = 0
         self.compacted.add(stage)
 

@@ -18,8 +18,9 @@ from perfscale.cli import main
 from perfscale.runner import prepare_run, run_plan
 from perfscale.spec import load_site
 from perfscale.status import run_status
-from perfscale.store import RunStore
-from perfscale.store.compact import compact_stage
+from perfscale.store import RunStore, task_attempts
+from perfscale.store.attempt import Attempt
+from perfscale.store.compact import compact_attempts, compact_stage
 from perfscale.store.packs import PACKS
 
 N = 24
@@ -186,3 +187,54 @@ def test_sigkill_during_perfscale_compact_loses_nothing(finished):
     _assert_same(before, _snapshot(RunStore(store.root)))
     assert killed_mid >= 1  # at least one kill landed while packs and loose shards coexisted
     assert probe.done_keys("rows") == before["done"]["rows"]
+
+
+def test_compaction_quarantines_a_bad_shard_instead_of_packing_it(finished):
+    _study, store = finished
+    victim = _loose(store, "rows")[5]
+    victim.write_bytes(b"PAR1 not a footer")
+    result = compact_stage(store, "rows")
+    assert (result.packed, result.loose_after) == (N - 1, 0)
+    assert victim.name.removesuffix(".parquet") not in RunStore(store.root).done_keys("rows")
+    assert list((store.root / "quarantine" / "stages" / "rows").glob(f"{victim.name}*"))
+    attempts = store.attempts()
+    assert (attempts["failure_kind"] == "corrupt_output").sum() == 1
+
+
+def _attempt_rows(store: RunStore):
+    rows = store.attempts().drop(columns=["started_at", "ended_at"])
+    return rows.sort_values(["task_key", "attempt"]).reset_index(drop=True)
+
+
+def test_attempt_batch_files_merge_into_one_and_a_killed_merge_counts_no_row_twice(finished):
+    _study, store = finished
+    folder = store.root / "attempts"
+    table = store.attempts_table()
+    for f in task_attempts.batch_files(store.root):
+        os.unlink(f)
+    rows = table.to_pylist()
+    for part in range(3):  # three batch files, as a run that flushed three times leaves
+        store.append_attempts([Attempt(**r) for r in rows[part::3]])
+    before = _attempt_rows(store)
+    sources = sorted(folder.glob("*.parquet"))
+    assert len(sources) == 3
+    saved = store.root / "saved-attempts"
+    saved.mkdir()
+    for f in sources:
+        shutil.copy2(f, saved / f.name)
+
+    assert compact_attempts(store) == 3
+    (merged,) = folder.glob("*.parquet")
+    assert merged.name.startswith(task_attempts.MERGED_PREFIX)
+    assert _attempt_rows(store).equals(before)
+    for copy in saved.iterdir():  # a merge killed after writing its file, before deleting the sources
+        os.rename(copy, folder / copy.name)
+    assert _attempt_rows(store).equals(before)
+    key = rows[0]["task_key"]
+    assert store.next_attempt(key) == max(r["attempt"] for r in rows if r["task_key"] == key) + 1
+
+    assert compact_attempts(store) == 0  # leftovers deleted, nothing new to merge
+    assert [p.name for p in folder.glob("*.parquet")] == [merged.name]
+    store.append_attempts([Attempt(**rows[0])])
+    assert compact_attempts(store) == 2  # a merged file merged again
+    assert len(_attempt_rows(store)) == len(before) + 1

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ValidationError
 
 from perfscale.errors import SpecError
+from perfscale.plan.cache import DIGEST_KEY
 from perfscale.plan.checks import CHECK_CACHE, CheckCache, Problems
 from perfscale.plan.grid import expand_grid
 from perfscale.plan.keys import stage_digest, task_key
@@ -67,7 +68,7 @@ class Plan:
     def of_stage(self, stage: str) -> list[Task]:
         return [t for t in self.tasks if t.stage == stage]
 
-    def to_table(self) -> pa.Table:
+    def to_table(self, digest: str | None = None) -> pa.Table:
         """Column by column (not dataclasses.asdict, which deep-copies every task: 80% of a big plan's time).
         A JSON field is encoded once per distinct object: tasks of one grid point share their params, and
         tasks of one stage their inputs and retry policy."""
@@ -82,13 +83,17 @@ class Plan:
                 ]
             columns.append(pa.array(values, _PLAN_SCHEMA.field(name).type))
         table = pa.Table.from_arrays(columns, schema=_PLAN_SCHEMA)
-        return table.replace_schema_metadata({"study": self.study, "perfscale_version": self.version})
+        meta = {"study": self.study, "perfscale_version": self.version}
+        if digest is not None:
+            meta[DIGEST_KEY] = digest
+        return table.replace_schema_metadata(meta)
 
-    def write(self, path: Path) -> None:
+    def write(self, path: Path, digest: str | None = None) -> None:
+        """Write the plan; `digest` (perfscale.plan.cache) lets a rerun of the same study reuse it."""
         from perfscale.store.atomic import atomic_write_table
 
         # small row groups: one task is read by decoding one group (PlanRows), not the whole plan
-        atomic_write_table(self.to_table(), path, row_group_size=PLAN_ROW_GROUP)
+        atomic_write_table(self.to_table(digest), path, row_group_size=PLAN_ROW_GROUP)
 
     @classmethod
     def read(cls, path: Path | str) -> Plan:

@@ -5,6 +5,8 @@ of shard files and `MAX_PACK_TASKS` tasks each. For each pack:
 
 1. the shards' footers are read (key, rows, attempt, artifacts) with each file's size and mtime, then their
    rows, as one table with the stage's unified schema;
+   (each shard passes the done-check first: its footer names the task, holds its rows, its artifacts are
+   there; one that fails is quarantined as the done-check would);
 2. the pack is written whole and renamed into place;
 3. each packed shard is deleted while its size and mtime are still those recorded in step 1, and the
    stage's done index forgets it.
@@ -25,14 +27,17 @@ import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from perfscale.store import done_index
-from perfscale.store.packs import INDEX_SCHEMA, write_pack
+from perfscale.store import done_index, recover, task_attempts
+from perfscale.store.atomic import atomic_write_table
+from perfscale.store.attempt import ATTEMPT_SCHEMA
+from perfscale.store.packs import INDEX_SCHEMA, new_pack_name, write_pack
 from perfscale.store.run import RunStore
-from perfscale.store.shards import read_footer
+from perfscale.store.shards import check_shard
 
 MAX_PACK_BYTES = 256 << 20  # of shard files per pack: bounds the memory a compaction holds
 MAX_PACK_TASKS = 20_000
@@ -55,10 +60,9 @@ def finish_deletes(store: RunStore, stage: str) -> int:
     """Delete the loose shards that a pack already holds unchanged (an earlier compaction was killed before
     deleting them): same size and mtime as the pack recorded. Returns how many."""
     packs = store.packs(stage)
-    owner = packs.owner()
     folder = store.stage_dir(stage)
     removed = []
-    for key in store.listed_keys(stage) if owner else ():
+    for key in store.listed_keys(stage) if packs.keys() else ():
         pack = packs.pack_of(key)
         path = f"{folder}/{key}.parquet"
         if pack is not None and done_index.stat_entry(path) == pack.shard_of(key):
@@ -108,10 +112,15 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 def _pack(store: RunStore, stage: str, chunk: list[tuple[str, str]]) -> int:
     """Write one pack of `chunk`'s shards, then delete them; the number of shards packed."""
     folder = store.stage_dir(stage)
-    paths, schemas, index, tables = [], {}, [], []
+    paths, schemas, index, tables, bad, kept = [], {}, [], [], {}, []
     for key, stat in chunk:
         path = f"{folder}/{key}.parquet"
-        footer = read_footer(path)
+        footer, problem = check_shard(path, key, store.artifact_dir(stage, key))  # the done-check's
+        if footer is None or problem is not None:
+            if problem is not None:
+                bad[key] = problem
+            continue
+        kept.append((key, stat))
         meta = footer.meta or {}
         attempt, artifacts = meta.get("attempt"), meta.get("artifacts")
         paths.append(path)
@@ -130,17 +139,21 @@ def _pack(store: RunStore, stage: str, chunk: list[tuple[str, str]]) -> int:
             with pa.OSFile(path) as source:
                 table = pq.ParquetFile(source, metadata=footer.parquet).read()
             tables.append(table.replace_schema_metadata())
+    if bad:
+        recover.quarantine_shards(store, stage, bad)
+    if not kept:
+        return 0
     distinct = list(schemas)
     schema = pa.unify_schemas(distinct, promote_options="permissive")
     rows = pa.concat_tables(tables, promote_options="permissive") if tables else schema.empty_table()
     write_pack(folder, _conform(rows, schema), pa.Table.from_pylist(index, schema=INDEX_SCHEMA), distinct)
     removed = []
-    for (key, stat), path in zip(chunk, paths, strict=True):
+    for (key, stat), path in zip(kept, paths, strict=True):
         if done_index.stat_entry(path) == stat:  # a shard rewritten since it was read is newer: kept
             os.unlink(path)
             removed.append(key)
     _forget(store, stage, removed)
-    return len(chunk)
+    return len(kept)
 
 
 def compact_stage(store: RunStore, stage: str, min_shards: int = 2) -> Compacted:
@@ -151,11 +164,11 @@ def compact_stage(store: RunStore, stage: str, min_shards: int = 2) -> Compacted
     result.loose_before = result.loose_after = len(loose)
     if len(loose) < min_shards:
         return result
-    done = store.done_keys(stage)  # checks the loose shards' footers; bad ones are quarantined
-    keys = [k for k in store.plan_keys.get(stage, {}) if k in loose and k in done]  # plan order
+    keys = [k for k in store.plan_keys.get(stage, {}) if k in loose]  # plan order; each is checked in _pack
     for chunk in _chunks(store, stage, keys):
-        result.packed += _pack(store, stage, chunk)
-        result.packs += 1
+        packed = _pack(store, stage, chunk)
+        result.packed += packed
+        result.packs += packed > 0
     result.loose_after = len(store.listed_keys(stage))
     log.info(
         "compacted stage %s: %d shards into %d packs (%d loose files left, %d leftovers removed)",
@@ -168,6 +181,33 @@ def compact_stage(store: RunStore, stage: str, min_shards: int = 2) -> Compacted
     return result
 
 
+def compact_attempts(store: RunStore, min_files: int = 2) -> int:
+    """Merge the runner's attempt batch files (one per 2 s of a run: they grow with time) into one, named
+    `merged-...` with the names of the files it holds in its footer, then delete those. Returns how many
+    files were merged (0 when fewer than `min_files`). Unreadable files are quarantined (recover.py)."""
+    folder = store.root / "attempts"
+    for merged in folder.glob(f"{task_attempts.MERGED_PREFIX}*.parquet"):  # a merge killed before deleting
+        for name in task_attempts.merged_sources(merged):
+            (folder / name).unlink(missing_ok=True)
+    files = task_attempts.batch_files(store.root)
+    if len(files) < min_files:
+        return 0
+    held = [Path(f).name for f in files]
+    for f in files:  # a merged file merged again: the names it holds stay held
+        if Path(f).name.startswith(task_attempts.MERGED_PREFIX):
+            held += task_attempts.merged_sources(f)
+    table = recover.read_attempt_files(store, files, ATTEMPT_SCHEMA)
+    meta = {task_attempts.MERGED_META: json.dumps(sorted(set(held))).encode()}
+    name = f"{task_attempts.MERGED_PREFIX}{new_pack_name()}.parquet"
+    atomic_write_table(table.replace_schema_metadata(meta), folder / name)
+    for f in files:
+        Path(f).unlink(missing_ok=True)
+    log.info("merged %d attempt batch files of %s into %s", len(files), store.root, name)
+    return len(files)
+
+
 def compact_run(store: RunStore, stages: Iterable[str] | None = None, min_shards: int = 2) -> list[Compacted]:
-    """Compact each stage of the run (default: every stage of its plan)."""
-    return [compact_stage(store, s, min_shards) for s in (stages or list(store.plan_keys))]
+    """Compact each stage of the run (default: every stage of its plan), then its attempt batch files."""
+    done = [compact_stage(store, s, min_shards) for s in (stages or list(store.plan_keys))]
+    compact_attempts(store)
+    return done

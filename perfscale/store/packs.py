@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from perfscale.store.atomic import atomic_write_table
@@ -166,7 +167,7 @@ def read_pack(path: Path | str) -> Pack:
         raise BadShard(f"not a readable pack ({one_line(exc)})") from None
     if not index.schema.equals(INDEX_SCHEMA):
         raise BadShard(f"its index has columns {index.schema.names}, not {INDEX_SCHEMA.names}")
-    counted = sum(index.column("rows").to_pylist())
+    counted = pc.sum(index.column("rows")).as_py() or 0
     if counted != md.num_rows:
         raise BadShard(f"its index counts {counted} rows but the file holds {md.num_rows}")
     try:
@@ -174,8 +175,8 @@ def read_pack(path: Path | str) -> Pack:
         schemas = [pa.ipc.read_schema(pa.py_buffer(base64.b64decode(x))) for x in raw_schemas]
     except (pa.ArrowException, ValueError, TypeError) as exc:
         raise BadShard(f"its list of shard schemas cannot be read ({one_line(exc)})") from None
-    ids = index.column("schema").to_pylist()
-    if ids and not all(i is not None and 0 <= i < len(schemas) for i in ids):
+    ids = pc.min_max(index.column("schema")).as_py()
+    if index.column("schema").null_count or (len(index) and not 0 <= ids["min"] <= ids["max"] < len(schemas)):
         raise BadShard(f"its index points at shard schemas it does not have ({len(schemas)} listed)")
     schema = md.schema.to_arrow_schema().remove_metadata()
     return Pack(path, index, f"{st.st_size} {st.st_mtime_ns}", schema, schemas)
@@ -188,7 +189,8 @@ class StagePacks:
     def __init__(self, stage_dir: Path | str):
         self.folder = pack_folder(stage_dir)
         self.packs: dict[str, Pack] = {}
-        self._owner: dict[str, str] = {}  # key -> name of the newest pack holding it
+        self._keys: set[str] = set()  # every packed key: all the done-check needs
+        self._owner: dict[str, str] | None = None  # key -> name of the newest pack holding it, when asked
         self._listing: tuple[str, ...] | None = None
 
     def refresh(self) -> list[tuple[Path, str]]:
@@ -216,27 +218,37 @@ class StagePacks:
                 bad.append((path, str(exc)))
         old = self._listing
         if old is not None and not bad and names[: len(old)] == old:  # only newer packs were added
-            for name in names[len(old) :]:
-                self._owner.update(dict.fromkeys(packs[name].keys(), name))
+            added = names[len(old) :]
         else:
-            owner: dict[str, str] = {}
-            for name, pack in packs.items():  # oldest first: a newer pack's keys overwrite an older one's
-                owner.update(dict.fromkeys(pack.keys(), name))
-            self._owner = owner
+            added, self._keys, self._owner = names, set(), None
+        for name in added:
+            if name in packs:
+                self._keys.update(packs[name].keys())
+                if self._owner is not None:
+                    self._owner.update(dict.fromkeys(packs[name].keys(), name))
         self.packs, self._listing = packs, names if not bad else None
         return bad
 
+    def keys(self) -> set[str]:
+        """Every key some pack of the stage holds."""
+        return self._keys
+
     def owner(self) -> dict[str, str]:
         """{key: name of the pack whose copy of the task counts} (the newest pack listing it)."""
+        if self._owner is None:
+            owner: dict[str, str] = {}
+            for name, pack in self.packs.items():  # oldest first: a newer pack's keys overwrite older ones'
+                owner.update(dict.fromkeys(pack.keys(), name))
+            self._owner = owner
         return self._owner
 
     def pack_of(self, key: str) -> Pack | None:
-        name = self._owner.get(key)
+        name = self.owner().get(key)
         return None if name is None else self.packs[name]
 
     def schema_of(self, key: str) -> pa.Schema:
         """The schema of the shard a packed task's rows came from (from the pack that owns it)."""
-        return self.packs[self._owner[key]].schema_of(key)
+        return self.packs[self.owner()[key]].schema_of(key)
 
 
 def read_packed(

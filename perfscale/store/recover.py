@@ -150,10 +150,12 @@ def recovered_attempts(store: RunStore, table: pa.Table) -> list[Attempt]:
     """Attempt rows, read from their shards' footers, of finished tasks that have no `ok` row in `table`."""
     if not store.plan_path.exists():
         return []
-    ok_keys = set(pc.filter(table.column("task_key"), table.column("ok")).unique().to_pylist())
+    # in Arrow: a million keys are not made Python strings to learn that every one has its `ok` row
+    ok_keys = pc.unique(pc.filter(table.column("task_key"), table.column("ok")))
     rows = []
     for stage, wanted in store.plan_keys.items():
-        without_ok = [k for k in wanted if k not in ok_keys]
+        keys = pa.array(list(wanted), pa.string())
+        without_ok = pc.filter(keys, pc.invert(pc.is_in(keys, value_set=ok_keys))).to_pylist()
         if not without_ok:
             continue  # the usual case: no listing of the stage folder needed
         listed = store.listed_keys(stage)

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from perfscale.errors import PerfscaleError
+from perfscale.plan.cache import CachedPlan
 from perfscale.plan.planner import Plan, PlanRows, Task
 from perfscale.spec.site import Site
 from perfscale.store import done_index, recover, task_attempts
@@ -138,16 +139,27 @@ class RunStore:
     # ---- creation -----------------------------------------------------------------------------------
     @classmethod
     def create(
-        cls, root: Path | str, study_text: str, site: Site, plan: Plan, study_dir: Path | None = None
+        cls,
+        root: Path | str,
+        study_text: str,
+        site: Site,
+        plan: Plan | CachedPlan,
+        study_dir: Path | None = None,
+        digest: str | None = None,
     ) -> RunStore:
-        """Create or re-open a run; the plan is rewritten, shards of unchanged tasks are kept."""
+        """Create or re-open a run; the plan is rewritten (with `digest`, see perfscale.plan.cache), shards
+        of unchanged tasks are kept. A CachedPlan is the run's own plan.parquet, kept as it is."""
         store = cls(root)
         store.refuse_foreign(plan.study)
         store.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(study_text, store.root / "study.yaml")
         atomic_write_text(json.dumps(site.model_dump(mode="json"), indent=2), store.root / "site.json")
-        plan.write(store.plan_path)
-        store.__dict__["plan"] = plan  # the plan just written: not read back (3.5 s at 10^5 tasks)
+        if isinstance(plan, Plan):
+            plan.write(store.plan_path, digest)
+            store.__dict__["plan"] = plan  # the plan just written: not read back (3.5 s at 10^5 tasks)
+            count = len(plan.tasks)
+        else:
+            count = plan.tasks
         manifest = store.manifest() if store.manifest_path.exists() else {"created_at": utcnow().isoformat()}
         manifest.update(
             {
@@ -157,7 +169,7 @@ class RunStore:
                 "host": socket.gethostname(),
                 "updated_at": utcnow().isoformat(),
                 "stages": plan.stages,
-                "tasks": len(plan.tasks),
+                "tasks": count,
                 "study_dir": str(Path(study_dir or ".").resolve()),
             }
         )
@@ -214,6 +226,13 @@ class RunStore:
     def plan_rows(self) -> PlanRows:
         return PlanRows(self.check().plan_path)
 
+    @property
+    def task_count(self) -> int:
+        """How many tasks the plan holds: from the loaded plan, else plan.parquet's footer (not its rows)."""
+        if "plan" in self.__dict__:
+            return len(self.plan.tasks)
+        return len(self.plan_rows)
+
     def task(self, index: int) -> Task:
         """Task `index` of the plan: from the plan when it is loaded, else from the one row group holding
         it (a worker or array element never parses a million-task plan for one task)."""
@@ -235,14 +254,18 @@ class RunStore:
             for t in self.plan.tasks:
                 keys.setdefault(t.stage, {})[t.key] = t.index
             return keys
+        import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        table = pq.read_table(self.check().plan_path, columns=["index", "stage", "key"])
-        stages = table.column("stage").to_pylist()
-        for stage, key, index in zip(
-            stages, table.column("key").to_pylist(), table.column("index").to_pylist(), strict=True
-        ):
-            keys.setdefault(stage, {})[key] = index
+        # the file, not pq.read_table, which imports pyarrow.dataset and pandas (~0.5 s)
+        table = pq.ParquetFile(self.check().plan_path).read(columns=["index", "stage", "key"])
+        # one filter per stage, its dict built by zip: no Python loop over a million rows
+        stages = pc.unique(table.column("stage")).to_pylist()
+        for stage in stages:
+            rows = table if len(stages) == 1 else table.filter(pc.equal(table.column("stage"), stage))
+            keys[stage] = dict(
+                zip(rows.column("key").to_pylist(), rows.column("index").to_pylist(), strict=True)
+            )
         return keys
 
     # ---- shards -------------------------------------------------------------------------------------
@@ -328,14 +351,12 @@ class RunStore:
         """Keys of `keys` (default: the plan's) that a pack of the stage holds, with the artifacts its entry
         lists still there. (A packed task may also have a loose shard, newer: it is read instead.)"""
         packs = self.packs(stage)
-        owner = packs.owner()
-        if not owner:
+        if not packs.keys():
             return set()
-        wanted = self.plan_keys.get(stage, {}) if keys is None else keys
-        found = {k for k in wanted if k in owner}
+        found = packs.keys().intersection(self.plan_keys.get(stage, {}) if keys is None else keys)
         for name, pack in packs.packs.items():
             for key, listed in pack.with_artifacts.items():
-                if key in found and owner[key] == name:
+                if key in found and packs.owner()[key] == name:
                     problem = artifact_problem(f"{artifacts}/{key}", listed)
                     if problem is not None:
                         log.warning("packed task %s of stage %s is not done: %s", key, stage, problem)
@@ -418,10 +439,12 @@ class RunStore:
         if bad:
             raise recover.corrupt_shards_error(self, stage, bad)
         packs = self.packs(stage)
-        owner = packs.owner()
-        packed = [k for k in wanted if k in owner and k not in loose]  # a loose shard is the newer copy
+        in_packs = packs.keys()
+        packed = [k for k in wanted if k in in_packs and k not in loose]  # a loose shard is the newer copy
         # each task's own schema, in the order of `wanted`: the union is what reading its shards gives
-        schemas = [loose[k] if k in loose else packs.schema_of(k) for k in wanted if k in loose or k in owner]
+        schemas = [
+            loose[k] if k in loose else packs.schema_of(k) for k in wanted if k in loose or k in in_packs
+        ]
         if not schemas:
             return pa.table({})
         distinct = list(dict.fromkeys(s.remove_metadata() for s in schemas))
@@ -471,16 +494,21 @@ class RunStore:
     def attempts(self) -> pd.DataFrame:
         """Every attempt row. An unreadable attempts file is quarantined with a warning and skipped; a done
         task without an `ok` row gets the row its shard's footer recorded (store/recover.py)."""
-        folder = self.root / "attempts"
-        files = sorted(str(p) for p in folder.rglob("*.parquet")) if folder.exists() else []
-        table = (
-            recover.read_attempt_files(self, files, ATTEMPT_SCHEMA) if files else ATTEMPT_SCHEMA.empty_table()
-        )
+        return self.attempts_table().to_pandas()
+
+    def attempts_table(self, columns: list[str] | None = None) -> pa.Table:
+        """`attempts()` as an Arrow table, of `columns` only where given (a million rows of every column
+        cost seconds to read and more to turn into pandas)."""
+        files = task_attempts.attempt_files(self.root)
+        schema = ATTEMPT_SCHEMA
+        if columns is not None:
+            schema = pa.schema([schema.field(c) for c in dict.fromkeys([*columns, "task_key", "ok"])])
+        table = recover.read_attempt_files(self, files, schema) if files else schema.empty_table()
         recovered = recover.recovered_attempts(self, table)
         if recovered:
-            rows = [r.row() for r in recovered]
-            table = pa.concat_tables([table, pa.Table.from_pylist(rows, schema=ATTEMPT_SCHEMA)])
-        return table.to_pandas()
+            rows = [{c: r.row()[c] for c in schema.names} for r in recovered]
+            table = pa.concat_tables([table, pa.Table.from_pylist(rows, schema=schema)])
+        return table
 
     def clear_artifacts(self, stage: str, key: str) -> Path:
         """A fresh, empty artifact folder for a task attempt (leftovers of a killed attempt are removed)."""

@@ -9,11 +9,13 @@ array element, the scheduler's final state, a quarantined shard) write into the 
 so numbering the next attempt of a task lists one of 4,096 buckets and reads no file's contents: the name
 holds the highest attempt number the file records. Batch files of a `perfscale run` on the same folder are
 read too (filtered by key); a pure array run has none, so an element's bookkeeping does not grow with the
-run.
+run. Compaction merges the batch files into one (`merged-*.parquet`, whose footer names the files it holds,
+so that a merge killed before deleting them does not count their rows twice).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterable
@@ -64,19 +66,49 @@ def _own_files(root: Path, key: str) -> list[tuple[int, str]]:
     return found
 
 
-def _batch_files(root: Path) -> list[str]:
+MERGED_PREFIX = "merged-"  # a batch file that merges others (store/compact.py compact_attempts)
+MERGED_META = b"perfscale.merged"  # its footer's JSON list of the batch file names it holds
+
+
+def batch_files(root: Path | str) -> list[str]:
+    """The runner's batch files (`RUN/attempts/*.parquet`), less those a merged file already holds (a merge
+    killed before deleting its sources leaves them: each row is read once)."""
     folder = Path(root) / "attempts"
     try:
-        return sorted(str(folder / n) for n in os.listdir(folder) if n.endswith(".parquet"))
+        names = sorted(n for n in os.listdir(folder) if n.endswith(".parquet") and not n.startswith("."))
     except FileNotFoundError:
         return []
+    held: set[str] = set()
+    for name in names:
+        if name.startswith(MERGED_PREFIX):
+            held.update(merged_sources(folder / name))
+    return [str(folder / n) for n in names if n not in held]
+
+
+def merged_sources(path: Path | str) -> list[str]:
+    """The batch file names a merged file holds (none if its footer cannot be read: it is then read, or
+    quarantined, like any other file)."""
+    try:
+        with pa.OSFile(str(path)) as source:
+            raw = (pq.read_metadata(source).metadata or {}).get(MERGED_META, b"[]")
+        names = json.loads(raw)
+    except (pa.ArrowException, OSError, ValueError):
+        return []
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+
+
+def attempt_files(root: Path | str) -> list[str]:
+    """Every file of the attempts table: the batch files (`batch_files`) and the tasks' buckets."""
+    buckets = Path(root) / "attempts" / BUCKETS
+    own = sorted(str(p) for p in buckets.rglob("*.parquet")) if buckets.exists() else []
+    return batch_files(root) + own
 
 
 def _batch_rows(root: Path, key: str) -> pa.Table:
     """The task's rows in the batch files (unreadable ones are skipped here; `RunStore.attempts()`
     quarantines them)."""
     tables = []
-    for f in _batch_files(root):
+    for f in batch_files(root):
         try:
             t = pq.read_table(f, schema=ATTEMPT_SCHEMA, filters=[("task_key", "=", key)])
         except (pa.ArrowException, OSError):
