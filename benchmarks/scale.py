@@ -160,7 +160,12 @@ def main() -> None:
         help="plan, run (then status, rerun, compact, status and rerun again) and/or compacting (a run that "
         "compacts as it goes)",
     )
-    ap.add_argument("--run-max", type=int, default=10**9, help="sizes above this are only planned")
+    ap.add_argument(
+        "--run-max",
+        type=int,
+        default=10**9,
+        help="sizes above this are only planned (with --reuse: a compacting run kept before is timed again)",
+    )
     ap.add_argument("--quick", action="store_true", help="1,000 tasks, nothing written (make bench)")
     ap.add_argument("--keep", type=Path, help="keep the runs in this folder")
     ap.add_argument(
@@ -178,7 +183,8 @@ def main() -> None:
         folder = args.keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         for n in sizes:
-            sized = [p for p in phases if p == "plan" or n <= args.run_max]
+            kept = args.reuse and args.keep and (args.keep / f"run-{n}-compacting" / "manifest.json").exists()
+            sized = [p for p in phases if p == "plan" or n <= args.run_max or (p == "compacting" and kept)]
             rows.append(measure(n, args.workers, folder, sized, args.reuse and args.keep is not None))
             print(json.dumps(rows[-1]), flush=True)
     out = {
