@@ -12,9 +12,15 @@ from perfscale.version import __version__
 KEY_LENGTH = 20  # hex digits (80 bits): collisions are negligible for any campaign size
 
 
+# one encoder for every call: json.dumps with options builds a new JSONEncoder each time (a million-task
+# plan encodes millions of small documents)
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+SORTED_JSON = json.JSONEncoder(sort_keys=True)  # the plan's stored form of params, inputs and retry
+
+
 def canonical_json(value: Any) -> str:
     """JSON with sorted keys and no whitespace: the byte-stable form that keys hash."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return _CANONICAL.encode(value)
 
 
 def task_key(

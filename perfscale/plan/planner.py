@@ -15,7 +15,7 @@ from perfscale.errors import SpecError
 from perfscale.plan.cache import DIGEST_KEY
 from perfscale.plan.checks import CHECK_CACHE, CheckCache, Problems
 from perfscale.plan.grid import expand_grid
-from perfscale.plan.keys import stage_digest, task_key
+from perfscale.plan.keys import SORTED_JSON, stage_digest, task_key
 from perfscale.plan.kinds import StageParams, canonical_kind, get_stage_kind
 from perfscale.plan.named import PARAMS, PlanCheck
 from perfscale.plan.placement import placed_site
@@ -60,6 +60,9 @@ class Plan:
     study: str
     tasks: list[Task]
     version: str = __version__
+    # {id(value): its JSON} of params already encoded while planning (each grid point's once), so that
+    # writing the plan does not encode them again; values are alive as long as the tasks holding them
+    encoded: dict[int, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def stages(self) -> list[str]:
@@ -76,10 +79,9 @@ class Plan:
         for name in _PLAN_SCHEMA.names:
             values = [getattr(t, name) for t in self.tasks]
             if name in _JSON_FIELDS:
-                encoded: dict[int, str] = {}
+                encoded: dict[int, str] = dict(self.encoded) if name == "params" else {}
                 values = [
-                    encoded.get(id(v)) or encoded.setdefault(id(v), json.dumps(v, sort_keys=True))
-                    for v in values
+                    encoded.get(id(v)) or encoded.setdefault(id(v), SORTED_JSON.encode(v)) for v in values
                 ]
             columns.append(pa.array(values, _PLAN_SCHEMA.field(name).type))
         table = pa.Table.from_arrays(columns, schema=_PLAN_SCHEMA)
@@ -205,6 +207,7 @@ class _Checks:
     context: dict[str, Any]
     lines: _StudyLines
     checked: set[str] = field(default_factory=set)
+    encoded: dict[int, str] = field(default_factory=dict)  # id(params) -> their JSON, for Plan.to_table
 
     def params(self, point: dict[str, Any]) -> dict[str, Any]:
         """The params at grid `point`, validated (and, the first time these params are seen, their names
@@ -214,7 +217,8 @@ class _Checks:
         except ValidationError as exc:
             raise SpecError(self._message(exc, point)) from None
         params = model.model_dump(mode="json")
-        digest = json.dumps(params, sort_keys=True)
+        digest = SORTED_JSON.encode(params)  # also the plan's stored form of these params (Plan.encoded)
+        self.encoded[id(params)] = digest
         if digest not in self.checked:
             self.checked.add(digest)
             self._plan_check(model, point)
@@ -225,6 +229,8 @@ class _Checks:
             return
         self.named.problems = []
         model.plan_check(self.named)
+        if not self.named.problems:
+            return
         problems = Problems()
         for problem in self.named.problems:
             problems.add(problem.loc, problem.message, problem.value)
@@ -285,6 +291,7 @@ def build_plan(study: Study, source: str = "<study>", site: Site | None = None) 
     """Expand every stage's grid x repetitions x seeds (x upstream tasks for foreach stages). With `site`,
     what depends on where tasks run (counter events) is checked against it."""
     tasks: list[Task] = []
+    encoded: dict[int, str] = {}  # id(params) -> their JSON (Plan.encoded)
     keys_by_stage: dict[str, list[str]] = {}
     kinds_by_stage: dict[str, str] = {}
     lines = _StudyLines(source)
@@ -312,7 +319,7 @@ def build_plan(study: Study, source: str = "<study>", site: Site | None = None) 
         # what depends on where tasks run (counter events) is checked against the stage's own site
         key = stage_site.name if stage_site is not None else None
         context = contexts.setdefault(key, _validation_context(stage_site))
-        checks = _Checks(spec, name, params_model, named, source, context, lines)
+        checks = _Checks(spec, name, params_model, named, source, context, lines, encoded=encoded)
         points = expand_grid(spec.grid)
         if not points:
             loc = ("stages", name, "grid", "exclude")
@@ -361,4 +368,4 @@ def build_plan(study: Study, source: str = "<study>", site: Site | None = None) 
             )
         keys_by_stage[name] = keys
         kinds_by_stage[name] = kind
-    return Plan(study=study.name, tasks=tasks)
+    return Plan(study=study.name, tasks=tasks, encoded=encoded)
