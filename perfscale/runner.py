@@ -11,7 +11,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -273,6 +273,7 @@ def run_plan(
         raise
     finally:
         try:
+            compactor.close()  # a background compaction ends before the run does
             with disk_full_named(store.root):
                 attempt_log.flush()
         finally:
@@ -287,31 +288,63 @@ class Compactor:
     """Compaction as the run goes (store/compact.py): a stage is compacted each time `every` new shards
     have been written since its last compaction, and once more when it ends if it was compacted before or
     has `every` loose shards (so a stage of fewer tasks keeps its loose shards); each compaction also merges
-    the attempt batch files when there are more than ATTEMPT_FILES_KEPT. The run holds the lock."""
+    the attempt batch files when there are more than ATTEMPT_FILES_KEPT. The run holds the lock.
+
+    Compactions during a stage run in a background thread, with a RunStore of their own (no cache shared
+    with the runner), so that dispatch goes on meanwhile; one at a time (a trigger while one runs waits for
+    the next). The one at a stage's end runs after the background one is over and before the next stage
+    starts, so a stage that reads it never meets a compaction of it. A compaction's error is raised here."""
 
     def __init__(self, store: RunStore, every: int):
         self.store, self.every = store, every
         self.fresh: Counter[str] = Counter()
         self.compacted: set[str] = set()
+        self._own = RunStore(store.root)  # the background thread's: its caches are not the runner's
+        self._pool: ThreadPoolExecutor | None = None
+        self._running: Future | None = None
 
     def wrote(self, stage: str) -> None:
         if not self.every:
             return
         self.fresh[stage] += 1
-        if self.fresh[stage] >= self.every:
-            self._compact(stage)
+        if self.fresh[stage] >= self.every and not self._busy():
+            self.fresh[stage] = 0
+            self.compacted.add(stage)
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="perfscale-compact")
+            self._running = self._pool.submit(self._compact, self._own, stage)
 
     def stage_ended(self, stage: str) -> None:
+        self.wait()
         if self.every and (stage in self.compacted or len(self.store.listed_keys(stage)) >= self.every):
-            self._compact(stage)
+            self._compact(self.store, stage)
+            self.fresh[stage] = 0
+            self.compacted.add(stage)
 
-    def _compact(self, stage: str) -> None:
+    def wait(self) -> None:
+        """Wait for the background compaction, if any; raise its error."""
+        running, self._running = self._running, None
+        if running is not None:
+            running.result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)  # a compaction stopped halfway is safe; a finished one is neater
+
+    def _busy(self) -> bool:
+        if self._running is None:
+            return False
+        if not self._running.done():
+            return True
+        self.wait()  # raises a finished compaction's error
+        return False
+
+    @staticmethod
+    def _compact(store: RunStore, stage: str) -> None:
         from perfscale.store.compact import compact_attempts, compact_stage
 
-        compact_stage(self.store, stage)
-        compact_attempts(self.store, min_files=ATTEMPT_FILES_KEPT)
-        self.fresh[stage] = 0
-        self.compacted.add(stage)
+        compact_stage(store, stage)
+        compact_attempts(store, min_files=ATTEMPT_FILES_KEPT)
 
 
 class _Engines:

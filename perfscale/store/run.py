@@ -415,6 +415,7 @@ class RunStore:
         keys: Iterable[str] | None = None,
         provenance: bool = True,
         filter: ds.Expression | None = None,
+        _retry: int = 3,
     ) -> pa.Table:
         """Read the shards of `keys` (default: the plan's tasks of `stage`) as one table.
 
@@ -423,7 +424,8 @@ class RunStore:
         `provenance=False` leaves out every `_`-prefixed column: the store's own (PROVENANCE_COLUMNS) and
         an importer's (`_source_file`), which say where rows came from and are never data.
         A shard that cannot be read is quarantined (its task runs again at the next `perfscale run`) and
-        raises CorruptFile naming it.
+        raises CorruptFile naming it. Shards packed by a compaction while they are read are read again,
+        from their pack (`_retry` times).
         """
         folder = str(self.stage_dir(stage))
         wanted = list(self.plan_keys.get(stage, {})) if keys is None else list(dict.fromkeys(keys))
@@ -460,6 +462,8 @@ class RunStore:
             try:
                 parts.append(dataset.to_table(columns=columns, filter=filter))
             except (pa.ArrowException, OSError):
+                if _retry and not all(map(os.path.exists, files)):  # packed meanwhile by a compaction
+                    return self.read_stage(stage, keys, provenance, filter, _retry=_retry - 1)
                 bad = recover.unreadable_shards(self, stage, files)  # footers parsed, a data page did not
                 if bad:
                     raise recover.corrupt_shards_error(self, stage, bad) from None
