@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import describe, quick_line, write_results
@@ -73,31 +72,15 @@ def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def tiny_run(folder: Path) -> Path:
-    """workflows/dissimilarity_study.yaml cut to wine and diabetes (80 rows each), four corruptions each and
-    no generator (as tests/test_metric_study.py does), run on the local engine: the run folder."""
+    """The reduced study of tests/studies.py (wine and diabetes, 80 rows, four corruptions each, no
+    generator), run on the local engine: the run folder."""
     from perfscale.runner import prepare_run, run_plan
     from perfscale.spec import load_site
 
-    study = yaml.safe_load((ROOT / "workflows" / "dissimilarity_study.yaml").read_text())
-    keep = [
-        f"{t}_{s}"
-        for t in ("wine", "diabetes")
-        for s in ("data", "split", "corrupt", "eval_corrupt", "study")
-    ]
-    study["stages"] = {k: v for k, v in study["stages"].items() if k in keep}
-    for name in ("wine", "diabetes"):
-        stages = study["stages"]
-        stages[f"{name}_split"]["params"]["rows"] = 80
-        stages[f"{name}_corrupt"]["grid"] = {
-            "zip": {"corruption": ["identity", "noise", "noise", "shuffle"], "level": [0, 0.5, 2.0, 1.0]}
-        }
-        params = stages[f"{name}_eval_corrupt"]["params"]
-        params["metrics"] = ["kl_divergence", "dissimilarity", "ml_efficacy"]
-        params["options"]["ml_efficacy"]["models"] = ["decision_tree"]
-        stages[f"{name}_study"]["inputs"] = [f"{name}_eval_corrupt"]
-        stages[f"{name}_study"]["params"]["metrics"] = ["kl_divergence", "dissimilarity"]
-    path = folder / "dissimilarity-tiny.yaml"
-    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    sys.path.insert(0, str(ROOT))  # the reduced study is the one tests/test_metric_study.py runs
+    from tests.studies import reduced_dissimilarity_study
+
+    path = reduced_dissimilarity_study(folder)
     store = prepare_run(path, load_site("local"), folder / "run")
     summary = run_plan(store, "local", workers=2, progress=False)
     failed = {stage: v.failed for stage, v in summary.items() if v.failed or v.done != v.total}

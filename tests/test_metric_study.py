@@ -18,6 +18,7 @@ from perfscale.ingest import read_source
 from perfscale.ingest.sklearn_datasets import data_file
 from perfscale.results.metric_study import MetricStudyParams, collect_sets, study_points
 from perfscale.stages.corrupt import CorruptParams, corrupt_table
+from tests.studies import reduced_dissimilarity_study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -406,26 +407,7 @@ def test_dissimilarity_study_reduced_end_to_end(tmp_path: Path, monkeypatch: pyt
     from perfscale.spec import load_site
 
     monkeypatch.setenv(umap_plot.ENV_SWITCH, "0")  # the UMAP sections are tested above
-    study = yaml.safe_load((ROOT / "workflows" / "dissimilarity_study.yaml").read_text())
-    keep = ("data", "split", "corrupt", "eval_corrupt", "study")  # no generator: corruptions only
-    stages = {
-        k: v
-        for k, v in study["stages"].items()
-        if tuple(k.split("_", 1)) in [(t, s) for t in ("wine", "diabetes") for s in keep]
-    }
-    for name in ("wine", "diabetes"):
-        stages[f"{name}_split"]["params"]["rows"] = 80
-        stages[f"{name}_corrupt"]["grid"] = {
-            "zip": {"corruption": ["identity", "noise", "noise", "shuffle"], "level": [0, 0.5, 2.0, 1.0]}
-        }
-        params = stages[f"{name}_eval_corrupt"]["params"]
-        params["metrics"] = ["kl_divergence", "dissimilarity", "ml_efficacy"]
-        params["options"]["ml_efficacy"]["models"] = ["decision_tree"]
-        stages[f"{name}_study"]["inputs"] = [f"{name}_eval_corrupt"]
-        stages[f"{name}_study"]["params"]["metrics"] = ["kl_divergence", "dissimilarity"]
-    study["stages"] = stages
-    path = tmp_path / "dissimilarity-small.yaml"
-    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    path = reduced_dissimilarity_study(tmp_path)
     store = prepare_run(path, load_site("local"), tmp_path / "run")
     summary = run_plan(store, "local", workers=2, progress=False)
     assert all(v.failed == 0 and v.done == v.total for v in summary.values()), summary
