@@ -318,8 +318,6 @@ class Compactor:
         self.wait()
         if self.every and (stage in self.compacted or len(self.store.listed_keys(stage)) >= self.every):
             self._compact(self.store, stage)
-            self.fresh[stage] = 0
-            self.compacted.add(stage)
 
     def wait(self) -> None:
         """Wait for the background compaction, if any; raise its error."""

@@ -128,6 +128,12 @@ class SlurmCluster:
         fields.update(overrides)
         return yaml.safe_dump(fields, sort_keys=False)
 
+    def write_site(self, folder: Path, **overrides: object) -> Path:
+        """`site_yaml` written to `folder`/testslurm.yaml: its path."""
+        path = Path(folder) / "testslurm.yaml"
+        path.write_text(self.site_yaml(**overrides))
+        return path
+
 
 SLURM_CONF = """\
 # perfscale test cluster (tests/slurm_cluster.py): one node on localhost, everything under {root}

@@ -22,6 +22,7 @@ from perfscale.store import RunStore, task_attempts
 from perfscale.store.attempt import Attempt
 from perfscale.store.compact import compact_attempts, compact_stage
 from perfscale.store.packs import PACKS
+from perfscale.store.recover import RECOVERED_MESSAGE
 
 N = 24
 STUDY = f"""\
@@ -238,3 +239,16 @@ def test_attempt_batch_files_merge_into_one_and_a_killed_merge_counts_no_row_twi
     store.append_attempts([Attempt(**rows[0])])
     assert compact_attempts(store) == 2  # a merged file merged again
     assert len(_attempt_rows(store)) == len(before) + 1
+
+
+def test_packed_tasks_whose_attempt_rows_were_lost_get_them_back_from_the_pack(finished):
+    _study, store = finished
+    compact_stage(store, "rows")
+    for f in task_attempts.batch_files(store.root):
+        os.unlink(f)  # the rows a SIGKILLed run had still buffered
+    fresh = RunStore(store.root)
+    rows = fresh.attempts()
+    recovered = rows[rows["task_key"].isin(fresh.plan_keys["rows"])]
+    assert len(recovered) == N and recovered["ok"].all()
+    assert (recovered["message"] == RECOVERED_MESSAGE).all()
+    assert sum(s.recovered for s in run_status(fresh)) == N + 4  # the model stage's loose shards too

@@ -162,8 +162,7 @@ def test_config_and_pilot_walltime(tmp_path: Path):
 @pytest.mark.slow
 def test_slurm_pilot_runs_a_study(slurm: SlurmCluster, write_study, study_dir: Path):  # noqa: F811
     """`perfscale run --engine parsl` on the test Slurm: a SlurmProvider block (srun-launched worker pool)."""
-    site = study_dir / "testslurm.yaml"
-    site.write_text(slurm.site_yaml(max_workers=2))
+    site = slurm.write_site(study_dir, max_workers=2)
     study = write_study(
         textwrap.dedent(
             """\

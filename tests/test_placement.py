@@ -57,8 +57,7 @@ def test_stages_in_two_partitions_are_submitted_together_with_their_dependency(
     write_study,
     study_dir: Path,
 ):
-    site = study_dir / "testslurm.yaml"
-    site.write_text(slurm.site_yaml())
+    site = slurm.write_site(study_dir)
     study = write_study(TWO_STAGES.format(placement=f"partition: {SECOND_PARTITION}"))
     run = study_dir / "run"
     assert main(["submit", str(study), "--site", str(site), "--run-dir", str(run)]) == 0

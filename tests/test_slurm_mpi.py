@@ -49,8 +49,7 @@ def test_a_two_rank_tabddpm_task_runs_through_srun_in_an_array_element(
     write_study,
     study_dir: Path,
 ):
-    site = study_dir / "testslurm.yaml"
-    site.write_text(slurm.site_yaml())
+    site = slurm.write_site(study_dir)
     run, study = study_dir / "run", write_study(STUDY)
     # the data stage runs here, in-process: only the 2-rank train stage goes to Slurm (one array, no wait on
     # a dependency), as `perfscale submit` skips the tasks whose shards are written

@@ -67,8 +67,7 @@ def sleeper(x: int, seconds: float, folder: str, ignore_term: bool = False) -> d
 
 def _write(folder: Path, slurm_: SlurmCluster, study: str) -> tuple[Path, Path]:
     (folder / "helpers.py").write_text(HELPERS)
-    site = folder / "testslurm.yaml"
-    site.write_text(slurm_.site_yaml())
+    site = slurm_.write_site(folder)
     path = folder / "study.yaml"
     path.write_text(textwrap.dedent(study))
     return path, site

@@ -112,7 +112,7 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 def _pack(store: RunStore, stage: str, chunk: list[tuple[str, str]]) -> int:
     """Write one pack of `chunk`'s shards, then delete them; the number of shards packed."""
     folder = store.stage_dir(stage)
-    paths, schemas, index, tables, bad, kept = [], {}, [], [], {}, []
+    schemas, index, tables, bad, kept = {}, [], [], {}, []
     for key, stat in chunk:
         path = f"{folder}/{key}.parquet"
         footer, problem = check_shard(path, key, store.artifact_dir(stage, key))  # the done-check's
@@ -123,7 +123,6 @@ def _pack(store: RunStore, stage: str, chunk: list[tuple[str, str]]) -> int:
         kept.append((key, stat))
         meta = footer.meta or {}
         attempt, artifacts = meta.get("attempt"), meta.get("artifacts")
-        paths.append(path)
         own = footer.schema.remove_metadata()
         index.append(
             {
@@ -148,7 +147,8 @@ def _pack(store: RunStore, stage: str, chunk: list[tuple[str, str]]) -> int:
     rows = pa.concat_tables(tables, promote_options="permissive") if tables else schema.empty_table()
     write_pack(folder, _conform(rows, schema), pa.Table.from_pylist(index, schema=INDEX_SCHEMA), distinct)
     removed = []
-    for (key, stat), path in zip(kept, paths, strict=True):
+    for key, stat in kept:
+        path = f"{folder}/{key}.parquet"
         if done_index.stat_entry(path) == stat:  # a shard rewritten since it was read is newer: kept
             os.unlink(path)
             removed.append(key)

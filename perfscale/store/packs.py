@@ -45,6 +45,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from perfscale.store.atomic import atomic_write_table
+from perfscale.store.attempt import Attempt
 from perfscale.store.shards import BadShard, one_line
 
 PACK_META = b"perfscale.pack"
@@ -105,34 +106,39 @@ class Pack:
     schemas: list[pa.Schema]  # the distinct schemas of its shards
 
     @cached_property
-    def _schema_of(self) -> dict[str, int]:
-        return dict(zip(self.keys(), self.index.column("schema").to_pylist(), strict=True))
+    def _row(self) -> dict[str, int]:
+        return {key: i for i, key in enumerate(self.keys())}
 
     @cached_property
-    def _shard_of(self) -> dict[str, str]:
-        return dict(zip(self.keys(), self.index.column("shard").to_pylist(), strict=True))
+    def _columns(self) -> dict[str, list[Any]]:
+        return {}
+
+    def _value(self, column: str, key: str) -> Any:
+        """Task `key`'s value in the index `column` (each column made a list once: lookups by the million)."""
+        return self._value_list(column)[self._row[key]]
 
     def schema_of(self, key: str) -> pa.Schema:
         """The schema of the task's own shard."""
-        return self.schemas[self._schema_of[key]]
+        return self.schemas[self._value("schema", key)]
 
     def shard_of(self, key: str) -> str:
         """ "size mtime_ns" of the loose shard the task was packed from."""
-        return self._shard_of[key]
+        return self._value("shard", key)
 
-    @cached_property
-    def _keys(self) -> list[str]:
-        return self.index.column("key").to_pylist()
+    def attempt(self, key: str) -> Attempt | None:
+        """The record of the attempt that wrote the task's shard (None for a shard that had none)."""
+        record = self._value("attempt", key)
+        return Attempt.from_json(json.loads(record)) if record else None
 
     def keys(self) -> list[str]:
-        return self._keys
+        return self._value_list("key")
 
-    def entry(self, key: str) -> dict[str, Any] | None:
-        """The index row of `key` (None if the pack does not hold it); a linear scan: for single lookups."""
-        import pyarrow.compute as pc
-
-        rows = self.index.filter(pc.equal(self.index.column("key"), key))
-        return rows.to_pylist()[0] if rows.num_rows else None
+    def _value_list(self, column: str) -> list[Any]:
+        """The index `column` as a list, made once."""
+        values = self._columns.get(column)
+        if values is None:
+            values = self._columns[column] = self.index.column(column).to_pylist()
+        return values
 
     @cached_property
     def with_artifacts(self) -> dict[str, dict[str, int]]:

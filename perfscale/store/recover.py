@@ -169,18 +169,15 @@ def recovered_attempts(store: RunStore, table: pa.Table) -> list[Attempt]:
 
 
 def _packed_records(store: RunStore, stage: str, keys: set[str]) -> list[Attempt]:
-    """The attempt records that the stage's packs hold for `keys` (from the newest pack listing each)."""
+    """The attempt records that the stage's packs hold for `keys` (from the pack whose copy counts)."""
     packs = store.packs(stage)
-    owner = packs.owner()
     found = []
-    for name, pack in packs.packs.items():
-        index = pack.index
-        for key, record in zip(
-            index.column("key").to_pylist(), index.column("attempt").to_pylist(), strict=True
-        ):
-            if key in keys and record and owner.get(key) == name:
-                found.append(replace(Attempt.from_json(json.loads(record)), message=RECOVERED_MESSAGE))
-    return sorted(found, key=lambda r: r.task_key)
+    for key in sorted(keys):
+        pack = packs.pack_of(key)
+        record = pack.attempt(key) if pack is not None else None
+        if record is not None:
+            found.append(replace(record, message=RECOVERED_MESSAGE))
+    return found
 
 
 def read_manifest(store: RunStore) -> dict[str, Any]:

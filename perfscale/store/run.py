@@ -375,8 +375,7 @@ class RunStore:
         if footer is not None:
             return footer.attempt()
         pack = self.packs(stage).pack_of(key)
-        entry = pack.entry(key) if pack is not None else None
-        return Attempt.from_json(json.loads(entry["attempt"])) if entry and entry["attempt"] else None
+        return pack.attempt(key) if pack is not None else None
 
     def _present(self, stage: str, keys: Iterable[str] | None) -> Iterable[str]:
         """The plan's keys of `stage` that have a file, from one listing; given `keys` are not listed: each
