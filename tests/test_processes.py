@@ -361,20 +361,29 @@ def test_a_full_disk_is_named_recorded_and_resumed(write_study, tmp_path, small_
 
 def test_a_full_disk_at_the_attempts_flush_keeps_the_records(write_study, tmp_path, monkeypatch):
     """The flush boundary alone, on any machine: appending attempts fails with ENOSPC while the run's
-    reserve is held (as a full disk would), and succeeds in the space its release frees."""
+    reserve is held (as a full disk would), and succeeds in the space its release frees. Every record the
+    runner handed over is kept, once (a worker lost under load adds its own record and a rerun's: still
+    every record, each once), and every task has its ok row."""
     store = prepare_run(slow_study(write_study, 3, 0.0), load_site("local"), tmp_path / "run")
     real_append = RunStore.append_attempts
+    refused, kept = [], []
 
     def append(self: RunStore, records: list) -> None:
         if records and (self.root / RESERVE_NAME).exists():
+            refused.append(len(records))
             raise OSError(errno.ENOSPC, "No space left on device")
         real_append(self, records)
+        kept.extend((r.task_key, r.attempt) for r in records)
 
     monkeypatch.setattr(RunStore, "append_attempts", append)
     # every record reaches the run's last flush (a 2 s mid-run flush on a slow start would stop the run first)
     monkeypatch.setattr(AttemptLog, "add", lambda self, records: self.buffer.extend(records))
     with pytest.raises(DiskFull, match=f"^disk full in {store.root}: free space and run again to resume"):
         run_plan(store, "local", workers=2, progress=False)
+    assert refused and refused[-1] == len(kept), "the refused batch is the one written after the release"
     attempts = RunStore(store.root).attempts()
-    assert len(attempts) == 3 and attempts.ok.all()
+    rows = attempts.to_dict("records")
+    assert sorted(zip(attempts.task_key, attempts.attempt, strict=True)) == sorted(kept), rows
+    assert set(attempts.query("ok").task_key) == {t.key for t in store.plan.tasks}, rows
+    assert not attempts.duplicated(["task_key", "attempt"]).any(), rows
     assert not (store.root / RESERVE_NAME).exists()
