@@ -3,6 +3,7 @@ checkpoints resume on another rank count, launch lines. Tiny models (tests/mpi_f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from perfscale.errors import SpecError
 from perfscale.sched.mpi import mpi_program, task_launch_line
 from perfscale.spec import load_site
 from tests.mpi_fit import HYPERPARAMETERS, fit
+from tests.procs import alive, in_session
 
 ROOT = Path(__file__).resolve().parents[1]
 MPIRUN = shutil.which("mpirun")
@@ -190,6 +192,20 @@ def test_ddp_fit_equals_one_process(reference, ranks, tmp_path) -> None:
     assert not list(tmp_path.glob("*.rank*"))  # rank 0 alone wrote
 
 
+def kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL mpirun's whole session and wait until every process of it is gone: a rank outside mpirun's
+    process group would otherwise go on checkpointing (and rotating the latest away) while the test reads."""
+    deadline = time.monotonic() + 30
+    while pids := in_session(proc.pid):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        assert time.monotonic() < deadline, f"still running after SIGKILL: {alive(pids)}"
+        time.sleep(0.01)
+    proc.wait()
+    proc.stderr.close()
+
+
 @needs_mpi
 def test_a_checkpoint_of_two_ranks_resumes_in_one_process(reference, tmp_path) -> None:
     folder, out = tmp_path / "checkpoints", tmp_path / "fit.safetensors"
@@ -202,10 +218,8 @@ def test_a_checkpoint_of_two_ranks_resumes_in_one_process(reference, tmp_path) -
         while not list(folder.glob("checkpoint-*.safetensors")):
             assert proc.poll() is None, proc.stderr.read()
             time.sleep(0.005)
-        os.killpg(proc.pid, signal.SIGKILL)  # mpirun and both ranks
     finally:
-        proc.wait()
-        proc.stderr.close()
+        kill_session(proc)
     (checkpoint,) = folder.glob("checkpoint-*.safetensors")
     assert int(checkpoint.stem.split("-")[1]) < HYPERPARAMETERS["steps"]  # really mid-training
     with safe_open(str(checkpoint), framework="pt") as handle:  # the EMA is checkpointed with the weights
