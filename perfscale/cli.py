@@ -7,7 +7,7 @@ import signal
 import sys
 import warnings
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from rich.console import Console
 from rich.table import Table
@@ -16,6 +16,9 @@ from perfscale.engines.base import ENGINES
 from perfscale.errors import PerfscaleError
 from perfscale.logs import LEVEL_ENV, LEVELS, configure, default_level
 from perfscale.version import __version__
+
+if TYPE_CHECKING:
+    from perfscale.store import RunStore
 
 # written out so that `--help` need not import every importer (pandas, pyarrow); a test keeps it complete
 IMPORTER_NAMES = "caliper, rajaperf, sacct, sacct-steps, alibaba, alibaba-instances, sklearn, csv, parquet"
@@ -255,17 +258,39 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_task_run(args: argparse.Namespace) -> int:
-    """One task, as a job-array element runs it: attempts are appended to the run's attempts table."""
-    from perfscale.execute import execute_task, open_store
-    from perfscale.store.space import disk_full_named
+def _plan_store(plan: Path) -> RunStore:
+    """The run whose plan file is `plan` (what `perfscale task` commands are given)."""
+    from perfscale.execute import open_store
 
-    if not args.plan.is_file():
+    if not plan.is_file():
         raise PerfscaleError(
-            f"{args.plan}: no such plan file; give RUN/plan.parquet of a run made by `perfscale run` or "
+            f"{plan}: no such plan file; give RUN/plan.parquet of a run made by `perfscale run` or "
             "`perfscale submit`"
         )
-    store = open_store(args.plan.parent)
+    return open_store(plan.parent)
+
+
+def cmd_task_pack(args: argparse.Namespace) -> int:
+    """What an array element runs after its tasks: their loose shards merged into packs (store/compact.py
+    `pack_element`); the element's task indices come on stdin (an element may hold 100,000)."""
+    from perfscale.store.compact import pack_element
+
+    store = _plan_store(args.plan)
+    text = sys.stdin.read().split()
+    bad = [w for w in text if not w.isdigit()]
+    if bad:
+        raise PerfscaleError(f"task pack: stdin must hold task indices, not {bad[0]!r}")
+    for r in pack_element(store, map(int, text)):
+        console.print(f"stage {r.stage}: {r.packed} shards packed into {r.packs} packs")
+    return 0
+
+
+def cmd_task_run(args: argparse.Namespace) -> int:
+    """One task, as a job-array element runs it: attempts are appended to the run's attempts table."""
+    from perfscale.execute import execute_task
+    from perfscale.store.space import disk_full_named
+
+    store = _plan_store(args.plan)
     count = len(store.plan_rows)  # the plan's footer; one task is read from its row group
     if not 0 <= args.index < count:
         raise PerfscaleError(f"{args.plan}: index {args.index} out of range 0..{count - 1}")
@@ -469,6 +494,9 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--attempt", type=int, help="the attempt's number (default: the next after the table's)")
     tr.add_argument("--outcome", type=Path, help="write the attempt records here, not to the attempts table")
     tr.set_defaults(fn=cmd_task_run)
+    tp = tsub.add_parser("pack", help="pack the loose shards of an element's tasks (indices read from stdin)")
+    tp.add_argument("plan", type=Path, help="RUN/plan.parquet")
+    tp.set_defaults(fn=cmd_task_pack)
 
     sh = sub.add_parser("show", help="print a stage's table")
     sh.add_argument("run", type=Path)

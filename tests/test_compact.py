@@ -3,6 +3,7 @@ a compaction killed at any moment loses nothing, and a rerun after it redoes not
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import signal
@@ -104,6 +105,40 @@ def test_compact_reads_the_same_and_a_rerun_redoes_nothing(finished, capsys):
     key = next(iter(fresh.plan_keys["rows"]))
     record = fresh.finished_attempt("rows", key)
     assert record is not None and record.ok and record.task_key == key
+
+
+def test_an_array_element_packs_its_own_tasks_shards_in_stages_past_compact_every(
+    write_study, tmp_path, capsys, monkeypatch
+):
+    """`perfscale task pack` (what an element runs after its tasks, launchers/element.sh.j2) packs the loose
+    shards of the indices on its stdin only, in stages of at least the site's compact_every tasks (`rows`:
+    24 >= 8; `model`: 4 < 8 keeps its shards loose), and every table reads the same."""
+    site = load_site("local").model_copy(update={"compact_every": 8})
+    store = prepare_run(write_study(STUDY), site, tmp_path / "run")
+    run_plan(
+        store, "local", workers=2, progress=False, compact_every=0
+    )  # loose shards, as elements leave them
+    before = _snapshot(store)
+    rows, model = store.plan_keys["rows"], store.plan_keys["model"]
+    element = sorted(rows.values())[5:15] + sorted(model.values())
+
+    def pack(indices: list[int]) -> str:
+        monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(map(str, indices)) + "\n"))
+        assert main(["task", "pack", str(store.plan_path)]) == 0
+        return capsys.readouterr().out
+
+    assert pack(element).strip() == "stage rows: 10 shards packed into 1 packs"
+    packed = {k for k, i in rows.items() if i in element}
+    assert {p.stem for p in _loose(store, "rows")} == set(rows) - packed
+    assert len(_loose(store, "model")) == 4
+    assert len(list((store.stage_dir("rows") / PACKS).glob("*.parquet"))) == 1
+    assert RunStore(store.root).packs("rows").keys() == packed
+    _assert_same(before, _snapshot(RunStore(store.root)))
+    assert pack(element).strip() == ""  # nothing of the element is loose any more
+    assert pack([]).strip() == ""
+    monkeypatch.setattr(sys, "stdin", io.StringIO("3 ../x\n"))
+    assert main(["task", "pack", str(store.plan_path)]) == 2
+    assert "stdin must hold task indices, not '../x'" in capsys.readouterr().err
 
 
 def test_a_killed_compaction_leaves_copies_that_read_the_same_and_are_cleaned_next_time(finished):

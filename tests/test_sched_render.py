@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import subprocess
 
 import pytest
 
@@ -147,6 +148,35 @@ def test_sbatch_script_line_by_line(tmp_path):
     expected = EXPECTED_SBATCH.replace("@RUN@", str(tmp_path.resolve())).replace("@PYTHON@", sys.executable)
     assert rendered.script.splitlines() == expected.splitlines()
     assert rendered.index_file == "0\n1\n2\n"
+
+
+def test_elements_of_a_stage_past_compact_every_pack_their_shards(tmp_path):
+    """With `pack_every` (render_arrays passes the site's compact_every for stages of at least that many
+    tasks) the element packs its tasks' loose shards every 4 tasks and after its last, the indices on stdin
+    (launchers/element.sh.j2); a failed packing does not change the element's status. Checked by bash -n."""
+    import sys
+
+    quartz = load_site("quartz")
+    (job,) = stage_arrays("s", "p", _tasks(3, cores=4, memory_gb=2), quartz, partition="pdebug")
+    plain = render_array(job, quartz, tmp_path).script.splitlines()
+    packing = render_array(job, quartz, tmp_path, pack_every=4).script.splitlines()
+    command = f"{sys.executable} -m perfscale.cli task pack {tmp_path.resolve()}/plan.parquet"
+    expected = list(plain)
+    at = expected.index("status=0") + 1
+    expected[at:at] = [
+        "ran=0",
+        "pack() {",
+        f"  printf '%s\\n' $indices | {command} || echo \"perfscale: the element's shards stay loose\" >&2",
+        "}",
+    ]
+    at = expected.index('  [ "$rc" -eq 0 ] || status=$rc') + 1
+    expected[at:at] = ["  ran=$((ran + 1))", '  [ -z "$caught" ] && [ $((ran % 4)) -eq 0 ] && pack']
+    at = expected.index('exit "$status"')
+    expected[at:at] = ['[ -z "$caught" ] && [ "$ran" -ge 2 ] && [ $((ran % 4)) -ne 0 ] && pack']
+    assert packing == expected
+    script = tmp_path / "element.sh"
+    script.write_text("\n".join(packing) + "\n")
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
 
 
 # Expected from the LSF documentation: -J "name[1-N]%K" array with a throttle, -nnodes (CSM), -W [hh:]mm,

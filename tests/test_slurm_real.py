@@ -1,10 +1,10 @@
 """Array mode on a real Slurm (tests/slurm_cluster.py), through perfscale's own CLI and sched code.
 
-Covered: a real array runs to completion (`perfscale submit` + `wait`); a failing element is an app_error and
-`perfscale resubmit --failed` resubmits only it; an element killed at its time limit is a timeout; one
-scheduler call per poll for arrays of 10, 100 and 1,000 elements; `perfscale cancel`; the walltime warning
-(SIGUSR1, sent for real with `scancel --signal=USR1 --batch`) recorded by the task and the element requeued
-when the timeout budget allows.
+Covered: a real array runs to completion (`perfscale submit` + `wait`); an element of many tasks packs their
+shards; a failing element is an app_error and `perfscale resubmit --failed` resubmits only it; an element
+killed at its time limit is a timeout; one scheduler call per poll for arrays of 10, 100 and 1,000 elements;
+`perfscale cancel`; the walltime warning (SIGUSR1, sent for real with `scancel --signal=USR1 --batch`)
+recorded by the task and the element requeued when the timeout budget allows.
 
 The time-limit test needs Slurm's minimum limit (1 minute) plus its 30 s enforcement period, so its array is
 submitted by the module's first Slurm test (fixture `timeout_run`) and checked by the last; the others run
@@ -197,6 +197,43 @@ def test_array_runs_to_completion(slurm: SlurmCluster, timeout_run, tmp_path: Pa
     attempts = _attempts(run)
     assert attempts["ok"].all() and attempts["index"].tolist() == list(range(6))
     assert sorted(_sacct(slurm, arr.job_id)) == sorted(f"{arr.job_id}_{i}|COMPLETED|0:0" for i in range(6))
+
+
+def test_an_element_of_many_tasks_packs_their_shards(slurm: SlurmCluster, timeout_run, tmp_path: Path):  # noqa: F811
+    """Six short tasks packed into one element, on a site with compact_every 4: the element packs its four
+    shards after its fourth task and the last two after its sixth (launchers/element.sh.j2), so the stage
+    folder ends with two packs and no loose shard, and the table reads whole."""
+    (tmp_path / "helpers.py").write_text(HELPERS)
+    site = slurm.write_site(tmp_path, compact_every=4)
+    study = tmp_path / "study.yaml"
+    study.write_text(
+        textwrap.dedent(
+            """\
+            name: packing
+            stages:
+              square:
+                kind: function
+                params: {callable: "helpers.py:square"}
+                grid: {product: {x: [0, 1, 2, 3, 4, 5]}}
+                resources: {walltime: "00:02:00", expected_runtime: "00:00:05", memory_gb: 0.25}
+            """
+        )
+    )
+    run = tmp_path / "run"
+    assert _cli("submit", study, "--site", site, "--run-dir", run) == 0
+    store = RunStore(run)
+    (arr,) = submitted(store)
+    assert arr.elements == [list(range(6))]
+    assert "task pack" in (run / "arrays" / f"{arr.name}.sh").read_text()
+    states = wait(store, every_s=1, timeout_s=180)
+    assert [s.state for s in states.values()] == ["COMPLETED"] * 6
+    assert list(store.stage_dir("square").glob("*.parquet")) == []
+    packs = RunStore(run).packs("square")
+    assert len(packs.packs) == 2 and packs.keys() == set(store.plan_keys["square"])
+    table = RunStore(run).read_stage("square").to_pandas()
+    assert table.sort_values("x")["y"].tolist() == [0, 1, 4, 9, 16, 25]
+    assert RunStore(run).done_keys("square") == set(store.plan_keys["square"])
+    assert _attempts(run)["ok"].tolist() == [True] * 6
 
 
 def test_failed_element_is_app_error_and_resubmitted_alone(

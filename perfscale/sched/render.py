@@ -81,6 +81,11 @@ def task_command(site: Site, plan_path: Path, cores: int, gpus: int, job: ArrayJ
     return shlex.join(argv)
 
 
+def pack_command(plan_path: Path) -> str:
+    """The command an element runs to pack its tasks' loose shards (their indices on its stdin)."""
+    return shlex.join([sys.executable, "-m", "perfscale.cli", "task", "pack", str(plan_path.resolve())])
+
+
 def requeue_check(plan_path: Path) -> str:
     """The command the batch shell runs after a walltime warning: exit 0 = requeue the element."""
     return shlex.join([sys.executable, "-m", "perfscale.sched.requeue", str(plan_path.resolve())])
@@ -100,7 +105,9 @@ def batch_scheduler(site: Site) -> type[Scheduler]:
     return sched
 
 
-def render_array(job: ArrayJob, site: Site, run_root: Path) -> Rendered:
+def render_array(job: ArrayJob, site: Site, run_root: Path, pack_every: int = 0) -> Rendered:
+    """`job`'s script and index file. `pack_every` > 0: each element packs its tasks' loose shards every
+    that many tasks and after its last (launchers/element.sh.j2)."""
     sched = batch_scheduler(site)()
     run_root = run_root.resolve()
     values = {
@@ -118,6 +125,8 @@ def render_array(job: ArrayJob, site: Site, run_root: Path) -> Rendered:
         "index_file": str(run_root.resolve() / "arrays" / f"{job.name}.idx"),
         "script_file": str(run_root.resolve() / "arrays" / f"{job.name}.sh"),
         "task_command": task_command(site, run_root / "plan.parquet", job.cores, job.gpus, job),
+        "pack_every": pack_every,
+        "pack_command": pack_command(run_root / "plan.parquet"),
         **sched.template_values(job, site, run_root),
     }
     script = _env().get_template(sched.template).render(**values)

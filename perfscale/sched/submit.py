@@ -194,8 +194,11 @@ def render_arrays(
         site = _site(store, todo[0].site)
         part = todo[0].partition or (partition if site is store.site else None)
         acct = account if site is store.site else None
+        # elements pack their shards in stages where `perfscale run` would compact (store/compact.py)
+        every = store.site.compact_every
+        pack_every = every if every and len(store.plan_keys[stage]) >= every else 0
         for job in stage_arrays(prefix, stage, todo, site, part, acct, throttle):
-            pending.append((job, render_array(job, site, store.root)))
+            pending.append((job, render_array(job, site, store.root, pack_every)))
     return pending
 
 

@@ -22,6 +22,7 @@ Only one compaction runs on a run folder at a time: callers hold the run's lock 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -66,10 +67,17 @@ def finish_deletes(store: RunStore, stage: str) -> int:
         pack = packs.pack_of(key)
         path = f"{folder}/{key}.parquet"
         if pack is not None and done_index.stat_entry(path) == pack.shard_of(key):
-            os.unlink(path)
+            _unlink(path)
             removed.append(key)
     _forget(store, stage, removed)
     return len(removed)
+
+
+def _unlink(path: str) -> None:
+    """Delete a packed shard; one already gone was deleted by an element packing the same shard (their
+    packs hold the same rows)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def _forget(store: RunStore, stage: str, keys: Iterable[str]) -> None:
@@ -109,8 +117,9 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def _pack(store: RunStore, stage: str, chunk: list[tuple[str, str]]) -> int:
-    """Write one pack of `chunk`'s shards, then delete them; the number of shards packed."""
+def _pack(store: RunStore, stage: str, chunk: list[tuple[str, str]], forget: bool = True) -> int:
+    """Write one pack of `chunk`'s shards, then delete them; the number of shards packed. `forget`: drop
+    them from the stage's done index (a rewrite of the whole index)."""
     folder = store.stage_dir(stage)
     schemas, index, tables, bad, kept = {}, [], [], {}, []
     for key, stat in chunk:
@@ -150,9 +159,10 @@ def _pack(store: RunStore, stage: str, chunk: list[tuple[str, str]]) -> int:
     for key, stat in kept:
         path = f"{folder}/{key}.parquet"
         if done_index.stat_entry(path) == stat:  # a shard rewritten since it was read is newer: kept
-            os.unlink(path)
+            _unlink(path)
             removed.append(key)
-    _forget(store, stage, removed)
+    if forget:
+        _forget(store, stage, removed)
     return len(kept)
 
 
@@ -179,6 +189,33 @@ def compact_stage(store: RunStore, stage: str, min_shards: int = 2) -> Compacted
         result.leftovers,
     )
     return result
+
+
+def pack_element(store: RunStore, indices: Iterable[int]) -> list[Compacted]:
+    """What an array element does after its tasks (launchers/element.sh.j2, `perfscale task pack`): the
+    loose done shards of its own tasks (`indices`) merged into packs, in stages of at least the site's
+    `compact_every` tasks (the threshold at which `perfscale run` compacts; 0: never). One result per stage
+    with something packed.
+
+    Elements take no run lock: a task is its element's alone while the element runs (a resubmission never
+    takes a task queued or running), so concurrent elements pack disjoint shards, and one racing a locked
+    `perfscale compact` packs the same rows twice (readers take the newer pack). The stage's done index is
+    not rewritten (O(stage) per element): a line of a packed shard is stale, and the next full done-check
+    drops it."""
+    every, wanted, results = store.site.compact_every, set(indices), []
+    for stage, keys in store.plan_keys.items() if every else ():
+        if len(keys) < every:
+            continue
+        chunks = list(_chunks(store, stage, [k for k, i in keys.items() if i in wanted]))  # plan order
+        result = Compacted(stage)
+        for chunk in chunks if sum(map(len, chunks)) >= 2 else ():
+            packed = _pack(store, stage, chunk, forget=False)
+            result.packed += packed
+            result.packs += packed > 0
+        if result.packed:
+            log.info("packed %d shards of stage %s into %d packs", result.packed, stage, result.packs)
+            results.append(result)
+    return results
 
 
 def compact_attempts(store: RunStore, min_files: int = 2) -> int:
