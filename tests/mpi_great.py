@@ -2,7 +2,8 @@
 (tests/test_distributed.py); JSON: extra hyperparameters (zero_stage, checkpoint_dir...). Rank 0 writes the
 loss curve and the final weights to OUT (safetensors). With a checkpoint_dir the fit is run twice: the second
 time from the checkpoint before the last (the last one removed), and OUT also holds the second fit's
-weights under `resumed.` and its loss curve as `resumed_losses`."""
+weights under `resumed.` and its loss curve as `resumed_losses` (DeepSpeed's checkpoints: zero_stage). With
+GREAT_PAUSE=1 in the environment rank 0 stops after its first checkpoint, for the test to kill."""
 
 from __future__ import annotations
 
@@ -65,8 +66,30 @@ def main(out: Path, extra: dict[str, object], rank: int) -> None:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(out))
 
 
+def pause_after_first_checkpoint() -> None:
+    """Rank 0 stops for good after writing its first checkpoint (GREAT_PAUSE=1): a fit the test kills
+    mid-training, at a known step."""
+    import time
+
+    from perfscale.distributed import checkpoint
+
+    write = checkpoint.write
+
+    def write_then_pause(*args, **kwargs):
+        path = write(*args, **kwargs)
+        time.sleep(600)
+        return path
+
+    checkpoint.write = write_then_pause
+
+
 if __name__ == "__main__":
+    import os
+
     from mpi4py import MPI
+
+    if os.environ.get("GREAT_PAUSE") == "1":
+        pause_after_first_checkpoint()
 
     target = Path(sys.argv[1])
     hyper = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}

@@ -411,6 +411,51 @@ def test_great_ddp_on_two_ranks_equals_one_process(great_reference, tmp_path) ->
 
 
 @needs_mpi
+def test_a_great_checkpoint_of_two_ddp_ranks_resumes_in_one_process(great_reference, tmp_path) -> None:
+    """GReaT without DeepSpeed: rank 0 of a 2-rank DDP fit checkpoints at step 4 (one safetensors file) and
+    the fit is SIGKILLed there; one process resumes it from step 4 and ends with the losses and weights of
+    an uninterrupted fit. A fit of another seed refuses the folder, and so does a damaged checkpoint."""
+    from perfscale.errors import BadInput
+    from tests.mpi_great import fit as fit_great
+
+    folder = tmp_path / "checkpoints"
+    extra = {"checkpoint_dir": str(folder), "checkpoint_every": 4}
+    root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
+    line = [MPIRUN, *root, "--oversubscribe", "-n", "2", sys.executable, "-m", "mpi4py"]
+    line += [str(ROOT / "tests" / "mpi_great.py"), str(tmp_path / "out.safetensors"), json.dumps(extra)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GREAT_PAUSE": "1"}
+    proc = subprocess.Popen(line, env=env, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        while not list(folder.glob("checkpoint-*.safetensors")):
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.05)
+    finally:
+        kill_session(proc)
+    assert [p.name for p in folder.iterdir()] == ["checkpoint-000000004.safetensors"]
+    with safe_open(str(folder / "checkpoint-000000004.safetensors"), framework="pt") as handle:
+        assert handle.metadata()["step"] == "4" and "optimizer.0.exp_avg" in handle.keys()  # noqa: SIM118
+
+    weights, losses, resumed_from = fit_great(extra)  # one process
+    assert resumed_from == 4
+    got = {f"model.{k}": v for k, v in weights.items()} | {"losses": losses}
+    assert_same_fit(great_reference, got)
+    assert [p.name for p in folder.iterdir()] == ["checkpoint-000000012.safetensors"]  # the newest kept
+
+    from perfscale.generators import get_generator
+    from perfscale.tabular.meta import infer_meta
+    from tests.mpi_great import HYPERPARAMETERS
+    from tests.tables import iris_table
+
+    table = iris_table()
+    other = get_generator("great")(**HYPERPARAMETERS, **extra)
+    with pytest.raises(BadInput, match="belongs to another fit"):
+        other.fit(table, infer_meta(table), seed=4)
+    (folder / "checkpoint-000000012.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(BadInput, match=r"checkpoint-000000012\.safetensors is unreadable"):
+        fit_great(extra)
+
+
+@needs_mpi
 def test_great_zero2_on_two_ranks_equals_one_process_and_resumes_deepspeed_checkpoints(
     great_reference, tmp_path
 ) -> None:

@@ -110,7 +110,7 @@ class GReaTGenerator(Generator):
 
     name = "great"
     pickled_files = ()
-    resumable = True  # takes checkpoint_dir (DeepSpeed's checkpoints, with zero_stage)
+    resumable = True  # takes checkpoint_dir (its own checkpoints; DeepSpeed's with zero_stage)
     hyperparameters_model = Params
     params: Params
 

@@ -66,13 +66,14 @@ def share_loss(model: Any, batch: tuple[Any, Any, Any] | None, world: World) -> 
 
 class TorchStepper:
     """AdamW, linear decay to 0 over `total` steps and the gradient norm clipped at 1, on one process or
-    under DistributedDataParallel; keeps no checkpoints of its own."""
+    under DistributedDataParallel. Its checkpoints (perfscale/distributed/checkpoint.py) hold the model, the
+    optimizer and the schedule, with the training loop's own state (`client`); rank 0 writes them, and one
+    resumes on any number of ranks (every rank holds the same state)."""
 
     def __init__(self, model: Any, lr: float, total: int, world: World, device: str) -> None:
         import torch
 
-        self.module = model
-        self.model = model
+        self.module, self.model, self.world = model, model, world
         if world.parallel:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -90,11 +91,56 @@ class TorchStepper:
         self.schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def load(self, folder: str | None) -> dict[str, Any] | None:
-        return None
+    def load(self, folder: str | None, fingerprint: str) -> dict[str, Any] | None:
+        """The client state of the newest checkpoint in `folder` (None when there is none), the model,
+        optimizer and schedule put back; BadInput naming the file when it is unreadable or another fit's."""
+        import json
+
+        from perfscale.distributed import checkpoint
+        from perfscale.errors import BadInput
+
+        path = checkpoint.latest(folder)
+        if path is None:
+            return None
+        tensors, metadata = checkpoint.read(path, fingerprint)
+        try:
+            self.module.load_state_dict(checkpoint.prefixed(tensors, "model"))
+            checkpoint.load_optimizer(self.optimizer, tensors, metadata)
+            self.schedule.load_state_dict({**json.loads(metadata["schedule"]), "lr_lambdas": [None]})
+            client = {
+                "fingerprint": fingerprint,
+                "step": int(metadata["step"]),
+                "telemetry": [(int(e), int(s), v) for e, s, v in tensors["telemetry"].tolist()],
+                "rng": tensors["rng.torch"],
+            }
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise BadInput(
+                f"checkpoint {path} is corrupted ({exc}); delete it to train from scratch"
+            ) from exc
+        return client
 
     def save(self, folder: str | None, step: int, client: dict[str, Any]) -> None:
-        return None
+        """Rank 0 writes `checkpoint-<step>.safetensors` (the others hold the same state)."""
+        import json
+
+        import torch
+
+        from perfscale.distributed import checkpoint
+
+        if folder is None or self.world.rank != 0:
+            return
+        tensors = checkpoint.module_tensors(self.module, "model")
+        optim, groups = checkpoint.optimizer_tensors(self.optimizer)
+        schedule = {k: v for k, v in self.schedule.state_dict().items() if k != "lr_lambdas"}
+        telemetry = torch.tensor(client["telemetry"], dtype=torch.float64).reshape(-1, 3)
+        tensors |= optim | {"telemetry": telemetry, "rng.torch": client["rng"]}
+        metadata = {
+            "fingerprint": client["fingerprint"],
+            "step": str(step),
+            "schedule": json.dumps(schedule),
+            **groups,
+        }
+        checkpoint.write(folder, step, tensors, metadata)
 
     def trained(self) -> Any:
         return self.module

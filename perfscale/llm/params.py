@@ -52,9 +52,11 @@ class Params(OptionsModel):
     deepspeed: further DeepSpeed config keys for zero_stage (e.g. {"zero_optimization": {"overlap_comm":
         true}}); keys this DeepSpeed does not know are refused at plan time. perfscale sets the batch sizes,
         gradient clipping and the stage.
-    checkpoint_dir, checkpoint_every: with zero_stage, DeepSpeed's own checkpoints are written there every
-        `checkpoint_every` steps and at the end, and a fit resumes from the newest (the train stage passes
-        the task's checkpoint folder, kept across attempts). Without zero_stage no checkpoints are kept.
+    checkpoint_dir, checkpoint_every: checkpoints are written there every `checkpoint_every` steps and at
+        the end, and a fit resumes from the newest (the train stage passes the task's checkpoint folder, kept
+        across attempts): DeepSpeed's own with zero_stage, else one safetensors file (the model, AdamW, the
+        schedule, torch's RNG and the loss curve; perfscale/distributed/checkpoint.py) written by rank 0,
+        which resumes on any number of ranks.
     precision: "fp32" (default) or "bf16": training steps under bfloat16 autocast on a GPU (refused with
         device "cpu"; with "auto" on a machine without a GPU, fp32). The train shard records what ran.
     torch_threads: torch's intra-op threads while fitting and sampling (restored after); default 1 for "tiny"

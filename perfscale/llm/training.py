@@ -225,7 +225,7 @@ class TrainResult:
     epochs: float  # passes over the training sequences, fractional when stopped mid-epoch
     seconds: float
     stopped_by: str  # "epochs", "steps" or "max_train_seconds"
-    resumed_from: int = 0  # the step of the DeepSpeed checkpoint this fit resumed (0: from the start)
+    resumed_from: int = 0  # the step of the checkpoint this fit resumed (0: from the start)
 
 
 @dataclass(frozen=True)
@@ -234,7 +234,7 @@ class Parallelism:
 
     zero_stage: int | None = None  # None: one process or DDP; 0-3: the DeepSpeed engine
     deepspeed: dict[str, Any] = field(default_factory=dict)
-    checkpoint_dir: str | None = None  # DeepSpeed's checkpoints (zero_stage only)
+    checkpoint_dir: str | None = None  # the fit's checkpoints (DeepSpeed's own under zero_stage)
     checkpoint_every: int = 100
     fingerprint: str = ""  # what a checkpoint must match to be resumed
 
@@ -283,13 +283,8 @@ def fine_tune(
         stepper = ZeroStepper(model, lr, total, world, how.zero_stage, batch_size, how.deepspeed)
     telemetry: list[tuple[int, int, float]] = []
     step = 0
-    resumed = stepper.load(how.checkpoint_dir)
+    resumed = stepper.load(how.checkpoint_dir, how.fingerprint)
     if resumed is not None:
-        if resumed.get("fingerprint") != how.fingerprint:
-            raise BadInput(
-                f"the DeepSpeed checkpoint in {how.checkpoint_dir} belongs to another fit (different table, "
-                "seed or hyperparameters); delete it or choose another checkpoint_dir"
-            )
         step, telemetry = int(resumed["step"]), [tuple(t) for t in resumed["telemetry"]]  # type: ignore[misc]
         torch.set_rng_state(resumed["rng"])
     shuffle = torch.Generator().manual_seed(seed)

@@ -185,13 +185,19 @@ class ZeroStepper:
         self.engine.backward(loss)
         self.engine.step()
 
-    def load(self, folder: str | None) -> dict[str, Any] | None:
-        """The client state of the newest checkpoint in `folder` (None when there is none)."""
+    def load(self, folder: str | None, fingerprint: str) -> dict[str, Any] | None:
+        """The client state of the newest checkpoint in `folder` (None when there is none); BadInput when
+        it belongs to another fit."""
         if folder is None or not (Path(folder) / "latest").is_file():
             return None
         path, client = self.engine.load_checkpoint(folder)
         if path is None:
             return None
+        if (client or {}).get("fingerprint") != fingerprint:
+            raise BadInput(
+                f"the DeepSpeed checkpoint in {folder} belongs to another fit (different table, seed or "
+                "hyperparameters); delete it or choose another checkpoint_dir"
+            )
         log.info("resumed DeepSpeed checkpoint %s", path)
         return dict(client or {})
 

@@ -29,16 +29,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from perfscale.distributed import checkpoint
 from perfscale.errors import BadInput
 from perfscale.generators.tabddpm import rows as row_draws
 from perfscale.generators.tabddpm.config import TabDDPMConfig
 from perfscale.generators.tabddpm.diffusion import Diffusion
 from perfscale.generators.tabddpm.model import Denoiser, build_denoiser
 from perfscale.generators.tabddpm.rows import RowPart
-from perfscale.store.atomic import atomic_write
 
 LOSS_NAMES = ("gaussian", "multinomial", "total")
-CHECKPOINT_GLOB = "checkpoint-*.safetensors"
 # tags that derive independent seeds from the fit's seed
 _INIT, _NOISE, _BATCHES = 1, 2, 3
 
@@ -207,7 +206,8 @@ def fingerprint(config: TabDDPMConfig, seed: int, data: TrainData, num_classes: 
 
 
 class Checkpointer:
-    """Writes and finds the checkpoints of one fit in `folder` (see the module docstring)."""
+    """Writes and finds the checkpoints of one fit in `folder` (see the module docstring and
+    perfscale/distributed/checkpoint.py)."""
 
     def __init__(self, folder: Path, every: int, fit_fingerprint: str) -> None:
         self.folder, self.every, self.fingerprint = Path(folder), every, fit_fingerprint
@@ -217,11 +217,7 @@ class Checkpointer:
         return step % self.every == 0 or step == steps
 
     def latest(self) -> Path | None:
-        """The newest checkpoint; temporary files left by a killed write are removed."""
-        for stale in self.folder.glob(f".{CHECKPOINT_GLOB}.*.tmp"):
-            stale.unlink(missing_ok=True)
-        paths = sorted(self.folder.glob(CHECKPOINT_GLOB))
-        return paths[-1] if paths else None
+        return checkpoint.latest(self.folder)
 
     def save(
         self,
@@ -231,30 +227,21 @@ class Checkpointer:
         generator: torch.Generator,
         ema: Ema | None = None,
     ) -> Path:
-        from safetensors.torch import save_file
-
-        self.folder.mkdir(parents=True, exist_ok=True)
-        optim = optimizer.state_dict()
-        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in denoiser.state_dict().items()}
+        tensors = checkpoint.module_tensors(denoiser, "model")
         if ema is not None:
-            tensors |= {f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.model.state_dict().items()}
+            tensors |= checkpoint.module_tensors(ema.model, "ema")
+        optim, groups = checkpoint.optimizer_tensors(optimizer)
+        tensors |= optim
         # one noise generator state serves every rank: all ranks draw the whole batch's numbers (rows.py)
-        for index, entries in optim["state"].items():
-            tensors |= {f"optimizer.{index}.{k}": v.detach().cpu().contiguous() for k, v in entries.items()}
         tensors["rng.noise"] = generator.get_state().cpu()
         tensors["losses"] = torch.tensor(state.losses, dtype=torch.float64).reshape(-1, len(LOSS_NAMES))
         metadata = {
             "fingerprint": self.fingerprint,
             "step": str(state.step),
             "resumed_from": str(self.resumed_from),
-            "param_groups": json.dumps(optim["param_groups"]),
+            **groups,
         }
-        path = self.folder / f"checkpoint-{state.step:09d}.safetensors"
-        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-        for old in self.folder.glob(CHECKPOINT_GLOB):
-            if old != path:
-                old.unlink(missing_ok=True)
-        return path
+        return checkpoint.write(self.folder, state.step, tensors, metadata)
 
     def restore(
         self,
@@ -265,35 +252,12 @@ class Checkpointer:
         ema: Ema | None = None,
     ) -> TrainState:
         """Load `path` into the given objects; BadInput naming the file when it is unusable or foreign."""
-        from safetensors import safe_open
-
+        tensors, metadata = checkpoint.read(path, self.fingerprint)
         try:
-            with safe_open(str(path), framework="pt") as handle:
-                metadata = handle.metadata() or {}
-                tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 (not a dict)
-        except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
-            raise BadInput(
-                f"checkpoint {path} is unreadable ({exc}); delete it to train from scratch"
-            ) from exc
-        if metadata.get("fingerprint") != self.fingerprint:
-            raise BadInput(
-                f"checkpoint {path} belongs to another fit (different table, seed or hyperparameters); "
-                "delete it or choose another checkpoint_dir"
-            )
-        try:
-            denoiser.load_state_dict(
-                {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
-            )
+            denoiser.load_state_dict(checkpoint.prefixed(tensors, "model"))
             if ema is not None:
-                ema.model.load_state_dict(
-                    {k.removeprefix("ema."): v for k, v in tensors.items() if k.startswith("ema.")}
-                )
-            state: dict[int, dict[str, torch.Tensor]] = {}
-            for key, value in tensors.items():
-                if key.startswith("optimizer."):
-                    _, index, name = key.split(".", 2)
-                    state.setdefault(int(index), {})[name] = value
-            optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
+                ema.model.load_state_dict(checkpoint.prefixed(tensors, "ema"))
+            checkpoint.load_optimizer(optimizer, tensors, metadata)
             generator.set_state(tensors["rng.noise"])
             losses = [tuple(row) for row in tensors["losses"].tolist()]
             step = int(metadata["step"])
