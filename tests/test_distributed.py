@@ -206,13 +206,15 @@ def kill_session(proc: subprocess.Popen) -> None:
     proc.stderr.close()
 
 
-@needs_mpi
-def test_a_checkpoint_of_two_ranks_resumes_in_one_process(reference, tmp_path) -> None:
-    folder, out = tmp_path / "checkpoints", tmp_path / "fit.safetensors"
+def kill_at_first_checkpoint(
+    script: str, *args: str, folder: Path, env: dict[str, str] | None = None
+) -> None:
+    """Run tests/`script` on 2 ranks under mpirun and SIGKILL the whole job once a checkpoint is in
+    `folder`."""
     root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
     line = [MPIRUN, *root, "--oversubscribe", "-n", "2", sys.executable, "-m", "mpi4py"]
-    line += [str(ROOT / "tests" / "mpi_fit.py"), str(out), str(folder)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    line += [str(ROOT / "tests" / script), *args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     proc = subprocess.Popen(line, env=env, stderr=subprocess.PIPE, start_new_session=True)
     try:
         while not list(folder.glob("checkpoint-*.safetensors")):
@@ -220,6 +222,12 @@ def test_a_checkpoint_of_two_ranks_resumes_in_one_process(reference, tmp_path) -
             time.sleep(0.005)
     finally:
         kill_session(proc)
+
+
+@needs_mpi
+def test_a_checkpoint_of_two_ranks_resumes_in_one_process(reference, tmp_path) -> None:
+    folder, out = tmp_path / "checkpoints", tmp_path / "fit.safetensors"
+    kill_at_first_checkpoint("mpi_fit.py", str(out), str(folder), folder=folder)
     (checkpoint,) = folder.glob("checkpoint-*.safetensors")
     assert int(checkpoint.stem.split("-")[1]) < HYPERPARAMETERS["steps"]  # really mid-training
     with safe_open(str(checkpoint), framework="pt") as handle:  # the EMA is checkpointed with the weights
@@ -420,17 +428,8 @@ def test_a_great_checkpoint_of_two_ddp_ranks_resumes_in_one_process(great_refere
 
     folder = tmp_path / "checkpoints"
     extra = {"checkpoint_dir": str(folder), "checkpoint_every": 4}
-    root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
-    line = [MPIRUN, *root, "--oversubscribe", "-n", "2", sys.executable, "-m", "mpi4py"]
-    line += [str(ROOT / "tests" / "mpi_great.py"), str(tmp_path / "out.safetensors"), json.dumps(extra)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "GREAT_PAUSE": "1"}
-    proc = subprocess.Popen(line, env=env, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        while not list(folder.glob("checkpoint-*.safetensors")):
-            assert proc.poll() is None, proc.stderr.read()
-            time.sleep(0.05)
-    finally:
-        kill_session(proc)
+    out = str(tmp_path / "out.safetensors")
+    kill_at_first_checkpoint("mpi_great.py", out, json.dumps(extra), folder=folder, env={"GREAT_PAUSE": "1"})
     assert [p.name for p in folder.iterdir()] == ["checkpoint-000000004.safetensors"]
     with safe_open(str(folder / "checkpoint-000000004.safetensors"), framework="pt") as handle:
         assert handle.metadata()["step"] == "4" and "optimizer.0.exp_avg" in handle.keys()  # noqa: SIM118
