@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -45,14 +44,11 @@ def train(ctx: StageContext, params: TrainParams) -> pd.DataFrame:
     meta = infer_meta(real).with_overrides(params.columns)
     cls = get_generator(params.generator)
     hyperparameters = dict(params.hyperparameters)
-    own_checkpoints = cls.resumable and "checkpoint_dir" not in hyperparameters
-    if own_checkpoints:
-        hyperparameters["checkpoint_dir"] = str(ctx.checkpoints)
+    if cls.resumable:
+        hyperparameters.setdefault("checkpoint_dir", str(ctx.checkpoints))
     generator = cls(**hyperparameters)
     log = generator.fit(real, meta, seed=ctx.seed)
     generator.save(ctx.artifacts / MODEL_FOLDER)
-    if own_checkpoints:  # the saved model supersedes them (a GReaT fit's are the size of the model + AdamW)
-        shutil.rmtree(ctx.checkpoints, ignore_errors=True)
     (ctx.artifacts / "meta.json").write_text(json.dumps(meta.model_dump(mode="json"), indent=2))
     telemetry = log.telemetry if not log.telemetry.empty else pd.DataFrame({"step": [pd.NA]})
     return telemetry.assign(
