@@ -17,7 +17,8 @@ rows), and the next compaction deletes them first (`finish_deletes`). So at ever
 at least one readable copy, and tables read the same.
 
 Only one compaction runs on a run folder at a time: callers hold the run's lock (RUN/.lock), as
-`perfscale compact` and `perfscale run` (which compacts as it goes) do.
+`perfscale compact` and `perfscale run` (which compacts as it goes) do. Array elements, which hold no lock,
+pack only their own tasks' shards (`pack_element`).
 """
 
 from __future__ import annotations
