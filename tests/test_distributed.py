@@ -418,32 +418,44 @@ def test_great_ddp_on_two_ranks_equals_one_process(great_reference, tmp_path) ->
     assert_same_fit(great_reference, load_file(str(out)))
 
 
-@needs_mpi
-def test_a_great_checkpoint_of_two_ddp_ranks_resumes_in_one_process(great_reference, tmp_path) -> None:
-    """GReaT without DeepSpeed: rank 0 of a 2-rank DDP fit checkpoints at step 4 (one safetensors file) and
-    the fit is SIGKILLed there; one process resumes it from step 4 and ends with the losses and weights of
-    an uninterrupted fit. A fit of another seed refuses the folder, and so does a damaged checkpoint."""
+class _Killed(Exception):
+    """Raised in place of a kill right after a checkpoint is written."""
+
+
+def test_a_great_checkpoint_resumes_after_a_crash_and_refuses_another_fit(
+    great_reference, tmp_path, monkeypatch
+) -> None:
+    """GReaT without DeepSpeed, one process (no MPI needed): a fit that dies right after its step-4
+    checkpoint (one safetensors file) is resumed from step 4 and ends with the losses and weights of an
+    uninterrupted fit; a fit of another seed refuses the folder, and so does a damaged checkpoint."""
+    from perfscale.distributed import checkpoint
     from perfscale.errors import BadInput
+    from perfscale.generators import get_generator
+    from perfscale.tabular.meta import infer_meta
+    from tests.mpi_great import HYPERPARAMETERS
     from tests.mpi_great import fit as fit_great
+    from tests.tables import iris_table
 
     folder = tmp_path / "checkpoints"
     extra = {"checkpoint_dir": str(folder), "checkpoint_every": 4}
-    out = str(tmp_path / "out.safetensors")
-    kill_at_first_checkpoint("mpi_great.py", out, json.dumps(extra), folder=folder, env={"GREAT_PAUSE": "1"})
+    write = checkpoint.write
+
+    def write_then_die(*args, **kwargs):
+        write(*args, **kwargs)
+        raise _Killed
+
+    monkeypatch.setattr(checkpoint, "write", write_then_die)
+    with pytest.raises(_Killed):
+        fit_great(extra)
+    monkeypatch.setattr(checkpoint, "write", write)
     assert [p.name for p in folder.iterdir()] == ["checkpoint-000000004.safetensors"]
     with safe_open(str(folder / "checkpoint-000000004.safetensors"), framework="pt") as handle:
         assert handle.metadata()["step"] == "4" and "optimizer.0.exp_avg" in handle.keys()  # noqa: SIM118
 
-    weights, losses, resumed_from = fit_great(extra)  # one process
+    weights, losses, resumed_from = fit_great(extra)
     assert resumed_from == 4
-    got = {f"model.{k}": v for k, v in weights.items()} | {"losses": losses}
-    assert_same_fit(great_reference, got)
+    assert_same_fit(great_reference, {f"model.{k}": v for k, v in weights.items()} | {"losses": losses})
     assert [p.name for p in folder.iterdir()] == ["checkpoint-000000012.safetensors"]  # the newest kept
-
-    from perfscale.generators import get_generator
-    from perfscale.tabular.meta import infer_meta
-    from tests.mpi_great import HYPERPARAMETERS
-    from tests.tables import iris_table
 
     table = iris_table()
     other = get_generator("great")(**HYPERPARAMETERS, **extra)
@@ -452,6 +464,23 @@ def test_a_great_checkpoint_of_two_ddp_ranks_resumes_in_one_process(great_refere
     (folder / "checkpoint-000000012.safetensors").write_bytes(b"not a checkpoint")
     with pytest.raises(BadInput, match=r"checkpoint-000000012\.safetensors is unreadable"):
         fit_great(extra)
+
+
+@needs_mpi
+def test_a_great_checkpoint_of_two_ddp_ranks_resumes_in_one_process(great_reference, tmp_path) -> None:
+    """Rank 0 of a 2-rank DDP fit checkpoints at step 4 and the whole job is SIGKILLed there; one process
+    resumes it from step 4 and ends with the losses and weights of an uninterrupted fit."""
+    from tests.mpi_great import fit as fit_great
+
+    folder = tmp_path / "checkpoints"
+    extra = {"checkpoint_dir": str(folder), "checkpoint_every": 4}
+    out = str(tmp_path / "out.safetensors")
+    kill_at_first_checkpoint("mpi_great.py", out, json.dumps(extra), folder=folder, env={"GREAT_PAUSE": "1"})
+    assert [p.name for p in folder.iterdir()] == ["checkpoint-000000004.safetensors"]
+
+    weights, losses, resumed_from = fit_great(extra)  # one process
+    assert resumed_from == 4
+    assert_same_fit(great_reference, {f"model.{k}": v for k, v in weights.items()} | {"losses": losses})
 
 
 @needs_mpi
