@@ -27,6 +27,7 @@ from perfscale.sched.render import Rendered, batch_scheduler, render_array
 from perfscale.spec.site import Site
 from perfscale.store.atomic import atomic_write_text
 from perfscale.store.attempt import Attempt, utcnow
+from perfscale.store.compact import element_pack_every
 from perfscale.store.run import RunStore
 
 log = logging.getLogger(__name__)
@@ -194,9 +195,7 @@ def render_arrays(
         site = _site(store, todo[0].site)
         part = todo[0].partition or (partition if site is store.site else None)
         acct = account if site is store.site else None
-        # elements pack their shards in stages where `perfscale run` would compact (store/compact.py)
-        every = store.site.compact_every
-        pack_every = every if every and len(store.plan_keys[stage]) >= every else 0
+        pack_every = element_pack_every(store, stage)
         for job in stage_arrays(prefix, stage, todo, site, part, acct, throttle):
             pending.append((job, render_array(job, site, store.root, pack_every)))
     return pending

@@ -167,6 +167,16 @@ def _pack(store: RunStore, stage: str, chunk: list[tuple[str, str]], forget: boo
     return len(kept)
 
 
+def _pack_chunks(
+    store: RunStore, result: Compacted, chunks: Iterable[list[tuple[str, str]]], forget: bool = True
+) -> None:
+    """Pack each chunk of `result.stage` (`_pack`), counting the shards and packs into `result`."""
+    for chunk in chunks:
+        packed = _pack(store, result.stage, chunk, forget)
+        result.packed += packed
+        result.packs += packed > 0
+
+
 def compact_stage(store: RunStore, stage: str, min_shards: int = 2) -> Compacted:
     """Merge the stage's done loose shards into packs (nothing when fewer than `min_shards`)."""
     result = Compacted(stage)
@@ -176,10 +186,7 @@ def compact_stage(store: RunStore, stage: str, min_shards: int = 2) -> Compacted
     if len(loose) < min_shards:
         return result
     keys = [k for k in store.plan_keys.get(stage, {}) if k in loose]  # plan order; each is checked in _pack
-    for chunk in _chunks(store, stage, keys):
-        packed = _pack(store, stage, chunk)
-        result.packed += packed
-        result.packs += packed > 0
+    _pack_chunks(store, result, _chunks(store, stage, keys))
     result.loose_after = len(store.listed_keys(stage))
     log.info(
         "compacted stage %s: %d shards into %d packs (%d loose files left, %d leftovers removed)",
@@ -190,6 +197,14 @@ def compact_stage(store: RunStore, stage: str, min_shards: int = 2) -> Compacted
         result.leftovers,
     )
     return result
+
+
+def element_pack_every(store: RunStore, stage: str) -> int:
+    """How many tasks an array element of `stage` runs between packings of their shards: the site's
+    `compact_every` in stages of at least that many tasks (where `perfscale run` would compact), else 0
+    (elements do not pack)."""
+    every = store.site.compact_every
+    return every if every and len(store.plan_keys.get(stage, {})) >= every else 0
 
 
 def pack_element(store: RunStore, indices: Iterable[int]) -> list[Compacted]:
@@ -203,16 +218,14 @@ def pack_element(store: RunStore, indices: Iterable[int]) -> list[Compacted]:
     `perfscale compact` packs the same rows twice (readers take the newer pack). The stage's done index is
     not rewritten (O(stage) per element): a line of a packed shard is stale, and the next full done-check
     drops it."""
-    every, wanted, results = store.site.compact_every, set(indices), []
-    for stage, keys in store.plan_keys.items() if every else ():
-        if len(keys) < every:
+    wanted, results = set(indices), []
+    for stage, keys in store.plan_keys.items():
+        if not element_pack_every(store, stage):
             continue
         chunks = list(_chunks(store, stage, [k for k, i in keys.items() if i in wanted]))  # plan order
         result = Compacted(stage)
-        for chunk in chunks if sum(map(len, chunks)) >= 2 else ():
-            packed = _pack(store, stage, chunk, forget=False)
-            result.packed += packed
-            result.packs += packed > 0
+        if sum(map(len, chunks)) >= 2:
+            _pack_chunks(store, result, chunks, forget=False)
         if result.packed:
             log.info("packed %d shards of stage %s into %d packs", result.packed, stage, result.packs)
             results.append(result)

@@ -509,7 +509,7 @@ class RunStore:
         table = recover.read_attempt_files(self, files, schema) if files else schema.empty_table()
         recovered = recover.recovered_attempts(self, table)
         if recovered:
-            rows = [{c: r.row()[c] for c in schema.names} for r in recovered]
+            rows = [{c: row[c] for c in schema.names} for row in (r.row() for r in recovered)]
             table = pa.concat_tables([table, pa.Table.from_pylist(rows, schema=schema)])
         return table
 
